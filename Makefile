@@ -1,0 +1,41 @@
+# The two commands of the README:
+#   make run    -- the main job (today: `saescope info` on the embedded Gemma 3 270M)
+#   make test   -- lint, type-check and the whole test suite (slow tests included, as in CI)
+# Each creates .venv and installs what it needs on first use (and again when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and on its own, so the choice of build is deliberate: on this CPU
+# machine `torch==2.13.0` resolves to the local CPU wheel; on a Linux GPU machine the same pin from
+# the public index is a CUDA build. Override for another build, e.g. TORCH_SPEC='torch==2.13.0+cpu'.
+TORCH_SPEC ?= torch==2.13.0
+# Extra pytest arguments, e.g. PYTEST_ARGS='-m "not slow"' for a quick local run.
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.saescope-installed
+
+.PHONY: run test lint clean-venv
+
+run: $(STAMP)
+	$(BIN)/saescope info
+
+test: $(STAMP) lint
+	@# pytest exits 5 when no test was collected (e.g. a -m filter that selects nothing): say so, do not fail.
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; exit 0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from saescope.cli import main
+
+raise SystemExit(main())

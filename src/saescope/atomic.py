@@ -1,0 +1,131 @@
+"""Atomic writes and checksum manifests: no reader ever sees a half-written file or directory.
+
+Every file saescope writes goes through here: a temporary sibling is written, flushed to disk, then
+renamed over the target (rename is atomic on POSIX within one filesystem). Directories that must be
+complete as a whole (a converted model, a release folder) carry a manifest of sizes and SHA-256
+checksums, written last, so that a truncated or corrupted file is detected and named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "SAESCOPE_MANIFEST.json"
+_HASH_BLOCK_BYTES = 1 << 24
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which is not thread-safe.
+_UMASK = _read_umask()
+
+
+class CorruptFileError(RuntimeError):
+    """A file is missing, truncated or does not match its recorded checksum."""
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks so memory stays flat for multi-GB files."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(_HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_manifest(directory: Path, extra: dict[str, Any] | None = None) -> None:
+    """Record size and SHA-256 of every file under `directory` (the manifest itself excluded)."""
+    files = {}
+    for file_path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
+        relative = file_path.relative_to(directory).as_posix()
+        files[relative] = {"size": file_path.stat().st_size, "sha256": sha256_file(file_path)}
+    atomic_write_json(directory / MANIFEST_NAME, {"files": files, **(extra or {})})
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise CorruptFileError(f"{directory} is incomplete: {MANIFEST_NAME} is missing")
+    try:
+        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CorruptFileError(f"{manifest_path} is not valid JSON: {error}") from error
+    return manifest
+
+
+def verify_manifest(directory: Path, *, check_hashes: bool = True) -> dict[str, Any]:
+    """Check every file listed in the manifest; raise `CorruptFileError` naming the first bad file."""
+    manifest = read_manifest(directory)
+    for relative, recorded in manifest["files"].items():
+        file_path = directory / relative
+        if not file_path.is_file():
+            raise CorruptFileError(f"{file_path} is missing (listed in {directory / MANIFEST_NAME})")
+        size = file_path.stat().st_size
+        if size != recorded["size"]:
+            raise CorruptFileError(f"{file_path} has {size} bytes, expected {recorded['size']} (truncated?)")
+        if check_hashes and sha256_file(file_path) != recorded["sha256"]:
+            raise CorruptFileError(f"{file_path} does not match its recorded SHA-256 checksum (corrupted)")
+    return manifest
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, manifest_extra: dict[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory; on success, checksum it and move it to `target` in one rename.
+
+    An existing `target` (for example an incomplete one from a killed process) is replaced. On an
+    exception the temporary directory is removed and `target` is left as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_UMASK)
+    try:
+        yield staging
+        write_manifest(staging, manifest_extra)
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, retired / "content")
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
