@@ -1,0 +1,246 @@
+"""The activation stream: token windows -> one model forward -> every site's activations at once.
+
+Positions holding special tokens (BOS, EOS, padding, ...) are dropped here, once, so nothing
+downstream trains or evaluates on them (SPEC §2.3, §6.4). The dataset-wide normalisation scale C of
+each site, with E‖x/C‖² = 1 (SPEC §2.2), is estimated from the same stream.
+
+Both activation sources the trainer can read -- this live stream and the on-disk cache
+(`saescope.data.cache`) -- implement `ActivationSource`: shuffled float32 batches of token
+activations for every site, plus the sites' widths and normalisation scales.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from saescope.data.prefetch import Prefetcher
+from saescope.models.hooks import capture
+from saescope.models.sites import Site
+
+#: A batch of training data: site -> (B, d_site) float32 activations of the same B tokens.
+SiteBatch = dict[Site, torch.Tensor]
+
+
+class ActivationSource(Protocol):
+    """What a trainer reads: shuffled float32 batches for every site, with widths and scales."""
+
+    @property
+    def sites(self) -> list[Site]: ...
+
+    @property
+    def widths(self) -> dict[Site, int]: ...
+
+    @property
+    def norm_scales(self) -> dict[Site, float]: ...
+
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0) -> Iterator[SiteBatch]: ...
+
+
+@dataclass(frozen=True)
+class TokenActivations:
+    """Activations of every site at the kept (non-special) positions of one batch of windows."""
+
+    acts: dict[Site, torch.Tensor]  # site -> (N, d_site), the model's dtype
+    token_ids_N: torch.Tensor  # (N,) int64, the token at each kept position
+    positions_N: torch.Tensor  # (N,) int64, the position inside its window
+    windows_N: torch.Tensor  # (N,) int64, the window's index in the stream
+    n_windows: int
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.token_ids_N.shape[0])
+
+
+def keep_mask(ids_BT: torch.Tensor, special_ids: Collection[int]) -> torch.Tensor:
+    """(B, T) bool: True where the token is not a special token (BOS, EOS, pad, ...)."""
+    special = torch.tensor(sorted(special_ids), dtype=ids_BT.dtype, device=ids_BT.device)
+    return ~torch.isin(ids_BT, special)
+
+
+def window_activations(
+    model: nn.Module,
+    sites: Sequence[Site],
+    ids_BT: torch.Tensor,
+    special_ids: Collection[int],
+    first_window: int = 0,
+) -> TokenActivations:
+    """One forward over a batch of full-length windows; returns every site at the kept positions."""
+    device = next(model.parameters()).device
+    keep_BT = keep_mask(ids_BT, special_ids)
+    captured = capture(model, sites, ids_BT.to(device))
+    keep_on_device = keep_BT.to(device)
+    acts = {site: captured[site][keep_on_device] for site in sites}
+    batch, length = ids_BT.shape
+    positions_BT = torch.arange(length).expand(batch, length)
+    windows_BT = (torch.arange(batch) + first_window).unsqueeze(1).expand(batch, length)
+    return TokenActivations(
+        acts=acts,
+        token_ids_N=ids_BT[keep_BT],
+        positions_N=positions_BT[keep_BT],
+        windows_N=windows_BT[keep_BT],
+        n_windows=batch,
+    )
+
+
+def stream_token_activations(
+    model: nn.Module,
+    sites: Sequence[Site],
+    window_batches: Iterable[torch.Tensor],
+    special_ids: Collection[int],
+    *,
+    prefetch_depth: int = 2,
+    first_window: int = 0,
+) -> Iterator[TokenActivations]:
+    """Activations for each (B, T) batch of windows, computed one batch ahead in a background thread."""
+
+    def produce() -> Iterator[TokenActivations]:
+        window = first_window
+        for ids_BT in window_batches:
+            yield window_activations(model, sites, ids_BT, special_ids, first_window=window)
+            window += int(ids_BT.shape[0])
+
+    with Prefetcher(produce(), depth=prefetch_depth) as prefetched:
+        yield from prefetched
+
+
+class NormScaleEstimator:
+    """Accumulates E‖x‖² per site in float64; `scales()` gives C = sqrt(E‖x‖²) (SPEC §2.2)."""
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        self.sum_sq: dict[Site, float] = {site: 0.0 for site in sites}
+        self.n_tokens = 0
+
+    def update(self, acts: Mapping[Site, torch.Tensor]) -> None:
+        counts = {int(x.shape[0]) for x in acts.values()}
+        if len(counts) != 1:
+            raise ValueError(f"all sites must hold the same tokens, got row counts {sorted(counts)}")
+        for site, x_ND in acts.items():
+            # Per-row squared norms in float32 (exact enough for d of a few thousand); the sum in float64.
+            self.sum_sq[site] += float(
+                torch.linalg.vector_norm(x_ND, dim=-1, dtype=torch.float32).square().double().sum()
+            )
+        self.n_tokens += counts.pop()
+
+    def scales(self) -> dict[Site, float]:
+        if self.n_tokens == 0:
+            raise ValueError("cannot estimate normalisation scales from zero tokens")
+        return {site: math.sqrt(total / self.n_tokens) for site, total in self.sum_sq.items()}
+
+
+def shuffled_batches(
+    chunks: Iterable[Mapping[Site, torch.Tensor]],
+    batch_size: int,
+    *,
+    buffer_tokens: int,
+    generator: torch.Generator,
+) -> Iterator[SiteBatch]:
+    """Mix tokens from many windows through a bounded buffer and cut float32 batches of `batch_size`.
+
+    Consecutive tokens of one window are strongly correlated; the buffer holds `buffer_tokens` rows,
+    is permuted, and half of it is emitted before refilling. Every input token is emitted exactly once
+    (the last batch may be smaller).
+    """
+    if batch_size < 1 or buffer_tokens < batch_size:
+        raise ValueError(f"need 1 <= batch_size <= buffer_tokens, got {batch_size} and {buffer_tokens}")
+    pending: list[Mapping[Site, torch.Tensor]] = []
+    buffer: SiteBatch = {}
+
+    def rows(part: Mapping[Site, torch.Tensor]) -> int:
+        return int(next(iter(part.values())).shape[0]) if part else 0
+
+    def merge() -> SiteBatch:
+        parts = ([buffer] if buffer else []) + pending
+        merged = {site: torch.cat([part[site] for part in parts]) for site in parts[0]}
+        pending.clear()
+        return merged
+
+    def emit(merged: SiteBatch, n_out: int) -> Iterator[SiteBatch]:
+        order = torch.randperm(rows(merged), generator=generator)
+        out, keep = order[:n_out], order[n_out:]
+        for start in range(0, n_out, batch_size):
+            index = out[start : start + batch_size]
+            yield {site: x[index].float() for site, x in merged.items()}
+        buffer.clear()
+        buffer.update({site: x[keep] for site, x in merged.items()})
+
+    for chunk in chunks:
+        pending.append(chunk)
+        if rows(buffer) + sum(rows(part) for part in pending) >= buffer_tokens:
+            merged = merge()
+            total = rows(merged)
+            # Emit whole batches and keep about half a buffer behind to mix with the next windows.
+            n_out = max((total - buffer_tokens // 2) // batch_size, 1) * batch_size
+            yield from emit(merged, min(n_out, total))
+    if buffer or pending:
+        merged = merge()
+        yield from emit(merged, rows(merged))
+
+
+class StreamedActivations:
+    """An `ActivationSource` that runs the model live: no disk, one forward per batch of windows.
+
+    `window_batches(epoch)` returns the (B, T) token windows for one pass over the corpus. The scales
+    are estimated by an extra forward over the first `norm_tokens` tokens of epoch 0 (holding their
+    activations for every site instead would cost far more memory than recomputing them).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sites: Sequence[Site],
+        widths: Mapping[Site, int],
+        window_batches: Callable[[int], Iterable[torch.Tensor]],
+        special_ids: Collection[int],
+        *,
+        norm_tokens: int = 20_000,
+        buffer_tokens: int = 65_536,
+        prefetch_depth: int = 2,
+    ) -> None:
+        self._model = model
+        self._sites = list(sites)
+        self._widths = dict(widths)
+        self._window_batches = window_batches
+        self._special_ids = special_ids
+        self._norm_tokens = norm_tokens
+        self._buffer_tokens = buffer_tokens
+        self._prefetch_depth = prefetch_depth
+        self._scales: dict[Site, float] | None = None
+
+    @property
+    def sites(self) -> list[Site]:
+        return list(self._sites)
+
+    @property
+    def widths(self) -> dict[Site, int]:
+        return dict(self._widths)
+
+    @property
+    def norm_scales(self) -> dict[Site, float]:
+        if self._scales is None:
+            estimator = NormScaleEstimator(self._sites)
+            for token_acts in self._token_stream(epoch=0):
+                estimator.update(token_acts.acts)
+                if estimator.n_tokens >= self._norm_tokens:
+                    break
+            self._scales = estimator.scales()
+        return dict(self._scales)
+
+    def _token_stream(self, epoch: int) -> Iterator[TokenActivations]:
+        return stream_token_activations(
+            self._model,
+            self._sites,
+            self._window_batches(epoch),
+            self._special_ids,
+            prefetch_depth=self._prefetch_depth,
+        )
+
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0) -> Iterator[SiteBatch]:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        chunks = (token_acts.acts for token_acts in self._token_stream(epoch))
+        yield from shuffled_batches(chunks, batch_size, buffer_tokens=self._buffer_tokens, generator=generator)

@@ -1,0 +1,371 @@
+"""The on-disk activation cache: sharded per site, checksummed, resumable, memory-mapped shuffled reads.
+
+Layout of a cache folder::
+
+    manifest.json                      settings, widths, shard list with checksums, norm sums
+    tokens/shard_00000.bin             int64 rows (token id, window index, position) of each token
+    layer_6/res/shard_00000.bin        raw rows (n_tokens, width) in the storage dtype
+    layer_6/att/shard_00000.bin        ...
+
+Shard k of every site holds the same tokens in the same order, so a batch of row indices gives every
+site's activations for the same tokens -- one stream feeds every SAE. A shard covers a fixed number of
+whole windows. Shard files are written to temporary names and renamed; the manifest, rewritten
+atomically after each shard, lists only complete shards. After a kill -9, a rerun skips exactly the
+windows of the listed shards (the window stream is deterministic) and continues: no token is lost or
+duplicated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+from saescope.atomic import CorruptFileError, atomic_write_json, sha256_file
+from saescope.data.activations import SiteBatch, TokenActivations
+from saescope.models.sites import Site
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+STORAGE_DTYPES: dict[str, tuple[torch.dtype, type[np.generic]]] = {
+    # bfloat16 has no numpy dtype: its bits are stored and memory-mapped as uint16.
+    "bfloat16": (torch.bfloat16, np.uint16),
+    "float16": (torch.float16, np.float16),
+    "float32": (torch.float32, np.float32),
+}
+_TOKEN_COLUMNS = 3  # token id, window index, position in window
+
+
+class CacheMismatchError(ValueError):
+    """The folder holds a cache made with other settings."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Everything that determines a cache's content; a rerun must match it to resume."""
+
+    model: str
+    sites: tuple[Site, ...]
+    widths: Mapping[Site, int]
+    dtype: str
+    corpus: Mapping[str, Any]
+    context_size: int
+    windows_per_shard: int
+
+    def __post_init__(self) -> None:
+        if self.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(STORAGE_DTYPES)}, got {self.dtype!r}")
+        if self.windows_per_shard < 1:
+            raise ValueError(f"windows_per_shard must be >= 1, got {self.windows_per_shard}")
+        if not self.sites:
+            raise ValueError("a cache needs at least one site")
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "sites": [site.id for site in self.sites],
+            "widths": {site.id: int(self.widths[site]) for site in self.sites},
+            "dtype": self.dtype,
+            "corpus": dict(self.corpus),
+            "context_size": self.context_size,
+            "windows_per_shard": self.windows_per_shard,
+        }
+
+
+def _site_dir(site: Site) -> Path:
+    return Path(f"layer_{site.layer}") / site.kind.value
+
+
+def _shard_name(index: int) -> str:
+    return f"shard_{index:05d}.bin"
+
+
+class _ShardFile:
+    """One shard file being appended to under a temporary name, hashed as it is written."""
+
+    def __init__(self, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.final = final
+        self.temp = final.with_name(final.name + ".partial")
+        self.handle: BinaryIO = self.temp.open("wb")
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def append(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
+    def commit(self) -> dict[str, Any]:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.temp, self.final)
+        return {"bytes": self.size, "sha256": self.digest.hexdigest()}
+
+    def abort(self) -> None:
+        self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.temp.unlink()
+
+
+def _to_bytes(x_ND: torch.Tensor, dtype: str) -> bytes:
+    torch_dtype, numpy_dtype = STORAGE_DTYPES[dtype]
+    stored = x_ND.detach().to(device="cpu", dtype=torch_dtype).contiguous()
+    if torch_dtype is torch.bfloat16:
+        stored = stored.view(torch.int16)
+    return stored.numpy().view(numpy_dtype).tobytes()
+
+
+class CacheWriter:
+    """Writes token activations into shards; `resume` continues where a killed run stopped."""
+
+    def __init__(self, folder: Path, settings: CacheSettings, extra: Mapping[str, Any] | None = None) -> None:
+        self.folder = folder
+        self.settings = settings
+        self.manifest = self._open_manifest(extra or {})
+
+    def _open_manifest(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        path = self.folder / MANIFEST
+        identity = self.settings.identity()
+        if path.exists():
+            manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            differences = [
+                f"{key}: cache has {manifest['settings'].get(key)!r}, asked for {value!r}"
+                for key, value in identity.items()
+                if manifest["settings"].get(key) != value
+            ]
+            if differences:
+                raise CacheMismatchError(
+                    f"{self.folder} holds an activation cache made with other settings ("
+                    + "; ".join(differences)
+                    + "). Choose another output folder, or delete this one to rebuild it."
+                )
+            return manifest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        manifest = {"format": FORMAT_VERSION, "settings": identity, "shards": [], **dict(extra)}
+        atomic_write_json(path, manifest)
+        return manifest
+
+    @property
+    def windows_done(self) -> int:
+        return sum(int(shard["windows"]) for shard in self.manifest["shards"])
+
+    @property
+    def tokens_done(self) -> int:
+        return sum(int(shard["tokens"]) for shard in self.manifest["shards"])
+
+    def write(self, token_stream: Iterable[TokenActivations], token_budget: int) -> Iterator[int]:
+        """Consume `token_stream` (which must start at window `windows_done`) until the cache holds
+        `token_budget` tokens; yields the number of tokens written after each forward batch."""
+        sites = self.settings.sites
+        stream = iter(token_stream)
+        while self.tokens_done < token_budget:
+            index = len(self.manifest["shards"])
+            files = {site: _ShardFile(self.folder / _site_dir(site) / _shard_name(index)) for site in sites}
+            token_file = _ShardFile(self.folder / "tokens" / _shard_name(index))
+            sum_sq = dict.fromkeys(sites, 0.0)
+            windows = tokens = 0
+            try:
+                while windows < self.settings.windows_per_shard:
+                    chunk = next(stream, None)
+                    if chunk is None:
+                        break
+                    take = min(chunk.n_tokens, token_budget - self.tokens_done - tokens)
+                    for site in sites:
+                        x_ND = chunk.acts[site][:take]
+                        files[site].append(_to_bytes(x_ND, self.settings.dtype))
+                        norms_N = torch.linalg.vector_norm(x_ND, dim=-1, dtype=torch.float32)
+                        sum_sq[site] += float(norms_N.square().double().sum())
+                    rows = torch.stack([chunk.token_ids_N, chunk.windows_N, chunk.positions_N], dim=1)[:take]
+                    token_file.append(rows.to(torch.int64).numpy().tobytes())
+                    windows += chunk.n_windows
+                    tokens += take
+                    yield take
+                    if self.tokens_done + tokens >= token_budget:
+                        break
+            except BaseException:
+                for shard_file in [*files.values(), token_file]:
+                    shard_file.abort()
+                raise
+            if tokens == 0:
+                for shard_file in [*files.values(), token_file]:
+                    shard_file.abort()
+                raise ValueError(
+                    f"the corpus ran out after {self.tokens_done} tokens, short of the budget of {token_budget}"
+                )
+            record = {
+                "index": index,
+                "windows": windows,
+                "tokens": tokens,
+                "tokens_file": token_file.commit(),
+                "files": {site.id: files[site].commit() for site in sites},
+                "sum_sq": {site.id: sum_sq[site] for site in sites},
+            }
+            self.manifest["shards"].append(record)
+            atomic_write_json(self.folder / MANIFEST, self.manifest)
+
+
+class ActivationCache:
+    """Read side of the cache: an `ActivationSource` over memory-mapped shards.
+
+    `verify` = "lazy" (default) checks each shard's SHA-256 the first time it is read in this process,
+    "full" checks every file when the cache is opened, "sizes" only compares file sizes.
+    """
+
+    def __init__(self, folder: Path, *, verify: str = "lazy", norm_tokens: int | None = None) -> None:
+        if verify not in ("lazy", "full", "sizes"):
+            raise ValueError(f"verify must be 'lazy', 'full' or 'sizes', got {verify!r}")
+        self.folder = folder
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{folder} is not an activation cache (no {MANIFEST}); create one with `saescope cache`"
+            )
+        try:
+            self.manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise CorruptFileError(f"{path} is not valid JSON: {error}") from error
+        settings = self.manifest["settings"]
+        self._sites = [Site.parse(site_id) for site_id in settings["sites"]]
+        self._widths = {site: int(settings["widths"][site.id]) for site in self._sites}
+        self.dtype = str(settings["dtype"])
+        self.shards: list[dict[str, Any]] = self.manifest["shards"]
+        self._verified: set[Path] = set()
+        self._verify = verify
+        self._norm_tokens = norm_tokens
+        for shard in self.shards:
+            for path_, record in self._shard_files(shard):
+                self._check(path_, record, hash_it=verify == "full")
+
+    @property
+    def sites(self) -> list[Site]:
+        return list(self._sites)
+
+    @property
+    def widths(self) -> dict[Site, int]:
+        return dict(self._widths)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(int(shard["tokens"]) for shard in self.shards)
+
+    @property
+    def norm_scales(self) -> dict[Site, float]:
+        """C = sqrt(E‖x‖²) per site over the first shards covering `norm_tokens` (all shards if None)."""
+        if not self.shards:
+            raise ValueError(f"{self.folder} holds no complete shard yet")
+        totals = dict.fromkeys(self._sites, 0.0)
+        count = 0
+        for shard in self.shards:
+            for site in self._sites:
+                totals[site] += float(shard["sum_sq"][site.id])
+            count += int(shard["tokens"])
+            if self._norm_tokens is not None and count >= self._norm_tokens:
+                break
+        return {site: math.sqrt(total / count) for site, total in totals.items()}
+
+    def _shard_files(self, shard: Mapping[str, Any]) -> Iterator[tuple[Path, Mapping[str, Any]]]:
+        yield self.folder / "tokens" / _shard_name(int(shard["index"])), shard["tokens_file"]
+        for site in self._sites:
+            yield self.folder / _site_dir(site) / _shard_name(int(shard["index"])), shard["files"][site.id]
+
+    def _check(self, path: Path, record: Mapping[str, Any], *, hash_it: bool) -> None:
+        if path in self._verified:
+            return
+        if not path.is_file():
+            raise CorruptFileError(f"{path} is missing from the activation cache {self.folder}")
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            raise CorruptFileError(f"{path} has {size} bytes, the manifest says {record['bytes']} (truncated?)")
+        if hash_it:
+            if sha256_file(path) != record["sha256"]:
+                raise CorruptFileError(f"{path} does not match its SHA-256 checksum in {self.folder / MANIFEST}")
+            self._verified.add(path)
+
+    def _open_rows(self, site: Site | None, shard: Mapping[str, Any]) -> np.memmap[Any, Any]:
+        index = int(shard["index"])
+        dtype: type[np.generic]
+        if site is None:
+            path, record = self.folder / "tokens" / _shard_name(index), shard["tokens_file"]
+            dtype, width = np.int64, _TOKEN_COLUMNS
+        else:
+            path, record = self.folder / _site_dir(site) / _shard_name(index), shard["files"][site.id]
+            dtype, width = STORAGE_DTYPES[self.dtype][1], self._widths[site]
+        self._check(path, record, hash_it=self._verify != "sizes")
+        return np.memmap(path, dtype=dtype, mode="r", shape=(int(shard["tokens"]), width))
+
+    def _to_float(self, rows: np.ndarray[Any, Any]) -> torch.Tensor:
+        # Memory-mapped rows are read-only; fancy-indexed rows are already a private copy.
+        tensor = torch.from_numpy(np.require(rows, requirements=["C", "W"]))
+        if self.dtype == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor.float()
+
+    def read_shard(self, site: Site, index: int) -> torch.Tensor:
+        """All rows of one site's shard, as float32 (n_tokens, width)."""
+        return self._to_float(self._open_rows(site, self.shards[index])[:])
+
+    def read_tokens(self, index: int) -> torch.Tensor:
+        """(n_tokens, 3) int64: token id, window index, position of each row of shard `index`."""
+        return torch.from_numpy(np.array(self._open_rows(None, self.shards[index])))
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        sites: Sequence[Site] | None = None,
+        shards_in_memory: int = 4,
+    ) -> Iterator[SiteBatch]:
+        """Shuffled float32 batches; each token of the cache appears exactly once per epoch.
+
+        Shards are visited in a seeded random order, `shards_in_memory` at a time; the rows of those
+        shards (plus the few left over from the previous group) are permuted together and read through
+        memory maps, so memory stays bounded by the group whatever the cache size.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chosen = list(sites) if sites is not None else self._sites
+        unknown = [str(site) for site in chosen if site not in self._widths]
+        if unknown:
+            raise ValueError(
+                f"sites {unknown} are not in the cache {self.folder} (it has {[s.id for s in self._sites]})"
+            )
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self.shards))
+        leftover = np.empty((0, 2), dtype=np.int64)  # (shard position, row)
+        for group_start in range(0, len(order), shards_in_memory):
+            group = order[group_start : group_start + shards_in_memory]
+            rows = [leftover] + [
+                np.stack([np.full(int(self.shards[g]["tokens"]), g), np.arange(int(self.shards[g]["tokens"]))], 1)
+                for g in group
+            ]
+            pool = np.concatenate(rows)[rng.permutation(sum(len(r) for r in rows))]
+            is_last = group_start + shards_in_memory >= len(order)
+            n_full = len(pool) if is_last else (len(pool) // batch_size) * batch_size
+            for start in range(0, n_full, batch_size):
+                yield self._gather(pool[start : start + batch_size], chosen)
+            leftover = pool[n_full:]
+
+    def _gather(self, picks: np.ndarray[Any, Any], sites: Sequence[Site]) -> SiteBatch:
+        batch: SiteBatch = {site: torch.empty(len(picks), self._widths[site]) for site in sites}
+        for shard_position in np.unique(picks[:, 0]):
+            in_shard = np.nonzero(picks[:, 0] == shard_position)[0]
+            rows = picks[in_shard, 1]
+            row_order = np.argsort(rows)  # sorted reads are sequential-ish in the memory map
+            target = torch.from_numpy(in_shard[row_order])
+            for site in sites:
+                values = self._to_float(self._open_rows(site, self.shards[int(shard_position)])[rows[row_order]])
+                batch[site][target] = values
+        return batch
