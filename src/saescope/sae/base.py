@@ -1,0 +1,250 @@
+"""Shared base of every sparse dictionary: SAEs, transcoders and skip transcoders (SPEC §1, §2, §7.4).
+
+A sparse dictionary reads ``x`` (width ``d_in``) and writes ``ŷ`` (width ``d_out``)::
+
+    π = (x − b_dec) @ W_enc + b_enc      # "− b_dec" only with the pre-encoder bias (SAEs, SPEC §1.2)
+    f = σ(π)                             # architecture-specific sparsifying nonlinearity
+    ŷ = f @ W_dec + b_dec [+ x @ W_skip] # skip path only for skip transcoders (SPEC §7.4)
+
+Shape letters: ``B`` batch, ``D`` model width (``d_in`` for ``x``, ``d_out`` for ``y``), ``F`` latents (M).
+Subclasses implement :meth:`SparseDictionary.activation` (and optionally
+:meth:`SparseDictionary.sparsity_terms`); everything else is shared.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from saescope.sae.config import DictionaryConfig
+from saescope.sae.matryoshka import matryoshka_reconstruction_loss, reconstruction_loss
+
+
+class ForwardOutput(NamedTuple):
+    """What one forward pass produces."""
+
+    pre_activations: Tensor
+    """Encoder pre-activations π (B, F), before the sparsifying nonlinearity."""
+    codes: Tensor
+    """Sparse codes f (B, F): the feature activations."""
+    reconstruction: Tensor
+    """Reconstruction ŷ (B, d_out) of the target (of ``x`` itself for an SAE)."""
+
+
+class SparsityTerms(NamedTuple):
+    """The architecture-specific penalty part of the loss."""
+
+    penalty: Tensor
+    """Main sparsity penalty (λ_t·L0, quadratic target-L0, or weighted L1); scalar, float32."""
+    high_frequency: Tensor
+    """High-frequency penalty (SPEC §7.2); scalar, zero when switched off."""
+    coefficient: float
+    """The warmed-up coefficient λ_t used at this step."""
+
+
+class LossOutput(NamedTuple):
+    """Training loss and its parts (all scalars except ``output``)."""
+
+    total: Tensor
+    """``reconstruction + sparsity + high_frequency``: what to backpropagate."""
+    reconstruction: Tensor
+    """Σ_d (y − ŷ)² averaged over tokens; with Matryoshka prefixes, the sum of that over prefixes."""
+    sparsity: Tensor
+    """Sparsity penalty, already multiplied by the warmed-up coefficient."""
+    high_frequency: Tensor
+    """High-frequency penalty (zero when off)."""
+    l0: Tensor
+    """Mean number of non-zero codes per token (detached, for logging)."""
+    sparsity_coefficient: float
+    """λ_t: the sparsity coefficient after warm-up at this step."""
+    output: ForwardOutput
+    """The forward pass the loss was computed from."""
+
+
+def unit_rows_he_uniform(rows: int, cols: int, generator: torch.Generator | None = None) -> Tensor:
+    """A (rows, cols) float32 matrix drawn He-uniform, then each row rescaled to unit L2 norm.
+
+    SPEC §2.1: decoder init. The He bound ``sqrt(6 / rows)`` (fan-in of ``f @ W_dec`` is the number of
+    latents) does not matter after the row normalisation; only the uniform shape of the draw does.
+    """
+    bound = math.sqrt(6.0 / rows)
+    W = (torch.rand(rows, cols, generator=generator, dtype=torch.float32) * 2.0 - 1.0) * bound
+    unit: Tensor = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return unit
+
+
+class SparseDictionary(nn.Module, ABC):
+    """Base class: parameters, encode/decode/forward/loss, decoder constraints and folding.
+
+    Parameters (float ``config.dtype``): ``W_enc_DF`` (d_in, M), ``b_enc_F`` (M,), ``W_dec_FD`` (M, d_out),
+    ``b_dec_D`` (d_out,), and ``W_skip_DD`` (d_in, d_out) when ``config.skip`` else ``None``.
+
+    Initialisation (SPEC §2.1): ``W_dec`` He-uniform with unit-norm rows; biases and ``W_skip`` zero;
+    ``W_enc = W_decᵀ`` for SAEs (pre-encoder bias on, hence d_in == d_out). For transcoders GS does not
+    give the init (SPEC §2.6, §9 item 7): we draw ``W_enc`` independently in the same way (each latent's
+    encoder vector a unit-norm He-uniform draw), since tying ``W_decᵀ`` across two different spaces has
+    no meaning.
+    """
+
+    W_skip_DD: nn.Parameter | None
+
+    def __init__(self, config: DictionaryConfig, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        d_in, d_out, width, dtype = config.d_in, config.d_target, config.width, config.torch_dtype
+        self.W_enc_DF = nn.Parameter(torch.empty(d_in, width, dtype=dtype))
+        self.b_enc_F = nn.Parameter(torch.zeros(width, dtype=dtype))
+        self.W_dec_FD = nn.Parameter(torch.empty(width, d_out, dtype=dtype))
+        self.b_dec_D = nn.Parameter(torch.zeros(d_out, dtype=dtype))
+        if config.skip:
+            self.W_skip_DD = nn.Parameter(torch.zeros(d_in, d_out, dtype=dtype))
+        else:
+            self.register_parameter("W_skip_DD", None)
+        self._init_weights(generator)
+
+    @torch.no_grad()
+    def _init_weights(self, generator: torch.Generator | None) -> None:
+        W_dec_FD = unit_rows_he_uniform(self.config.width, self.config.d_target, generator)
+        self.W_dec_FD.copy_(W_dec_FD)
+        if self.config.apply_pre_encoder_bias:  # SAE: W_enc = W_decᵀ (SPEC §2.1)
+            self.W_enc_DF.copy_(W_dec_FD.T)
+        else:  # transcoder: independent draw (see class docstring)
+            self.W_enc_DF.copy_(unit_rows_he_uniform(self.config.width, self.config.d_in, generator).T)
+
+    # --- the three stages ---------------------------------------------------------------------------
+    def pre_activations(self, x_BD: Tensor) -> Tensor:
+        """π = (x − b_dec) @ W_enc + b_enc (the ``− b_dec`` only with the pre-encoder bias): (B, F)."""
+        x_BD = x_BD.to(self.W_enc_DF.dtype)
+        if self.config.apply_pre_encoder_bias:
+            x_BD = x_BD - self.b_dec_D
+        return x_BD @ self.W_enc_DF + self.b_enc_F
+
+    @abstractmethod
+    def activation(self, pre_BF: Tensor) -> Tensor:
+        """The sparsifying nonlinearity σ(π) → f, shape (B, F)."""
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        """Sparse codes f (B, F) of inputs x (B, d_in)."""
+        return self.activation(self.pre_activations(x_BD))
+
+    def decode(self, f_BF: Tensor, x_BD: Tensor | None = None) -> Tensor:
+        """ŷ = f @ W_dec + b_dec (+ x @ W_skip): (B, d_out). ``x_BD`` is required iff the skip path exists."""
+        y_hat_BD = f_BF.to(self.W_dec_FD.dtype) @ self.W_dec_FD + self.b_dec_D
+        return y_hat_BD + self._skip_term(x_BD)
+
+    def _skip_term(self, x_BD: Tensor | None) -> Tensor | int:
+        if self.W_skip_DD is None:
+            return 0
+        if x_BD is None:
+            raise ValueError("decode() needs x_BD: this dictionary has a skip connection (config.skip)")
+        return x_BD.to(self.W_skip_DD.dtype) @ self.W_skip_DD
+
+    def forward(self, x_BD: Tensor) -> ForwardOutput:
+        """Encode then decode ``x_BD`` (B, d_in)."""
+        pre_BF = self.pre_activations(x_BD)
+        f_BF = self.activation(pre_BF)
+        return ForwardOutput(pre_BF, f_BF, self.decode(f_BF, x_BD))
+
+    # --- loss ---------------------------------------------------------------------------------------
+    def sparsity_terms(self, output: ForwardOutput, step: int) -> SparsityTerms:
+        """Architecture-specific penalties at training step ``step``; default: none (TopK/BatchTopK)."""
+        zero = output.codes.new_zeros((), dtype=torch.float32)
+        return SparsityTerms(zero, zero, 0.0)
+
+    def loss(self, x_BD: Tensor, y_BD: Tensor | None = None, *, step: int = 0) -> LossOutput:
+        """Training loss on inputs ``x_BD`` and targets ``y_BD`` (default: ``x_BD``, i.e. an SAE).
+
+        ``step`` is the optimiser step; warm-ups are pure functions of it (SPEC §2.4), so a resumed run
+        gets the same coefficients. With ``config.matryoshka_prefixes`` the reconstruction term is the
+        Matryoshka sum over nested prefixes (SPEC §7.3); the penalty is counted once.
+        """
+        if y_BD is None:
+            if self.config.d_in != self.config.d_out:
+                raise ValueError("loss() needs y_BD: d_out != d_in, so the target is not the input")
+            y_BD = x_BD
+        output: ForwardOutput = self(x_BD)
+        prefixes = self.config.matryoshka_prefixes
+        if prefixes is None:
+            recon = reconstruction_loss(output.reconstruction, y_BD)
+        else:
+            offset_BD = self.b_dec_D + self._skip_term(x_BD)
+            recon = matryoshka_reconstruction_loss(output.codes, self.W_dec_FD, offset_BD, y_BD, prefixes)
+        terms = self.sparsity_terms(output, step)
+        l0 = (output.codes != 0).float().sum(dim=-1).mean().detach()
+        total = recon + terms.penalty + terms.high_frequency
+        return LossOutput(total, recon, terms.penalty, terms.high_frequency, l0, terms.coefficient, output)
+
+    # --- decoder constraint (SPEC §2.1) -------------------------------------------------------------
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder row (latent direction) to unit L2 norm, in place."""
+        norms_F1 = self.W_dec_FD.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.W_dec_FD.copy_(self.W_dec_FD.float() / norms_F1)
+
+    @torch.no_grad()
+    def project_decoder_grad_(self) -> None:
+        """Remove from each decoder row's gradient its component along the row: g_i ← g_i − (g_i·d̂_i) d̂_i.
+
+        Call between ``backward()`` and the optimiser step (SPEC §2.1); a no-op without a gradient.
+        """
+        grad_FD = self.W_dec_FD.grad
+        if grad_FD is None:
+            return
+        W_FD = self.W_dec_FD.float()
+        unit_FD = W_FD / W_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        g_FD = grad_FD.float()
+        g_FD = g_FD - (g_FD * unit_FD).sum(dim=-1, keepdim=True) * unit_FD
+        grad_FD.copy_(g_FD)
+
+    # --- raw-space weights (SPEC §2.7) --------------------------------------------------------------
+    @torch.no_grad()
+    def fold_normalisation(self, scale_in: float, scale_out: float | None = None) -> SparseDictionary:
+        """A copy that runs on raw activations, with the normalisation and pre-encoder bias folded in.
+
+        Training saw ``x = x_raw / scale_in`` and targets ``y = y_raw / scale_out`` (``scale_out``
+        defaults to ``scale_in``: an SAE, or a GS1 transcoder whose input and target share the input's
+        scale, SPEC §2.2). The returned dictionary maps ``x_raw`` to ``ŷ_raw = scale_out · ŷ`` and its
+        codes are ``f' = scale_out · f``, so decoder rows stay unchanged (unit norm)::
+
+            W_enc' = (scale_out/scale_in)·W_enc    b_enc' = scale_out·(b_enc − b_dec @ W_enc)
+            b_dec' = scale_out·b_dec               W_skip' = (scale_out/scale_in)·W_skip
+            θ'     = scale_out·θ  (JumpReLU; BatchTopK's inference threshold likewise)
+
+        (``− b_dec @ W_enc`` only if the pre-encoder bias was on; it is off in the result.) With
+        ``scale_in == scale_out == C`` this is exactly SPEC §2.7. Every nonlinearity here is positively
+        homogeneous once its threshold is scaled too, so ``σ'(s·π) = s·σ(π)`` with ``s = scale_out``.
+        """
+        s_out = scale_in if scale_out is None else scale_out
+        for name, value in (("scale_in", scale_in), ("scale_out", s_out)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"fold_normalisation: {name} must be a finite float > 0; got {value!r}")
+        ratio = s_out / scale_in
+        folded = copy.deepcopy(self)
+        folded.zero_grad(set_to_none=True)
+        W_enc_DF = self.W_enc_DF.double()
+        b_enc_F = self.b_enc_F.double()
+        if self.config.apply_pre_encoder_bias:
+            b_enc_F = b_enc_F - self.b_dec_D.double() @ W_enc_DF
+        folded.W_enc_DF.copy_(ratio * W_enc_DF)
+        folded.b_enc_F.copy_(s_out * b_enc_F)
+        folded.b_dec_D.copy_(s_out * self.b_dec_D.double())
+        if self.W_skip_DD is not None and folded.W_skip_DD is not None:
+            folded.W_skip_DD.copy_(ratio * self.W_skip_DD.double())
+        folded.config = self.config.replace(apply_pre_encoder_bias=False)
+        folded._scale_thresholds_(s_out)
+        return folded
+
+    def _scale_thresholds_(self, scale: float) -> None:
+        """Multiply architecture-specific thresholds by ``scale`` (used by folding); default: none."""
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"architecture={c.architecture!r}, d_in={c.d_in}, d_out={c.d_out}, width={c.width}, "
+            f"pre_encoder_bias={c.apply_pre_encoder_bias}, skip={c.skip}"
+        )
