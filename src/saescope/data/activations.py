@@ -39,7 +39,9 @@ class ActivationSource(Protocol):
     @property
     def norm_scales(self) -> dict[Site, float]: ...
 
-    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0) -> Iterator[SiteBatch]: ...
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, skip_batches: int = 0) -> Iterator[SiteBatch]:
+        """Batches of one epoch in a seeded order; `skip_batches` resumes mid-epoch at the same place."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -240,7 +242,11 @@ class StreamedActivations:
             prefetch_depth=self._prefetch_depth,
         )
 
-    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0) -> Iterator[SiteBatch]:
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, skip_batches: int = 0) -> Iterator[SiteBatch]:
+        """Live batches; skipping recomputes the skipped forwards (the stream has no random access)."""
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         chunks = (token_acts.acts for token_acts in self._token_stream(epoch))
-        yield from shuffled_batches(chunks, batch_size, buffer_tokens=self._buffer_tokens, generator=generator)
+        stream = shuffled_batches(chunks, batch_size, buffer_tokens=self._buffer_tokens, generator=generator)
+        for index, batch in enumerate(stream):
+            if index >= skip_batches:
+                yield batch

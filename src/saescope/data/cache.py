@@ -325,6 +325,7 @@ class ActivationCache:
         *,
         seed: int = 0,
         epoch: int = 0,
+        skip_batches: int = 0,
         sites: Sequence[Site] | None = None,
         shards_in_memory: int = 4,
     ) -> Iterator[SiteBatch]:
@@ -332,7 +333,8 @@ class ActivationCache:
 
         Shards are visited in a seeded random order, `shards_in_memory` at a time; the rows of those
         shards (plus the few left over from the previous group) are permuted together and read through
-        memory maps, so memory stays bounded by the group whatever the cache size.
+        memory maps, so memory stays bounded by the group whatever the cache size. The first
+        `skip_batches` batches are skipped without being read (to resume mid-epoch).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -345,6 +347,7 @@ class ActivationCache:
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(self.shards))
         leftover = np.empty((0, 2), dtype=np.int64)  # (shard position, row)
+        batch_index = 0
         for group_start in range(0, len(order), shards_in_memory):
             group = order[group_start : group_start + shards_in_memory]
             rows = [leftover] + [
@@ -355,7 +358,9 @@ class ActivationCache:
             is_last = group_start + shards_in_memory >= len(order)
             n_full = len(pool) if is_last else (len(pool) // batch_size) * batch_size
             for start in range(0, n_full, batch_size):
-                yield self._gather(pool[start : start + batch_size], chosen)
+                if batch_index >= skip_batches:
+                    yield self._gather(pool[start : start + batch_size], chosen)
+                batch_index += 1
             leftover = pool[n_full:]
 
     def _gather(self, picks: np.ndarray[Any, Any], sites: Sequence[Site]) -> SiteBatch:

@@ -151,12 +151,18 @@ class SparseDictionary(nn.Module, ABC):
         return ForwardOutput(pre_BF, f_BF, self.decode(f_BF, x_BD))
 
     # --- loss ---------------------------------------------------------------------------------------
-    def sparsity_terms(self, output: ForwardOutput, step: int) -> SparsityTerms:
-        """Architecture-specific penalties at training step ``step``; default: none (TopK/BatchTopK)."""
+    def sparsity_terms(self, output: ForwardOutput, step: int, coefficient_scale: float = 1.0) -> SparsityTerms:
+        """Architecture-specific penalties at training step ``step``; default: none (TopK/BatchTopK).
+
+        ``coefficient_scale`` multiplies the warmed-up sparsity coefficient λ_t; the trainer's target-L0
+        controller uses it to steer λ without rebuilding the config.
+        """
         zero = output.codes.new_zeros((), dtype=torch.float32)
         return SparsityTerms(zero, zero, 0.0)
 
-    def loss(self, x_BD: Tensor, y_BD: Tensor | None = None, *, step: int = 0) -> LossOutput:
+    def loss(
+        self, x_BD: Tensor, y_BD: Tensor | None = None, *, step: int = 0, coefficient_scale: float = 1.0
+    ) -> LossOutput:
         """Training loss on inputs ``x_BD`` and targets ``y_BD`` (default: ``x_BD``, i.e. an SAE).
 
         ``step`` is the optimiser step; warm-ups are pure functions of it (SPEC §2.4), so a resumed run
@@ -174,7 +180,7 @@ class SparseDictionary(nn.Module, ABC):
         else:
             offset_BD = self.b_dec_D + self._skip_term(x_BD)
             recon = matryoshka_reconstruction_loss(output.codes, self.W_dec_FD, offset_BD, y_BD, prefixes)
-        terms = self.sparsity_terms(output, step)
+        terms = self.sparsity_terms(output, step, coefficient_scale)
         l0 = (output.codes != 0).float().sum(dim=-1).mean().detach()
         total = recon + terms.penalty + terms.high_frequency
         return LossOutput(total, recon, terms.penalty, terms.high_frequency, l0, terms.coefficient, output)

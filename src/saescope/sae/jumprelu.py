@@ -141,10 +141,10 @@ class JumpReLU(SparseDictionary):
     def activation(self, pre_BF: Tensor) -> Tensor:
         return jumprelu(pre_BF, self.threshold_F, self.config.bandwidth)
 
-    def sparsity_terms(self, output: ForwardOutput, step: int) -> SparsityTerms:
+    def sparsity_terms(self, output: ForwardOutput, step: int, coefficient_scale: float = 1.0) -> SparsityTerms:
         c = self.config
         active_BF = heaviside_step(output.pre_activations, self.threshold_F, c.bandwidth)  # Step on π
-        coefficient = warmed_coefficient(c.l0_coefficient, step, c.lambda_warmup_steps)
+        coefficient = warmed_coefficient(c.l0_coefficient, step, c.lambda_warmup_steps) * coefficient_scale
         if c.sparsity == "quadratic_l0":
             assert c.target_l0 is not None
             penalty = quadratic_l0_penalty(active_BF, coefficient, c.target_l0, c.quadratic_prefactor)
@@ -158,6 +158,13 @@ class JumpReLU(SparseDictionary):
         else:
             high_freq = penalty.new_zeros(())
         return SparsityTerms(penalty, high_freq, coefficient)
+
+    @torch.no_grad()
+    def set_threshold_(self, theta_F: Tensor) -> None:
+        """Overwrite θ (F,) in place (e.g. the trainer's data-driven initialisation); values must be > 0."""
+        if theta_F.shape != (self.config.width,) or not bool((theta_F > 0).all()):
+            raise ValueError(f"thresholds must be {self.config.width} positive values")
+        self.threshold_param.copy_(self._to_param(theta_F.to(device=self.threshold_param.device, dtype=torch.float32)))
 
     @torch.no_grad()
     def _scale_thresholds_(self, scale: float) -> None:

@@ -24,8 +24,8 @@ class ReLU(SparseDictionary):
     def activation(self, pre_BF: Tensor) -> Tensor:
         return torch.relu(pre_BF)
 
-    def sparsity_terms(self, output: ForwardOutput, step: int) -> SparsityTerms:
+    def sparsity_terms(self, output: ForwardOutput, step: int, coefficient_scale: float = 1.0) -> SparsityTerms:
         c = self.config
-        coefficient = warmed_coefficient(c.l1_coefficient, step, c.lambda_warmup_steps)
+        coefficient = warmed_coefficient(c.l1_coefficient, step, c.lambda_warmup_steps) * coefficient_scale
         penalty = decoder_weighted_l1_penalty(output.codes, self.W_dec_FD, coefficient)
         return SparsityTerms(penalty, penalty.new_zeros(()), coefficient)

@@ -1,0 +1,14 @@
+"""Training: many sparse dictionaries from one activation stream, with schedules, checkpoints and resume."""
+
+from saescope.train.schedules import TargetL0Controller, learning_rate
+from saescope.train.trainer import SAESpec, TrainConfig, TrainedDictionary, Trainer, TrainingDivergedError
+
+__all__ = [
+    "SAESpec",
+    "TargetL0Controller",
+    "TrainConfig",
+    "TrainedDictionary",
+    "Trainer",
+    "TrainingDivergedError",
+    "learning_rate",
+]

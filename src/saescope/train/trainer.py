@@ -1,0 +1,375 @@
+"""Train many sparse dictionaries at once from one activation stream (SPEC §2.4, §2.5).
+
+Every batch of token activations is read once and fed to every dictionary that wants its site; each
+dictionary has its own Adam optimiser, schedules and (optionally) target-L0 controller. Steps follow
+SPEC §2.4 exactly: normalise by the site's scale C, loss with warmed-up λ, backward, project decoder
+gradients orthogonal to the rows, Adam(β1=0, β2=0.999), renormalise decoder rows.
+
+Checkpoints hold weights, optimiser states, controller states, dead-latent counters, the data position
+and the RNG state, written atomically; a resumed run gives bit-identical weights to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as safetensors_bytes
+from tqdm import tqdm
+
+from saescope.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from saescope.data.activations import ActivationSource, SiteBatch
+from saescope.models.sites import Site
+from saescope.sae import DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary
+from saescope.train.schedules import TargetL0Controller, learning_rate
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """One dictionary to train: where it reads, what it is, and its optimiser settings."""
+
+    name: str
+    site: Site
+    dictionary: DictionaryConfig
+    lr: float = 7e-5  # SPEC §2.1
+    #: Steer λ so that L0 settles on this value (saescope addition, see `TargetL0Controller`).
+    target_l0: float | None = None
+    #: Initialise each JumpReLU threshold at the quantile of its pre-activations on the first batch that
+    #: makes the latent fire on target_l0 / width of tokens (saescope addition; the paper uses θ = 0.001).
+    #: None = on exactly when target_l0 is set.
+    threshold_init_from_data: bool | None = None
+    #: "zeros" (the paper) or "mean": b_dec starts at the first batch's mean (as sparsify does), which
+    #: matters for sites with a large mean such as Gemma's massive-activation residual dimensions.
+    decoder_bias_init: str = "zeros"
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"SAESpec.name must be a non-empty folder name without '/'; got {self.name!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"SAESpec.lr must be a positive number; got {self.lr!r}")
+        if self.target_l0 is not None and not 0 < self.target_l0 < self.dictionary.width:
+            raise ValueError(f"SAESpec.target_l0 must be in (0, width); got {self.target_l0!r}")
+        if self.decoder_bias_init not in ("zeros", "mean"):
+            raise ValueError(f"SAESpec.decoder_bias_init must be 'zeros' or 'mean'; got {self.decoder_bias_init!r}")
+        if self.init_thresholds_from_data and self.dictionary.architecture != "jumprelu":
+            raise ValueError("SAESpec.threshold_init_from_data needs a jumprelu dictionary")
+        if self.init_thresholds_from_data and self.target_l0 is None:
+            raise ValueError("SAESpec.threshold_init_from_data needs target_l0 (the firing rate to start at)")
+
+    @property
+    def init_thresholds_from_data(self) -> bool:
+        if self.threshold_init_from_data is None:
+            return self.target_l0 is not None and self.dictionary.architecture == "jumprelu"
+        return self.threshold_init_from_data
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "site": self.site.id,
+            "dictionary": self.dictionary.to_dict(),
+            "lr": self.lr,
+            "target_l0": self.target_l0,
+            "threshold_init_from_data": self.init_thresholds_from_data,
+            "decoder_bias_init": self.decoder_bias_init,
+        }
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings shared by every dictionary of a training run."""
+
+    total_tokens: int
+    batch_size: int = 4096  # SPEC §2.1
+    lr_warmup_steps: int = 1000  # cosine warm-up from 0.1·lr (SPEC §2.1)
+    lr_warmup_start_fraction: float = 0.1
+    lr_decay_fraction: float = 0.0  # none in the paper (SPEC §9 item 1)
+    adam_betas: tuple[float, float] = (0.0, 0.999)
+    adam_eps: float = 1e-8
+    seed: int = 0
+    checkpoint_every_steps: int = 500
+    log_every_steps: int = 10
+    dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
+    controller_gain: float = 0.02
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        if not 0.0 <= self.lr_decay_fraction <= 1.0:
+            raise ValueError(f"TrainConfig.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction!r}")
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.total_tokens / self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("progress")
+        return data
+
+
+@dataclass
+class _Member:
+    """A dictionary being trained and its training state."""
+
+    spec: SAESpec
+    sae: SparseDictionary
+    optimizer: torch.optim.Adam
+    controller: TargetL0Controller | None
+    tokens_since_fired_F: torch.Tensor
+    last: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainedDictionary:
+    """What a finished run returns for each dictionary."""
+
+    name: str
+    site: Site
+    sae: SparseDictionary
+    norm_scale: float
+    folder: Path
+    final_metrics: dict[str, float]
+
+
+def _batch_fvu(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> float:
+    """Fraction of variance unexplained on this batch (variance about the batch mean)."""
+    residual = (x_BD - x_hat_BD).double().square().sum()
+    variance = (x_BD - x_BD.mean(0)).double().square().sum()
+    return float(residual / variance.clamp_min(1e-30))
+
+
+class Trainer:
+    """Trains every `SAESpec` on batches from one `ActivationSource`, checkpointing into `out_dir`."""
+
+    def __init__(self, specs: Sequence[SAESpec], source: ActivationSource, config: TrainConfig, out_dir: Path) -> None:
+        names = [spec.name for spec in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dictionary names must be unique; got {names}")
+        missing = sorted({spec.site.id for spec in specs} - {site.id for site in source.sites})
+        if missing:
+            raise ValueError(f"the activation source has no site {missing}; it has {[s.id for s in source.sites]}")
+        for spec in specs:
+            width = source.widths[spec.site]
+            if spec.dictionary.d_in != width:
+                raise ValueError(f"{spec.name}: d_in {spec.dictionary.d_in} != width {width} of site {spec.site}")
+        self.specs = list(specs)
+        self.source = source
+        self.config = config
+        self.out_dir = out_dir
+        self.norm_scales = {spec.site: source.norm_scales[spec.site] for spec in specs}
+        self.members = [self._build(index, spec) for index, spec in enumerate(self.specs)]
+        self.step = 0
+        self.tokens_seen = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    def _build(self, index: int, spec: SAESpec) -> _Member:
+        generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
+        sae = build_dictionary(spec.dictionary, generator=generator)
+        optimizer = torch.optim.Adam(
+            sae.parameters(), lr=spec.lr, betas=self.config.adam_betas, eps=self.config.adam_eps
+        )
+        controller = TargetL0Controller(spec.target_l0, gain=self.config.controller_gain) if spec.target_l0 else None
+        return _Member(spec, sae, optimizer, controller, torch.zeros(spec.dictionary.width, dtype=torch.int64))
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "specs": [spec.to_dict() for spec in self.specs]}
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "identity": self._identity(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "norm_scales": {site.id: scale for site, scale in self.norm_scales.items()},
+            "members": {
+                m.spec.name: {
+                    "sae": m.sae.state_dict(),
+                    "optimizer": m.optimizer.state_dict(),
+                    "controller": m.controller.log_scale if m.controller else None,
+                    "tokens_since_fired": m.tokens_since_fired_F,
+                }
+                for m in self.members
+            },
+            "torch_rng": torch.get_rng_state(),
+        }
+        atomic_write_with(self.out_dir / CHECKPOINT, lambda handle: torch.save(state, handle))
+
+    def load_checkpoint(self) -> bool:
+        """Restore the last checkpoint if there is one; False when starting fresh."""
+        path = self.out_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = torch.load(path, weights_only=False)
+        if state["identity"] != self._identity():
+            raise ValueError(f"{path} was written by a run with other settings; use another output folder or delete it")
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.norm_scales = {Site.parse(site_id): scale for site_id, scale in state["norm_scales"].items()}
+        for member in self.members:
+            saved = state["members"][member.spec.name]
+            member.sae.load_state_dict(saved["sae"])
+            member.optimizer.load_state_dict(saved["optimizer"])
+            if member.controller is not None:
+                member.controller.log_scale = saved["controller"]
+            member.tokens_since_fired_F = saved["tokens_since_fired"]
+        torch.set_rng_state(state["torch_rng"])
+        self._truncate_metrics()
+        return True
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric rows logged after the checkpoint, so a resumed log has no duplicates."""
+        path = self.out_dir / METRICS
+        if path.exists():
+            rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            atomic_write_text(path, "".join(row + "\n" for row in rows))
+
+    # --- the loop -----------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[SiteBatch]:
+        """Batches from the current data position onwards, across epochs."""
+        while True:
+            produced = False
+            for batch in self.source.batches(
+                self.config.batch_size, seed=self.config.seed, epoch=self.epoch, skip_batches=self.batch_in_epoch
+            ):
+                produced = True
+                self.batch_in_epoch += 1
+                yield batch
+            if not produced and self.batch_in_epoch == 0:
+                raise ValueError("the activation source yielded no batch")
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    @torch.no_grad()
+    def _initialise_from_data(self, batch: dict[Site, torch.Tensor]) -> None:
+        for member in self.members:
+            x_BD = batch[member.spec.site]
+            if member.spec.decoder_bias_init == "mean":
+                member.sae.b_dec_D.copy_(x_BD.mean(0))
+            if member.spec.init_thresholds_from_data:
+                assert isinstance(member.sae, JumpReLU)
+                assert member.spec.target_l0 is not None
+                pre_BF = member.sae.pre_activations(x_BD)
+                rate = member.spec.target_l0 / member.spec.dictionary.width
+                rank = min(x_BD.shape[0], max(1, round(x_BD.shape[0] * (1.0 - rate))))
+                theta_F = pre_BF.kthvalue(rank, dim=0).values
+                member.sae.set_threshold_(theta_F.clamp_min(member.spec.dictionary.threshold_init))
+
+    def _train_member(self, member: _Member, x_BD: torch.Tensor) -> None:
+        spec, config = member.spec, self.config
+        lr = learning_rate(
+            self.step,
+            peak=spec.lr,
+            warmup_steps=config.lr_warmup_steps,
+            warmup_start_fraction=config.lr_warmup_start_fraction,
+            total_steps=config.total_steps,
+            decay_fraction=config.lr_decay_fraction,
+        )
+        for group in member.optimizer.param_groups:
+            group["lr"] = lr
+        scale = member.controller.scale if member.controller else 1.0
+        out = member.sae.loss(x_BD, step=self.step, coefficient_scale=scale)
+        if not torch.isfinite(out.total):
+            raise TrainingDivergedError(
+                f"{spec.name} ({spec.site}): the loss is {out.total.item()} at step {self.step}; "
+                f"the last good checkpoint is {self.out_dir / CHECKPOINT}. Lower its learning rate "
+                "or sparsity coefficient and resume."
+            )
+        out.total.backward()  # type: ignore[no-untyped-call]
+        member.sae.project_decoder_grad_()
+        member.optimizer.step()
+        member.optimizer.zero_grad(set_to_none=True)
+        member.sae.normalize_decoder_()
+        l0 = float(out.l0)
+        if member.controller is not None and self.step >= spec.dictionary.lambda_warmup_steps:
+            member.controller.update(l0)
+        fired_F = (out.output.codes != 0).any(dim=0)
+        member.tokens_since_fired_F += x_BD.shape[0]
+        member.tokens_since_fired_F[fired_F] = 0
+        member.last = {
+            "loss": float(out.total.detach()),
+            "l0": l0,
+            "fvu": _batch_fvu(x_BD, out.output.reconstruction.detach()),
+            "lambda": out.sparsity_coefficient,
+            "lr": lr,
+            "dead_fraction": float((member.tokens_since_fired_F >= config.dead_window_tokens).float().mean()),
+        }
+
+    def _log(self) -> None:
+        rows = [{"step": self.step, "name": m.spec.name, **m.last} for m in self.members]
+        with (self.out_dir / METRICS).open("a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+
+    def _postfix(self) -> str:
+        if len(self.members) <= 3:
+            return "  ".join(f"{m.spec.name}: L0 {m.last['l0']:.1f} FVU {m.last['fvu']:.3f}" for m in self.members)
+        l0s = sorted(m.last["l0"] for m in self.members)
+        fvus = sorted(m.last["fvu"] for m in self.members)
+        return f"L0 median {l0s[len(l0s) // 2]:.1f} [{l0s[0]:.1f}-{l0s[-1]:.1f}]  FVU median {fvus[len(fvus) // 2]:.3f}"
+
+    def run(self, *, max_steps: int | None = None) -> list[TrainedDictionary]:
+        """Train to `config.total_steps` (or stop after `max_steps` steps in total, for tests and
+        time-boxed runs), resuming from the checkpoint in `out_dir` when there is one."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.load_checkpoint()
+        atomic_write_json(self.out_dir / "train_config.json", self._identity())
+        stop_at = self.config.total_steps if max_steps is None else min(max_steps, self.config.total_steps)
+        sites = sorted({m.spec.site for m in self.members})
+        bar = tqdm(
+            total=self.config.total_steps, initial=self.step, unit="step", disable=not self.config.progress,
+            desc=f"training {len(self.members)} SAE{'s' if len(self.members) != 1 else ''}",
+        )  # fmt: skip
+        batches = self._batches()
+        try:
+            while self.step < stop_at:
+                raw = next(batches)
+                normalised = {site: raw[site] / self.norm_scales[site] for site in sites}
+                if self.step == 0 and not resumed:
+                    self._initialise_from_data(normalised)
+                for member in self.members:
+                    self._train_member(member, normalised[member.spec.site])
+                self.step += 1
+                self.tokens_seen += next(iter(raw.values())).shape[0]
+                bar.update(1)
+                if self.step % self.config.log_every_steps == 0 or self.step == stop_at:
+                    self._log()
+                    bar.set_postfix_str(self._postfix(), refresh=False)
+                if self.step % self.config.checkpoint_every_steps == 0 or self.step == stop_at:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        return [self._save_dictionary(member) for member in self.members]
+
+    def _save_dictionary(self, member: _Member) -> TrainedDictionary:
+        folder = self.out_dir / "saes" / member.spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {key: value.detach().contiguous() for key, value in member.sae.state_dict().items()}
+        atomic_write_with(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
+        scale = self.norm_scales[member.spec.site]
+        atomic_write_json(
+            folder / "config.json",
+            {
+                "format": "saescope-dictionary-v1",
+                **member.spec.to_dict(),
+                "norm_scale": scale,
+                "training": {**self.config.to_dict(), "steps_done": self.step, "tokens_seen": self.tokens_seen},
+                "final_batch_metrics": member.last,
+            },
+        )
+        return TrainedDictionary(member.spec.name, member.spec.site, member.sae, scale, folder, dict(member.last))
