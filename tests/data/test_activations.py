@@ -12,11 +12,11 @@ from torch import nn
 from saescope.data.activations import (
     NormScaleEstimator,
     StreamedActivations,
-    keep_mask,
     shuffled_batches,
     stream_token_activations,
     window_activations,
 )
+from saescope.data.corpus import special_token_mask
 from saescope.data.prefetch import Prefetcher
 from saescope.models.hooks import capture
 from saescope.models.sites import Site, SiteKind, site_widths
@@ -37,7 +37,7 @@ def test_special_positions_never_appear(tiny_gemma: nn.Module) -> None:
     ids = windows_with_specials()
     sites = [Site(0, SiteKind.RES), Site(1, SiteKind.ATT)]
     token_acts = window_activations(tiny_gemma, sites, ids, SPECIAL, first_window=7)
-    keep = keep_mask(ids, SPECIAL)
+    keep = special_token_mask(ids, SPECIAL)
     assert token_acts.n_tokens == int(keep.sum()) == 30 - 3 - 1 - 3
     assert not torch.isin(token_acts.token_ids_N, torch.tensor(SPECIAL)).any()
     assert 0 not in token_acts.positions_N.tolist()

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from saescope.data.corpus import special_token_mask
 from saescope.data.prefetch import Prefetcher
 from saescope.models.hooks import capture
 from saescope.models.sites import Site
@@ -59,10 +60,16 @@ class TokenActivations:
         return int(self.token_ids_N.shape[0])
 
 
-def keep_mask(ids_BT: torch.Tensor, special_ids: Collection[int]) -> torch.Tensor:
-    """(B, T) bool: True where the token is not a special token (BOS, EOS, pad, ...)."""
-    special = torch.tensor(sorted(special_ids), dtype=ids_BT.dtype, device=ids_BT.device)
-    return ~torch.isin(ids_BT, special)
+def stack_windows(windows: Iterable[torch.Tensor], batch_windows: int) -> Iterator[torch.Tensor]:
+    """Group (T,) windows into (B, T) batches of `batch_windows` (the last one may be smaller)."""
+    batch: list[torch.Tensor] = []
+    for window_T in windows:
+        batch.append(window_T)
+        if len(batch) == batch_windows:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
 
 
 def window_activations(
@@ -74,7 +81,7 @@ def window_activations(
 ) -> TokenActivations:
     """One forward over a batch of full-length windows; returns every site at the kept positions."""
     device = next(model.parameters()).device
-    keep_BT = keep_mask(ids_BT, special_ids)
+    keep_BT = special_token_mask(ids_BT, special_ids)
     captured = capture(model, sites, ids_BT.to(device))
     keep_on_device = keep_BT.to(device)
     acts = {site: captured[site][keep_on_device] for site in sites}

@@ -39,7 +39,7 @@ class ArrayActivations:
 
     @staticmethod
     def _scale(array: torch.Tensor | np.ndarray[Any, Any], norm_tokens: int) -> float:
-        head = torch.as_tensor(np.asarray(array[:norm_tokens]), dtype=torch.float32)
+        head = _float_rows(array, slice(0, norm_tokens))
         return math.sqrt(float(head.double().square().sum(-1).mean()))
 
     @property
@@ -58,10 +58,14 @@ class ArrayActivations:
         order = np.random.default_rng([seed, epoch]).permutation(self.n_tokens)
         for start in range(skip_batches * batch_size, self.n_tokens, batch_size):
             index = np.sort(order[start : start + batch_size])
-            yield {
-                site: torch.as_tensor(np.asarray(array[index]), dtype=torch.float32)
-                for site, array in self._arrays.items()
-            }
+            yield {site: _float_rows(array, index) for site, array in self._arrays.items()}
+
+
+def _float_rows(array: torch.Tensor | np.ndarray[Any, Any], index: slice | np.ndarray[Any, Any]) -> torch.Tensor:
+    """Rows of a tensor or (memory-mapped) numpy array as a new float32 tensor."""
+    if isinstance(array, torch.Tensor):
+        return array[torch.as_tensor(index) if isinstance(index, np.ndarray) else index].float()
+    return torch.from_numpy(np.array(array[index], dtype=np.float32))
 
 
 def load_activation_file(path: Path, site: Site | None = None) -> ArrayActivations:

@@ -1,0 +1,1 @@
+"""One module per `saescope` subcommand; each has `register(subparsers)` that adds its parser."""

@@ -1,0 +1,93 @@
+"""Arguments and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescope.data.corpus import CorpusConfig
+from saescope.models.loading import DEFAULT_MODEL, LoadedModel, load_model
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
+    help_text = (
+        f"embedded model name, local folder or Hugging Face id (default: {DEFAULT_MODEL}, "
+        "the Gemma 3 270M base model installed with saescope)"
+    )
+    if positional:
+        parser.add_argument("model", nargs="?", default=DEFAULT_MODEL, help=help_text)
+    else:
+        parser.add_argument("--model", default=DEFAULT_MODEL, help=help_text)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weight dtype (float32)")
+    parser.add_argument("--device", default="cpu", help="torch device for the model, e.g. cpu, cuda (default cpu)")
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="allow downloads from the Hugging Face Hub (off by default; also SAESCOPE_ONLINE=1)",
+    )
+
+
+def load_from_args(args: argparse.Namespace) -> LoadedModel:
+    return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, online=online_from_args(args))
+
+
+def online_from_args(args: argparse.Namespace) -> bool | None:
+    return True if args.online else None
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("corpus")
+    group.add_argument(
+        "--corpus",
+        default="embedded",
+        help="text source: 'embedded' (the corpus installed with saescope), a .txt/.jsonl/.parquet file, "
+        "a folder of .txt files, or hf:<dataset>[:<config>] (default: embedded)",
+    )
+    group.add_argument("--text-field", default="text", help="field/column holding the text (.jsonl, .parquet, hf:)")
+    group.add_argument("--context-size", type=int, default=1024, help="tokens per window, BOS included (1024)")
+    group.add_argument("--corpus-seed", type=int, default=0, help="seed of the document order (0)")
+
+
+def corpus_from_args(args: argparse.Namespace) -> CorpusConfig:
+    return CorpusConfig(
+        source=args.corpus, text_field=args.text_field, context_size=args.context_size, seed=args.corpus_seed
+    )
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML file whose keys are this command's options (dashes or underscores); flags given on the "
+        "command line override it",
+    )
+
+
+def read_option_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"config file {path} is not valid TOML: {error}") from error
+    known = {action.dest for action in parser._actions}
+    # Lists in TOML (widths = [4096, 16384]) mean the same as the comma lists of the flags.
+    values = {
+        key.replace("-", "_"): ",".join(map(str, value)) if isinstance(value, list) else value
+        for key, value in data.items()
+    }
+    unknown = sorted(set(values) - known - {"config"})
+    if unknown:
+        raise ValueError(f"config file {path}: unknown option(s) {unknown}; see --help for the options")
+    return values

@@ -1,0 +1,106 @@
+"""Model + corpus -> activations: build an on-disk cache, or open a live stream, for a set of sites.
+
+This is the glue between the corpus (token windows), the model (one forward per batch of windows,
+every site at once) and the two activation sources the trainer reads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from saescope.data.activations import StreamedActivations, stack_windows, stream_token_activations
+from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
+from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
+from saescope.models.loading import LoadedModel
+from saescope.models.sites import Site, site_widths
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    cache: ActivationCache
+    tokens_written: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_written / self.seconds if self.seconds > 0 else 0.0
+
+
+def build_cache(
+    folder: Path,
+    loaded: LoadedModel,
+    sites: Sequence[Site],
+    corpus: CorpusConfig,
+    *,
+    tokens: int,
+    dtype: str = "bfloat16",
+    batch_windows: int = 4,
+    windows_per_shard: int = 16,
+    progress: bool = True,
+    online: bool | None = None,
+) -> CacheReport:
+    """Fill `folder` with `tokens` training-split tokens of every site; resumes a partial cache."""
+    settings = CacheSettings(
+        model=loaded.info.name,
+        sites=tuple(sorted(sites)),
+        widths=site_widths(loaded.model, sites),
+        dtype=dtype,
+        corpus=corpus.to_dict(),
+        context_size=corpus.context_size,
+        windows_per_shard=windows_per_shard,
+    )
+    writer = CacheWriter(folder, settings, extra={"model_info": loaded.info.to_dict()})
+    start_tokens = writer.tokens_done
+    started = time.perf_counter()
+    # The window stream is deterministic: skip exactly the windows already in complete shards.
+    windows = itertools.islice(
+        corpus_windows(corpus, loaded.tokenizer, "train", online=online), writer.windows_done, None
+    )
+    stream = stream_token_activations(
+        loaded.model,
+        settings.sites,
+        stack_windows(windows, batch_windows),
+        special_token_ids(loaded.tokenizer),
+        first_window=writer.windows_done,
+    )
+    with tqdm(
+        total=tokens, initial=min(start_tokens, tokens), unit="tok", unit_scale=True, disable=not progress,
+        desc=f"caching {len(settings.sites)} sites",
+    ) as bar:  # fmt: skip
+        for written in writer.write(stream, tokens):
+            bar.update(written)
+    return CacheReport(ActivationCache(folder), writer.tokens_done - start_tokens, time.perf_counter() - started)
+
+
+def streamed_source(
+    loaded: LoadedModel,
+    sites: Sequence[Site],
+    corpus: CorpusConfig,
+    *,
+    batch_windows: int = 4,
+    norm_tokens: int = 20_000,
+    buffer_tokens: int = 65_536,
+    online: bool | None = None,
+) -> StreamedActivations:
+    """A live activation source: the model runs on the corpus's training windows as batches are drawn."""
+
+    def window_batches(epoch: int) -> Iterator[torch.Tensor]:
+        windows = corpus_windows(corpus, loaded.tokenizer, "train", epoch=epoch, online=online)
+        return stack_windows(windows, batch_windows)
+
+    return StreamedActivations(
+        loaded.model,
+        sites,
+        site_widths(loaded.model, sites),
+        window_batches,
+        special_token_ids(loaded.tokenizer),
+        norm_tokens=norm_tokens,
+        buffer_tokens=buffer_tokens,
+    )

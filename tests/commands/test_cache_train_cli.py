@@ -1,0 +1,84 @@
+"""`saescope cache` and `saescope train` end to end on a tiny local model and a tiny text corpus."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saescope.cli import main
+from saescope.data.cache import ActivationCache
+
+
+@pytest.fixture
+def text_corpus(tmp_path: Path) -> Path:
+    rng = random.Random(0)
+    paragraphs = [" ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(20, 60))) for _ in range(80)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+def cache_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "cache", "--model", str(model), "--corpus", str(corpus), "--context-size", "16", "--tokens", "300",
+        "--out", str(out), "--windows-per-shard", "4", "--batch-windows", "2", *extra,
+    ]  # fmt: skip
+
+
+def test_cache_then_train(
+    tiny_model_dir: Path, text_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache_dir = tmp_path / "cache"
+    assert main(cache_args(tiny_model_dir, text_corpus, cache_dir)) == 0
+    out = capsys.readouterr().out
+    assert "Tokens  300 in" in out
+    cache = ActivationCache(cache_dir, verify="full")
+    assert cache.n_tokens == 300
+    assert len(cache.sites) == 9  # 3 layers x res/att/mlp
+    assert main(cache_args(tiny_model_dir, text_corpus, cache_dir)) == 0  # complete: nothing to do
+    assert ActivationCache(cache_dir).n_tokens == 300
+    assert main(cache_args(tiny_model_dir, text_corpus, cache_dir, "--storage-dtype", "float32")) == 2
+    assert "made with other settings" in capsys.readouterr().err
+
+    run_dir = tmp_path / "run"
+    train = [
+        "train", "--cache", str(cache_dir), "--sites", "1/res+att", "--widths", "16,32", "--target-l0", "3",
+        "--tokens", "640", "--batch-size", "64", "--lr", "1e-3", "--lr-warmup-steps", "2", "--out", str(run_dir),
+    ]  # fmt: skip
+    assert main(train) == 0
+    names = sorted(p.name for p in (run_dir / "saes").iterdir())
+    assert names == [
+        "layer_1-att-jumprelu-16-l0_3", "layer_1-att-jumprelu-32-l0_3",
+        "layer_1-res-jumprelu-16-l0_3", "layer_1-res-jumprelu-32-l0_3",
+    ]  # fmt: skip
+    config = json.loads((run_dir / "saes" / names[0] / "config.json").read_text())
+    assert config["dictionary"]["d_in"] == 64
+    assert config["training"]["steps_done"] == 10
+    assert "layer_1-att-jumprelu-16-l0_3" in capsys.readouterr().out
+
+
+def test_train_from_a_npy_file_with_a_toml_config(tmp_path: Path) -> None:
+    generator = np.random.default_rng(0)
+    np.save(tmp_path / "acts.npy", generator.normal(size=(2000, 24)).astype(np.float32))
+    (tmp_path / "train.toml").write_text(
+        'widths = [16]\narchitectures = "topk,jumprelu"\ntarget-l0 = 4\ntokens = 512\nbatch_size = 128\n'
+    )
+    out = tmp_path / "run"
+    argv = ["train", "--activations", str(tmp_path / "acts.npy"), "--config", str(tmp_path / "train.toml")]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "saes").iterdir()) == [
+        "layer_0-res-jumprelu-16-l0_4",
+        "layer_0-res-topk-16-l0_4",
+    ]
+    (tmp_path / "bad.toml").write_text("widht = 3\n")
+    assert main(["train", "--activations", str(tmp_path / "acts.npy"), "--config", str(tmp_path / "bad.toml")]) == 2
+
+
+def test_topk_without_k_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "acts.npy", np.ones((10, 4), dtype=np.float32))
+    assert main(["train", "--activations", str(tmp_path / "acts.npy"), "--architectures", "topk"]) == 2
+    assert "topk needs --target-l0" in capsys.readouterr().err
