@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,3 +117,13 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     build_tiny_model("gemma3").save_pretrained(folder)
     build_tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def text_corpus(tmp_path: Path) -> Path:
+    """A .txt corpus of the tiny tokenizer's words (as one document, cut at paragraph breaks)."""
+    rng = random.Random(0)
+    paragraphs = [" ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(20, 60))) for _ in range(80)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(paragraphs))
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +10,6 @@ import pytest
 
 from saescope.cli import main
 from saescope.data.cache import ActivationCache
-
-
-@pytest.fixture
-def text_corpus(tmp_path: Path) -> Path:
-    rng = random.Random(0)
-    paragraphs = [" ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(20, 60))) for _ in range(80)]
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(paragraphs))
-    return path
 
 
 def cache_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:

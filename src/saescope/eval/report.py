@@ -1,0 +1,264 @@
+"""Suite tables (CSV, Markdown), the plots a researcher expects, and an HTML report (SPEC §4.3).
+
+Input: the per-dictionary metrics dictionaries written by `saescope.eval.evaluate` (metrics.json).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saescope.atomic import atomic_write_bytes, atomic_write_text
+from saescope.models.sites import Site
+
+COLUMNS = (
+    "name", "site", "layer", "kind", "architecture", "width", "l0", "fvu", "explained_variance",
+    "cosine_similarity", "l2_ratio", "dead_fraction", "dense_fraction_above_0.1", "delta_lm_loss",
+    "delta_lm_loss_stderr", "loss_recovered", "kl_clean_to_spliced", "n_tokens", "loss_n_predictions",
+)  # fmt: skip
+_KIND_ORDER = ("res", "att", "mlp")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    table_csv: Path
+    table_markdown: Path
+    plots: list[Path]
+    html: Path
+
+
+def suite_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per dictionary, sorted by layer, site kind, width and L0."""
+    rows = []
+    for result in results:
+        site = Site.parse(result["site"])
+        row: dict[str, Any] = {
+            "name": result["name"], "site": site.id, "layer": site.layer, "kind": site.kind.value,
+            "architecture": result["architecture"], "width": result["width"],
+        }  # fmt: skip
+        row.update({k: v for k, v in result["reconstruction"].items() if k in COLUMNS})
+        row.update({k: v for k, v in (result.get("lm_loss") or {}).items() if k in COLUMNS})
+        rows.append(row)
+    kind_rank = {kind: i for i, kind in enumerate(_KIND_ORDER)}
+    return sorted(rows, key=lambda r: (r["layer"], kind_rank.get(r["kind"], 9), r["width"], r["l0"]))
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    shown = ("site", "architecture", "width", "l0", "fvu", "delta_lm_loss", "loss_recovered", "dead_fraction")
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for row in rows:
+        cells = [_format(row.get(column)) for column in shown]
+        if row.get("delta_lm_loss_stderr") is not None:
+            cells[5] += f" ± {_format(row['delta_lm_loss_stderr'])}"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _figure_bytes(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _kinds(rows: Sequence[dict[str, Any]]) -> list[str]:
+    present = {row["kind"] for row in rows}
+    return [k for k in _KIND_ORDER if k in present] + sorted(present - set(_KIND_ORDER))
+
+
+def _plot_fidelity_vs_l0(rows: Sequence[dict[str, Any]], plt: Any) -> bytes:
+    """The paper's sparsity-fidelity figures: delta loss and FVU against L0, one line per (layer, width)."""
+    kinds = _kinds(rows)
+    figure, axes = plt.subplots(2, len(kinds), figsize=(4.2 * len(kinds), 7), squeeze=False)
+    n_layers = max(row["layer"] for row in rows) + 1
+    colormap = plt.get_cmap("viridis")
+    for column, kind in enumerate(kinds):
+        groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for row in rows:
+            if row["kind"] == kind:
+                groups.setdefault((row["layer"], row["width"]), []).append(row)
+        for (layer, width), members in sorted(groups.items()):
+            members.sort(key=lambda r: r["l0"])
+            color = colormap(layer / max(n_layers - 1, 1))
+            for row_index, metric in enumerate(("delta_lm_loss", "fvu")):
+                points = [(r["l0"], r[metric]) for r in members if r.get(metric) is not None]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    axes[row_index][column].plot(xs, ys, "o-", color=color, ms=4, label=f"L{layer} w{width}")
+        axes[0][column].set_title(f"{kind}")
+        axes[0][column].set_ylabel("delta LM loss (nats)")
+        axes[1][column].set_ylabel("FVU")
+        for row_index in range(2):
+            axes[row_index][column].set_xlabel("L0")
+            axes[row_index][column].set_xscale("log")
+    scalar = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(0, max(n_layers - 1, 1)))
+    figure.colorbar(scalar, ax=axes, label="layer", shrink=0.6)
+    figure.suptitle("Sparsity-fidelity (held-out)")
+    data = _figure_bytes(figure)
+    plt.close(figure)
+    return data
+
+
+def _plot_by_layer(rows: Sequence[dict[str, Any]], plt: Any) -> bytes:
+    metrics = (("l0", "L0"), ("fvu", "FVU"), ("delta_lm_loss", "delta LM loss"), ("dead_fraction", "dead fraction"))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for column, (metric, label) in enumerate(metrics):
+        for kind in _kinds(rows):
+            for width in sorted({r["width"] for r in rows if r["kind"] == kind}):
+                points = sorted(
+                    (r["layer"], r[metric])
+                    for r in rows
+                    if r["kind"] == kind and r["width"] == width and r.get(metric) is not None
+                )
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    axes[0][column].plot(xs, ys, "o-", ms=3, label=f"{kind} w{width}")
+        axes[0][column].set_xlabel("layer")
+        axes[0][column].set_ylabel(label)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle("Metrics by layer")
+    data = _figure_bytes(figure)
+    plt.close(figure)
+    return data
+
+
+def _plot_density(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_kind.setdefault(Site.parse(result["site"]).kind.value, []).append(result)
+    kinds = [k for k in _KIND_ORDER if k in by_kind] + sorted(set(by_kind) - set(_KIND_ORDER))
+    figure, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False)
+    colormap = plt.get_cmap("viridis")
+    n_layers = max(Site.parse(r["site"]).layer for r in results) + 1
+    for column, kind in enumerate(kinds):
+        for result in by_kind[kind]:
+            histogram = result["reconstruction"]["log10_density_histogram"]
+            edges, counts = histogram["bin_edges"], histogram["counts"]
+            total = max(sum(counts) + histogram["dead"], 1)
+            centers = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
+            layer = Site.parse(result["site"]).layer
+            axes[0][column].plot(centers, [c / total for c in counts], color=colormap(layer / max(n_layers - 1, 1)))
+        axes[0][column].set_title(kind)
+        axes[0][column].set_xlabel("log10 firing density")
+        axes[0][column].set_ylabel("fraction of latents")
+    figure.suptitle("Latent density (colour: layer)")
+    data = _figure_bytes(figure)
+    plt.close(figure)
+    return data
+
+
+def _geometric_bins(values: Sequence[float | None]) -> tuple[list[float], list[float]]:
+    """Average a per-position curve over geometric position bins (1, 2, 3-4, 5-8, ...) to tame noise."""
+    xs, ys = [], []
+    start = 1
+    while start < len(values):
+        end = min(2 * start, len(values))
+        chunk = [v for v in values[start:end] if v is not None and not math.isnan(v)]
+        if chunk:
+            xs.append(math.sqrt(start * max(end - 1, start)))
+            ys.append(sum(chunk) / len(chunk))
+        start = end
+    return xs, ys
+
+
+def _plot_by_position(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
+    for kind in _KIND_ORDER:
+        members = [r for r in results if Site.parse(r["site"]).kind.value == kind]
+        for column, (section, key) in enumerate(
+            (("reconstruction", "fvu_by_position"), ("lm_loss", "delta_lm_loss_by_position"))
+        ):
+            curves = [r[section][key] for r in members if r.get(section)]
+            if not curves:
+                continue
+            mean_curve = [
+                (sum(v for v in values if v is not None) / n) if (n := sum(v is not None for v in values)) else None
+                for values in zip(*curves, strict=True)
+            ]
+            xs, ys = _geometric_bins(mean_curve)
+            axes[0][column].plot(xs, ys, "o-", ms=3, label=kind)
+    axes[0][0].set_ylabel("FVU at position")
+    axes[0][1].set_ylabel("delta LM loss at position")
+    for column in range(2):
+        axes[0][column].set_xscale("log")
+        axes[0][column].set_xlabel("token position")
+        axes[0][column].legend(fontsize=8)
+    figure.suptitle("By token position (mean over layers)")
+    data = _figure_bytes(figure)
+    plt.close(figure)
+    return data
+
+
+def write_report(results: Sequence[dict[str, Any]], out_dir: Path, *, title: str = "saescope suite") -> ReportFiles:
+    """Write suite.csv, suite.md, the PNG plots and report.html into `out_dir`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = suite_rows(results)
+    csv_path, md_path = out_dir / "suite.csv", out_dir / "suite.md"
+    atomic_write_text(csv_path, _csv_text(rows))
+    atomic_write_text(md_path, markdown_table(rows))
+    plots = {
+        "fidelity_vs_l0.png": _plot_fidelity_vs_l0(rows, plt),
+        "metrics_by_layer.png": _plot_by_layer(rows, plt),
+        "density_histograms.png": _plot_density(results, plt),
+        "by_position.png": _plot_by_position(results, plt),
+    }
+    plot_paths = []
+    for name, data in plots.items():
+        atomic_write_bytes(out_dir / name, data)
+        plot_paths.append(out_dir / name)
+    html_path = out_dir / "report.html"
+    atomic_write_text(html_path, _html(rows, list(plots), title))
+    return ReportFiles(csv_path, md_path, plot_paths, html_path)
+
+
+def _html(rows: Sequence[dict[str, Any]], plot_names: Sequence[str], title: str) -> str:
+    header = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in COLUMNS) + "</tr>" for row in rows
+    )
+    images = "".join(f'<figure><img src="{html.escape(n)}" alt="{html.escape(n)}"></figure>' for n in plot_names)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: right; }}
+th {{ background: #f0f0f0; position: sticky; top: 0; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{len(rows)} dictionaries, evaluated on the held-out split. FVU uses the variance about the mean; delta LM loss
+is the next-token cross-entropy with the site replaced by the reconstruction minus the clean one (nats); BOS, EOS and
+padding are never spliced nor counted. Full metrics: <code>metrics.json</code> next to each dictionary, and
+<a href="suite.csv">suite.csv</a>.</p>
+{images}
+<h2>All dictionaries</h2>
+<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>
+</body></html>
+"""

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from saescope.eval.report import markdown_table, suite_rows, write_report
+
+
+def fake_result(layer: int, kind: str, l0: float, width: int = 4096) -> dict[str, Any]:
+    positions = [None] + [0.1 + 0.01 * p for p in range(1, 16)]
+    return {
+        "name": f"layer_{layer}-{kind}-{width}-{l0:g}",
+        "site": f"layer_{layer}/{kind}",
+        "architecture": "jumprelu",
+        "width": width,
+        "reconstruction": {
+            "n_tokens": 1000, "l0": l0, "fvu": 0.1 + 0.01 * layer, "explained_variance": 0.9 - 0.01 * layer,
+            "cosine_similarity": 0.95, "l2_ratio": 0.9, "dead_fraction": 0.05, "dense_fraction_above_0.1": 0.0,
+            "log10_density_histogram": {"bin_edges": list(range(-8, 1)), "counts": [0, 1, 2, 5, 3, 1, 0, 0], "dead": 1},
+            "fvu_by_position": positions,
+        },
+        "lm_loss": {
+            "delta_lm_loss": 0.05 * l0 / 50, "delta_lm_loss_stderr": 0.01, "loss_recovered": 0.9,
+            "kl_clean_to_spliced": 0.04, "loss_n_predictions": 500, "delta_lm_loss_by_position": positions,
+        },
+    }  # fmt: skip
+
+
+def test_report_writes_tables_plots_and_html(tmp_path: Path) -> None:
+    results = [fake_result(layer, kind, l0) for layer in range(3) for kind in ("mlp", "res", "att") for l0 in (20, 60)]
+    files = write_report(results, tmp_path, title="test suite")
+    with files.table_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 18
+    assert [r["site"] for r in rows[:6]] == ["layer_0/res"] * 2 + ["layer_0/att"] * 2 + ["layer_0/mlp"] * 2
+    assert float(rows[0]["l0"]) == 20.0
+    for plot in files.plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = files.html.read_text()
+    assert "test suite" in page
+    assert all(plot.name in page for plot in files.plots)
+
+
+def test_markdown_table_shows_stderr() -> None:
+    table = markdown_table(suite_rows([fake_result(0, "res", 50)]))
+    assert "| layer_0/res | jumprelu | 4096 | 50 | 0.1 | 0.05 ± 0.01 | 0.9 | 0.05 |" in table
