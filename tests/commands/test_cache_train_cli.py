@@ -71,4 +71,4 @@ def test_train_from_a_npy_file_with_a_toml_config(tmp_path: Path) -> None:
 def test_topk_without_k_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     np.save(tmp_path / "acts.npy", np.ones((10, 4), dtype=np.float32))
     assert main(["train", "--activations", str(tmp_path / "acts.npy"), "--architectures", "topk"]) == 2
-    assert "topk needs --target-l0" in capsys.readouterr().err
+    assert "topk needs a target L0" in capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,10 @@ from saescope.data.activations import ActivationSource
 from saescope.data.arrays import load_activation_file
 from saescope.data.cache import ActivationCache
 from saescope.data.sources import streamed_source
-from saescope.models.sites import Site, select_sites
-from saescope.sae import ARCHITECTURES, DictionaryConfig
+from saescope.models.sites import select_sites
+from saescope.sae import ARCHITECTURES
 from saescope.train import SAESpec, TrainConfig, Trainer
-
-_WIDTH_SUFFIXES = {"k": 1024, "m": 1024 * 1024}
-
-
-def parse_width(text: str) -> int:
-    """'4096', '16k' (16384, as Gemma Scope names widths) or '1m'."""
-    text = text.strip().lower()
-    multiplier = _WIDTH_SUFFIXES.get(text[-1:], 1)
-    number = text[:-1] if multiplier > 1 else text
-    try:
-        value = int(number) * multiplier
-    except ValueError:
-        raise ValueError(f"cannot read width {text!r}: use an integer or a Gemma Scope name like 16k") from None
-    if value < 1:
-        raise ValueError(f"widths must be positive; got {text!r}")
-    return value
+from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
 
 
 def _csv(value: str) -> list[str]:
@@ -65,8 +49,8 @@ def register(commands: Any) -> None:
     sae.add_argument(
         "--target-l0",
         default=None,
-        help="target L0 per token, e.g. 50 or 20,50,150: λ is steered to reach it and JumpReLU thresholds "
-        "start at the matching quantile (for topk/batchtopk it is k)",
+        help="target L0 per token, e.g. 50, 20,50,150 or per site kind res=40,att=60,mlp=60: λ is steered to "
+        "reach it and JumpReLU thresholds start at the matching quantile (for topk/batchtopk it is k)",
     )
     sae.add_argument("--l0-coefficient", type=float, default=6e-4, help="λ of the L0 penalty (6e-4, SPEC §1.3)")
     sae.add_argument("--l1-coefficient", type=float, default=1.0, help="λ of the ReLU baseline's L1 penalty")
@@ -109,39 +93,17 @@ def build_specs(args: argparse.Namespace, source: ActivationSource) -> list[SAES
         n_layers = max(site.layer for site in sites) + 1
         wanted = set(select_sites(args.sites, n_layers))
         sites = [site for site in sites if site in wanted]
-    targets: list[float | None] = [float(t) for t in _csv(args.target_l0)] if args.target_l0 else [None]
-    widths = [parse_width(w) for w in _csv(args.widths)]
-    specs = []
-    for site, width, architecture, target in itertools.product(sites, widths, _csv(args.architectures), targets):
-        specs.append(_spec(args, site, source.widths[site], width, architecture, target))
-    return specs
-
-
-def _spec(
-    args: argparse.Namespace, site: Site, d_in: int, width: int, architecture: str, target: float | None
-) -> SAESpec:
-    warmup = args.lambda_warmup_steps if args.lambda_warmup_steps is not None else (0 if target else 10_000)
-    fields: dict[str, Any] = {"d_in": d_in, "width": width, "architecture": architecture}
-    if architecture in ("topk", "batchtopk"):
-        if target is None:
-            raise ValueError(f"{architecture} needs --target-l0 (its k)")
-        fields["k"] = round(target)
-    elif architecture == "jumprelu":
-        fields.update(
-            threshold_parameterisation=args.threshold, l0_coefficient=args.l0_coefficient, lambda_warmup_steps=warmup
-        )
-    else:
-        fields.update(l1_coefficient=args.l1_coefficient, lambda_warmup_steps=warmup)
-    tag = f"l0_{target:g}" if target is not None else f"lambda_{args.l0_coefficient:g}"
-    name = f"layer_{site.layer}-{site.kind.value}-{architecture}-{width}-{tag}"
-    controlled = target if architecture in ("jumprelu", "relu") else None
-    return SAESpec(
-        name,
-        site,
-        DictionaryConfig(**fields),
+    options = SuiteOptions(
         lr=args.lr,
-        target_l0=controlled,
+        l0_coefficient=args.l0_coefficient,
+        l1_coefficient=args.l1_coefficient,
+        threshold=args.threshold,
+        lambda_warmup_steps=args.lambda_warmup_steps,
         decoder_bias_init=args.decoder_bias_init,
+    )
+    widths = [parse_width(w) for w in _csv(args.widths)]
+    return dictionary_specs(
+        sites, source.widths, widths, _csv(args.architectures), parse_target_l0(args.target_l0), options
     )
 
 
