@@ -9,23 +9,13 @@ from typing import Any
 
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig
+from saescope.sae.widths import parse_width_name
 from saescope.train.trainer import SAESpec
-
-_WIDTH_SUFFIXES = {"k": 1024, "m": 1024 * 1024}
 
 
 def parse_width(text: str | int) -> int:
-    """4096, '4096', '16k' (16384, as Gemma Scope names widths) or '1m'."""
-    text = str(text).strip().lower()
-    multiplier = _WIDTH_SUFFIXES.get(text[-1:], 1)
-    number = text[:-1] if multiplier > 1 else text
-    try:
-        value = int(number) * multiplier
-    except ValueError:
-        raise ValueError(f"cannot read width {text!r}: use an integer or a Gemma Scope name like 16k") from None
-    if value < 1:
-        raise ValueError(f"widths must be positive; got {text!r}")
-    return value
+    """4096, '4096', or a Gemma Scope width name such as '16k' (16384) or '1m' (1048576)."""
+    return parse_width_name(str(text).strip().lower())
 
 
 def parse_target_l0(text: str | float | Mapping[str, Any] | None) -> dict[str, list[float]] | list[float] | None:

@@ -1,0 +1,86 @@
+"""`saescope export`: write a trained run as a release in the Gemma Scope 1/2 and SAELens formats."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from saescope.release.common import DEFAULT_MODEL_TYPE, l0_label
+from saescope.release.export import CARD, FORMATS, export_release
+
+_CHOICES = (*FORMATS, "all")
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="write trained SAEs in the Gemma Scope 1/2 and SAELens formats, with a model card",
+        description="Export every dictionary of a training run (RUN/saes/*/) with raw-space weights "
+        "(the normalisation scale C and b_dec folded in, SPEC §2.7) as a release folder: "
+        "gemmascope = Gemma Scope 1 layout <model>-<res|att|mlp>/layer_L/width_W/average_l0_N/params.npz; "
+        "gemmascope2 = Gemma Scope 2 layout <resid_post|attn_out|mlp_out>_all/layer_L_width_W_l0_<small|medium|big>/"
+        "{params.safetensors,config.json}; saelens = cfg.json + sae_weights.safetensors per SAE, loadable with "
+        "sae_lens.SAE.load_from_disk. Folder names use the held-out L0 from metrics.json (written by evaluation) "
+        "when present, else the last training batch's L0. A README.md model card and a checksum manifest are "
+        "written too; load any exported folder with saescope.release.load_sae.",
+    )
+    parser.add_argument("run", type=Path, metavar="RUN", help="a training run folder (made by `saescope train`)")
+    parser.add_argument(
+        "--format",
+        choices=_CHOICES,
+        default="all",
+        help="release format; 'all' writes OUT/gemmascope, OUT/gemmascope2 and OUT/saelens (default: all)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="release folder to create (a new or empty folder, or an earlier release)",
+    )
+    parser.add_argument(
+        "--model-name",
+        default=None,
+        help="model name written into the folder names and configs (default: the model recorded in the run, "
+        "else the embedded gemma-3-270m)",
+    )
+    parser.add_argument(
+        "--model-type",
+        default=DEFAULT_MODEL_TYPE,
+        help=f"transformers model_type whose site table spells the HF hook names (default: {DEFAULT_MODEL_TYPE})",
+    )
+    parser.add_argument(
+        "--training-data", default=None, help="one line describing the training data, for the model card"
+    )
+    parser.set_defaults(handler=run, subparser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    formats = list(FORMATS) if args.format == "all" else [args.format]
+    summary = export_release(
+        args.run,
+        args.out,
+        formats,
+        model_name=args.model_name,
+        model_type=args.model_type,
+        training_data=args.training_data,
+    )
+    total = sum(len(items) for items in summary.exported.values())
+    print(f"Exported {total} dictionar{'y' if total == 1 else 'ies'} of {args.run} for {summary.model_name}:")
+    for format_id, items in summary.exported.items():
+        folder = summary.format_dirs[format_id]
+        print(f"\n{format_id} -> {folder}/")
+        print(f"  {'dictionary':<44} {'site':<14} {'width':>8} {'L0':>7} {'label':<6}  folder")
+        for item in items:
+            e = item.entry
+            print(
+                f"  {e.name:<44} {e.site.id:<14} {e.width:>8} {e.l0:>7.1f} {l0_label(e.l0):<6}  {item.path.as_posix()}"
+            )
+        if items:
+            print(f"  model card: {folder / CARD}")
+    for name, format_id, reason in summary.skipped:
+        print(f"\nskipped {name} in {format_id}: {reason}")
+    l0_sources = sorted({item.entry.l0_source for items in summary.exported.values() for item in items})
+    if l0_sources:
+        print(f"\nL0 from: {'; '.join(l0_sources)}")
+    return 0

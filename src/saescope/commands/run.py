@@ -1,0 +1,74 @@
+"""`saescope run`: the main job -- a whole suite (activations, training, evaluation, release) in one command."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
+
+_OVERRIDES = {
+    "model": "model name, local folder or Hugging Face id",
+    "corpus": "text source: embedded, a .txt/.jsonl/.parquet file, a folder, or hf:<dataset>",
+    "sites": "sites, e.g. all, res, 0-5/res+mlp, layer_6/att",
+    "layers": "keep only these layers of --sites, e.g. 0-5",
+    "widths": "dictionary widths, e.g. 4096 or 16k,65k",
+    "architectures": "jumprelu, topk, batchtopk, relu (comma list)",
+    "target_l0": "target L0: 50, 20,50 or res=40,att=60,mlp=60",
+    "device": "torch device for the model and SAEs (cpu, cuda)",
+    "dtype": "model dtype: float32, bfloat16, float16",
+    "activations": "stream (no disk) or cache (written under the run, then read)",
+}
+_INT_OVERRIDES = {
+    "tokens": "training tokens per dictionary",
+    "batch_size": "tokens per training step",
+    "context_size": "tokens per window, BOS included",
+    "eval_tokens": "held-out tokens for reconstruction metrics",
+    "eval_loss_windows": "held-out windows for delta LM loss",
+    "seed": "seed",
+}
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="run a whole suite: activations, training, evaluation (report), release -- resumable",
+        description="Train, evaluate and release a suite of SAEs for every requested site of a model, from one "
+        "activation stream. A preset gives every setting (see --list-presets); flags override single settings. "
+        f"Stages: {', '.join(STAGES)}; a killed run continues with --resume RUN_DIR, skipping finished stages "
+        "and resuming training from its last checkpoint.",
+    )
+    parser.add_argument("--preset", default="default", help="settings preset (default: default)")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--name", help="run name: the output goes to runs/<name> (default: the preset's name)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="parent folder of runs (runs)")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a killed run from its folder")
+    overrides = parser.add_argument_group("overrides of preset settings")
+    for name, help_text in _OVERRIDES.items():
+        overrides.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help_text)
+    for name, help_text in _INT_OVERRIDES.items():
+        overrides.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None, help=help_text)
+    overrides.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    parser.set_defaults(handler=run, subparser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_presets:
+        for name, description in list_presets().items():
+            print(f"{name:<22} {description}")
+        return 0
+    if args.resume is not None:
+        suite = SuiteRun.resume(args.resume)
+    else:
+        names = [*_OVERRIDES, *_INT_OVERRIDES, "lr"]
+        config = load_preset(args.preset, {name: getattr(args, name) for name in names})
+        suite = SuiteRun.create(args.runs_dir / (args.name or args.preset), config)
+    print(f"Run folder: {suite.folder}  (preset {suite.config.preset})")
+    print(f"If it stops, continue with: saescope run --resume {suite.folder}")
+    stages = suite.execute()
+    print("\nStage times: " + ", ".join(f"{stage} {info['seconds']:.0f} s" for stage, info in stages.items()))
+    print("\n" + suite.suite_table())
+    print(f"Report:  {suite.folder / 'report' / 'report.html'}")
+    print(f"Release: {suite.folder / 'release'}/")
+    return 0

@@ -1,0 +1,302 @@
+"""The main job: a whole suite for one model -- activations, training, evaluation, release -- as one run.
+
+A run lives in one folder::
+
+    run_config.json     the full resolved configuration, written first
+    stages.json         finished stages with their durations (a finished stage is not redone)
+    cache/              activation cache (only with activations = "cache")
+    train/              checkpoint, metrics.jsonl, saes/<dictionary>/{sae.safetensors, config.json, metrics.json}
+    report/             suite.csv, suite.md, PNG plots, report.html
+    release/            gemmascope/, gemmascope2/, saelens/ with model cards
+
+Presets are TOML files shipped in `saescope/presets/`; every key is a `RunConfig` field.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from saescope.atomic import atomic_write_json
+from saescope.data.activations import ActivationSource
+from saescope.data.cache import ActivationCache
+from saescope.data.corpus import CorpusConfig
+from saescope.data.sources import build_cache, streamed_source
+from saescope.eval import EvalConfig, EvalTarget, evaluate
+from saescope.eval.report import markdown_table, suite_rows, write_report
+from saescope.models.loading import LoadedModel, load_model
+from saescope.models.sites import Site, select_sites, site_widths
+from saescope.train import TrainConfig, Trainer
+from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+STAGES = ("activations", "train", "eval", "release")
+CONFIG_FILE = "run_config.json"
+STAGES_FILE = "stages.json"
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a suite run does. Presets fill it; command-line flags override single fields."""
+
+    preset: str = "custom"
+    description: str = ""
+    # model and data
+    model: str = "gemma-3-270m"
+    dtype: str = "float32"
+    device: str = "cpu"
+    corpus: str = "embedded"
+    text_field: str = "text"
+    context_size: int = 1024
+    # the suite
+    sites: str = "all"
+    layers: str | None = None  # e.g. "0-5": keep only these layers of `sites`
+    widths: str = "4096"
+    architectures: str = "jumprelu"
+    target_l0: Any = None  # 50, "20,50", or {res = 40, att = 60, mlp = 60}
+    l0_coefficient: float = 6e-4
+    threshold: str = "raw"
+    decoder_bias_init: str = "zeros"
+    # training
+    tokens: int = 1_000_000
+    batch_size: int = 4096
+    lr: float = 7e-5
+    lr_warmup_steps: int = 1000
+    lr_decay_fraction: float = 0.0
+    seed: int = 0
+    checkpoint_every_steps: int = 200
+    # activations
+    activations: str = "stream"  # "stream" (no disk) or "cache" (written once under the run, then read)
+    cache_storage_dtype: str = "bfloat16"
+    batch_windows: int = 4
+    norm_tokens: int = 20_000
+    shuffle_buffer_tokens: int = 65_536
+    # evaluation
+    eval_tokens: int = 50_000
+    eval_loss_windows: int = 4
+    eval_loss_stride: int = 4
+    # release
+    export_formats: tuple[str, ...] = ("gemmascope", "gemmascope2", "saelens")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"RunConfig.dtype must be one of {_DTYPES}; got {self.dtype!r}")
+        if self.activations not in ("stream", "cache"):
+            raise ValueError(f"RunConfig.activations must be 'stream' or 'cache'; got {self.activations!r}")
+        for name in ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        parse_target_l0(self.target_l0)  # validates the form early
+        for width in str(self.widths).split(","):
+            parse_width(width)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown run setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        if isinstance(values.get("widths"), list):
+            values["widths"] = ",".join(str(w) for w in values["widths"])
+        if isinstance(values.get("export_formats"), list):
+            values["export_formats"] = tuple(values["export_formats"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def corpus_config(self) -> CorpusConfig:
+        return CorpusConfig(source=self.corpus, text_field=self.text_field, context_size=self.context_size, seed=0)
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    presets = {}
+    for entry in sorted(resources.files("saescope.presets").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            data = tomllib.loads(entry.read_text(encoding="utf-8"))
+            presets[entry.name.removesuffix(".toml")] = str(data.get("description", ""))
+    return presets
+
+
+def load_preset(name: str, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    entry = resources.files("saescope.presets").joinpath(f"{name}.toml")
+    if not entry.is_file():
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
+    data = tomllib.loads(entry.read_text(encoding="utf-8"))
+    data["preset"] = name
+    data.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    return RunConfig.from_dict(data)
+
+
+@dataclass
+class SuiteRun:
+    """One run folder; `execute()` runs the stages that are not finished yet."""
+
+    folder: Path
+    config: RunConfig
+    log: Callable[[str], None] = print
+    _loaded: LoadedModel | None = None
+
+    @classmethod
+    def create(cls, folder: Path, config: RunConfig, log: Callable[[str], None] = print) -> SuiteRun:
+        path = folder / CONFIG_FILE
+        if path.exists():
+            existing = json.loads(path.read_text(encoding="utf-8"))
+            if existing != json.loads(json.dumps(config.to_dict())):
+                raise ValueError(
+                    f"{folder} already holds a run with other settings; resume it with "
+                    f"`saescope run --resume {folder}` or choose another --name"
+                )
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, config.to_dict())
+        return cls(folder, config, log)
+
+    @classmethod
+    def resume(cls, folder: Path, log: Callable[[str], None] = print) -> SuiteRun:
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a saescope run (no {CONFIG_FILE})")
+        return cls(folder, RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))), log)
+
+    # --- bookkeeping ----------------------------------------------------------------------------------
+    def stages_done(self) -> dict[str, Any]:
+        path = self.folder / STAGES_FILE
+        done: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        return done
+
+    def _mark_done(self, stage: str, seconds: float, **details: Any) -> None:
+        done = self.stages_done()
+        done[stage] = {"seconds": round(seconds, 1), **details}
+        atomic_write_json(self.folder / STAGES_FILE, done)
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            import torch
+
+            self._loaded = load_model(
+                self.config.model, dtype=getattr(torch, self.config.dtype), device=self.config.device
+            )
+        return self._loaded
+
+    def sites(self) -> list[Site]:
+        n_layers = self.loaded.info.n_layers
+        sites = select_sites(self.config.sites, n_layers)
+        if self.config.layers:
+            keep = {site.layer for site in select_sites(f"{self.config.layers}/*", n_layers)}
+            sites = [site for site in sites if site.layer in keep]
+        if not sites:
+            raise ValueError(f"sites {self.config.sites!r} with layers {self.config.layers!r} select nothing")
+        return sites
+
+    # --- stages ---------------------------------------------------------------------------------------
+    def _source(self) -> ActivationSource:
+        c = self.config
+        if c.activations == "cache":
+            return ActivationCache(self.folder / "cache", norm_tokens=c.norm_tokens)
+        return streamed_source(
+            self.loaded, self.sites(), c.corpus_config(), batch_windows=c.batch_windows,
+            norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
+        )  # fmt: skip
+
+    def stage_activations(self) -> dict[str, Any]:
+        if self.config.activations != "cache":
+            return {"mode": "stream (activations are computed during training)"}
+        report = build_cache(
+            self.folder / "cache", self.loaded, self.sites(), self.config.corpus_config(), tokens=self.config.tokens,
+            dtype=self.config.cache_storage_dtype, batch_windows=self.config.batch_windows,
+        )  # fmt: skip
+        return {"mode": "cache", "tokens": report.cache.n_tokens, "tokens_per_second": report.tokens_per_second}
+
+    def stage_train(self) -> dict[str, Any]:
+        c = self.config
+        source = self._source()
+        options = SuiteOptions(
+            lr=c.lr, l0_coefficient=c.l0_coefficient, threshold=c.threshold, decoder_bias_init=c.decoder_bias_init
+        )
+        specs = dictionary_specs(
+            self.sites(), site_widths(self.loaded.model, self.sites()),
+            [parse_width(w) for w in str(c.widths).split(",")],
+            [a.strip() for a in c.architectures.split(",")], parse_target_l0(c.target_l0), options,
+        )  # fmt: skip
+        train_config = TrainConfig(
+            total_tokens=c.tokens, batch_size=c.batch_size, lr_warmup_steps=c.lr_warmup_steps,
+            lr_decay_fraction=c.lr_decay_fraction, seed=c.seed, checkpoint_every_steps=c.checkpoint_every_steps,
+        )  # fmt: skip
+        self.log(f"training {len(specs)} dictionaries for {train_config.total_steps} steps of {c.batch_size} tokens")
+        trained = Trainer(specs, source, train_config, self.folder / "train").run()
+        return {"dictionaries": len(trained), "steps": train_config.total_steps}
+
+    def stage_eval(self) -> dict[str, Any]:
+        from saescope.release.suite import read_suite
+
+        c = self.config
+        targets = [
+            EvalTarget(entry.name, entry.site, entry.raw_space(), entry.folder)
+            for entry in read_suite(self.folder / "train")
+        ]
+        eval_config = EvalConfig(
+            tokens=c.eval_tokens, loss_windows=c.eval_loss_windows, loss_position_stride=c.eval_loss_stride,
+            batch_windows=c.batch_windows,
+        )  # fmt: skip
+        results = evaluate(self.loaded, targets, c.corpus_config(), eval_config)
+        files = write_report(
+            list(results.values()), self.folder / "report", title=f"saescope suite: {self.folder.name}"
+        )
+        return {"dictionaries": len(results), "report": str(files.html)}
+
+    def stage_release(self) -> dict[str, Any]:
+        from saescope.release.export import export_release
+
+        summary = export_release(
+            self.folder / "train", self.folder / "release", list(self.config.export_formats),
+            model_name=self.config.model, model_type=self.loaded.info.model_type,
+            training_data=f"corpus {self.config.corpus}, {self.config.tokens} tokens per dictionary",
+        )  # fmt: skip
+        return {"formats": list(summary.exported)}
+
+    def execute(self, *, until: str | None = None) -> dict[str, Any]:
+        """Run every unfinished stage in order (stop after stage `until` if given); returns the finished
+        stages with their details, in stage order."""
+        if until is not None and until not in STAGES:
+            raise ValueError(f"unknown stage {until!r}; stages: {STAGES}")
+        handlers = {
+            "activations": self.stage_activations,
+            "train": self.stage_train,
+            "eval": self.stage_eval,
+            "release": self.stage_release,
+        }
+        for stage in STAGES:
+            if stage in self.stages_done():
+                self.log(f"[{stage}] already done, skipped")
+                continue
+            self.log(f"[{stage}] ...")
+            started = time.perf_counter()
+            details = handlers[stage]()
+            self._mark_done(stage, time.perf_counter() - started, **details)
+            self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s")
+            if stage == until:
+                break
+        done = self.stages_done()
+        return {stage: done[stage] for stage in STAGES if stage in done}
+
+    def suite_table(self) -> str:
+        from saescope.release.suite import read_suite
+
+        results = [entry.metrics for entry in read_suite(self.folder / "train") if entry.metrics]
+        return markdown_table(suite_rows(results)) if results else "(no evaluation metrics yet)\n"

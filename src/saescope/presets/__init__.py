@@ -1,0 +1,1 @@
+"""Named run presets (TOML): `saescope run --list-presets` prints them; keys are `RunConfig` fields."""

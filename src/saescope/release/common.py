@@ -1,0 +1,346 @@
+"""What every release format shares: the five raw-space JumpReLU tensors, naming rules, errors.
+
+Every released dictionary is a JumpReLU in raw activation space (SPEC §2.7, §6)::
+
+    pre = x @ W_enc + b_enc                 # no "- b_dec": the pre-encoder bias is folded into b_enc
+    f   = (pre > threshold) * relu(pre)
+    y   = f @ W_dec + b_dec [+ x @ W_skip]  # W_skip only for affine skip transcoders (GS2)
+
+:class:`ReleaseParams` holds those tensors and converts them to and from a
+:class:`~saescope.sae.SparseDictionary`; the format modules only decide file names and key names.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from saescope.atomic import MANIFEST_NAME, sha256_file
+from saescope.models.sites import ARCHITECTURES, Site, SiteKind, architecture_for_model_type
+from saescope.sae import BatchTopK, DictionaryConfig, JumpReLU, ReLU, SparseDictionary, build_dictionary
+from saescope.sae.jumprelu import MIN_RAW_THRESHOLD
+
+
+class ReleaseFormatError(ValueError):
+    """A release file or folder is missing, malformed, truncated or inconsistent; the message names it."""
+
+
+class ReleaseExportError(ValueError):
+    """A dictionary cannot be written in the asked-for release format (the message says why)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Width names (Gemma Scope folder names)
+# ------------------------------------------------------------------------------------------------
+
+# ------------------------------------------------------------------------------------------------
+# L0 labels (Gemma Scope 2 folder names)
+# ------------------------------------------------------------------------------------------------
+
+#: Upper bounds (inclusive) of the GS2 L0 labels, applied to the measured L0. GS2 targets 10-20
+#: ("small"), 30-60 ("medium") and 90-150 ("big") (SPEC §6.2); the cut points sit in the gaps.
+L0_LABEL_BOUNDS: tuple[tuple[str, float], ...] = (("small", 20.0), ("medium", 60.0), ("big", math.inf))
+
+
+def l0_label(l0: float) -> str:
+    """'small' for L0 <= 20, 'medium' for L0 <= 60, else 'big'."""
+    return next(label for label, bound in L0_LABEL_BOUNDS if l0 <= bound)
+
+
+T = TypeVar("T")
+
+
+def unique_folder_names(items: Sequence[T], base: Callable[[T], str], order: Callable[[T], Any]) -> list[str]:
+    """One folder name per item: ``base(item)``, or ``base(item)_<i>`` (i = 1, 2, ...) for items whose
+    base name is shared, numbered in ``order`` (which must be deterministic, e.g. (L0, name))."""
+    names = [base(item) for item in items]
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(name, []).append(index)
+    result = list(names)
+    for name, indices in groups.items():
+        if len(indices) > 1:
+            for rank, index in enumerate(sorted(indices, key=lambda i: order(items[i])), start=1):
+                result[index] = f"{name}_{rank}"
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Site naming in the formats
+# ------------------------------------------------------------------------------------------------
+
+#: Site kind -> (Gemma Scope 1 repo suffix, Gemma Scope 2 folder prefix). Transcoders use "transcoder".
+SITE_FOLDER_NAMES: dict[SiteKind, tuple[str, str]] = {
+    SiteKind.RES: ("res", "resid_post"),
+    SiteKind.ATT: ("att", "attn_out"),
+    SiteKind.MLP: ("mlp", "mlp_out"),
+    SiteKind.RESID_PRE: ("resid_pre", "resid_pre"),
+    SiteKind.MLP_IN: ("mlp_in", "mlp_in"),
+}
+TRANSCODER_FOLDER_NAME = "transcoder"
+
+#: The model type whose site table spells the GS2 hook strings when no model is loaded (the embedded
+#: Gemma 3 270M is a ``gemma3_text`` model).
+DEFAULT_MODEL_TYPE = "gemma3_text"
+
+
+def hf_hook_point(site: Site, model_type: str = DEFAULT_MODEL_TYPE) -> str:
+    """The GS2 ``hf_hook_point_in/out`` string of a site, spelled from the architecture table without a
+    model: ``model.layers.6.output``, ``model.layers.6.self_attn.o_proj.input``, ..."""
+    spec = architecture_for_model_type(model_type)
+    point = spec.hook_points[site.kind]
+    parts = [spec.layers_paths[0], str(site.layer), *([point.module] if point.module else []), point.io]
+    return ".".join(parts)
+
+
+_HF_HOOK = re.compile(r"^(?:.*\.)?layers\.(\d+)(?:\.(.+?))?\.(input|output)$")
+
+
+def site_from_hf_hook(hook: str) -> Site | None:
+    """The site an HF hook string names (``model.layers.6.post_feedforward_layernorm.output`` ->
+    ``layer_6/mlp``), read against the Gemma table first, then the other architectures; None if unknown."""
+    match = _HF_HOOK.match(hook.strip())
+    if match is None:
+        return None
+    layer, module, io = int(match.group(1)), match.group(2) or "", match.group(3)
+    for spec in sorted(ARCHITECTURES, key=lambda s: not s.name.startswith("gemma")):
+        for kind, point in spec.hook_points.items():
+            if point.module == module and point.io == io:
+                return Site(layer, kind)
+    return None
+
+
+_TL_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+#: TransformerLens hook suffixes that name a site; ``hook_mlp_in`` is SAELens' GS2 transcoder input name.
+_TL_EXTRA = {"hook_mlp_in": SiteKind.MLP_IN}
+
+
+def site_from_tl_hook(hook: str) -> Site | None:
+    """The site a TransformerLens hook name names (``blocks.6.hook_resid_post`` -> ``layer_6/res``)."""
+    match = _TL_HOOK.match(hook.strip())
+    if match is None:
+        return None
+    layer, suffix = int(match.group(1)), match.group(2)
+    for kind in SiteKind:
+        if Site(layer, kind).tl_hook_name == hook.strip():
+            return Site(layer, kind)
+    kind_or_none = _TL_EXTRA.get(suffix)
+    return Site(layer, kind_or_none) if kind_or_none is not None else None
+
+
+# ------------------------------------------------------------------------------------------------
+# The five (six) tensors
+# ------------------------------------------------------------------------------------------------
+
+
+def _shape(tensor: Tensor) -> tuple[int, ...]:
+    return tuple(int(n) for n in tensor.shape)
+
+
+@dataclass(frozen=True)
+class ReleaseParams:
+    """Raw-space JumpReLU parameters as released (float32, contiguous, on the CPU).
+
+    ``W_enc`` (d_in, M), ``W_dec`` (M, d_out), ``b_enc`` (M,), ``b_dec`` (d_out,), ``threshold`` (M,),
+    ``W_skip`` (d_in, d_out) or None. Build with :meth:`from_dictionary` or :meth:`from_tensors`.
+    """
+
+    W_enc: Tensor
+    W_dec: Tensor
+    b_enc: Tensor
+    b_dec: Tensor
+    threshold: Tensor
+    W_skip: Tensor | None = None
+
+    @property
+    def d_in(self) -> int:
+        return int(self.W_enc.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    @property
+    def d_out(self) -> int:
+        return int(self.W_dec.shape[1])
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor | None], source: Path) -> ReleaseParams:
+        """Validate shapes and values of tensors read from ``source``; errors name ``source``."""
+        for key in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+            if tensors.get(key) is None:
+                raise ReleaseFormatError(f"{source}: the tensor {key} is missing")
+        found = {key: _shape(value) for key, value in tensors.items() if value is not None}
+        W_enc, W_dec = tensors["W_enc"], tensors["W_dec"]
+        assert W_enc is not None
+        assert W_dec is not None
+        if W_enc.ndim != 2 or W_dec.ndim != 2:
+            raise ReleaseFormatError(f"{source}: W_enc and W_dec must be matrices; shapes are {found}")
+        d_in, width = _shape(W_enc)
+        d_out = int(W_dec.shape[1])
+        expected: dict[str, tuple[int, ...]] = {
+            "W_enc": (d_in, width),
+            "W_dec": (width, d_out),
+            "b_enc": (width,),
+            "b_dec": (d_out,),
+            "threshold": (width,),
+        }
+        if tensors.get("W_skip") is not None:
+            expected["W_skip"] = (d_in, d_out)
+        for key, shape in expected.items():
+            if found[key] != shape:
+                raise ReleaseFormatError(
+                    f"{source}: {key} has shape {found[key]}, expected {shape} (W_enc says d_in={d_in}, "
+                    f"width={width}; W_dec says d_out={d_out}); all shapes: {found}"
+                )
+        clean: dict[str, Tensor] = {}
+        for key in expected:
+            value = tensors[key]
+            assert value is not None
+            value = value.detach().to(device="cpu", dtype=torch.float32).contiguous()
+            if not bool(torch.isfinite(value).all()):
+                raise ReleaseFormatError(f"{source}: {key} contains NaN or infinite values (corrupt file?)")
+            clean[key] = value
+        return cls(**clean)
+
+    @classmethod
+    def from_dictionary(cls, sae: SparseDictionary) -> ReleaseParams:
+        """The release tensors of a dictionary already in raw space (``fold_normalisation`` applied).
+
+        JumpReLU: its θ. BatchTopK: its global inference threshold on every latent (its eval-mode rule
+        ``pre * (pre > t)`` is a JumpReLU with θ = t). ReLU: θ = 0 (``(pre > 0) * relu(pre)`` is ReLU).
+        TopK has no threshold form and is refused.
+        """
+        if sae.config.apply_pre_encoder_bias:
+            raise ReleaseExportError(
+                "release formats hold raw-space weights without a pre-encoder bias: call "
+                "fold_normalisation(C) on the dictionary first (SPEC §2.7)"
+            )
+        width = sae.config.width
+        with torch.no_grad():
+            if isinstance(sae, JumpReLU):
+                threshold = sae.threshold_F.detach().float()
+            elif isinstance(sae, BatchTopK):
+                if not sae.threshold_is_set:
+                    raise ReleaseExportError("this BatchTopK dictionary has no inference threshold yet (untrained)")
+                threshold = sae.inference_threshold.detach().float().expand(width)
+            elif isinstance(sae, ReLU):
+                threshold = torch.zeros(width)
+            else:
+                raise ReleaseExportError(
+                    f"architecture {sae.config.architecture!r} has no per-latent threshold, so it cannot be "
+                    "written as a JumpReLU (the only architecture of the Gemma Scope and these SAELens formats)"
+                )
+            tensors = {
+                "W_enc": sae.W_enc_DF,
+                "W_dec": sae.W_dec_FD,
+                "b_enc": sae.b_enc_F,
+                "b_dec": sae.b_dec_D,
+                "threshold": threshold,
+                "W_skip": sae.W_skip_DD,
+            }
+            return cls.from_tensors(tensors, Path(f"<{sae.config.architecture} dictionary>"))
+
+    def to_dictionary(self) -> JumpReLU:
+        """A raw-space :class:`~saescope.sae.JumpReLU` holding exactly these float32 values.
+
+        It uses the "raw" threshold parameterisation so θ is stored as is (no log/exp round trip);
+        that parameterisation floors θ at ``MIN_RAW_THRESHOLD`` (1e-6) in the forward pass, which only
+        matters for files with θ <= 1e-6 (e.g. a ReLU written as θ = 0).
+        """
+        config = DictionaryConfig(
+            d_in=self.d_in,
+            width=self.width,
+            d_out=self.d_out,
+            architecture="jumprelu",
+            apply_pre_encoder_bias=False,
+            skip=self.W_skip is not None,
+            threshold_parameterisation="raw",
+        )
+        with torch.device("meta"):  # no random init of weights that are overwritten at once
+            sae = build_dictionary(config)
+        state = {
+            "W_enc_DF": self.W_enc,
+            "b_enc_F": self.b_enc,
+            "W_dec_FD": self.W_dec,
+            "b_dec_D": self.b_dec,
+            "raw_threshold_F": self.threshold,
+        }
+        if self.W_skip is not None:
+            state["W_skip_DD"] = self.W_skip
+        sae.load_state_dict({key: value.clone() for key, value in state.items()}, assign=True)
+        assert isinstance(sae, JumpReLU)
+        return sae.eval()
+
+    @property
+    def n_thresholds_below_floor(self) -> int:
+        """How many θ are at or below the 1e-6 floor of the loaded dictionary (see :meth:`to_dictionary`)."""
+        return int((self.threshold <= MIN_RAW_THRESHOLD).sum())
+
+
+@dataclass(frozen=True)
+class ReadSAE:
+    """What a layout reader returns: raw-space tensors and what the files say about them."""
+
+    params: ReleaseParams
+    site: Site | None
+    site_out: Site | None
+    model_name: str | None
+    metadata: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ReleaseFormatError naming the file when missing or malformed."""
+    if not path.is_file():
+        raise ReleaseFormatError(f"{path} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ReleaseFormatError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ReleaseFormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
+def check_against_manifest(files: Iterable[Path], *, check_hashes: bool = True, max_levels: int = 6) -> None:
+    """If a saescope release manifest lies in a parent folder, check these files' sizes (and SHA-256)
+    against it, so a truncated or corrupted file is named even when its format would not notice."""
+    files = [Path(f).resolve() for f in files]
+    if not files:
+        return
+    folder = files[0].parent
+    for _ in range(max_levels):
+        manifest_path = folder / MANIFEST_NAME
+        if manifest_path.is_file():
+            manifest = read_json_object(manifest_path)
+            listed = manifest.get("files", {})
+            for file_path in files:
+                record = listed.get(file_path.relative_to(folder).as_posix())
+                if record is None:
+                    continue
+                size = file_path.stat().st_size
+                if size != record.get("size"):
+                    raise ReleaseFormatError(
+                        f"{file_path} has {size} bytes, but {manifest_path} records {record.get('size')} (truncated?)"
+                    )
+                if check_hashes and sha256_file(file_path) != record.get("sha256"):
+                    raise ReleaseFormatError(
+                        f"{file_path} does not match the SHA-256 checksum recorded in {manifest_path} (corrupted)"
+                    )
+            return
+        if folder.parent == folder:
+            return
+        folder = folder.parent

@@ -1,0 +1,186 @@
+"""One loader for every dictionary format saescope knows: :func:`load_sae`.
+
+============================  ==========================================================  ================
+what                          recognised by                                               ``source_format``
+============================  ==========================================================  ================
+Gemma Scope 1 folder          ``params.npz``                                              ``gemmascope``
+Gemma Scope 2 folder          ``params.safetensors`` (+ ``config.json``)                  ``gemmascope2``
+SAELens folder                ``cfg.json`` + ``sae_weights.safetensors``                  ``saelens``
+saescope dictionary folder    ``sae.safetensors`` + ``config.json`` (saescope-dictionary)  ``saescope``
+Hugging Face Hub id           ``owner/repo/path/in/repo`` that is not a local path          as downloaded
+============================  ==========================================================  ================
+
+Whatever the source, the result is a raw-space :class:`~saescope.sae.SparseDictionary` (a saescope
+dictionary is folded with its recorded scale C, SPEC §2.7), so the same code evaluates and browses all of
+them. Hub downloads are off unless ``online=True`` or ``SAESCOPE_ONLINE=1``, as for models.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from saescope.models.loading import ONLINE_ENV, online_by_default
+from saescope.models.sites import Site
+from saescope.release.common import ReadSAE, ReleaseFormatError, check_against_manifest
+from saescope.release.gemmascope import (
+    GS1_PARAMS,
+    GS2_CONFIG,
+    GS2_PARAMS,
+    read_gemmascope2_folder,
+    read_gemmascope_folder,
+)
+from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS, read_saelens_folder
+from saescope.release.suite import CONFIG as SAESCOPE_CONFIG
+from saescope.release.suite import WEIGHTS as SAESCOPE_WEIGHTS
+from saescope.release.suite import read_trained_sae
+from saescope.sae import SparseDictionary
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)+/?$")
+
+
+class ReleaseDownloadError(ValueError):
+    """A Hub id was given but it cannot be downloaded (downloads off, or the Hub refused)."""
+
+
+@dataclass
+class LoadedSAE:
+    """A dictionary loaded from any supported format, in raw activation space."""
+
+    sae: SparseDictionary
+    """The dictionary (eval mode); its codes are those of the released weights (C× training-time codes)."""
+    site: Site | None
+    """Where it reads, when the files say so (for transcoders: the input site)."""
+    model_name: str | None
+    """The model it belongs to, when the files say so."""
+    source_format: str
+    """'gemmascope', 'gemmascope2', 'saelens' or 'saescope'."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Format-specific details: the path, the config file's content, recorded L0, ..."""
+    site_out: Site | None = None
+    """Where a transcoder writes (None for an SAE)."""
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.site_out is not None and self.site_out != self.site
+
+
+def _detect(folder: Path) -> str | None:
+    if (folder / SAESCOPE_WEIGHTS).is_file() and (folder / SAESCOPE_CONFIG).is_file():
+        return "saescope"
+    if (folder / GS1_PARAMS).is_file():
+        return "gemmascope"
+    if (folder / GS2_PARAMS).is_file():
+        return "gemmascope2"
+    if (folder / SAELENS_CONFIG).is_file() or (folder / SAELENS_WEIGHTS).is_file():
+        return "saelens"
+    return None
+
+
+_FILES = {
+    "gemmascope": (GS1_PARAMS,),
+    "gemmascope2": (GS2_PARAMS, GS2_CONFIG),
+    "saelens": (SAELENS_CONFIG, SAELENS_WEIGHTS),
+    "saescope": (SAESCOPE_WEIGHTS, SAESCOPE_CONFIG),
+}
+
+
+def _from_read(read: ReadSAE, source_format: str) -> LoadedSAE:
+    metadata = dict(read.metadata)
+    below = read.params.n_thresholds_below_floor
+    if below:
+        metadata["thresholds_at_floor"] = below
+        log.warning(
+            "%s: %d threshold(s) are <= 1e-6; the loaded JumpReLU applies them as 1e-6", metadata.get("path"), below
+        )
+    return LoadedSAE(read.params.to_dictionary(), read.site, read.model_name, source_format, metadata, read.site_out)
+
+
+def load_folder(folder: Path, *, check_hashes: bool = True, repo_name: str | None = None) -> LoadedSAE:
+    """Load one local SAE folder of any supported format (see the module docstring)."""
+    source_format = _detect(folder)
+    if source_format is None:
+        raise ReleaseFormatError(
+            f"{folder} is not a dictionary folder: expected {GS1_PARAMS} (Gemma Scope 1), {GS2_PARAMS} + "
+            f"{GS2_CONFIG} (Gemma Scope 2), {SAELENS_CONFIG} + {SAELENS_WEIGHTS} (SAELens) or "
+            f"{SAESCOPE_WEIGHTS} + {SAESCOPE_CONFIG} (saescope)"
+        )
+    check_against_manifest([folder / name for name in _FILES[source_format] if (folder / name).exists()],
+                           check_hashes=check_hashes)  # fmt: skip
+    if source_format == "gemmascope":
+        return _from_read(read_gemmascope_folder(folder, repo_name=repo_name), source_format)
+    if source_format == "gemmascope2":
+        return _from_read(read_gemmascope2_folder(folder), source_format)
+    if source_format == "saelens":
+        return _from_read(read_saelens_folder(folder), source_format)
+    entry = read_trained_sae(folder)
+    metadata = {
+        "path": str(folder),
+        "config": entry.config,
+        "metrics": entry.metrics,
+        "norm_scale": entry.norm_scale,
+        "l0": entry.l0,
+        "l0_source": entry.l0_source,
+    }
+    model = entry.config.get("model")
+    return LoadedSAE(
+        entry.raw_space(), entry.site, str(model) if model else None, source_format, metadata,
+        entry.site_out if entry.is_transcoder else None,
+    )  # fmt: skip
+
+
+def _download(hub_id: str, online: bool | None) -> tuple[Path, str]:
+    allowed = online_by_default() if online is None else online
+    if not allowed:
+        raise ReleaseDownloadError(
+            f"{hub_id!r} is not a local file or folder, and as a Hugging Face Hub id it needs a download, which is "
+            f"off by default: set {ONLINE_ENV}=1 (or pass online=True) to let saescope download it, or download the "
+            "folder yourself and pass its local path"
+        )
+    owner, repo, subpath = hub_id.strip("/").split("/", 2)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as error:  # pragma: no cover - huggingface_hub comes with transformers
+        raise ReleaseDownloadError("downloading from the Hub needs the huggingface_hub package") from error
+    try:
+        root = snapshot_download(f"{owner}/{repo}", allow_patterns=[f"{subpath}/*"])
+    except Exception as error:
+        raise ReleaseDownloadError(
+            f"could not download {subpath!r} from the Hub repo {owner}/{repo}: {error}"
+        ) from error
+    folder = Path(root) / subpath
+    if not folder.is_dir():
+        raise ReleaseDownloadError(f"the Hub repo {owner}/{repo} has no folder {subpath!r}")
+    return folder, repo
+
+
+def load_sae(path_or_hub_id: str | Path, *, online: bool | None = None, check_hashes: bool = True) -> LoadedSAE:
+    """Load a sparse dictionary from a local folder (or a file inside one) or a Hugging Face Hub id.
+
+    Local: a Gemma Scope 1 ``average_l0_N`` folder, a Gemma Scope 2 folder (SAEs and transcoders, with
+    ``affine_skip_connection``), a SAELens folder, or a saescope dictionary folder (``<run>/saes/<name>``,
+    folded into raw space with its ``norm_scale``). Hub: ``owner/repo/path``, e.g.
+    ``google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71``; downloads only with ``online=True``
+    or ``SAESCOPE_ONLINE=1``. Inside a saescope release, file sizes (and with ``check_hashes`` SHA-256
+    sums) are checked against its manifest. Problems raise :class:`ReleaseFormatError` naming the file.
+    """
+    path = Path(path_or_hub_id)
+    if path.is_file():
+        path = path.parent
+    if path.is_dir():
+        return load_folder(path, check_hashes=check_hashes)
+    text = str(path_or_hub_id)
+    if isinstance(path_or_hub_id, str) and _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        folder, repo = _download(text, online)
+        loaded = load_folder(folder, check_hashes=False, repo_name=repo)
+        loaded.metadata["hub_id"] = text
+        return loaded
+    raise FileNotFoundError(
+        f"{text} does not exist (and is not a Hub id of the form owner/repo/path/in/repo, e.g. "
+        "google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71)"
+    )
