@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -126,4 +127,14 @@ def text_corpus(tmp_path: Path) -> Path:
     paragraphs = [" ".join(f"w{rng.randrange(90)}" for _ in range(rng.randrange(20, 60))) for _ in range(80)]
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+@pytest.fixture
+def jsonl_corpus(tmp_path: Path) -> Path:
+    """400 short documents of the tiny tokenizer's words: enough for a held-out split (2%, ~8 documents)."""
+    rng = random.Random(1)
+    lines = [json.dumps({"text": " ".join(f"w{rng.randrange(90)}" for _ in range(40))}) for _ in range(400)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
     return path

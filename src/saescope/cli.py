@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 import saescope
 from saescope.atomic import CorruptFileError
-from saescope.commands import cache, export, info, run, train
+from saescope.commands import cache, evaluate, export, info, run, train
 from saescope.commands.common import read_option_file
 from saescope.data.corpus import CorpusError
 from saescope.models.loading import ModelLoadError
 from saescope.models.sites import UnsupportedArchitectureError
 from saescope.train import TrainingDivergedError
 
-_COMMANDS = (run, info, cache, train, export)
+_COMMANDS = (run, info, cache, train, evaluate, export)
 #: Errors whose message already says what went wrong and what to do: printed without a traceback.
 _USER_ERRORS = (
     ModelLoadError,

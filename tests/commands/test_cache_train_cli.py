@@ -51,6 +51,26 @@ def test_cache_then_train(
     assert "layer_1-att-jumprelu-16-l0_3" in capsys.readouterr().out
 
 
+def test_eval_a_trained_run(
+    tiny_model_dir: Path, jsonl_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "acts.npy", rng.normal(size=(1000, 32)).astype(np.float32))
+    run_dir = tmp_path / "run"
+    train = ["train", "--activations", str(tmp_path / "acts.npy"), "--widths", "16", "--target-l0", "4",
+             "--tokens", "256", "--batch-size", "64", "--out", str(run_dir)]  # fmt: skip
+    assert main(train) == 0
+    report = tmp_path / "report"
+    evaluate = ["eval", str(run_dir), "--model", str(tiny_model_dir), "--corpus", str(jsonl_corpus),
+                "--context-size", "16", "--tokens", "100", "--loss-windows", "2", "--out", str(report)]  # fmt: skip
+    assert main(evaluate) == 0
+    metrics = json.loads((report / "layer_0-res-jumprelu-16-l0_4" / "metrics.json").read_text())
+    assert metrics["reconstruction"]["n_tokens"] == 100
+    assert metrics["lm_loss"]["loss_n_predictions"] > 0
+    assert (report / "report.html").is_file()
+    assert "layer_0/res" in capsys.readouterr().out
+
+
 def test_train_from_a_npy_file_with_a_toml_config(tmp_path: Path) -> None:
     generator = np.random.default_rng(0)
     np.save(tmp_path / "acts.npy", generator.normal(size=(2000, 24)).astype(np.float32))
