@@ -1,27 +1,34 @@
 """Activation pipeline benchmark: model forward, every-site capture, cache write, shuffled cache read, memory.
 
-What it measures, all in one run on the same token windows (real text from the embedded corpus):
+What it measures, in one run, on the same token windows (real text from the embedded corpus; Python's
+stdlib sources if that corpus cannot be built):
 
-1. Capture overhead: tokens/s of a bare forward of the model body (every decoder layer, no hooks, no LM
-   head) against tokens/s of ``stream_token_activations`` capturing all res/att/mlp sites of every layer
-   (54 sites on Gemma 3 270M). Rounds alternate bare/stream so machine-load drift hits both; the ratio
-   stream/bare is the figure of merit (goal >= 0.9).
-2. Cache write: GB/s of ``CacheWriter`` (bf16 by default; conversion + SHA-256 + fsync included) fed with
-   activations already in memory, next to a plain write+fsync of the same number of bytes, and the
-   writer's token rate next to the model's (how far ahead of the forward the writer is).
-3. Cache read: GB/s of ``ActivationCache.batches`` (shuffled, batch 4096, all sites, float32 out) next to
-   a plain sequential read of the same shard files (16 MiB buffer), both "hot" (files in the page cache)
-   and "cold" (evicted first with ``posix_fadvise(DONTNEED)``; the drop of ``Cached`` in /proc/meminfo is
-   printed so you can see whether the eviction took).
-4. Memory: peak RSS (``ru_maxrss``) of a fresh process that streams windows into a cache, at several
-   token budgets; it should not grow with the budget.
+1. Capture overhead. Tokens/s of a bare forward of the model body (every decoder layer; no hooks, no LM
+   head) against the same windows through
+   * ``window_activations`` called in the main thread (hooks on all sites + dropping special tokens), and
+   * ``stream_token_activations`` (the same work in its prefetch thread: what the pipeline runs),
+   capturing res/att/mlp on every layer (54 sites on Gemma 3 270M). The three alternate within each
+   round so that load from other processes hits all of them; per-round figures, medians and the best
+   round are printed. Figure of merit: stream/bare (goal >= 0.9).
+2. Cache write. GB/s of ``CacheWriter`` (bf16 by default; conversion, SHA-256, fsync and manifest
+   included) fed with activations already in memory, next to a plain write+fsync of files of the same
+   sizes, the share of the writer's time spent in its CPU passes, and the writer's token rate next to
+   the model's.
+3. Cache read. GB/s of ``ActivationCache.batches`` (shuffled, batch 4096, all sites, float32 out) next
+   to a plain sequential read of the same shard files (16 MiB buffer), "hot" (files in the page cache)
+   and "cold" (evicted just before with ``posix_fadvise(DONTNEED)``; how far ``Cached`` in /proc/meminfo
+   fell is printed, so you can see whether the eviction took). Median of ``--rounds`` repetitions.
+4. Memory. Peak RSS of a fresh process that streams windows into a cache, at several token budgets:
+   ``ru_maxrss`` after loading the model, and the peak while streaming (VmHWM, reset after loading).
+   It should not grow with the budget.
 
-Run (the converted model cache is found through SAESCOPE_CACHE like everywhere in saescope)::
+Run from the repository root (the converted model is found through SAESCOPE_CACHE, as everywhere)::
 
-    .venv/bin/python benchmarks/activations.py            # context 1024, about 5-10 min on 2 CPU cores
-    .venv/bin/python benchmarks/activations.py --quick    # short windows, fewer of them: about 2 min
+    .venv/bin/python benchmarks/activations.py            # context 1024: about 10 min on 2 CPU cores
+    .venv/bin/python benchmarks/activations.py --quick    # context 128, small cache: about 2 min
 
-Every figure printed is measured in this run; nothing is hard-coded.
+Every figure printed is measured in this run. On a shared machine, compare figures of the same run;
+the load average is printed with each section.
 """
 
 from __future__ import annotations
@@ -40,14 +47,15 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from saescope.data.activations import TokenActivations, stream_token_activations
+from saescope.data.activations import TokenActivations, stream_token_activations, window_activations
 from saescope.data.cache import STORAGE_DTYPES, ActivationCache, CacheSettings, CacheWriter
 from saescope.models import load_model
 from saescope.models.sites import Site, select_sites, site_widths
@@ -55,6 +63,11 @@ from saescope.models.sites import Site, select_sites, site_widths
 READ_BUFFER = 16 * 1024 * 1024
 GB = 1e9
 MIB = 2**20
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,6 +132,15 @@ def bare_forward_seconds(model: Any, batches: Sequence[torch.Tensor]) -> float:
     return time.perf_counter() - started
 
 
+def main_thread_capture_seconds(
+    model: Any, sites: Sequence[Site], batches: Sequence[torch.Tensor], special: frozenset[int]
+) -> float:
+    started = time.perf_counter()
+    for ids_BT in batches:
+        window_activations(model, sites, ids_BT, special)
+    return time.perf_counter() - started
+
+
 def stream_seconds(
     model: Any, sites: Sequence[Site], batches: Sequence[torch.Tensor], special: frozenset[int]
 ) -> float:
@@ -131,8 +153,162 @@ def stream_seconds(
     return elapsed
 
 
+def in_worker_thread(measure: Callable[[], float]) -> float:
+    """Run `measure` in a fresh thread, as the stream's prefetch thread runs the forward."""
+    outcome: list[float | BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(measure())
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=target, name="bench-worker")
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]
+
+
+def section_forward(
+    args: argparse.Namespace,
+    model: Any,
+    sites: Sequence[Site],
+    batches: Sequence[torch.Tensor],
+    special: frozenset[int],
+) -> float:
+    """Prints section 1; returns the median bare-forward rate (tokens/s, main thread)."""
+    n_tokens = sum(int(ids_BT.numel()) for ids_BT in batches)
+    bare_main, bare_worker = "bare forward, main thread", "bare forward, worker thread"
+    # name -> (measurement, the bare path it is paired with: same kind of thread)
+    paths: dict[str, tuple[Callable[[], float], str]] = {
+        bare_main: (lambda: bare_forward_seconds(model, batches), bare_main),
+        bare_worker: (lambda: in_worker_thread(lambda: bare_forward_seconds(model, batches)), bare_worker),
+        "capture, main thread": (lambda: main_thread_capture_seconds(model, sites, batches, special), bare_main),
+        "stream_token_activations": (lambda: stream_seconds(model, sites, batches, special), bare_worker),
+    }
+    # Warm-up of every path on one batch (allocator, kernels, thread pools).
+    bare_forward_seconds(model, batches[:1])
+    main_thread_capture_seconds(model, sites, batches[:1], special)
+    stream_seconds(model, sites, batches[:1], special)
+    rates: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(args.rounds):
+        for name, (measure, _) in paths.items():
+            rates[name].append(n_tokens / measure())
+    print(f"\n-- 1. forward vs capture of {len(sites)} sites ({n_tokens} forward positions per round) --")
+    print(f"{load_average()} after the section")
+    print(f"{'tokens/s':30s}{'median':>8s}{'best':>8s}{'ratio':>7s}  per round (ratio to its bare path, same round)")
+    for name, (_, baseline) in paths.items():
+        paired = [v / b for v, b in zip(rates[name], rates[baseline], strict=True)]
+        rounds = " ".join(f"{v:.1f} ({p:.2f})" for v, p in zip(rates[name], paired, strict=True))
+        median, best = statistics.median(rates[name]), max(rates[name])
+        print(f"{name:30s}{median:8.1f}{best:8.1f}{statistics.median(paired):7.3f}  {rounds}")
+    stream = rates["stream_token_activations"]
+    for label, baseline in (("main", bare_main), ("worker", bare_worker)):
+        median_ratio = statistics.median(s / b for s, b in zip(stream, rates[baseline], strict=True))
+        best_ratio = max(stream) / max(rates[baseline])
+        print(
+            f"stream / bare forward ({label} thread): {median_ratio:.3f} (median of paired rounds), "
+            f"{best_ratio:.3f} (best vs best); goal >= 0.9"
+        )
+    return statistics.median(rates[bare_main])
+
+
 # ------------------------------------------------------------------------------------------------
-# 2-3. Cache write and read
+# 2. Cache write
+# ------------------------------------------------------------------------------------------------
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*.bin") if path.is_file())
+
+
+def plain_write_seconds(folder: Path, sizes: Sequence[int]) -> float:
+    """Write files of the given sizes (16 MiB chunks of one buffer) and fsync each: the disk's own rate."""
+    folder.mkdir(parents=True, exist_ok=True)
+    chunk = os.urandom(READ_BUFFER)
+    started = time.perf_counter()
+    for index, size in enumerate(sizes):
+        with (folder / f"plain_{index:05d}.bin").open("wb") as handle:
+            left = size
+            while left > 0:
+                left -= handle.write(chunk[: min(left, len(chunk))])
+            handle.flush()
+            os.fsync(handle.fileno())
+    return time.perf_counter() - started
+
+
+def writer_breakdown(chunks: Sequence[TokenActivations], dtype: str) -> dict[str, float]:
+    """Seconds per token of the writer's CPU passes, every site: conversion to the storage dtype and to
+    bytes, SHA-256 of those bytes, and the squared-norm sums kept for the normalisation scales."""
+    storage = STORAGE_DTYPES[dtype][0]
+    spent = {"convert to bytes": 0.0, "sha256": 0.0, "norm sums": 0.0}
+    for chunk in chunks:
+        for x_ND in chunk.acts.values():
+            started = time.perf_counter()
+            stored = x_ND.to(storage).contiguous()
+            data = (stored.view(torch.int16) if storage is torch.bfloat16 else stored).numpy().tobytes()
+            converted = time.perf_counter()
+            hashlib.sha256(data).hexdigest()
+            hashed = time.perf_counter()
+            float(torch.linalg.vector_norm(x_ND, dim=-1, dtype=torch.float32).square().double().sum())
+            normed = time.perf_counter()
+            spent["convert to bytes"] += converted - started
+            spent["sha256"] += hashed - converted
+            spent["norm sums"] += normed - hashed
+    n_tokens = sum(chunk.n_tokens for chunk in chunks)
+    return {name: seconds / n_tokens for name, seconds in spent.items()}
+
+
+def cache_settings(
+    args: argparse.Namespace, sites: Sequence[Site], widths: dict[Site, int], corpus: str
+) -> CacheSettings:
+    return CacheSettings(
+        model=args.model,
+        sites=tuple(sites),
+        widths=widths,
+        dtype=args.cache_dtype,
+        corpus={"benchmark": corpus},
+        context_size=args.context,
+        windows_per_shard=args.windows_per_shard,
+    )
+
+
+def section_write(
+    args: argparse.Namespace, chunks: Sequence[TokenActivations], settings: CacheSettings, cache_dir: Path, bare: float
+) -> None:
+    """Prints section 2 and leaves the cache in `cache_dir`. The writer gets the same few batches over
+    and over (it only sees bytes), so a cache of any size needs no more forwards."""
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    writer = CacheWriter(cache_dir, settings)
+    started = time.perf_counter()
+    written = sum(writer.write(itertools.cycle(chunks), args.cache_tokens))
+    write_seconds = time.perf_counter() - started
+    files = shard_files(cache_dir)
+    on_disk = sum(path.stat().st_size for path in files)
+    plain_dir = cache_dir.parent / "plain"
+    plain_seconds = plain_write_seconds(plain_dir, [path.stat().st_size for path in files])
+    shutil.rmtree(plain_dir, ignore_errors=True)
+    writer_gbs, plain_gbs = on_disk / write_seconds / GB, on_disk / plain_seconds / GB
+    writer_tps = written / write_seconds
+    per_token = writer_breakdown(chunks, args.cache_dtype)
+    print(f"\n-- 2. cache write ({args.cache_dtype}, {written} tokens, {on_disk / GB:.2f} GB in {len(files)} files) --")
+    print(load_average())
+    print(f"{'':40s}{'GB/s':>8s}{'s':>8s}{'tokens/s':>10s}")
+    print(f"{'CacheWriter (convert+sha256+fsync)':40s}{writer_gbs:8.3f}{write_seconds:8.2f}{writer_tps:10.0f}")
+    print(f"{'plain write+fsync, same file sizes':40s}{plain_gbs:8.3f}{plain_seconds:8.2f}")
+    print(f"CacheWriter/plain write: {writer_gbs / plain_gbs:.3f}")
+    shares = ", ".join(f"{name} {seconds * writer_tps:.0%}" for name, seconds in per_token.items())
+    print(f"share of the writer's time in its CPU passes (timed separately on the same batches): {shares}")
+    print(
+        f"writer {writer_tps:.0f} tokens/s vs bare forward {bare:.1f} tokens/s (section 1): "
+        f"{writer_tps / bare:.1f}x the rate the model produces tokens at"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Cache read
 # ------------------------------------------------------------------------------------------------
 
 
@@ -145,10 +321,6 @@ def cached_bytes() -> int:
     except OSError:
         pass
     return -1
-
-
-def shard_files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*.bin") if path.is_file())
 
 
 def evict(files: Sequence[Path]) -> int:
@@ -188,44 +360,50 @@ def shuffled_read_seconds(folder: Path, batch_size: int, verify: str) -> tuple[f
     return elapsed, tokens
 
 
-def plain_write_seconds(folder: Path, sizes: Sequence[int]) -> float:
-    """Write files of the given sizes (16 MiB chunks of one buffer) and fsync each: the disk's own rate."""
-    folder.mkdir(parents=True, exist_ok=True)
-    chunk = os.urandom(READ_BUFFER)
-    started = time.perf_counter()
-    for index, size in enumerate(sizes):
-        with (folder / f"plain_{index:05d}.bin").open("wb") as handle:
-            left = size
-            while left > 0:
-                left -= handle.write(chunk[: min(left, len(chunk))])
-            handle.flush()
-            os.fsync(handle.fileno())
-    return time.perf_counter() - started
+def section_read(args: argparse.Namespace, cache_dir: Path, bytes_per_token: int, bare: float) -> None:
+    files = [path for path in shard_files(cache_dir) if path.parent.name != "tokens"]
+    total = sum(path.stat().st_size for path in files)
+    n_tokens = ActivationCache(cache_dir, verify="sizes").n_tokens
+    sequential_read_seconds(files)  # every file in the page cache
+    seconds: dict[str, list[float]] = {}
+    dropped: list[int] = []
 
+    def timed(name: str, cold: bool, measure: Callable[[], float]) -> None:
+        if cold:
+            dropped.append(evict(files))
+        seconds.setdefault(name, []).append(measure())
 
-def writer_breakdown(chunk: TokenActivations, dtype: str) -> dict[str, float]:
-    """Seconds per token of the writer's CPU passes over one forward batch, every site: conversion to the
-    storage dtype and to bytes, SHA-256 of those bytes, and the squared-norm sum kept for the scales."""
-    storage = STORAGE_DTYPES[dtype][0]
-    spent = {"convert to bytes": 0.0, "sha256": 0.0, "norm sums": 0.0}
-    for x_ND in chunk.acts.values():
-        started = time.perf_counter()
-        stored = x_ND.to(storage).contiguous()
-        data = (stored.view(torch.int16) if storage is torch.bfloat16 else stored).numpy().tobytes()
-        converted = time.perf_counter()
-        hashlib.sha256(data).hexdigest()
-        hashed = time.perf_counter()
-        float(torch.linalg.vector_norm(x_ND, dim=-1, dtype=torch.float32).square().double().sum())
-        normed = time.perf_counter()
-        spent["convert to bytes"] += converted - started
-        spent["sha256"] += hashed - converted
-        spent["norm sums"] += normed - hashed
-    return {name: seconds / chunk.n_tokens for name, seconds in spent.items()}
-
-
-def repeat_chunks(chunks: Sequence[TokenActivations]) -> Iterator[TokenActivations]:
-    """The same few batches over and over: the writer only sees bytes, so a larger cache needs no forwards."""
-    return itertools.cycle(chunks)
+    for _ in range(args.rounds):
+        timed("sequential read, hot", False, lambda: sequential_read_seconds(files)[0])
+        timed("shuffled batches, hot", False, lambda: shuffled_read_seconds(cache_dir, args.read_batch, "sizes")[0])
+        timed("sequential read, cold", True, lambda: sequential_read_seconds(files)[0])
+        timed("shuffled batches, cold", True, lambda: shuffled_read_seconds(cache_dir, args.read_batch, "sizes")[0])
+    # The default verify="lazy" hashes every file once per process, on first read.
+    timed(
+        "shuffled, verify=lazy (+SHA-256), hot",
+        False,
+        lambda: shuffled_read_seconds(cache_dir, args.read_batch, "lazy")[0],
+    )
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    print(
+        f"\n-- 3. cache read ({total / GB:.2f} GB of activations, {n_tokens} tokens, "
+        f"batch {args.read_batch}, all sites) --"
+    )
+    print(load_average())
+    print(f"{'median of ' + str(args.rounds):40s}{'GB/s':>8s}{'s':>8s}{'tokens/s':>11s}  per round (s)")
+    for name, value in median.items():
+        rounds = " ".join(f"{v:.2f}" for v in seconds[name])
+        print(f"{name:40s}{total / value / GB:8.3f}{value:8.2f}{n_tokens / value:11.0f}  {rounds}")
+    hot = median["sequential read, hot"] / median["shuffled batches, hot"]
+    cold = median["sequential read, cold"] / median["shuffled batches, cold"]
+    print(f"shuffled/sequential: hot {hot:.3f}, cold {cold:.3f}")
+    print(
+        f"eviction: 'Cached' fell by {min(dropped) / GB:.2f}-{max(dropped) / GB:.2f} GB per eviction for "
+        f"{total / GB:.2f} GB of files (where it fell by less, 'cold' reads partly came from memory)"
+    )
+    shuffled_hot = n_tokens / median["shuffled batches, hot"]
+    print(f"shuffled hot read: {shuffled_hot:.0f} tokens/s = {shuffled_hot / bare:.1f}x the bare forward's rate")
+    assert bytes_per_token * n_tokens == total, (bytes_per_token, n_tokens, total)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,10 +426,6 @@ def status_bytes(field: str) -> int:
     return -1
 
 
-def current_rss_bytes() -> int:
-    return status_bytes("VmRSS:")
-
-
 def reset_peak_rss() -> bool:
     """Reset VmHWM (Linux >= 4.0: write 5 to /proc/self/clear_refs), so a later peak excludes model loading."""
     try:
@@ -266,24 +440,13 @@ def rss_probe(args: argparse.Namespace) -> None:
     budget = int(args.rss_probe)
     loaded = load_model(args.model)
     sites = select_sites(args.sites, loaded.info.n_layers)
-    after_load_peak, after_load_now = max_rss_bytes(), current_rss_bytes()
-    n_windows = math.ceil(budget / (args.context - 1))
-    windows_WT, _ = load_windows(loaded.tokenizer, n_windows, args.context)
-    settings = CacheSettings(
-        model=args.model,
-        sites=tuple(sites),
-        widths=site_widths(loaded.model, sites),
-        dtype=args.cache_dtype,
-        corpus={"benchmark": "rss-probe"},
-        context_size=args.context,
-        windows_per_shard=args.windows_per_shard,
-    )
-    folder = Path(tempfile.mkdtemp(prefix="saescope-bench-rss-", dir=args.workdir))
+    after_load_peak, after_load_now = max_rss_bytes(), status_bytes("VmRSS:")
+    windows_WT, source = load_windows(loaded.tokenizer, math.ceil(budget / (args.context - 1)), args.context)
+    folder = Path(tempfile.mkdtemp(prefix="rss-", dir=args.workdir))
     try:
-        writer = CacheWriter(folder, settings)
-        stream = stream_token_activations(
-            loaded.model, sites, iter(batched(windows_WT, args.batch_windows)), special_ids(loaded.tokenizer)
-        )
+        writer = CacheWriter(folder, cache_settings(args, sites, site_widths(loaded.model, sites), source))
+        batches = batched(windows_WT, args.batch_windows)
+        stream = stream_token_activations(loaded.model, sites, iter(batches), special_ids(loaded.tokenizer))
         hwm_reset = reset_peak_rss()
         started = time.perf_counter()
         written = sum(writer.write(stream, budget))
@@ -291,31 +454,27 @@ def rss_probe(args: argparse.Namespace) -> None:
         hwm = status_bytes("VmHWM:") if hwm_reset else -1
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(
-        json.dumps(
-            {
-                "budget": budget,
-                "written": written,
-                "seconds": seconds,
-                "forward_tokens": int(windows_WT.numel()),
-                "peak_after_load": after_load_peak,
-                "rss_after_load": after_load_now,
-                "peak": max_rss_bytes(),
-                "peak_while_streaming": hwm,
-            }
-        )
-    )
+    figures = {
+        "budget": budget,
+        "written": written,
+        "seconds": seconds,
+        "forward_tokens": int(windows_WT.numel()),
+        "peak_after_load": after_load_peak,
+        "rss_after_load": after_load_now,
+        "peak": max_rss_bytes(),
+        "peak_while_streaming": hwm,
+    }
+    print(json.dumps(figures))
 
 
 def run_rss_probe(args: argparse.Namespace, budget: int) -> dict[str, Any]:
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
-        "--rss-probe",
-        str(budget),
-        *("--context", str(args.context), "--batch-windows", str(args.batch_windows)),
+        *("--rss-probe", str(budget), "--context", str(args.context), "--batch-windows", str(args.batch_windows)),
         *("--sites", args.sites, "--model", args.model, "--cache-dtype", args.cache_dtype),
         *("--windows-per-shard", str(args.windows_per_shard), "--workdir", args.workdir),
+        *(("--threads", str(args.threads)) if args.threads else ()),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -325,187 +484,11 @@ def run_rss_probe(args: argparse.Namespace, budget: int) -> dict[str, Any]:
     return probe
 
 
-# ------------------------------------------------------------------------------------------------
-# Main
-# ------------------------------------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="short windows, fewer of them, small cache")
-    parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--sites", default="all", help="site selection (saescope syntax); default: all")
-    parser.add_argument("--context", type=int, default=None, help="tokens per window (default 1024; quick 128)")
-    parser.add_argument("--windows", type=int, default=None, help="windows per timed round (default 4; quick 4)")
-    parser.add_argument("--batch-windows", type=int, default=2, help="windows per forward batch")
-    parser.add_argument("--rounds", type=int, default=None, help="alternating bare/stream rounds (default 3)")
-    parser.add_argument("--cache-tokens", type=int, default=None, help="tokens in the cache (default 32768)")
-    parser.add_argument("--cache-dtype", default="bfloat16", choices=sorted(STORAGE_DTYPES))
-    parser.add_argument("--windows-per-shard", type=int, default=8)
-    parser.add_argument("--read-batch", type=int, default=4096)
-    parser.add_argument("--rss-budgets", default=None, help="comma-separated token budgets (default 2048,8192)")
-    parser.add_argument("--workdir", default=None, help="scratch folder for caches (default: a new temp folder)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
-    parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    quick = args.quick
-    args.context = args.context or (128 if quick else 1024)
-    args.windows = args.windows or 4
-    args.rounds = args.rounds or 3
-    args.cache_tokens = args.cache_tokens or (4096 if quick else 32768)
-    args.rss_budgets = args.rss_budgets or ("512,2048" if quick else "2048,8192")
-    return args
-
-
-def rate(tokens: float, seconds: float) -> float:
-    return tokens / seconds if seconds > 0 else float("nan")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.rss_probe is not None:
-        rss_probe(args)
-        return
-    own_workdir = args.workdir is None
-    args.workdir = args.workdir or tempfile.mkdtemp(prefix="saescope-bench-")
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        run(args, workdir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir if own_workdir else workdir / "cache", ignore_errors=True)
-            shutil.rmtree(workdir / "plain", ignore_errors=True)
-
-
-def run(args: argparse.Namespace, workdir: Path) -> None:
-    loaded = load_model(args.model)
-    model, info = loaded.model, loaded.info
-    sites = select_sites(args.sites, info.n_layers)
-    widths = site_widths(model, sites)
-    special = special_ids(loaded.tokenizer)
-    windows_WT, text_source = load_windows(loaded.tokenizer, args.windows, args.context)
-    batches = batched(windows_WT, args.batch_windows)
-    n_forward = int(windows_WT.numel())
-    n_kept = int((~torch.isin(windows_WT, torch.tensor(sorted(special)))).sum())
-
-    print("== saescope activation pipeline benchmark ==")
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
-        f"cpus {os.cpu_count()}, load average {os.getloadavg()[0]:.2f}"
-    )
-    print(
-        f"model {info.name}: {info.n_layers} layers, d_model {info.d_model}, d_attn {info.d_attn}, "
-        f"{info.dtype} on {info.device} (loaded in {info.load_seconds:.1f} s)"
-    )
-    print(
-        f"sites: {len(sites)} ({args.sites}); windows: {args.windows} x {args.context} tokens of {text_source}, "
-        f"{args.batch_windows} per forward; {n_kept} of {n_forward} positions kept (special tokens dropped)"
-    )
-
-    # --- 1. forward vs capture ----------------------------------------------------------------------
-    bare_forward_seconds(model, batches[:1])  # warm-up of both paths (allocator, kernels, threads)
-    stream_seconds(model, sites, batches[:1], special)
-    bare_rates, stream_rates = [], []
-    for _ in range(args.rounds):
-        bare_rates.append(rate(n_forward, bare_forward_seconds(model, batches)))
-        stream_rates.append(rate(n_forward, stream_seconds(model, sites, batches, special)))
-    ratios = [s / b for s, b in zip(stream_rates, bare_rates, strict=True)]
-    bare, stream = statistics.median(bare_rates), statistics.median(stream_rates)
-    print("\n-- 1. forward vs every-site capture (tokens/s counts every forward position) --")
-    print(f"{'':34s}{'tokens/s':>10s}  per round")
-    print(f"{'bare forward (model.model)':34s}{bare:10.1f}  " + " ".join(f"{r:.1f}" for r in bare_rates))
-    print(
-        f"{'stream_token_activations, ' + str(len(sites)) + ' sites':34s}{stream:10.1f}  "
-        + " ".join(f"{r:.1f}" for r in stream_rates)
-    )
-    print(
-        f"ratio stream/bare: {statistics.median(ratios):.3f} (median of rounds: "
-        + " ".join(f"{r:.3f}" for r in ratios)
-        + "); goal >= 0.9"
-    )
-
-    # --- 2. cache write -----------------------------------------------------------------------------
-    chunks = list(stream_token_activations(model, sites, iter(batches[:2]), special))
-    tokens_per_chunk = sum(c.n_tokens for c in chunks) / len(chunks)
-    element = torch.finfo(STORAGE_DTYPES[args.cache_dtype][0]).bits // 8
-    bytes_per_token = sum(widths.values()) * element
-    settings = CacheSettings(
-        model=args.model,
-        sites=tuple(sites),
-        widths=widths,
-        dtype=args.cache_dtype,
-        corpus={"benchmark": text_source},
-        context_size=args.context,
-        windows_per_shard=args.windows_per_shard,
-    )
-    cache_dir = workdir / "cache"
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    writer = CacheWriter(cache_dir, settings)
-    started = time.perf_counter()
-    written = sum(writer.write(repeat_chunks(chunks), args.cache_tokens))
-    write_seconds = time.perf_counter() - started
-    files = shard_files(cache_dir)
-    on_disk = sum(path.stat().st_size for path in files)
-    plain_seconds = plain_write_seconds(workdir / "plain", [path.stat().st_size for path in files])
-    shutil.rmtree(workdir / "plain", ignore_errors=True)
-    writer_gbs, plain_gbs = on_disk / write_seconds / GB, on_disk / plain_seconds / GB
-    writer_tps = written / write_seconds
-    print(f"\n-- 2. cache write ({args.cache_dtype}, {written} tokens, {on_disk / GB:.2f} GB in {len(files)} files) --")
-    print(f"bytes per token (all sites): {bytes_per_token}; {tokens_per_chunk:.0f} tokens per forward batch")
-    print(f"{'':40s}{'GB/s':>8s}{'s':>8s}")
-    print(f"{'CacheWriter (convert+sha256+fsync)':40s}{writer_gbs:8.3f}{write_seconds:8.2f}")
-    print(f"{'plain write+fsync of same sizes':40s}{plain_gbs:8.3f}{plain_seconds:8.2f}")
-    print(f"ratio CacheWriter/plain write: {writer_gbs / plain_gbs:.3f}")
-    per_token = writer_breakdown(chunks[0], args.cache_dtype)
-    parts = ", ".join(f"{name} {seconds / (1 / writer_tps):.0%}" for name, seconds in per_token.items())
-    print(f"share of the writer's time per token, measured pass by pass on one batch: {parts}")
-    print(
-        f"writer {writer_tps:.0f} tokens/s vs bare forward {bare:.1f} tokens/s: the writer is "
-        f"{writer_tps / bare:.1f}x faster than the model produces tokens"
-    )
-
-    # --- 3. cache read ------------------------------------------------------------------------------
-    activation_files = [path for path in files if path.parent.name != "tokens"]
-    activation_bytes = sum(path.stat().st_size for path in activation_files)
-    rows: list[tuple[str, float, float, str]] = []
-    sequential_read_seconds(activation_files)  # make sure every file is in the page cache
-    seconds, n_bytes = sequential_read_seconds(activation_files)
-    rows.append(("sequential read, hot", n_bytes / seconds / GB, seconds, ""))
-    seq_hot = n_bytes / seconds / GB
-    seconds, tokens = shuffled_read_seconds(cache_dir, args.read_batch, "sizes")
-    rows.append(("shuffled batches, hot", tokens * bytes_per_token / seconds / GB, seconds, f"{tokens / seconds:.0f}"))
-    shuf_hot = rows[-1][1]
-    dropped = evict(activation_files)
-    seconds, n_bytes = sequential_read_seconds(activation_files)
-    rows.append(("sequential read, cold", n_bytes / seconds / GB, seconds, ""))
-    seq_cold = n_bytes / seconds / GB
-    dropped_again = evict(activation_files)
-    seconds, tokens = shuffled_read_seconds(cache_dir, args.read_batch, "sizes")
-    rows.append(("shuffled batches, cold", tokens * bytes_per_token / seconds / GB, seconds, f"{tokens / seconds:.0f}"))
-    shuf_cold = rows[-1][1]
-    seconds, tokens = shuffled_read_seconds(cache_dir, args.read_batch, "lazy")
-    name = "shuffled, verify=lazy (+SHA-256), warm"
-    rows.append((name, tokens * bytes_per_token / seconds / GB, seconds, f"{tokens / seconds:.0f}"))
-    print(f"\n-- 3. cache read ({activation_bytes / GB:.2f} GB of activations, batch {args.read_batch}, all sites) --")
-    print(f"{'':40s}{'GB/s':>8s}{'s':>8s}{'tokens/s':>10s}")
-    for name, gbs, secs, tps in rows:
-        print(f"{name:40s}{gbs:8.3f}{secs:8.2f}{tps:>10s}")
-    print(f"ratio shuffled/sequential: hot {shuf_hot / seq_hot:.3f}, cold {shuf_cold / seq_cold:.3f}")
-    gib = activation_bytes / GB
-    print(
-        f"page cache: 'Cached' fell by {dropped / GB:.2f} GB and {dropped_again / GB:.2f} GB at the two "
-        f"evictions (the files are {gib:.2f} GB); where it did not fall, 'cold' reads came from memory"
-    )
-    hot_tokens_per_second = shuf_hot * GB / bytes_per_token
-    print(
-        f"shuffled hot read: {hot_tokens_per_second:.0f} tokens/s = {hot_tokens_per_second / bare:.0f}x "
-        "the bare forward's rate"
-    )
-
-    # --- 4. peak RSS --------------------------------------------------------------------------------
+def section_rss(args: argparse.Namespace, n_sites: int) -> None:
     budgets = [int(b) for b in args.rss_budgets.split(",") if b.strip()]
-    print(f"\n-- 4. peak RSS of a fresh process streaming N tokens into a cache ({len(sites)} sites) --")
+    if not budgets:
+        return
+    print(f"\n-- 4. peak RSS of a fresh process streaming N tokens into a cache ({n_sites} sites) --")
     header = ("budget", 8), ("written", 9), ("cache tok/s", 12), ("RSS after load", 16), ("peak: load", 12)
     print("".join(f"{name:>{width}s}" for name, width in header) + f"{'peak: stream':>14s}{'stream - load':>15s}")
     peaks = []
@@ -520,13 +503,103 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         )
     print(
         "peak: load = ru_maxrss after loading the model; peak: stream = VmHWM reset after loading, read after "
-        "streaming (ru_maxrss of the whole process where VmHWM cannot be reset)"
+        "streaming (ru_maxrss of the whole process where VmHWM cannot be reset); cache tok/s = forward + write"
     )
     if len(peaks) >= 2:
         print(
             f"streaming peak RSS, largest/smallest budget: {peaks[-1] / peaks[0]:.3f} "
             f"for {budgets[-1] / budgets[0]:.0f}x the tokens"
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="context 128, a small cache, small RSS budgets")
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--sites", default="all", help="site selection (saescope syntax); default: all")
+    parser.add_argument("--context", type=int, default=None, help="tokens per window (default 1024; quick 128)")
+    parser.add_argument("--windows", type=int, default=4, help="windows per timed round (default 4)")
+    parser.add_argument("--batch-windows", type=int, default=2, help="windows per forward batch (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions of each timed path (default 3)")
+    parser.add_argument("--cache-tokens", type=int, default=None, help="tokens in the cache (default 16384)")
+    parser.add_argument("--cache-dtype", default="bfloat16", choices=sorted(STORAGE_DTYPES))
+    parser.add_argument("--windows-per-shard", type=int, default=8)
+    parser.add_argument("--read-batch", type=int, default=4096)
+    parser.add_argument(
+        "--rss-budgets", default=None, help="comma-separated token budgets (default 8192,24576; quick 2048,8192)"
+    )
+    parser.add_argument("--workdir", default=None, help="scratch folder for caches (default: a new temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.context = args.context or (128 if args.quick else 1024)
+    args.cache_tokens = args.cache_tokens or (4096 if args.quick else 16384)
+    if args.rss_budgets is None:
+        # Both budgets span more batches than the pipeline holds at once (prefetch depth + 2), so the
+        # smaller one already reaches the steady state.
+        args.rss_budgets = "2048,8192" if args.quick else "8192,24576"
+    return args
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    loaded = load_model(args.model)
+    model, info = loaded.model, loaded.info
+    sites = select_sites(args.sites, info.n_layers)
+    widths = site_widths(model, sites)
+    special = special_ids(loaded.tokenizer)
+    windows_WT, text_source = load_windows(loaded.tokenizer, args.windows, args.context)
+    batches = batched(windows_WT, args.batch_windows)
+    n_kept = int((~torch.isin(windows_WT, torch.tensor(sorted(special)))).sum())
+    bytes_per_token = sum(widths.values()) * (torch.finfo(STORAGE_DTYPES[args.cache_dtype][0]).bits // 8)
+
+    print("== saescope activation pipeline benchmark ==")
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, torch threads {torch.get_num_threads()}, "
+        f"cpus {os.cpu_count()}, {load_average()}"
+    )
+    print(
+        f"model {info.name}: {info.n_layers} layers, d_model {info.d_model}, d_attn {info.d_attn}, "
+        f"{info.dtype} on {info.device} (loaded in {info.load_seconds:.1f} s)"
+    )
+    print(
+        f"sites: {len(sites)} ({args.sites}), {bytes_per_token} bytes per token in {args.cache_dtype}; windows: "
+        f"{args.windows} x {args.context} tokens of {text_source}, {args.batch_windows} per forward; "
+        f"{n_kept} of {windows_WT.numel()} positions kept (special tokens dropped)"
+    )
+
+    bare = section_forward(args, model, sites, batches, special)
+    chunks = [window_activations(model, sites, ids_BT, special) for ids_BT in batches[:2]]
+    cache_dir = workdir / "cache"
+    section_write(args, chunks, cache_settings(args, sites, widths, text_source), cache_dir, bare)
+    del chunks
+    section_read(args, cache_dir, bytes_per_token, bare)
+    if not args.keep:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    section_rss(args, len(sites))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.rss_probe is not None:
+        rss_probe(args)
+        return
+    own_workdir = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="saescope-bench-"))
+    args.workdir = str(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        run(args, workdir)
+    finally:
+        if own_workdir and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
