@@ -32,7 +32,7 @@ from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites, site_widths
-from saescope.train import TrainConfig, Trainer
+from saescope.train import TrainConfig, distributed
 from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
 
 if sys.version_info >= (3, 11):
@@ -209,6 +209,12 @@ class SuiteRun:
         c = self.config
         if c.activations == "cache":
             return ActivationCache(self.folder / "cache", norm_tokens=c.norm_tokens)
+        ctx = distributed.current()
+        if ctx is not None:  # under torchrun: the forwards split over the ranks
+            return distributed.split_streamed_source(
+                self.loaded, self.sites(), c.corpus_config(), ctx, batch_windows=c.batch_windows,
+                norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
+            )  # fmt: skip
         return streamed_source(
             self.loaded, self.sites(), c.corpus_config(), batch_windows=c.batch_windows,
             norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
@@ -217,6 +223,16 @@ class SuiteRun:
     def stage_activations(self) -> dict[str, Any]:
         if self.config.activations != "cache":
             return {"mode": "stream (activations are computed during training)"}
+        ctx = distributed.current()
+        if ctx is not None:  # under torchrun: the forwards split over the ranks, rank 0 writes
+            split = distributed.build_cache_split(
+                self.folder / "cache", self.loaded, self.sites(), self.config.corpus_config(), ctx,
+                tokens=self.config.tokens, dtype=self.config.cache_storage_dtype,
+                batch_windows=self.config.batch_windows, progress=ctx.is_main,
+            )  # fmt: skip
+            if split is None:
+                return {"mode": "cache"}
+            return {"mode": "cache", "tokens": split.cache.n_tokens, "tokens_per_second": split.tokens_per_second}
         report = build_cache(
             self.folder / "cache", self.loaded, self.sites(), self.config.corpus_config(), tokens=self.config.tokens,
             dtype=self.config.cache_storage_dtype, batch_windows=self.config.batch_windows,
@@ -239,8 +255,8 @@ class SuiteRun:
             lr_decay_fraction=c.lr_decay_fraction, seed=c.seed, checkpoint_every_steps=c.checkpoint_every_steps,
         )  # fmt: skip
         self.log(f"training {len(specs)} dictionaries for {train_config.total_steps} steps of {c.batch_size} tokens")
-        trained = Trainer(specs, source, train_config, self.folder / "train").run()
-        return {"dictionaries": len(trained), "steps": train_config.total_steps}
+        distributed.train_suite(specs, source, train_config, self.folder / "train")  # sharded under torchrun
+        return {"dictionaries": len(specs), "steps": train_config.total_steps}
 
     def stage_eval(self) -> dict[str, Any]:
         from saescope.release.suite import read_suite
@@ -272,7 +288,12 @@ class SuiteRun:
 
     def execute(self, *, until: str | None = None) -> dict[str, Any]:
         """Run every unfinished stage in order (stop after stage `until` if given); returns the finished
-        stages with their details, in stage order."""
+        stages with their details, in stage order.
+
+        Under torchrun (`saescope.train.distributed`), every rank runs the activation and training stages
+        (which split their work over the ranks); evaluation and release run on rank 0 alone, the other
+        ranks return once training is done. Only rank 0 records finished stages.
+        """
         if until is not None and until not in STAGES:
             raise ValueError(f"unknown stage {until!r}; stages: {STAGES}")
         handlers = {
@@ -281,14 +302,23 @@ class SuiteRun:
             "eval": self.stage_eval,
             "release": self.stage_release,
         }
+        ctx = distributed.current()
+        if ctx is not None:
+            ctx.barrier()  # every rank reads the same finished stages before rank 0 records new ones
+        done_before = self.stages_done()
         for stage in STAGES:
-            if stage in self.stages_done():
+            if stage in done_before:
                 self.log(f"[{stage}] already done, skipped")
                 continue
+            if ctx is not None and stage not in ("activations", "train") and not ctx.is_main:
+                break
             self.log(f"[{stage}] ...")
             started = time.perf_counter()
             details = handlers[stage]()
-            self._mark_done(stage, time.perf_counter() - started, **details)
+            if ctx is not None and stage in ("activations", "train"):
+                ctx.barrier()  # the stage is finished on every rank
+            if ctx is None or ctx.is_main:
+                self._mark_done(stage, time.perf_counter() - started, **details)
             self.log(f"[{stage}] done in {time.perf_counter() - started:.0f} s")
             if stage == until:
                 break

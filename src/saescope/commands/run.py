@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
+from saescope.train import distributed
 
 _OVERRIDES = {
     "model": "model name, local folder or Hugging Face id",
@@ -58,17 +59,27 @@ def run(args: argparse.Namespace) -> int:
         for name, description in list_presets().items():
             print(f"{name:<22} {description}")
         return 0
+    main = distributed.is_main_process()  # under torchrun, only rank 0 prints
+    log = print if main else _quiet
     if args.resume is not None:
-        suite = SuiteRun.resume(args.resume)
+        suite = SuiteRun.resume(args.resume, log=log)
     else:
         names = [*_OVERRIDES, *_INT_OVERRIDES, "lr"]
         config = load_preset(args.preset, {name: getattr(args, name) for name in names})
-        suite = SuiteRun.create(args.runs_dir / (args.name or args.preset), config)
-    print(f"Run folder: {suite.folder}  (preset {suite.config.preset})")
-    print(f"If it stops, continue with: saescope run --resume {suite.folder}")
-    stages = suite.execute()
+        suite = SuiteRun.create(args.runs_dir / (args.name or args.preset), config, log=log)
+    if main:
+        print(f"Run folder: {suite.folder}  (preset {suite.config.preset})")
+        print(f"If it stops, continue with: saescope run --resume {suite.folder}")
+    with distributed.torchrun_session(suite.config.device):
+        stages = suite.execute()
+    if not main:
+        return 0
     print("\nStage times: " + ", ".join(f"{stage} {info['seconds']:.0f} s" for stage, info in stages.items()))
     print("\n" + suite.suite_table())
     print(f"Report:  {suite.folder / 'report' / 'report.html'}")
     print(f"Release: {suite.folder / 'release'}/")
     return 0
+
+
+def _quiet(_message: str) -> None:
+    pass

@@ -20,7 +20,7 @@ from saescope.data.cache import ActivationCache
 from saescope.data.sources import streamed_source
 from saescope.models.sites import select_sites
 from saescope.sae import ARCHITECTURES
-from saescope.train import SAESpec, TrainConfig, Trainer
+from saescope.train import SAESpec, TrainConfig, distributed
 from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
 
 
@@ -84,6 +84,11 @@ def open_source(args: argparse.Namespace) -> ActivationSource:
         return load_activation_file(args.activations)
     loaded = load_from_args(args)
     sites = select_sites(args.sites or "all", loaded.info.n_layers)
+    ctx = distributed.current()
+    if ctx is not None:  # under torchrun: the forwards split over the ranks
+        return distributed.split_streamed_source(
+            loaded, sites, corpus_from_args(args), ctx, online=online_from_args(args)
+        )
     return streamed_source(loaded, sites, corpus_from_args(args), online=online_from_args(args))
 
 
@@ -108,6 +113,12 @@ def build_specs(args: argparse.Namespace, source: ActivationSource) -> list[SAES
 
 
 def run(args: argparse.Namespace) -> int:
+    with distributed.torchrun_session(args.device):  # under torchrun, the dictionaries are shared out over ranks
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    main = distributed.is_main_process()
     source = open_source(args)
     specs = build_specs(args, source)
     if not specs:
@@ -120,13 +131,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every,
     )
-    print(
-        f"Training {len(specs)} dictionaries for {config.total_steps} steps of {config.batch_size} tokens -> {args.out}"
-    )
-    trained = Trainer(specs, source, config, args.out).run()
+    if main:
+        print(
+            f"Training {len(specs)} dictionaries for {config.total_steps} steps of {config.batch_size} tokens "
+            f"-> {args.out}"
+        )
+    trained = distributed.train_suite(specs, source, config, args.out)
+    results = distributed.gather_final_metrics(trained, specs)
+    if not main:
+        return 0
     print(f"\n{'dictionary':<44} {'L0':>7} {'FVU':>7} {'dead':>6}  (last training batch)")
-    for result in trained:
-        m = result.final_metrics
-        print(f"{result.name:<44} {m['l0']:>7.1f} {m['fvu']:>7.3f} {m['dead_fraction']:>6.1%}")
+    for name, m in results:
+        print(f"{name:<44} {m['l0']:>7.1f} {m['fvu']:>7.3f} {m['dead_fraction']:>6.1%}")
     print(f"\nWeights and configs: {args.out / 'saes'}/<dictionary>/; metrics log: {args.out / 'metrics.jsonl'}")
     return 0

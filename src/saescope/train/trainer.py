@@ -153,9 +153,22 @@ def _batch_fvu(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> float:
 
 
 class Trainer:
-    """Trains every `SAESpec` on batches from one `ActivationSource`, checkpointing into `out_dir`."""
+    """Trains every `SAESpec` on batches from one `ActivationSource`, checkpointing into `out_dir`.
 
-    def __init__(self, specs: Sequence[SAESpec], source: ActivationSource, config: TrainConfig, out_dir: Path) -> None:
+    `owned` (indices into `specs`) restricts training to some of the dictionaries; each keeps the
+    initialisation seed of its place in the whole suite, so a dictionary comes out the same whichever
+    process trains it (`saescope.train.distributed` shards a suite over torchrun ranks this way).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[SAESpec],
+        source: ActivationSource,
+        config: TrainConfig,
+        out_dir: Path,
+        *,
+        owned: Sequence[int] | None = None,
+    ) -> None:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"dictionary names must be unique; got {names}")
@@ -171,7 +184,11 @@ class Trainer:
         self.config = config
         self.out_dir = out_dir
         self.norm_scales = {spec.site: source.norm_scales[spec.site] for spec in specs}
-        self.members = [self._build(index, spec) for index, spec in enumerate(self.specs)]
+        indices = list(range(len(self.specs))) if owned is None else sorted(owned)
+        if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
+            raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
+        self.members = [self._build(index, self.specs[index]) for index in indices]
+        self.metrics_path = out_dir / METRICS
         self.step = 0
         self.tokens_seen = 0
         self.epoch = 0
@@ -191,7 +208,11 @@ class Trainer:
         return {"config": self.config.to_dict(), "specs": [spec.to_dict() for spec in self.specs]}
 
     def save_checkpoint(self) -> None:
-        state = {
+        state = self._checkpoint_state()
+        atomic_write_with(self.out_dir / CHECKPOINT, lambda handle: torch.save(state, handle))
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
             "identity": self._identity(),
             "step": self.step,
             "tokens_seen": self.tokens_seen,
@@ -209,14 +230,17 @@ class Trainer:
             },
             "torch_rng": torch.get_rng_state(),
         }
-        atomic_write_with(self.out_dir / CHECKPOINT, lambda handle: torch.save(state, handle))
 
     def load_checkpoint(self) -> bool:
         """Restore the last checkpoint if there is one; False when starting fresh."""
         path = self.out_dir / CHECKPOINT
         if not path.exists():
+            self._truncate_metrics()  # a run killed before its first checkpoint starts its log afresh
             return False
-        state = torch.load(path, weights_only=False)
+        self._restore_checkpoint(torch.load(path, weights_only=False), path)
+        return True
+
+    def _restore_checkpoint(self, state: dict[str, Any], path: Path) -> None:
         if state["identity"] != self._identity():
             raise ValueError(f"{path} was written by a run with other settings; use another output folder or delete it")
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -231,11 +255,10 @@ class Trainer:
             member.tokens_since_fired_F = saved["tokens_since_fired"]
         torch.set_rng_state(state["torch_rng"])
         self._truncate_metrics()
-        return True
 
     def _truncate_metrics(self) -> None:
         """Drop metric rows logged after the checkpoint, so a resumed log has no duplicates."""
-        path = self.out_dir / METRICS
+        path = self.metrics_path
         if path.exists():
             rows = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= self.step]
             atomic_write_text(path, "".join(row + "\n" for row in rows))
@@ -288,7 +311,7 @@ class Trainer:
         if not torch.isfinite(out.total):
             raise TrainingDivergedError(
                 f"{spec.name} ({spec.site}): the loss is {out.total.item()} at step {self.step}; "
-                f"the last good checkpoint is {self.out_dir / CHECKPOINT}. Lower its learning rate "
+                f"the last good checkpoint in {self.out_dir} is kept. Lower its learning rate "
                 "or sparsity coefficient and resume."
             )
         out.total.backward()  # type: ignore[no-untyped-call]
@@ -313,7 +336,7 @@ class Trainer:
 
     def _log(self) -> None:
         rows = [{"step": self.step, "name": m.spec.name, **m.last} for m in self.members]
-        with (self.out_dir / METRICS).open("a", encoding="utf-8") as handle:
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
 
     def _postfix(self) -> str:
