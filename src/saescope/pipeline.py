@@ -253,6 +253,7 @@ class SuiteRun:
         train_config = TrainConfig(
             total_tokens=c.tokens, batch_size=c.batch_size, lr_warmup_steps=c.lr_warmup_steps,
             lr_decay_fraction=c.lr_decay_fraction, seed=c.seed, checkpoint_every_steps=c.checkpoint_every_steps,
+            device=c.device,
         )  # fmt: skip
         self.log(f"training {len(specs)} dictionaries for {train_config.total_steps} steps of {c.batch_size} tokens")
         distributed.train_suite(specs, source, train_config, self.folder / "train")  # sharded under torchrun

@@ -130,6 +130,7 @@ def _train(args: argparse.Namespace) -> int:
         lr_decay_fraction=args.lr_decay_fraction,
         seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every,
+        device=args.device,
     )
     if main:
         print(

@@ -127,8 +127,9 @@ def loss_metrics(
         by_site.setdefault(target.site, []).append(target)
     accumulators = {t.name: LossAccumulator(corpus.context_size) for t in targets}
     device = next(model.parameters()).device
-    n_batches = -(-config.loss_windows // config.batch_windows)
-    batches = itertools.islice(_heldout_batches(loaded, corpus, config.batch_windows), n_batches)
+    loss_batch = min(config.batch_windows, config.loss_windows)
+    n_batches = -(-config.loss_windows // loss_batch)
+    batches = itertools.islice(_heldout_batches(loaded, corpus, loss_batch), n_batches)
     passes_per_batch = 1 + len(by_site) + len(targets)
     with tqdm(total=n_batches * passes_per_batch, unit="pass", disable=not progress, desc="eval: delta LM loss") as bar:
         for batch_index, ids_BT in enumerate(batches):

@@ -574,7 +574,9 @@ class ShardedTrainer(Trainer):
                 f"rank {self.ctx.rank} has no checkpoint of step {common} in {self.out_dir} although the other "
                 "ranks agree on it: the checkpoints are inconsistent; delete them to restart training"
             )
-        self._restore_checkpoint(torch.load(own[common], weights_only=False), own[common])
+        self._restore_checkpoint(
+            torch.load(own[common], weights_only=False, map_location=self.config.device), own[common]
+        )
         return True
 
     def run(self, *, max_steps: int | None = None) -> list[TrainedDictionary]:

@@ -103,6 +103,8 @@ class TrainConfig:
     dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
     controller_gain: float = 0.02
     progress: bool = True
+    #: Where the dictionaries live and train (SAEs stay float32 whatever the model's dtype; θ always is).
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
@@ -118,6 +120,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("progress")
+        data.pop("device")  # where it ran does not change what was trained: a run may resume elsewhere
         return data
 
 
@@ -196,12 +199,13 @@ class Trainer:
 
     def _build(self, index: int, spec: SAESpec) -> _Member:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
-        sae = build_dictionary(spec.dictionary, generator=generator)
+        sae = build_dictionary(spec.dictionary, generator=generator).to(self.config.device)
         optimizer = torch.optim.Adam(
             sae.parameters(), lr=spec.lr, betas=self.config.adam_betas, eps=self.config.adam_eps
         )
         controller = TargetL0Controller(spec.target_l0, gain=self.config.controller_gain) if spec.target_l0 else None
-        return _Member(spec, sae, optimizer, controller, torch.zeros(spec.dictionary.width, dtype=torch.int64))
+        fired_F = torch.zeros(spec.dictionary.width, dtype=torch.int64, device=self.config.device)
+        return _Member(spec, sae, optimizer, controller, fired_F)
 
     # --- checkpoints --------------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
@@ -237,7 +241,7 @@ class Trainer:
         if not path.exists():
             self._truncate_metrics()  # a run killed before its first checkpoint starts its log afresh
             return False
-        self._restore_checkpoint(torch.load(path, weights_only=False), path)
+        self._restore_checkpoint(torch.load(path, weights_only=False, map_location=self.config.device), path)
         return True
 
     def _restore_checkpoint(self, state: dict[str, Any], path: Path) -> None:
@@ -253,7 +257,7 @@ class Trainer:
             if member.controller is not None:
                 member.controller.log_scale = saved["controller"]
             member.tokens_since_fired_F = saved["tokens_since_fired"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
@@ -362,7 +366,7 @@ class Trainer:
         try:
             while self.step < stop_at:
                 raw = next(batches)
-                normalised = {site: raw[site] / self.norm_scales[site] for site in sites}
+                normalised = {site: raw[site].to(self.config.device) / self.norm_scales[site] for site in sites}
                 if self.step == 0 and not resumed:
                     self._initialise_from_data(normalised)
                 for member in self.members:
