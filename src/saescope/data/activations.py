@@ -233,14 +233,15 @@ class StreamedActivations:
     def norm_scales(self) -> dict[Site, float]:
         if self._scales is None:
             estimator = NormScaleEstimator(self._sites)
-            for token_acts in self._token_stream(epoch=0):
+            for token_acts in self.token_stream(epoch=0):
                 estimator.update(token_acts.acts)
                 if estimator.n_tokens >= self._norm_tokens:
                     break
             self._scales = estimator.scales()
         return dict(self._scales)
 
-    def _token_stream(self, epoch: int) -> Iterator[TokenActivations]:
+    def token_stream(self, epoch: int) -> Iterator[TokenActivations]:
+        """The activations of one pass over the corpus, in window order (subclasses change how)."""
         return stream_token_activations(
             self._model,
             self._sites,
@@ -249,10 +250,22 @@ class StreamedActivations:
             prefetch_depth=self._prefetch_depth,
         )
 
-    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, skip_batches: int = 0) -> Iterator[SiteBatch]:
-        """Live batches; skipping recomputes the skipped forwards (the stream has no random access)."""
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        skip_batches: int = 0,
+        sites: Sequence[Site] | None = None,
+    ) -> Iterator[SiteBatch]:
+        """Live batches; skipping recomputes the skipped forwards (the stream has no random access).
+
+        The permutation depends only on row counts, so keeping fewer `sites` leaves the token order alone.
+        """
+        keep = list(sites) if sites is not None else self._sites
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        chunks = (token_acts.acts for token_acts in self._token_stream(epoch))
+        chunks = ({site: token_acts.acts[site] for site in keep} for token_acts in self.token_stream(epoch))
         stream = shuffled_batches(chunks, batch_size, buffer_tokens=self._buffer_tokens, generator=generator)
         for index, batch in enumerate(stream):
             if index >= skip_batches:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +79,18 @@ def build_cache(
     return CacheReport(ActivationCache(folder), writer.tokens_done - start_tokens, time.perf_counter() - started)
 
 
+def training_window_batches(
+    loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int, online: bool | None = None
+) -> Callable[[int], Iterator[torch.Tensor]]:
+    """epoch -> the (B, T) batches of training-split windows of that pass over the corpus."""
+
+    def window_batches(epoch: int) -> Iterator[torch.Tensor]:
+        windows = corpus_windows(corpus, loaded.tokenizer, "train", epoch=epoch, online=online)
+        return stack_windows(windows, batch_windows)
+
+    return window_batches
+
+
 def streamed_source(
     loaded: LoadedModel,
     sites: Sequence[Site],
@@ -90,16 +102,11 @@ def streamed_source(
     online: bool | None = None,
 ) -> StreamedActivations:
     """A live activation source: the model runs on the corpus's training windows as batches are drawn."""
-
-    def window_batches(epoch: int) -> Iterator[torch.Tensor]:
-        windows = corpus_windows(corpus, loaded.tokenizer, "train", epoch=epoch, online=online)
-        return stack_windows(windows, batch_windows)
-
     return StreamedActivations(
         loaded.model,
         sites,
         site_widths(loaded.model, sites),
-        window_batches,
+        training_window_batches(loaded, corpus, batch_windows, online),
         special_token_ids(loaded.tokenizer),
         norm_tokens=norm_tokens,
         buffer_tokens=buffer_tokens,

@@ -72,17 +72,16 @@ from tqdm import tqdm
 from saescope.atomic import atomic_write_text, atomic_write_with
 from saescope.data.activations import (
     ActivationSource,
-    NormScaleEstimator,
     SiteBatch,
+    StreamedActivations,
     TokenActivations,
-    shuffled_batches,
     stack_windows,
     window_activations,
 )
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
 from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
 from saescope.data.prefetch import Prefetcher
-from saescope.data.sources import CacheReport
+from saescope.data.sources import CacheReport, training_window_batches
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
 from saescope.train.trainer import CHECKPOINT, METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
@@ -312,7 +311,7 @@ def split_token_stream(
                     yield _unpack(h, block, sites)
 
 
-class RankSplitStream:
+class RankSplitStream(StreamedActivations):
     """`saescope.data.activations.StreamedActivations` with the model forwards split over the ranks.
 
     An `ActivationSource`; every rank gets exactly the batches a one-process `StreamedActivations`
@@ -333,60 +332,17 @@ class RankSplitStream:
         buffer_tokens: int = 65_536,
         prefetch_depth: int = 2,
     ) -> None:
-        self._model = model
-        self._sites = list(sites)
-        self._widths = dict(widths)
-        self._window_batches = window_batches
-        self._special_ids = special_ids
+        super().__init__(
+            model, sites, widths, window_batches, special_ids,
+            norm_tokens=norm_tokens, buffer_tokens=buffer_tokens, prefetch_depth=prefetch_depth,
+        )  # fmt: skip
         self._ctx = ctx
-        self._norm_tokens = norm_tokens
-        self._buffer_tokens = buffer_tokens
-        self._prefetch_depth = prefetch_depth
-        self._scales: dict[Site, float] | None = None
-
-    @property
-    def sites(self) -> list[Site]:
-        return list(self._sites)
-
-    @property
-    def widths(self) -> dict[Site, int]:
-        return dict(self._widths)
-
-    @property
-    def norm_scales(self) -> dict[Site, float]:
-        if self._scales is None:  # as StreamedActivations: the first norm_tokens tokens of epoch 0
-            estimator = NormScaleEstimator(self._sites)
-            for token_acts in self.token_stream(epoch=0):
-                estimator.update(token_acts.acts)
-                if estimator.n_tokens >= self._norm_tokens:
-                    break
-            self._scales = estimator.scales()
-        return dict(self._scales)
 
     def token_stream(self, epoch: int) -> Iterator[TokenActivations]:
         return split_token_stream(
             self._model, self._sites, self._window_batches(epoch), self._special_ids, self._ctx,
             prefetch_depth=self._prefetch_depth,
         )  # fmt: skip
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        epoch: int = 0,
-        skip_batches: int = 0,
-        sites: Sequence[Site] | None = None,
-    ) -> Iterator[SiteBatch]:
-        """As `StreamedActivations.batches` (same generator seeding); the permutation depends only on
-        row counts, so keeping fewer `sites` leaves the token order unchanged."""
-        keep = list(sites) if sites is not None else self._sites
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        chunks = ({site: token_acts.acts[site] for site in keep} for token_acts in self.token_stream(epoch))
-        stream = shuffled_batches(chunks, batch_size, buffer_tokens=self._buffer_tokens, generator=generator)
-        for index, batch in enumerate(stream):
-            if index >= skip_batches:
-                yield batch
 
 
 def split_streamed_source(
@@ -402,12 +358,9 @@ def split_streamed_source(
 ) -> RankSplitStream:
     """`saescope.data.sources.streamed_source` for a torchrun job: same windows, forwards split over ranks."""
 
-    def window_batches(epoch: int) -> Iterator[torch.Tensor]:
-        windows = corpus_windows(corpus, loaded.tokenizer, "train", epoch=epoch, online=online)
-        return stack_windows(windows, batch_windows)
-
     return RankSplitStream(
-        loaded.model, sites, site_widths(loaded.model, sites), window_batches, special_token_ids(loaded.tokenizer),
+        loaded.model, sites, site_widths(loaded.model, sites),
+        training_window_batches(loaded, corpus, batch_windows, online), special_token_ids(loaded.tokenizer),
         ctx, norm_tokens=norm_tokens, buffer_tokens=buffer_tokens,
     )  # fmt: skip
 
