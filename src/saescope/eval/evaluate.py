@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.loss_windows must be >= 0; got {self.loss_windows!r}")
 
 
-def _heldout_batches(loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int) -> Any:
+def _heldout_batches(loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int) -> Iterator[torch.Tensor]:
     return stack_windows(corpus_windows(corpus, loaded.tokenizer, "heldout"), batch_windows)
 
 
