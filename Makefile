@@ -18,15 +18,20 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.saescope-installed
 
-.PHONY: run test lint clean-venv
+.PHONY: run test lint chromium clean-venv
 
 run: $(STAMP)
 	$(BIN)/saescope run $(RUN_ARGS)
 
-test: $(STAMP) lint
+test: $(STAMP) lint chromium
 	@# pytest exits 5 when no test was collected (e.g. a -m filter that selects nothing): say so, do not fail.
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected (exit 5)"; exit 0; fi; exit $$rc
+
+# The explorer's browser test drives Debian's chromium through Playwright (executable_path; no browser
+# download): install it once when missing (as root, as in CI); a no-op when `chromium` is on the PATH.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update && apt-get install -y chromium)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,20 +9,22 @@ from collections.abc import Sequence
 
 import saescope
 from saescope.atomic import CorruptFileError
-from saescope.commands import cache, evaluate, export, info, run, train
+from saescope.commands import cache, compare, evaluate, export, index, info, rollouts, run, serve, train
 from saescope.commands.common import read_option_file
 from saescope.data.corpus import CorpusError
+from saescope.explore.store import FeatureIndexError
 from saescope.models.loading import ModelLoadError
 from saescope.models.sites import UnsupportedArchitectureError
 from saescope.train import TrainingDivergedError
 
-_COMMANDS = (run, info, cache, train, evaluate, export)
+_COMMANDS = (run, info, cache, train, evaluate, export, rollouts, compare, index, serve)
 #: Errors whose message already says what went wrong and what to do: printed without a traceback.
 _USER_ERRORS = (
     ModelLoadError,
     UnsupportedArchitectureError,
     CorruptFileError,
     CorpusError,
+    FeatureIndexError,
     TrainingDivergedError,
     FileNotFoundError,
     ValueError,

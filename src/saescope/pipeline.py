@@ -8,6 +8,7 @@ A run lives in one folder::
     train/              checkpoint, metrics.jsonl, saes/<dictionary>/{sae.safetensors, config.json, metrics.json}
     report/             suite.csv, suite.md, PNG plots, report.html
     release/            gemmascope/, gemmascope2/, saelens/ with model cards
+    index.sqlite        the feature index that `saescope serve` browses (saescope.explore)
 
 Presets are TOML files shipped in `saescope/presets/`; every key is a `RunConfig` field.
 """
@@ -32,15 +33,16 @@ from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites, site_widths
-from saescope.train import TrainConfig, distributed
-from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
+from saescope.train import distributed
+from saescope.train.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width, recipe_train_config
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-STAGES = ("activations", "train", "eval", "release")
+STAGES = ("activations", "train", "eval", "release", "index")
 CONFIG_FILE = "run_config.json"
 STAGES_FILE = "stages.json"
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -65,15 +67,18 @@ class RunConfig:
     widths: str = "4096"
     architectures: str = "jumprelu"
     target_l0: Any = None  # 50, "20,50", or {res = 40, att = 60, mlp = 60}
-    l0_coefficient: float = 6e-4
-    threshold: str = "raw"
-    decoder_bias_init: str = "zeros"
+    #: How the dictionaries train (`saescope.train.recipes`): "saescope" (short budgets) or "gemma-scope"
+    #: (the papers'). The settings below left at None come from it.
+    recipe: str = DEFAULT_RECIPE
+    l0_coefficient: float | None = None
+    threshold: str | None = None
+    decoder_bias_init: str | None = None
     # training
     tokens: int = 1_000_000
     batch_size: int = 4096
-    lr: float = 7e-5
-    lr_warmup_steps: int = 1000
-    lr_decay_fraction: float = 0.0
+    lr: float | None = None
+    lr_warmup_steps: int | None = None
+    lr_decay_fraction: float | None = None
     seed: int = 0
     checkpoint_every_steps: int = 200
     # activations
@@ -88,6 +93,8 @@ class RunConfig:
     eval_loss_stride: int = 4
     # release
     export_formats: tuple[str, ...] = ("gemmascope", "gemmascope2", "saelens")
+    # feature index (saescope.explore): held-out tokens of its pass; 0 skips the stage
+    index_tokens: int = 49_152
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -95,10 +102,13 @@ class RunConfig:
             raise ValueError(f"RunConfig.dtype must be one of {_DTYPES}; got {self.dtype!r}")
         if self.activations not in ("stream", "cache"):
             raise ValueError(f"RunConfig.activations must be 'stream' or 'cache'; got {self.activations!r}")
+        if self.index_tokens < 0:
+            raise ValueError(f"RunConfig.index_tokens must be >= 0 (0 skips the index); got {self.index_tokens!r}")
         for name in ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)!r}")
         parse_target_l0(self.target_l0)  # validates the form early
+        get_recipe(self.recipe)
         for width in str(self.widths).split(","):
             parse_width(width)
 
@@ -155,8 +165,9 @@ class SuiteRun:
     def create(cls, folder: Path, config: RunConfig, log: Callable[[str], None] = print) -> SuiteRun:
         path = folder / CONFIG_FILE
         if path.exists():
-            existing = json.loads(path.read_text(encoding="utf-8"))
-            if existing != json.loads(json.dumps(config.to_dict())):
+            # Read back through RunConfig, so settings added since the run began compare as their defaults.
+            existing = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))).to_dict()
+            if json.loads(json.dumps(existing)) != json.loads(json.dumps(config.to_dict())):
                 raise ValueError(
                     f"{folder} already holds a run with other settings; resume it with "
                     f"`saescope run --resume {folder}` or choose another --name"
@@ -242,22 +253,39 @@ class SuiteRun:
     def stage_train(self) -> dict[str, Any]:
         c = self.config
         source = self._source()
-        options = SuiteOptions(
-            lr=c.lr, l0_coefficient=c.l0_coefficient, threshold=c.threshold, decoder_bias_init=c.decoder_bias_init
-        )
+        recipe = get_recipe(c.recipe)
+        options = SuiteOptions.from_recipe(
+            recipe, lr=c.lr, l0_coefficient=c.l0_coefficient, threshold=c.threshold,
+            decoder_bias_init=c.decoder_bias_init,
+        )  # fmt: skip
         specs = dictionary_specs(
             self.sites(), site_widths(self.loaded.model, self.sites()),
             [parse_width(w) for w in str(c.widths).split(",")],
             [a.strip() for a in c.architectures.split(",")], parse_target_l0(c.target_l0), options,
         )  # fmt: skip
-        train_config = TrainConfig(
-            total_tokens=c.tokens, batch_size=c.batch_size, lr_warmup_steps=c.lr_warmup_steps,
+        train_config = recipe_train_config(
+            recipe, total_tokens=c.tokens, batch_size=c.batch_size, lr_warmup_steps=c.lr_warmup_steps,
             lr_decay_fraction=c.lr_decay_fraction, seed=c.seed, checkpoint_every_steps=c.checkpoint_every_steps,
             device=c.device,
         )  # fmt: skip
         self.log(f"training {len(specs)} dictionaries for {train_config.total_steps} steps of {c.batch_size} tokens")
         distributed.train_suite(specs, source, train_config, self.folder / "train")  # sharded under torchrun
-        return {"dictionaries": len(specs), "steps": train_config.total_steps}
+        details: dict[str, Any] = {"dictionaries": len(specs), "steps": train_config.total_steps}
+        ctx = distributed.current()
+        if recipe.kl_finetune_tokens > 0 and (ctx is None or ctx.is_main):
+            details["kl_finetune_tokens"] = self._kl_finetune(recipe)
+        return details
+
+    def _kl_finetune(self, recipe: Recipe) -> int:
+        """The recipe's end-to-end KL phase (SPEC §7.6), in place on every trained dictionary."""
+        from saescope.release.suite import read_suite
+        from saescope.train.kl_finetune import KLFinetuneConfig, finetune_trained_folder
+
+        config = KLFinetuneConfig(tokens=recipe.kl_finetune_tokens, beta=recipe.kl_beta, seed=self.config.seed)
+        for entry in read_suite(self.folder / "train"):
+            self.log(f"KL finetuning {entry.name}")
+            finetune_trained_folder(self.loaded, entry.folder, entry.folder, self.config.corpus_config(), config)
+        return recipe.kl_finetune_tokens
 
     def stage_eval(self) -> dict[str, Any]:
         from saescope.release.suite import read_suite
@@ -287,6 +315,22 @@ class SuiteRun:
         )  # fmt: skip
         return {"formats": list(summary.exported)}
 
+    def stage_index(self) -> dict[str, Any]:
+        from saescope.explore import INDEX_FILE, IndexConfig, build_index, read_dictionaries
+        from saescope.explore.index import recorded_model_name
+
+        if self.config.index_tokens == 0:
+            return {"skipped": "index_tokens = 0"}
+        found = read_dictionaries(self.folder)
+        config = IndexConfig(tokens=self.config.index_tokens, batch_windows=self.config.batch_windows)
+        summary = build_index(
+            self.loaded, found.dictionaries, self.config.corpus_config(), config, self.folder / INDEX_FILE,
+            model_name=recorded_model_name(self.config.model), report_dir=found.report_dir,
+            source={"kind": found.kind, "path": str(self.folder.resolve())},
+        )  # fmt: skip
+        return {"tokens": summary.n_tokens, "latents": summary.latents, "dead": summary.dead,
+                "mb": round(summary.bytes / 1e6, 1)}  # fmt: skip
+
     def execute(self, *, until: str | None = None) -> dict[str, Any]:
         """Run every unfinished stage in order (stop after stage `until` if given); returns the finished
         stages with their details, in stage order.
@@ -302,6 +346,7 @@ class SuiteRun:
             "train": self.stage_train,
             "eval": self.stage_eval,
             "release": self.stage_release,
+            "index": self.stage_index,
         }
         ctx = distributed.current()
         if ctx is not None:

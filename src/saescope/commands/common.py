@@ -57,11 +57,34 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text-field", default="text", help="field/column holding the text (.jsonl, .parquet, hf:)")
     group.add_argument("--context-size", type=int, default=1024, help="tokens per window, BOS included (1024)")
     group.add_argument("--corpus-seed", type=int, default=0, help="seed of the document order (0)")
+    group.add_argument(
+        "--chat",
+        action="store_true",
+        help="instruction-tuned models: wrap each document in the chat template as a user turn followed by the "
+        "model-turn prefix, and drop the user-turn prefix positions from activations and metrics (SPEC §3.5); "
+        "with --text-field messages a .jsonl/.parquet source holds whole conversations (e.g. saescope rollouts)",
+    )
+    group.add_argument(
+        "--chat-template", default=None, metavar="TEMPLATE", help=CHAT_TEMPLATE_HELP + "; implies --chat"
+    )
+
+
+#: What --chat-template accepts (saescope.data.chat.resolve_chat_template).
+CHAT_TEMPLATE_HELP = (
+    "chat template: 'tokenizer' (the model's own, the default; an instruction-tuned model has one), 'gemma' "
+    "(Gemma's turn format, for a base model whose tokenizer has none, e.g. the embedded gemma-3-270m) or a Jinja "
+    "template file"
+)
 
 
 def corpus_from_args(args: argparse.Namespace) -> CorpusConfig:
+    chat_template = args.chat_template or ("tokenizer" if args.chat else None)
     return CorpusConfig(
-        source=args.corpus, text_field=args.text_field, context_size=args.context_size, seed=args.corpus_seed
+        source=args.corpus,
+        text_field=args.text_field,
+        context_size=args.context_size,
+        seed=args.corpus_seed,
+        chat_template=chat_template,
     )
 
 

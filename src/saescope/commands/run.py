@@ -20,6 +20,7 @@ _OVERRIDES = {
     "device": "torch device for the model and SAEs (cpu, cuda)",
     "dtype": "model dtype: float32, bfloat16, float16",
     "activations": "stream (no disk) or cache (written under the run, then read)",
+    "recipe": "training recipe: saescope (short budgets, the default) or gemma-scope (the papers')",
 }
 _INT_OVERRIDES = {
     "tokens": "training tokens per dictionary",
@@ -27,6 +28,7 @@ _INT_OVERRIDES = {
     "context_size": "tokens per window, BOS included",
     "eval_tokens": "held-out tokens for reconstruction metrics",
     "eval_loss_windows": "held-out windows for delta LM loss",
+    "index_tokens": "held-out tokens of the feature index (0 skips it)",
     "seed": "seed",
 }
 
@@ -78,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + suite.suite_table())
     print(f"Report:  {suite.folder / 'report' / 'report.html'}")
     print(f"Release: {suite.folder / 'release'}/")
+    if (suite.folder / "index.sqlite").is_file():
+        print(f"Explore: saescope serve {suite.folder}")
     return 0
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ from saescope.data.activations import ActivationSource
 from saescope.data.arrays import load_activation_file
 from saescope.data.cache import ActivationCache
 from saescope.data.sources import streamed_source
-from saescope.models.sites import select_sites
-from saescope.sae import ARCHITECTURES
+from saescope.models.sites import Site, select_sites
+from saescope.release import load_sae
+from saescope.release.suite import read_suite
+from saescope.sae import ARCHITECTURES, SparseDictionary
 from saescope.train import SAESpec, TrainConfig, distributed
 from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
 
@@ -71,11 +75,82 @@ def register(commands: Any) -> None:
     opt.add_argument("--lr-decay-fraction", type=float, default=0.0, help="linear decay over the last fraction (0)")
     opt.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (0)")
     opt.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (500)")
+    parser.add_argument(
+        "--init-from",
+        action="append",
+        metavar="PARENT",
+        help="continue training an existing SAE instead of starting afresh (PT→IT finetuning, SPEC §7.6): a saescope "
+        "dictionary folder or run folder (every dictionary in it), a Gemma Scope 1/2 or SAELens folder, or a Hub "
+        "id with --online; repeat for several. Width and architecture come from the parent; this command's "
+        "schedule and sparsity options apply (λ warm-up 0 unless given); --sites defaults to the parents' sites. "
+        "The parent is recorded in config.json and in the model card",
+    )
     add_config_argument(parser)
     parser.set_defaults(handler=run, subparser=parser)
 
 
-def open_source(args: argparse.Namespace) -> ActivationSource:
+@dataclasses.dataclass(frozen=True)
+class Parent:
+    """A trained dictionary to continue (``--init-from``)."""
+
+    path: str  # the local folder it was read from (a Hub id's downloaded copy), absolute
+    name: str
+    site: Site
+    sae: SparseDictionary
+
+
+def load_parents(args: argparse.Namespace) -> list[Parent]:
+    """The ``--init-from`` dictionaries, read once here to learn their sites, widths and architectures."""
+    online = True if args.online else None
+    parents = []
+    # One string when it comes from a --config TOML list (read as a comma list).
+    for text in args.init_from if isinstance(args.init_from, list) else _csv(args.init_from):
+        path = Path(text)
+        run = path / "train" if (path / "train" / "saes").is_dir() else path
+        if (run / "saes").is_dir():  # a training run: continue every dictionary in it
+            parents += [Parent(str(e.folder.resolve()), e.name, e.site, e.raw_space()) for e in read_suite(run)]
+            continue
+        loaded = load_sae(text, online=online)
+        site = loaded.site or (Site.parse(args.sites) if args.sites else None)
+        if site is None:
+            raise ValueError(f"{text}: its files do not say which site it reads; pass it as --sites layer_<L>/<kind>")
+        folder = Path(str(loaded.metadata["path"])).resolve()
+        parents.append(Parent(str(folder), folder.name, site, loaded.sae))
+    counts: dict[str, int] = {}
+    for parent in parents:
+        counts[parent.name] = counts.get(parent.name, 0) + 1
+    # Released folders are often named only by L0 (average_l0_71): name those by their site as well.
+    return [
+        dataclasses.replace(p, name=f"layer_{p.site.layer}-{p.site.kind.value}-{p.name}") if counts[p.name] > 1 else p
+        for p in parents
+    ]
+
+
+def parent_specs(args: argparse.Namespace, parents: Sequence[Parent], source: ActivationSource) -> list[SAESpec]:
+    """One spec per parent: this command's settings with the parent's architecture and width, started from the
+    parent's weights (so the data-driven initialisations are off, and λ is not warmed up from 0 unless asked)."""
+    specs = []
+    for parent in parents:
+        config = parent.sae.config
+        target = args.target_l0 if args.target_l0 is not None or config.k is None else str(config.k)
+        warmup = 0 if args.lambda_warmup_steps is None else args.lambda_warmup_steps
+        as_args = argparse.Namespace(**{
+            **vars(args), "widths": str(config.width), "architectures": config.architecture, "target_l0": target,
+            "lambda_warmup_steps": warmup, "sites": parent.site.id,
+        })  # fmt: skip
+        candidates = [spec for spec in build_specs(as_args, source) if spec.site == parent.site]
+        if len(candidates) != 1:
+            raise ValueError(f"{parent.path}: give one target L0 for it (--target-l0), not {len(candidates)}")
+        specs.append(dataclasses.replace(
+            candidates[0], name=parent.name, init_from=parent.path, threshold_init_from_data=False,
+            decoder_bias_init="zeros",
+        ))  # fmt: skip
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ValueError(f"--init-from names the same dictionary twice: {sorted(spec.name for spec in specs)}")
+    return specs
+
+
+def open_source(args: argparse.Namespace, default_sites: Sequence[Site] | None = None) -> ActivationSource:
     if args.cache is not None and args.activations is not None:
         raise ValueError("give either --cache or --activations, not both")
     if args.cache is not None:
@@ -83,7 +158,10 @@ def open_source(args: argparse.Namespace) -> ActivationSource:
     if args.activations is not None:
         return load_activation_file(args.activations)
     loaded = load_from_args(args)
-    sites = select_sites(args.sites or "all", loaded.info.n_layers)
+    if default_sites and not args.sites:  # --init-from: only the parents' sites
+        sites = sorted(set(default_sites))
+    else:
+        sites = select_sites(args.sites or "all", loaded.info.n_layers)
     ctx = distributed.current()
     if ctx is not None:  # under torchrun: the forwards split over the ranks
         return distributed.split_streamed_source(
@@ -119,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()
-    source = open_source(args)
-    specs = build_specs(args, source)
+    parents = load_parents(args) if args.init_from else []
+    source = open_source(args, [parent.site for parent in parents])
+    specs = parent_specs(args, parents, source) if parents else build_specs(args, source)
     if not specs:
         raise ValueError("no dictionary to train: check --sites against the source's sites")
     config = TrainConfig(
@@ -137,6 +216,9 @@ def _train(args: argparse.Namespace) -> int:
             f"Training {len(specs)} dictionaries for {config.total_steps} steps of {config.batch_size} tokens "
             f"-> {args.out}"
         )
+        for spec in specs:
+            if spec.init_from is not None:
+                print(f"  {spec.name} starts from {spec.init_from}")
     trained = distributed.train_suite(specs, source, config, args.out)
     results = distributed.gather_final_metrics(trained, specs)
     if not main:

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from saescope.data.corpus import special_token_mask
+from saescope.data.corpus import special_token_mask, window_token_ids
 from saescope.data.prefetch import Prefetcher
 from saescope.models.hooks import capture
 from saescope.models.sites import Site
@@ -81,7 +81,8 @@ def window_activations(
 ) -> TokenActivations:
     """One forward over a batch of full-length windows; returns every site at the kept positions."""
     device = next(model.parameters()).device
-    keep_BT = special_token_mask(ids_BT, special_ids)
+    keep_BT = special_token_mask(ids_BT, special_ids)  # also drops positions a chat mask policy marks
+    ids_BT = window_token_ids(ids_BT)
     captured = capture(model, sites, ids_BT.to(device))
     keep_on_device = keep_BT.to(device)
     acts = {site: captured[site][keep_on_device] for site in sites}

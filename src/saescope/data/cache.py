@@ -2,7 +2,7 @@
 
 Layout of a cache folder::
 
-    manifest.json                      settings, widths, shard list with checksums, norm sums
+    manifest.json                      settings, widths, mask policy, shard list with checksums, norm sums
     tokens/shard_00000.bin             int64 rows (token id, window index, position) of each token
     layer_6/res/shard_00000.bin        raw rows (n_tokens, width) in the storage dtype
     layer_6/att/shard_00000.bin        ...
@@ -32,6 +32,7 @@ import torch
 
 from saescope.atomic import CorruptFileError, atomic_write_json, sha256_file
 from saescope.data.activations import SiteBatch, TokenActivations
+from saescope.data.corpus import mask_policy
 from saescope.models.sites import Site
 
 MANIFEST = "manifest.json"
@@ -152,7 +153,8 @@ class CacheWriter:
                 )
             return manifest
         self.folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"format": FORMAT_VERSION, "settings": identity, "shards": [], **dict(extra)}
+        policy = mask_policy(self.settings.corpus.get("chat_template"))  # which positions were dropped
+        manifest = {"format": FORMAT_VERSION, "settings": identity, "mask_policy": policy, "shards": [], **dict(extra)}
         atomic_write_json(path, manifest)
         return manifest
 

@@ -12,6 +12,9 @@ Sources (``iter_documents(source, ...)``):
   (text in the ``text_field`` column; needs ``pyarrow``): one row = one document;
 * ``"hf:<name>[:<config>]"``: the ``train`` split of a Hugging Face dataset, streamed (needs the
   ``datasets`` library and ``SAESCOPE_ONLINE=1`` or ``online=True``: nothing downloads by surprise).
+* conversations: in a .jsonl, .parquet or ``hf:`` source whose ``text_field`` holds a ``messages`` list
+  (``[{"role": "user", "content": ...}, ...]``, e.g. ``saescope rollouts`` output with
+  ``text_field="messages"``), each row is one conversation; it needs ``chat_template``.
 
 A fixed fraction of documents is held out, chosen by a salted SHA-256 of the document id alone, so the
 held-out set is the same for every run, seed and machine, and no training stream ever contains it.
@@ -20,6 +23,12 @@ Token windows (SPEC §2.3, §6.4): documents are put in a seeded order, tokenise
 tokens, each followed by EOS, concatenated, and cut into windows of ``context_size`` tokens, each
 being ``[BOS] + context_size - 1`` stream tokens. ``special_token_mask`` marks the positions whose
 activations are kept (everything except BOS, EOS, padding and other special tokens).
+
+Chat formatting (``chat_template``, SPEC §3.5, :mod:`saescope.data.chat`): each document is wrapped in the
+chat template as a user turn followed by the model-turn prefix (a conversation is rendered as it is), and
+the user-turn prefix positions are dropped too (``mask_policy`` names the rule). Those positions hold
+ordinary tokens, so their ids carry ``EXCLUDED_POSITION_BIT`` through packing and batching;
+``special_token_mask`` reads the bit and ``window_token_ids`` clears it before the ids reach a model.
 """
 
 from __future__ import annotations
@@ -40,6 +49,15 @@ from typing import Any, Literal
 import torch
 
 from saescope.atomic import CorruptFileError, atomic_directory, atomic_write_json, atomic_write_text, verify_manifest
+from saescope.data.chat import (
+    CHAT_MASK_POLICY,
+    ChatFormat,
+    ChatMessage,
+    ChatTemplateError,
+    conversation_chat,
+    document_chat,
+    parse_messages,
+)
 from saescope.models.loading import ONLINE_ENV, cache_root, online_by_default
 
 log = logging.getLogger(__name__)
@@ -52,6 +70,12 @@ EMBEDDED_NAME = "embedded-v1"
 DOCUMENTS_FILE = "documents.jsonl"
 STATS_FILE = "stats.json"
 DEFAULT_HELDOUT_FRACTION = 0.02
+#: The mask policy of plain-text corpora: only special tokens are dropped (chat corpora: ``CHAT_MASK_POLICY``).
+SPECIAL_TOKENS_POLICY = "exclude-special"
+#: Set on the id of a window position that a chat corpus's mask policy drops although it is an ordinary
+#: token (the user-turn prefix). A window stays one int64 tensor through packing, batching, caching and
+#: rank splitting, with its mask inside; real vocabularies are far below 2^40.
+EXCLUDED_POSITION_BIT = 1 << 40
 #: Bumped when the embedded corpus' content or layout changes, so an old cached copy is rebuilt.
 _EMBEDDED_FORMAT = 1
 
@@ -77,15 +101,22 @@ class CorpusError(RuntimeError):
 
 @dataclass(frozen=True)
 class Document:
-    """One unit of text; the held-out split and the shuffle are both drawn per document ``id``."""
+    """One unit of text; the held-out split and the shuffle are both drawn per document ``id``.
+
+    A conversation also has ``messages`` (its ``text`` is then the contents, one paragraph each).
+    """
 
     id: str
     source: str
     genre: str
     text: str
+    messages: tuple[ChatMessage, ...] | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.messages is None:
+            del data["messages"]
+        return data
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,6 +138,10 @@ class CorpusConfig:
     context_size: int = 1024  # tokens per window, BOS included (SAELens' Gemma Scope metadata: 1024)
     seed: int = 0  # document order of the token stream
     max_documents: int | None = None  # stop after this many documents of the chosen split
+    #: None: plain text. Else wrap each document in a chat template as a user turn followed by the model-turn
+    #: prefix, and drop the user-turn prefix positions (SPEC §3.5): "tokenizer" (the model's own template),
+    #: "gemma" (Gemma's turn format, for a base model) or a Jinja template file. Conversations need it.
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -125,9 +160,14 @@ class CorpusConfig:
         limit = self.max_documents
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise _invalid("max_documents", "None or a positive integer", limit)
+        if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
+            raise _invalid("chat_template", "None, 'tokenizer', 'gemma' or a template file path", self.chat_template)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.chat_template is None:  # plain-text configs keep the identity they had before chat support
+            del data["chat_template"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CorpusConfig:
@@ -521,8 +561,19 @@ def _text_value(value: object, where: str, text_field: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise CorpusError(f"{where}: field {text_field!r} is a {type(value).__name__}, not a string")
+        raise CorpusError(
+            f"{where}: field {text_field!r} is a {type(value).__name__}, not a string (or a messages list)"
+        )
     return value
+
+
+def _field_document(document_id: str, source: str, value: object, where: str, text_field: str) -> Document | None:
+    """The document a record's ``text_field`` holds: text, or a ``messages`` list (a conversation); None if empty."""
+    if isinstance(value, list):
+        messages = parse_messages(value, where)
+        return Document(document_id, source, "conversation", "\n\n".join(m.content for m in messages), messages)
+    text = _text_value(value, where, text_field)
+    return Document(document_id, source, "user", text) if text.strip() else None
 
 
 def _iter_jsonl(path: Path, text_field: str) -> Iterator[Document]:
@@ -546,9 +597,9 @@ def _iter_jsonl(path: Path, text_field: str) -> Iterator[Document]:
                     f"{where} has no field {text_field!r} (it has {sorted(record)}); "
                     "set `text_field` (CorpusConfig.text_field, --text-field) to the field holding the text"
                 )
-            text = _text_value(record[text_field], where, text_field)
-            if text.strip():
-                yield Document(f"{path.name}:{line_number}", str(path), "user", text)
+            document = _field_document(f"{path.name}:{line_number}", str(path), record[text_field], where, text_field)
+            if document is not None:
+                yield document
 
 
 def _iter_parquet(path: Path, text_field: str) -> Iterator[Document]:
@@ -569,9 +620,9 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[Document]:
     row = 0
     for batch in parquet.iter_batches(columns=[text_field], batch_size=1024):
         for value in batch.column(0).to_pylist():
-            text = _text_value(value, f"{path} row {row}", text_field)
-            if text.strip():
-                yield Document(f"{path.name}:{row}", str(path), "user", text)
+            document = _field_document(f"{path.name}:{row}", str(path), value, f"{path} row {row}", text_field)
+            if document is not None:
+                yield document
             row += 1
 
 
@@ -596,9 +647,9 @@ def _iter_hf(source: str, text_field: str, online: bool | None) -> Iterator[Docu
         where = f"{source} row {row_number}"
         if text_field not in row:
             raise CorpusError(f"{where} has no field {text_field!r} (it has {sorted(row)}); set `text_field`")
-        text = _text_value(row[text_field], where, text_field)
-        if text.strip():
-            yield Document(f"{source}:{row_number}", source, "user", text)
+        document = _field_document(f"{source}:{row_number}", source, row[text_field], where, text_field)
+        if document is not None:
+            yield document
 
 
 def _iter_source(source: str, text_field: str, online: bool | None) -> Iterator[Document]:
@@ -667,7 +718,8 @@ def special_token_ids(tokenizer: Any) -> frozenset[int]:
 
 
 def special_token_mask(ids_BT: torch.Tensor, tokenizer_or_ids: Any) -> torch.Tensor:
-    """Bool tensor shaped like ``ids_BT``: True at the positions to KEEP, False at special tokens.
+    """Bool tensor shaped like ``ids_BT``: True at the positions to KEEP, False at special tokens and at
+    positions a chat corpus's mask policy drops (ids carrying ``EXCLUDED_POSITION_BIT``).
 
     ``tokenizer_or_ids`` is a tokenizer (its ``special_token_ids``) or a collection of token ids.
     """
@@ -676,7 +728,18 @@ def special_token_mask(ids_BT: torch.Tensor, tokenizer_or_ids: Any) -> torch.Ten
     else:
         special = frozenset(int(i) for i in tokenizer_or_ids)
     special_ids = torch.tensor(sorted(special), dtype=ids_BT.dtype, device=ids_BT.device)
-    return ~torch.isin(ids_BT, special_ids)
+    return ~torch.isin(ids_BT, special_ids) & (ids_BT < EXCLUDED_POSITION_BIT)
+
+
+def window_token_ids(ids_BT: torch.Tensor) -> torch.Tensor:
+    """The token ids of windows with ``EXCLUDED_POSITION_BIT`` cleared: what the model reads."""
+    return ids_BT & (EXCLUDED_POSITION_BIT - 1)
+
+
+def mask_policy(chat_template: str | None) -> str:
+    """The name of the rule that decides which positions' activations are kept (recorded in cache
+    manifests and metrics.json): special tokens only, or the chat policy when a chat template is set."""
+    return SPECIAL_TOKENS_POLICY if chat_template is None else CHAT_MASK_POLICY
 
 
 def _required_id(tokenizer: Any, attribute: str, override: int | None) -> int:
@@ -690,45 +753,67 @@ def _order_key(seed: int, epoch: int, document_id: str) -> bytes:
     return hashlib.sha256(f"{_ORDER_SALT}{seed}:{epoch}:{document_id}".encode()).digest()
 
 
-def _ordered_texts(
+def _ordered_documents(
     documents: Iterable[Document | str], seed: int, epoch: int, shuffle_buffer: int | None
-) -> Iterator[str]:
+) -> Iterator[Document | str]:
     items = (
-        (document.id, document.text) if isinstance(document, Document) else (str(index), document)
+        (document.id if isinstance(document, Document) else str(index), document)
         for index, document in enumerate(documents)
     )
     if shuffle_buffer == 0:
-        yield from (text for _, text in items)
+        yield from (document for _, document in items)
     elif shuffle_buffer is None:
         every = list(items)
         order = sorted(range(len(every)), key=lambda i: (_order_key(seed, epoch, every[i][0]), i))
         yield from (every[i][1] for i in order)
     else:
         rng = random.Random(int.from_bytes(_order_key(seed, epoch, "")[:8], "big"))
-        buffer: list[str] = []
-        for _, text in items:
+        buffer: list[Document | str] = []
+        for _, document in items:
             if len(buffer) < shuffle_buffer:
-                buffer.append(text)
+                buffer.append(document)
                 continue
             slot = rng.randrange(shuffle_buffer)
             yield buffer[slot]
-            buffer[slot] = text
+            buffer[slot] = document
         rng.shuffle(buffer)
         yield from buffer
 
 
-def _token_lists(texts: Iterable[str], tokenizer: Any, batch_size: int) -> Iterator[list[int]]:
-    batch: list[str] = []
-    for text in texts:
-        batch.append(text)
+def _token_lists(
+    documents: Iterable[Document | str], tokenizer: Any, batch_size: int, chat: ChatFormat | None, bos: int
+) -> Iterator[list[int]]:
+    batch: list[Document | str] = []
+    for document in documents:
+        batch.append(document)
         if len(batch) == batch_size:
-            yield from _encode(tokenizer, batch)
+            yield from _encode(tokenizer, batch, chat, bos)
             batch = []
     if batch:
-        yield from _encode(tokenizer, batch)
+        yield from _encode(tokenizer, batch, chat, bos)
 
 
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def _encode(tokenizer: Any, documents: list[Document | str], chat: ChatFormat | None, bos: int) -> list[list[int]]:
+    if chat is not None:
+        chats = [
+            conversation_chat(d.messages) if isinstance(d, Document) and d.messages is not None
+            else document_chat(d.text if isinstance(d, Document) else d)
+            for d in documents
+        ]  # fmt: skip
+        flagged = []
+        for encoded in chat.encode(chats):
+            # The window's own BOS starts each window; inside a window documents follow an EOS, as in plain text.
+            start = 1 if encoded.ids[:1] == [bos] else 0
+            ids, keep = encoded.ids[start:], encoded.keep[start:]
+            flagged.append([t if k else t | EXCLUDED_POSITION_BIT for t, k in zip(ids, keep, strict=True)])
+        return flagged
+    for document in documents:
+        if isinstance(document, Document) and document.messages is not None:
+            raise ChatTemplateError(
+                f"document {document.id!r} is a conversation (a messages list): set a chat template to render "
+                "it (CorpusConfig.chat_template, --chat or --chat-template)"
+            )
+    texts = [d.text if isinstance(d, Document) else d for d in documents]
     # verbose=False: documents are longer than the model's context on purpose (they are packed later).
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
     return [list(ids) for ids in encoded["input_ids"]]
@@ -745,6 +830,7 @@ def iter_token_windows(
     tokenize_batch_size: int = 128,
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
+    chat: ChatFormat | None = None,
 ) -> Iterator[torch.Tensor]:
     """(T,) LongTensor windows, T = ``context_size``: ``[BOS]`` then ``T - 1`` tokens of the stream.
 
@@ -755,6 +841,9 @@ def iter_token_windows(
     independent of the order they arrive in (holds every text in memory). ``shuffle_buffer=n`` shuffles
     a stream through an n-document buffer instead; ``0`` keeps the given order. Plain strings count as
     documents whose id is their position.
+
+    With ``chat``, each document is rendered as a user turn plus the model-turn prefix (a conversation as
+    it is), the template's leading BOS dropped, and positions its mask excludes carry ``EXCLUDED_POSITION_BIT``.
     """
     if context_size < 2:
         raise ValueError(f"context_size must be >= 2 (BOS plus at least one token); got {context_size}")
@@ -764,8 +853,8 @@ def iter_token_windows(
     eos = _required_id(tokenizer, "eos_token_id", eos_token_id)
     span = context_size - 1
     pending: list[int] = []
-    texts = _ordered_texts(documents, seed, epoch, shuffle_buffer)
-    for ids in _token_lists(texts, tokenizer, tokenize_batch_size):
+    ordered = _ordered_documents(documents, seed, epoch, shuffle_buffer)
+    for ids in _token_lists(ordered, tokenizer, tokenize_batch_size, chat, bos):
         pending.extend(ids)
         pending.append(eos)
         n_windows = len(pending) // span
@@ -803,7 +892,12 @@ def iter_token_batches(
 def corpus_windows(
     config: CorpusConfig, tokenizer: Any, split: Split = "train", *, epoch: int = 0, online: bool | None = None
 ) -> Iterator[torch.Tensor]:
-    """The (T,) token windows that ``config`` describes, for one pass (``epoch``) over ``split``."""
+    """The (T,) token windows that ``config`` describes, for one pass (``epoch``) over ``split``.
+
+    With ``config.chat_template`` set, the template is resolved now: a tokenizer without one raises
+    ``MissingChatTemplateError`` here rather than at the first window.
+    """
+    chat = ChatFormat(tokenizer, config.chat_template) if config.chat_template is not None else None
     documents = iter_documents(
         config.source,
         split,
@@ -812,4 +906,4 @@ def corpus_windows(
         max_documents=config.max_documents,
         online=online,
     )
-    return iter_token_windows(documents, tokenizer, config.context_size, config.seed, epoch=epoch)
+    return iter_token_windows(documents, tokenizer, config.context_size, config.seed, epoch=epoch, chat=chat)

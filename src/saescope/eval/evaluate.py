@@ -15,7 +15,16 @@ from tqdm import tqdm
 
 from saescope.atomic import atomic_write_json
 from saescope.data.activations import stack_windows, stream_token_activations
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids, special_token_mask
+from saescope.data.chat import CHAT_MASK_DESCRIPTION
+from saescope.data.corpus import (
+    CorpusConfig,
+    Split,
+    corpus_windows,
+    mask_policy,
+    special_token_ids,
+    special_token_mask,
+    window_token_ids,
+)
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
 from saescope.eval.splice import Predictions, clean_log_probs, spliced_losses
 from saescope.models.loading import LoadedModel
@@ -59,8 +68,16 @@ class EvalConfig:
             raise ValueError(f"EvalConfig.loss_windows must be >= 0; got {self.loss_windows!r}")
 
 
-def _heldout_batches(loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int) -> Iterator[torch.Tensor]:
-    return stack_windows(corpus_windows(corpus, loaded.tokenizer, "heldout"), batch_windows)
+def _heldout_batches(
+    loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int, split: Split = "heldout"
+) -> Iterator[torch.Tensor]:
+    return stack_windows(corpus_windows(corpus, loaded.tokenizer, split), batch_windows)
+
+
+def _mask_policy_text(corpus: CorpusConfig) -> str:
+    """What metrics.json says about masking: the policy's name, then what it drops."""
+    name = mask_policy(corpus.chat_template)
+    return f"{name}: {CHAT_MASK_DESCRIPTION}; {MASK_POLICY}" if corpus.chat_template is not None else MASK_POLICY
 
 
 @torch.no_grad()
@@ -71,6 +88,7 @@ def reconstruction_metrics(
     config: EvalConfig,
     *,
     progress: bool = True,
+    split: Split = "heldout",
 ) -> dict[str, dict[str, Any]]:
     """L0, FVU, cosine, L2 ratio, density statistics and per-position FVU for every target."""
     sites = sorted({target.site for target in targets})
@@ -79,9 +97,8 @@ def reconstruction_metrics(
         for t in targets
     }
     device = next(loaded.model.parameters()).device
-    stream = stream_token_activations(
-        loaded.model, sites, _heldout_batches(loaded, corpus, config.batch_windows), special_token_ids(loaded.tokenizer)
-    )
+    batches = _heldout_batches(loaded, corpus, config.batch_windows, split)
+    stream = stream_token_activations(loaded.model, sites, batches, special_token_ids(loaded.tokenizer))
     seen = 0
     with tqdm(
         total=config.tokens, unit="tok", unit_scale=True, disable=not progress, desc="eval: reconstruction"
@@ -118,6 +135,7 @@ def loss_metrics(
     config: EvalConfig,
     *,
     progress: bool = True,
+    split: Split = "heldout",
 ) -> dict[str, dict[str, Any]]:
     """Delta LM loss, zero-ablation loss, loss recovered and KL for every target (shared clean and
     zero-ablation passes)."""
@@ -129,12 +147,13 @@ def loss_metrics(
     device = next(model.parameters()).device
     loss_batch = min(config.batch_windows, config.loss_windows)
     n_batches = -(-config.loss_windows // loss_batch)
-    batches = itertools.islice(_heldout_batches(loaded, corpus, loss_batch), n_batches)
+    batches = itertools.islice(_heldout_batches(loaded, corpus, loss_batch, split), n_batches)
     passes_per_batch = 1 + len(by_site) + len(targets)
     with tqdm(total=n_batches * passes_per_batch, unit="pass", disable=not progress, desc="eval: delta LM loss") as bar:
         for batch_index, ids_BT in enumerate(batches):
             ids_BT = ids_BT.to(device)
-            keep_BT = special_token_mask(ids_BT, special)
+            keep_BT = special_token_mask(ids_BT, special)  # also drops positions a chat mask policy marks
+            ids_BT = window_token_ids(ids_BT)
             predictions = Predictions.select(ids_BT, keep_BT, config.loss_position_stride, offset=batch_index)
             ce_clean, log_probs_clean = clean_log_probs(model, ids_BT, predictions, config.lm_head_chunk)
             bar.update(1)
@@ -161,17 +180,23 @@ def evaluate(
     config: EvalConfig,
     *,
     progress: bool = True,
+    split: Split = "heldout",
 ) -> dict[str, dict[str, Any]]:
-    """Every metric for every target; writes `metrics.json` into each target's folder."""
+    """Every metric for every target; writes `metrics.json` into each target's folder.
+
+    `split` is the corpus split evaluated on: "heldout" (default), or "all" for data never trained on
+    (e.g. rollouts kept for evaluation)."""
     if not targets:
         raise ValueError("nothing to evaluate")
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation target names must be unique; got {names}")
     started = time.perf_counter()
-    reconstruction = reconstruction_metrics(loaded, targets, corpus, config, progress=progress)
+    reconstruction = reconstruction_metrics(loaded, targets, corpus, config, progress=progress, split=split)
     reconstruction_seconds = time.perf_counter() - started
-    losses = loss_metrics(loaded, targets, corpus, config, progress=progress) if config.loss_windows else {}
+    losses = (
+        loss_metrics(loaded, targets, corpus, config, progress=progress, split=split) if config.loss_windows else {}
+    )
     results = {}
     for target in targets:
         results[target.name] = {
@@ -181,8 +206,8 @@ def evaluate(
             "architecture": target.sae.config.architecture,
             "width": target.sae.config.width,
             "model": loaded.info.name,
-            "dataset": {**corpus.to_dict(), "split": "heldout"},
-            "mask_policy": MASK_POLICY,
+            "dataset": {**corpus.to_dict(), "split": split},
+            "mask_policy": _mask_policy_text(corpus),
             "eval_config": asdict(config),
             "seconds": {
                 "reconstruction_pass_all_targets": reconstruction_seconds,

@@ -122,6 +122,15 @@ def _training_rows(entries: Sequence[TrainedSAE]) -> list[list[object]]:
     return rows
 
 
+def _parent_lines(entries: Sequence[TrainedSAE]) -> list[str]:
+    """Dictionaries trained from a parent (`saescope train --init-from`, e.g. PT→IT finetuning)."""
+    pairs = [(e.name, e.config["init_from"]) for e in entries if isinstance(e.config.get("init_from"), str)]
+    if not pairs:
+        return []
+    described = "; ".join(f"`{name}` from `{parent}`" for name, parent in pairs)
+    return [f"* **Initialised from a trained dictionary** (finetuned, as Gemma Scope 2's IT SAEs): {described}."]
+
+
 def render_model_card(
     exported: Mapping[str, Sequence[ExportedSAE]],
     *,
@@ -192,6 +201,7 @@ def render_model_card(
         "* **Recipe**: Gemma Scope 1: activations divided by one scalar C per site so that E‖x‖² = 1, "
         "Adam(β1 = 0, β2 = 0.999), unit-norm decoder rows, JumpReLU with straight-through-estimator "
         "threshold gradients. C and the pre-encoder bias are folded into the released weights.",
+        *_parent_lines(entries),
         "",
         *_table(
             ["dictionary", "site", "architecture", "sparsity", "target L0", "tokens", "batch", "steps", "lr", "C"],

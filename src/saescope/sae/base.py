@@ -23,17 +23,39 @@ from torch import Tensor, nn
 
 from saescope.sae.config import DictionaryConfig
 from saescope.sae.matryoshka import matryoshka_reconstruction_loss, reconstruction_loss
+from saescope.sae.sparse import (
+    SPARSE_MAX_DENSITY,
+    SPARSE_MIN_ELEMENTS,
+    SelectionRule,
+    estimate_density,
+    sparse_step,
+)
 
 
 class ForwardOutput(NamedTuple):
-    """What one forward pass produces."""
+    """What one forward pass produces.
+
+    From :meth:`SparseDictionary.forward` and the dense training step every field is a dense tensor. In
+    the :class:`LossOutput` of the sparse training step (``saescope.sae.sparse``) ``pre_activations`` and
+    ``codes`` are detached sparse CSR tensors holding only the entries that step kept.
+    """
 
     pre_activations: Tensor
-    """Encoder pre-activations π (B, F), before the sparsifying nonlinearity."""
+    """Encoder pre-activations π (B, F), before the sparsifying nonlinearity (sparse step: only the kept
+    entries, i.e. the active ones plus, for JumpReLU, those inside the threshold's kernel window)."""
     codes: Tensor
-    """Sparse codes f (B, F): the feature activations."""
+    """Sparse codes f (B, F): the feature activations (sparse step: a CSR tensor of the non-zero codes)."""
     reconstruction: Tensor
     """Reconstruction ŷ (B, d_out) of the target (of ``x`` itself for an SAE)."""
+
+    def fired_latents(self) -> Tensor:
+        """Which latents have a non-zero code in this batch: (F,) bool, from dense or sparse CSR codes."""
+        codes = self.codes
+        if codes.layout == torch.sparse_csr:
+            fired_F = torch.zeros(codes.shape[-1], dtype=torch.bool, device=codes.device)
+            fired_F[codes.col_indices()[codes.values() != 0]] = True
+            return fired_F
+        return (codes != 0).reshape(-1, codes.shape[-1]).any(dim=0)
 
 
 class SparsityTerms(NamedTuple):
@@ -119,10 +141,7 @@ class SparseDictionary(nn.Module, ABC):
     # --- the three stages ---------------------------------------------------------------------------
     def pre_activations(self, x_BD: Tensor) -> Tensor:
         """π = (x − b_dec) @ W_enc + b_enc (the ``− b_dec`` only with the pre-encoder bias): (B, F)."""
-        x_BD = x_BD.to(self.W_enc_DF.dtype)
-        if self.config.apply_pre_encoder_bias:
-            x_BD = x_BD - self.b_dec_D
-        return x_BD @ self.W_enc_DF + self.b_enc_F
+        return self._encoder_input(x_BD) @ self.W_enc_DF + self.b_enc_F
 
     @abstractmethod
     def activation(self, pre_BF: Tensor) -> Tensor:
@@ -160,6 +179,46 @@ class SparseDictionary(nn.Module, ABC):
         zero = output.codes.new_zeros((), dtype=torch.float32)
         return SparsityTerms(zero, zero, 0.0)
 
+    def frequency_sparsity_terms(
+        self, frequency_1F: Tensor, step: int, coefficient_scale: float = 1.0
+    ) -> SparsityTerms:
+        """:meth:`sparsity_terms` from batch firing frequencies f̂ (1, F) instead of a forward pass.
+
+        Every penalty here is a function of batch-mean firing indicators, so the (1, F) frequencies give
+        the same value and θ gradient as the (B, F) indicators; the sparse step uses this. Default: none.
+        """
+        zero = frequency_1F.new_zeros((), dtype=torch.float32)
+        return SparsityTerms(zero, zero, 0.0)
+
+    # --- training step kernels (saescope.sae.sparse) ------------------------------------------------
+    def sparse_selection_rule(self) -> SelectionRule | None:
+        """How the sparse step picks the kept entries of π, or None when this dictionary (in its current
+        mode) must take the dense step. Default: None."""
+        return None
+
+    def record_sparse_codes(self, codes_N: Tensor) -> None:
+        """Hook called with the non-zero code values of a sparse training step (default: nothing)."""
+
+    def uses_sparse_step(self, x_BD: Tensor) -> bool:
+        """Whether :meth:`loss` on ``x_BD`` takes the sparse kernel (``config.step_kernel``; "auto" decides by
+        size and density against :data:`~saescope.sae.sparse.SPARSE_MIN_ELEMENTS` and
+        :data:`~saescope.sae.sparse.SPARSE_MAX_DENSITY`)."""
+        kernel = self.config.step_kernel
+        if kernel == "dense" or self.config.sparse_kernel_unsupported is not None or x_BD.dim() != 2:
+            return False
+        rule = self.sparse_selection_rule()
+        if rule is None:
+            return False
+        if kernel == "sparse":
+            return True
+        if x_BD.shape[0] * self.config.width < SPARSE_MIN_ELEMENTS:
+            return False
+        return estimate_density(self._encoder_input(x_BD), self.W_enc_DF, self.b_enc_F, rule) <= SPARSE_MAX_DENSITY
+
+    def _encoder_input(self, x_BD: Tensor) -> Tensor:
+        x_BD = x_BD.to(self.W_enc_DF.dtype)
+        return x_BD - self.b_dec_D if self.config.apply_pre_encoder_bias else x_BD
+
     def loss(
         self, x_BD: Tensor, y_BD: Tensor | None = None, *, step: int = 0, coefficient_scale: float = 1.0
     ) -> LossOutput:
@@ -167,12 +226,16 @@ class SparseDictionary(nn.Module, ABC):
 
         ``step`` is the optimiser step; warm-ups are pure functions of it (SPEC §2.4), so a resumed run
         gets the same coefficients. With ``config.matryoshka_prefixes`` the reconstruction term is the
-        Matryoshka sum over nested prefixes (SPEC §7.3); the penalty is counted once.
+        Matryoshka sum over nested prefixes (SPEC §7.3); the penalty is counted once. The step runs on
+        the sparse or the dense kernel per :meth:`uses_sparse_step`; both give the same loss and
+        gradients (to float rounding), the sparse one in a fraction of the time when codes are sparse.
         """
         if y_BD is None:
             if self.config.d_in != self.config.d_out:
                 raise ValueError("loss() needs y_BD: d_out != d_in, so the target is not the input")
             y_BD = x_BD
+        if self.uses_sparse_step(x_BD):
+            return self._sparse_loss(x_BD, y_BD, step, coefficient_scale)
         output: ForwardOutput = self(x_BD)
         prefixes = self.config.matryoshka_prefixes
         if prefixes is None:
@@ -185,12 +248,31 @@ class SparseDictionary(nn.Module, ABC):
         total = recon + terms.penalty + terms.high_frequency
         return LossOutput(total, recon, terms.penalty, terms.high_frequency, l0, terms.coefficient, output)
 
+    def _sparse_loss(self, x_BD: Tensor, y_BD: Tensor, step: int, coefficient_scale: float) -> LossOutput:
+        """:meth:`loss` through the sparse kernel: same values and gradients, a fraction of the work."""
+        rule = self.sparse_selection_rule()
+        assert rule is not None
+        result = sparse_step(
+            x_BD, self.W_enc_DF, self.b_enc_F, self.W_dec_FD, self.b_dec_D, rule,
+            subtract_decoder_bias=self.config.apply_pre_encoder_bias,
+        )  # fmt: skip
+        self.record_sparse_codes(result.codes.values())
+        y_hat_BD = result.reconstruction + self._skip_term(x_BD)
+        recon = reconstruction_loss(y_hat_BD, y_BD)
+        terms = self.frequency_sparsity_terms(result.frequency_1F, step, coefficient_scale)
+        total = recon + terms.penalty + terms.high_frequency
+        output = ForwardOutput(result.pre_activations, result.codes, y_hat_BD)
+        return LossOutput(total, recon, terms.penalty, terms.high_frequency, result.l0, terms.coefficient, output)
+
     # --- decoder constraint (SPEC §2.1) -------------------------------------------------------------
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row (latent direction) to unit L2 norm, in place."""
-        norms_F1 = self.W_dec_FD.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        self.W_dec_FD.copy_(self.W_dec_FD.float() / norms_F1)
+        # In place: .float() is the parameter itself when float32 (a float32 copy otherwise), so no F×D
+        # temporaries are allocated (a fresh one costs more in page faults than the arithmetic).
+        W_FD = self.W_dec_FD.float()
+        W_FD.div_(torch.linalg.vector_norm(W_FD, dim=-1, keepdim=True).clamp_min(1e-12))
+        self.W_dec_FD.copy_(W_FD)  # a no-op when W_FD is the parameter
 
     @torch.no_grad()
     def project_decoder_grad_(self) -> None:
@@ -201,11 +283,13 @@ class SparseDictionary(nn.Module, ABC):
         grad_FD = self.W_dec_FD.grad
         if grad_FD is None:
             return
+        # g − (g·d̂)d̂ written as g − ((g·W)/‖W‖²)·W, in place like normalize_decoder_.
         W_FD = self.W_dec_FD.float()
-        unit_FD = W_FD / W_FD.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         g_FD = grad_FD.float()
-        g_FD = g_FD - (g_FD * unit_FD).sum(dim=-1, keepdim=True) * unit_FD
-        grad_FD.copy_(g_FD)
+        norm_sq_F = torch.linalg.vector_norm(W_FD, dim=-1).clamp_min(1e-12).square()
+        dot_F = torch.einsum("fd,fd->f", g_FD, W_FD)  # a batched product: no F×D temporary, unlike vecdot
+        g_FD.addcmul_(W_FD, (dot_F / norm_sq_F).unsqueeze(-1), value=-1.0)
+        grad_FD.copy_(g_FD)  # a no-op when g_FD is the gradient itself
 
     # --- raw-space weights (SPEC §2.7) --------------------------------------------------------------
     @torch.no_grad()

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from saescope.sae.sparse import SPARSE_DTYPES, STEP_KERNELS
+
 #: Architectures known to :func:`saescope.sae.build_dictionary` (its registry must list exactly these).
 ARCHITECTURES: tuple[str, ...] = ("jumprelu", "topk", "batchtopk", "relu")
 
@@ -27,6 +29,9 @@ SPARSITY_BY_ARCHITECTURE: dict[str, tuple[str, ...]] = {
     "topk": ("none",),
     "batchtopk": ("none",),
 }
+
+#: Architectures the sparse training kernel handles (ReLU codes are too dense for it to pay).
+SPARSE_ARCHITECTURES: tuple[str, ...] = ("jumprelu", "topk", "batchtopk")
 
 THRESHOLD_PARAMETERISATIONS: tuple[str, ...] = ("log", "raw")
 
@@ -98,6 +103,12 @@ class DictionaryConfig:
     # Nested prefix sizes m_1 < ... < m_K = width; None -> plain reconstruction loss. GS2 does not
     # publish its prefixes; SPEC suggests geometric, e.g. (M/64, M/16, M/4, M).
     matryoshka_prefixes: tuple[int, ...] | None = field(default=None)
+
+    # --- training step kernel (how, not what: both kernels compute the same loss and gradients) -----
+    # "dense": autograd through forward(), the reference. "sparse": one dense encoder product, then only
+    # the kept entries of the codes (saescope.sae.sparse; JumpReLU, TopK, BatchTopK without Matryoshka,
+    # float32/float64). "auto": sparse when supported and the batch is large and sparse enough to pay.
+    step_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: resolve derived defaults in place
@@ -193,7 +204,23 @@ class DictionaryConfig:
                     self.matryoshka_prefixes,
                 )
 
+        if self.step_kernel not in STEP_KERNELS:
+            raise _fail("step_kernel", f"one of {STEP_KERNELS}", self.step_kernel)
+        if self.step_kernel == "sparse" and (reason := self.sparse_kernel_unsupported) is not None:
+            raise _fail("step_kernel", f"'auto' or 'dense' here: the sparse kernel does not handle {reason}", "sparse")
+
     # ------------------------------------------------------------------------------------------------
+    @property
+    def sparse_kernel_unsupported(self) -> str | None:
+        """Why this dictionary always takes the dense training step, or None if the sparse one applies."""
+        if self.architecture not in SPARSE_ARCHITECTURES:
+            return f"architecture {self.architecture!r} (only {SPARSE_ARCHITECTURES})"
+        if self.matryoshka_prefixes is not None:
+            return "Matryoshka prefixes"
+        if self.torch_dtype not in SPARSE_DTYPES:
+            return f"dtype {self.dtype!r} (only float32 and float64)"
+        return None
+
     @property
     def d_target(self) -> int:
         """``d_out`` as a plain int (always resolved after ``__post_init__``)."""

@@ -31,6 +31,7 @@ from saescope.sae.penalties import (
     quadratic_l0_penalty,
     warmed_coefficient,
 )
+from saescope.sae.sparse import SelectionRule
 
 #: Smallest θ the "raw" parameterisation lets through in the forward pass.
 MIN_RAW_THRESHOLD = 1e-6
@@ -142,8 +143,21 @@ class JumpReLU(SparseDictionary):
         return jumprelu(pre_BF, self.threshold_F, self.config.bandwidth)
 
     def sparsity_terms(self, output: ForwardOutput, step: int, coefficient_scale: float = 1.0) -> SparsityTerms:
+        active_BF = heaviside_step(output.pre_activations, self.threshold_F, self.config.bandwidth)  # Step on π
+        return self._step_penalties(active_BF, step, coefficient_scale)
+
+    def frequency_sparsity_terms(
+        self, frequency_1F: Tensor, step: int, coefficient_scale: float = 1.0
+    ) -> SparsityTerms:
+        # The penalties are linear in batch means of the firing indicators, so f̂ (1, F) stands for them.
+        return self._step_penalties(frequency_1F, step, coefficient_scale)
+
+    def sparse_selection_rule(self) -> SelectionRule:
+        return SelectionRule("jumprelu", threshold_F=self.threshold_F, bandwidth=self.config.bandwidth)
+
+    def _step_penalties(self, active_BF: Tensor, step: int, coefficient_scale: float) -> SparsityTerms:
+        """Penalties of SPEC §1.3/§7.2 from firing indicators (B, F) or firing frequencies (1, F)."""
         c = self.config
-        active_BF = heaviside_step(output.pre_activations, self.threshold_F, c.bandwidth)  # Step on π
         coefficient = warmed_coefficient(c.l0_coefficient, step, c.lambda_warmup_steps) * coefficient_scale
         if c.sparsity == "quadratic_l0":
             assert c.target_l0 is not None

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from saescope.sae.base import SparseDictionary
 from saescope.sae.config import DictionaryConfig
+from saescope.sae.sparse import SelectionRule
 
 
 def _keep_topk(pre_BF: Tensor, k: int) -> Tensor:
@@ -36,6 +37,10 @@ class TopK(SparseDictionary):
     def activation(self, pre_BF: Tensor) -> Tensor:
         assert self.config.k is not None
         return _keep_topk(pre_BF, self.config.k)
+
+    def sparse_selection_rule(self) -> SelectionRule:
+        assert self.config.k is not None
+        return SelectionRule("topk", k=self.config.k)
 
 
 class BatchTopK(SparseDictionary):
@@ -63,6 +68,17 @@ class BatchTopK(SparseDictionary):
             self._update_threshold_(f_BF)
         return f_BF
 
+    def sparse_selection_rule(self) -> SelectionRule | None:
+        # Eval mode with a learned threshold selects by that threshold: the dense step handles it.
+        if not self.training and self.threshold_is_set:
+            return None
+        assert self.config.k is not None
+        return SelectionRule("batchtopk", k=self.config.k)
+
+    def record_sparse_codes(self, codes_N: Tensor) -> None:
+        if self.training:
+            self._update_threshold_(codes_N)
+
     def _batch_select(self, pre_BF: Tensor) -> Tensor:
         assert self.config.k is not None
         width = pre_BF.shape[-1]
@@ -71,6 +87,7 @@ class BatchTopK(SparseDictionary):
 
     @torch.no_grad()
     def _update_threshold_(self, f_BF: Tensor) -> None:
+        """Blend in the smallest positive code of ``f_BF`` (any shape: dense codes or the sparse step's values)."""
         positive = f_BF[f_BF > 0]
         if positive.numel() == 0:
             return

@@ -10,7 +10,8 @@ from typing import Any
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig
 from saescope.sae.widths import parse_width_name
-from saescope.train.trainer import SAESpec
+from saescope.train.recipes import L0_STEERING, Recipe
+from saescope.train.trainer import SAESpec, TrainConfig
 
 
 def parse_width(text: str | int) -> int:
@@ -38,7 +39,8 @@ def parse_target_l0(text: str | float | Mapping[str, Any] | None) -> dict[str, l
 
 @dataclass(frozen=True)
 class SuiteOptions:
-    """The knobs shared by every dictionary of a suite (see `saescope train --help`)."""
+    """The knobs shared by every dictionary of a suite (see `saescope train --help`); a `Recipe` fills
+    them all (`from_recipe`)."""
 
     lr: float = 7e-5
     l0_coefficient: float = 6e-4
@@ -46,6 +48,32 @@ class SuiteOptions:
     threshold: str = "raw"
     lambda_warmup_steps: int | None = None  # None: 10,000 (the paper), or 0 with a target L0
     decoder_bias_init: str = "zeros"
+    threshold_init: float = 0.001
+    #: None: from the data exactly when a controller steers λ to a target L0.
+    threshold_init_from_data: bool | None = None
+    bandwidth: float = 0.001
+    l0_steering: str = "controller"  # one of recipes.L0_STEERING
+
+    def __post_init__(self) -> None:
+        if self.l0_steering not in L0_STEERING:
+            raise ValueError(f"SuiteOptions.l0_steering must be one of {L0_STEERING}; got {self.l0_steering!r}")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, **overrides: Any) -> SuiteOptions:
+        """The recipe's settings; `overrides` that are not None replace single fields."""
+        values: dict[str, Any] = {
+            "lr": recipe.lr,
+            "l0_coefficient": recipe.l0_coefficient,
+            "threshold": recipe.threshold,
+            "lambda_warmup_steps": recipe.lambda_warmup_steps,
+            "decoder_bias_init": recipe.decoder_bias_init,
+            "threshold_init": recipe.threshold_init,
+            "threshold_init_from_data": recipe.threshold_init_from_data,
+            "bandwidth": recipe.bandwidth,
+            "l0_steering": recipe.l0_steering,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(**values)
 
 
 def dictionary_specs(
@@ -73,9 +101,10 @@ def dictionary_specs(
 
 
 def _spec(site: Site, d_in: int, width: int, architecture: str, target: float | None, options: SuiteOptions) -> SAESpec:
+    controlled = target is not None and options.l0_steering == "controller"
     warmup = options.lambda_warmup_steps
     if warmup is None:
-        warmup = 0 if target is not None else 10_000
+        warmup = 0 if controlled else 10_000
     fields: dict[str, Any] = {"d_in": d_in, "width": width, "architecture": architecture}
     if architecture in ("topk", "batchtopk"):
         if target is None:
@@ -84,17 +113,36 @@ def _spec(site: Site, d_in: int, width: int, architecture: str, target: float | 
     elif architecture == "jumprelu":
         fields.update(
             threshold_parameterisation=options.threshold,
+            threshold_init=options.threshold_init,
+            bandwidth=options.bandwidth,
             l0_coefficient=options.l0_coefficient,
             lambda_warmup_steps=warmup,
         )
+        if target is not None and options.l0_steering == "quadratic":  # GS2 eq. 5 (SPEC §7.2)
+            fields.update(sparsity="quadratic_l0", target_l0=target)
     else:
         fields.update(l1_coefficient=options.l1_coefficient, lambda_warmup_steps=warmup)
     tag = f"l0_{target:g}" if target is not None else f"lambda_{options.l0_coefficient:g}"
+    steered = controlled and architecture in ("jumprelu", "relu")
     return SAESpec(
         name=f"layer_{site.layer}-{site.kind.value}-{architecture}-{width}-{tag}",
         site=site,
         dictionary=DictionaryConfig(**fields),
         lr=options.lr,
-        target_l0=target if architecture in ("jumprelu", "relu") else None,
+        target_l0=target if steered else None,
+        threshold_init_from_data=options.threshold_init_from_data if steered and architecture == "jumprelu" else None,
         decoder_bias_init=options.decoder_bias_init,
     )
+
+
+def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -> TrainConfig:
+    """The run-wide settings of `recipe` (schedules, controller gain); `settings` that are not None
+    (batch size, seed, device, or an explicit schedule value) override them."""
+    values: dict[str, Any] = {
+        "lr_warmup_steps": recipe.lr_warmup_steps,
+        "lr_warmup_start_fraction": recipe.lr_warmup_start_fraction,
+        "lr_decay_fraction": recipe.lr_decay_fraction,
+        "controller_gain": recipe.controller_gain,
+    }
+    values.update({key: value for key, value in settings.items() if value is not None})
+    return TrainConfig(total_tokens=total_tokens, **values)

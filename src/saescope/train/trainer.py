@@ -26,6 +26,8 @@ from saescope.atomic import atomic_write_json, atomic_write_text, atomic_write_w
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary
+from saescope.train.init_from import initialise_from_parent_
+from saescope.train.recipes import DECODER_BIAS_INITS, geometric_median
 from saescope.train.schedules import TargetL0Controller, learning_rate
 
 CHECKPOINT = "checkpoint.pt"
@@ -50,9 +52,13 @@ class SAESpec:
     #: makes the latent fire on target_l0 / width of tokens (saescope addition; the paper uses θ = 0.001).
     #: None = on exactly when target_l0 is set.
     threshold_init_from_data: bool | None = None
-    #: "zeros" (the paper) or "mean": b_dec starts at the first batch's mean (as sparsify does), which
-    #: matters for sites with a large mean such as Gemma's massive-activation residual dimensions.
+    #: "zeros" (the paper), "mean" (b_dec starts at the first batch's mean, as sparsify does) or
+    #: "geometric_median" (of the first batch; robust to outlier tokens). Matters for sites with a large
+    #: mean such as Gemma's massive-activation residual dimensions.
     decoder_bias_init: str = "zeros"
+    #: Start from this trained dictionary (a folder `load_sae` reads) instead of a fresh initialisation:
+    #: PT→IT finetuning (SPEC §7.6, `saescope.train.init_from`). The data-driven inits above are skipped.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -61,8 +67,10 @@ class SAESpec:
             raise ValueError(f"SAESpec.lr must be a positive number; got {self.lr!r}")
         if self.target_l0 is not None and not 0 < self.target_l0 < self.dictionary.width:
             raise ValueError(f"SAESpec.target_l0 must be in (0, width); got {self.target_l0!r}")
-        if self.decoder_bias_init not in ("zeros", "mean"):
-            raise ValueError(f"SAESpec.decoder_bias_init must be 'zeros' or 'mean'; got {self.decoder_bias_init!r}")
+        if self.decoder_bias_init not in DECODER_BIAS_INITS:
+            raise ValueError(
+                f"SAESpec.decoder_bias_init must be one of {DECODER_BIAS_INITS}; got {self.decoder_bias_init!r}"
+            )
         if self.init_thresholds_from_data and self.dictionary.architecture != "jumprelu":
             raise ValueError("SAESpec.threshold_init_from_data needs a jumprelu dictionary")
         if self.init_thresholds_from_data and self.target_l0 is None:
@@ -83,6 +91,7 @@ class SAESpec:
             "target_l0": self.target_l0,
             "threshold_init_from_data": self.init_thresholds_from_data,
             "decoder_bias_init": self.decoder_bias_init,
+            **({"init_from": self.init_from} if self.init_from is not None else {}),
         }
 
 
@@ -200,6 +209,8 @@ class Trainer:
     def _build(self, index: int, spec: SAESpec) -> _Member:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
         sae = build_dictionary(spec.dictionary, generator=generator).to(self.config.device)
+        if spec.init_from is not None:
+            initialise_from_parent_(sae, spec.init_from, self.norm_scales[spec.site])
         optimizer = torch.optim.Adam(
             sae.parameters(), lr=spec.lr, betas=self.config.adam_betas, eps=self.config.adam_eps
         )
@@ -286,9 +297,13 @@ class Trainer:
     @torch.no_grad()
     def _initialise_from_data(self, batch: dict[Site, torch.Tensor]) -> None:
         for member in self.members:
+            if member.spec.init_from is not None:  # starts from its parent's weights, not from the data
+                continue
             x_BD = batch[member.spec.site]
             if member.spec.decoder_bias_init == "mean":
                 member.sae.b_dec_D.copy_(x_BD.mean(0))
+            elif member.spec.decoder_bias_init == "geometric_median":
+                member.sae.b_dec_D.copy_(geometric_median(x_BD))
             if member.spec.init_thresholds_from_data:
                 assert isinstance(member.sae, JumpReLU)
                 assert member.spec.target_l0 is not None
@@ -326,7 +341,7 @@ class Trainer:
         l0 = float(out.l0)
         if member.controller is not None and self.step >= spec.dictionary.lambda_warmup_steps:
             member.controller.update(l0)
-        fired_F = (out.output.codes != 0).any(dim=0)
+        fired_F = out.output.fired_latents()
         member.tokens_since_fired_F += x_BD.shape[0]
         member.tokens_since_fired_F[fired_F] = 0
         member.last = {

@@ -1,0 +1,667 @@
+"""SAE quality at equal budget: saescope's recipes against SAELens and sparsify, by delta LM loss at a given L0.
+
+On the embedded Gemma 3 270M and corpus, for a residual, an attention and an MLP site of one middle layer
+(default layer 6), one command:
+
+1. caches the sites' activations (saescope's resumable activation cache, float32) and writes the
+   *training stream*: the cache's first shuffled epoch, one ``.npy`` per site, rows in the order every
+   system trains on them -- the same tokens, the same batches, the same order for everyone;
+2. trains every system at every (width, target L0) on that stream with the same token budget:
+
+   ========================  ==============================================================================
+   ``saescope-jumprelu``     saescope's default recipe (``saescope.train.recipes.SAESCOPE``)
+   ``gemma-scope-jumprelu``  the faithful Gemma Scope recipe (``GEMMA_SCOPE``: lr 7e-5, log θ from 0.001,
+                             λ warmed up over 10k steps, b_dec from zero; GS2's quadratic L0 at the target)
+   ``saescope-topk``,        saescope's TopK / BatchTopK (k = target) and ReLU + L1 (λ steered to the
+   ``-batchtopk``, ``-relu`` target), with the default recipe's optimiser settings
+   ``saelens-jumprelu``      SAELens' documented JumpReLU recipe (``step`` L0, λ 5, ε 0.01, θ₀ 0.01)
+   ``saelens-jumprelu-quadratic``  the same in SAELens' quadratic target-L0 mode
+   ``sparsify-topk``         EleutherAI sparsify TopK with its defaults (SignSGD + schedule-free)
+   ``ablate-*``              the default recipe with one element changed (``--systems ablations``)
+   ========================  ==============================================================================
+
+   saescope systems of one site train together from one stream (one ``Trainer`` per recipe schedule);
+   peers run in their own virtual environments through ``fidelity_saelens_worker.py`` and
+   ``fidelity_sparsify_worker.py`` with their own trainers; a peer that cannot run is reported, not faked;
+3. evaluates every dictionary with saescope's evaluation (one path: peers' weights become saescope
+   JumpReLU / TopK dictionaries in raw activation space) on the same held-out windows: L0, FVU, delta LM
+   loss ± standard error, KL, dead and dense (> 10% of tokens) latents;
+4. writes ``fidelity.md`` (tables, goal checks, the exact command) and the paper-style plots (delta
+   loss vs L0, FVU vs L0; one panel per site, one line per system) into ``--docs``.
+
+Every finished piece is saved atomically under ``--out`` (cache, stream, each trained system, each
+evaluation); a rerun skips what is done, so an interrupted run resumes. Set up the peers once (torch first,
+so that pip keeps the CPU build)::
+
+    python3 -m venv /tmp/bench_saelens  && /tmp/bench_saelens/bin/pip install torch==2.13.0 sae-lens
+    python3 -m venv /tmp/bench_sparsify && /tmp/bench_sparsify/bin/pip install torch==2.13.0 eai-sparsify
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/fidelity.py          # full grid: ~1M tokens, widths 4k/16k, L0 20/60/150
+    .venv/bin/python benchmarks/fidelity.py --tokens 262144 --widths 4096 --l0s 60   # a reduced run
+
+Every figure it writes is measured in the run that wrote it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from saescope.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from saescope.data.activations import SiteBatch
+from saescope.data.cache import ActivationCache
+from saescope.data.corpus import CorpusConfig
+from saescope.data.sources import build_cache
+from saescope.eval import EvalConfig, EvalTarget, evaluate
+from saescope.models.loading import LoadedModel, load_model
+from saescope.models.sites import Site, select_sites
+from saescope.release.suite import read_trained_sae
+from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
+from saescope.train import SAESpec, Trainer
+from saescope.train.recipes import GEMMA_SCOPE, SAESCOPE, Recipe
+from saescope.train.specs import SuiteOptions, recipe_train_config
+
+HERE = Path(__file__).resolve().parent
+SAELENS_WORKER = HERE / "fidelity_saelens_worker.py"
+SPARSIFY_WORKER = HERE / "fidelity_sparsify_worker.py"
+
+
+# ------------------------------------------------------------------------------------------------
+# the systems
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class System:
+    """One way of training a dictionary: saescope (a recipe and an architecture) or a peer worker."""
+
+    name: str
+    label: str
+    kind: str  # "saescope", "saelens", "sparsify"
+    architecture: str
+    recipe: Recipe | None = None
+    peer_mode: str | None = None  # SAELens: "step" or "quadratic"
+
+
+def _ablation(name: str, label: str, **changes: Any) -> System:
+    return System(f"ablate-{name}", f"ablation: {label}", "saescope", "jumprelu", SAESCOPE.replace(**changes))
+
+
+MAIN_SYSTEMS = (
+    System("saescope-jumprelu", "saescope JumpReLU (default recipe)", "saescope", "jumprelu", SAESCOPE),
+    System(
+        "gemma-scope-jumprelu", "saescope JumpReLU (faithful Gemma Scope recipe)", "saescope", "jumprelu", GEMMA_SCOPE
+    ),
+    System("saescope-topk", "saescope TopK", "saescope", "topk", SAESCOPE),
+    System("saescope-batchtopk", "saescope BatchTopK", "saescope", "batchtopk", SAESCOPE),
+    System("saescope-relu", "saescope ReLU + L1", "saescope", "relu", SAESCOPE),
+    System("saelens-jumprelu", "SAELens JumpReLU (documented recipe)", "saelens", "jumprelu", peer_mode="step"),
+    System(
+        "saelens-jumprelu-quadratic",
+        "SAELens JumpReLU (quadratic target L0)",
+        "saelens",
+        "jumprelu",
+        peer_mode="quadratic",
+    ),
+    System("sparsify-topk", "sparsify TopK (defaults)", "sparsify", "topk"),
+)
+#: The default recipe followed by Gemma Scope 2's end-to-end KL phase (SPEC §7.6) on extra tokens.
+KL_SYSTEM = System(
+    "saescope-jumprelu-kl", "saescope JumpReLU (default + KL finetune)", "saescope-kl", "jumprelu",
+    SAESCOPE.replace(kl_finetune_tokens=16_384, kl_beta=1.0),
+)  # fmt: skip
+ABLATIONS = (
+    _ablation("bdec-zeros", "b_dec starts at zero", decoder_bias_init="zeros"),
+    _ablation("bdec-median", "b_dec starts at the geometric median", decoder_bias_init="geometric_median"),
+    _ablation("theta-fixed", "θ starts at 0.001 (not from data)", threshold_init_from_data=False),
+    _ablation("log-theta", "log θ parameter", threshold="log"),
+    _ablation("no-decay", "no lr decay", lr_decay_fraction=0.0),
+    _ablation("lr-3e-4", "lr 3e-4", lr=3e-4),
+    _ablation("lr-3e-3", "lr 3e-3", lr=3e-3),
+    _ablation("bandwidth-0.01", "ε = 0.01", bandwidth=0.01),
+    _ablation("gain-0.02", "controller gain 0.02", controller_gain=0.02),
+)
+SYSTEMS = {system.name: system for system in (*MAIN_SYSTEMS, KL_SYSTEM, *ABLATIONS)}
+DEFAULT_SYSTEM = "saescope-jumprelu"
+
+
+def parse_systems(text: str) -> list[System]:
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == "main":
+            names += [s.name for s in MAIN_SYSTEMS]
+        elif part == "ablations":
+            names += [s.name for s in ABLATIONS]
+        elif part in SYSTEMS:
+            names.append(part)
+        else:
+            raise SystemExit(f"unknown system {part!r}; known: main, ablations, {', '.join(SYSTEMS)}")
+    return [SYSTEMS[name] for name in dict.fromkeys(names)]
+
+
+# ------------------------------------------------------------------------------------------------
+# data: cache -> training stream
+# ------------------------------------------------------------------------------------------------
+
+
+class StreamSource:
+    """An `ActivationSource` over the training stream: batches in file order (already shuffled once)."""
+
+    def __init__(self, paths: dict[Site, Path], norm_scales: dict[Site, float]) -> None:
+        self._arrays = {site: np.load(path, mmap_mode="r") for site, path in paths.items()}
+        self._scales = norm_scales
+
+    @property
+    def sites(self) -> list[Site]:
+        return sorted(self._arrays)
+
+    @property
+    def widths(self) -> dict[Site, int]:
+        return {site: int(array.shape[1]) for site, array in self._arrays.items()}
+
+    @property
+    def norm_scales(self) -> dict[Site, float]:
+        return dict(self._scales)
+
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, skip_batches: int = 0) -> Iterator[SiteBatch]:
+        n_rows = min(int(array.shape[0]) for array in self._arrays.values())
+        for start in range(skip_batches * batch_size, n_rows - batch_size + 1, batch_size):
+            yield {site: torch.from_numpy(np.array(a[start : start + batch_size])) for site, a in self._arrays.items()}
+
+
+def stream_paths(out: Path, sites: Sequence[Site]) -> dict[Site, Path]:
+    return {site: out / "stream" / f"layer_{site.layer}-{site.kind.value}.npy" for site in sites}
+
+
+def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Site]) -> StreamSource:
+    """Cache `--tokens` training tokens of every site, then write the first shuffled epoch as the stream."""
+    cache_dir = args.out / "cache"
+    # The cache always holds the layer's three sites, so that --sites picks from it without rebuilding.
+    all_sites = select_sites(f"{args.layer}/*", loaded.info.n_layers)
+    build_cache(
+        cache_dir, loaded, all_sites, corpus_config(args), tokens=args.tokens, dtype="float32",
+        batch_windows=args.batch_windows, windows_per_shard=64,
+    )  # fmt: skip
+    cache = ActivationCache(cache_dir, verify="sizes")
+    paths = stream_paths(args.out, sites)
+    n_rows = (min(cache.n_tokens, args.tokens) // args.batch_size) * args.batch_size
+    meta_path = args.out / "stream" / "stream.json"
+    meta = {"tokens": n_rows, "batch_size": args.batch_size, "seed": args.seed, "sites": [s.id for s in sites]}
+    done = meta_path.exists() and json.loads(meta_path.read_text()) == {**meta, "norm_scales": _scales_json(cache)}
+    if not done:
+        partial = {site: path.with_name(path.name + ".partial.npy") for site, path in paths.items()}
+        for path in partial.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            site: np.lib.format.open_memmap(partial[site], mode="w+", dtype=np.float32, shape=(n_rows, width))
+            for site, width in cache.widths.items()
+            if site in paths
+        }
+        written = 0
+        batches = cache.batches(args.batch_size, seed=args.seed, sites=sites)
+        with tqdm(total=n_rows, unit="tok", unit_scale=True, desc="writing the training stream") as bar:
+            for batch in batches:
+                if written >= n_rows:
+                    break
+                take = min(batch[sites[0]].shape[0], n_rows - written)
+                for site in sites:
+                    arrays[site][written : written + take] = batch[site][:take].numpy()
+                written += take
+                bar.update(take)
+        for site, array in arrays.items():
+            array.flush()
+            os.replace(partial[site], paths[site])
+        atomic_write_json(meta_path, {**meta, "norm_scales": _scales_json(cache)})
+    return StreamSource(paths, cache.norm_scales)
+
+
+def _scales_json(cache: ActivationCache) -> dict[str, float]:
+    return {site.id: scale for site, scale in cache.norm_scales.items()}
+
+
+def corpus_config(args: argparse.Namespace) -> CorpusConfig:
+    return CorpusConfig(context_size=args.context_size)
+
+
+# ------------------------------------------------------------------------------------------------
+# training
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    site: Site
+    width: int
+    target_l0: float
+    system: System
+
+    @property
+    def key(self) -> str:
+        return f"layer_{self.site.layer}-{self.site.kind.value}/w{self.width}/l0_{self.target_l0:g}/{self.system.name}"
+
+    @property
+    def dictionary_name(self) -> str:
+        return f"{self.system.name}-w{self.width}-l0_{self.target_l0:g}"
+
+
+def weights_path(args: argparse.Namespace, cell: Cell) -> Path:
+    return args.out / "peers" / f"{cell.key}.safetensors"
+
+
+def result_path(args: argparse.Namespace, cell: Cell) -> Path:
+    return args.out / "results" / f"{cell.key}.json"
+
+
+def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
+    from saescope.train.specs import dictionary_specs
+
+    assert cell.system.recipe is not None
+    options = SuiteOptions.from_recipe(cell.system.recipe)
+    (spec,) = dictionary_specs(
+        [cell.site], {cell.site: d_in}, [cell.width], [cell.system.architecture], [cell.target_l0], options
+    )
+    return SAESpec(
+        cell.dictionary_name, spec.site, spec.dictionary, spec.lr, spec.target_l0, spec.threshold_init_from_data,
+        spec.decoder_bias_init,
+    )  # fmt: skip
+
+
+def _schedule_key(recipe: Recipe) -> tuple[Any, ...]:
+    return (recipe.lr_warmup_steps, recipe.lr_warmup_start_fraction, recipe.lr_decay_fraction, recipe.controller_gain)
+
+
+def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[Cell]) -> dict[str, float]:
+    """Train the saescope cells of one site, one Trainer per distinct recipe schedule; seconds per group."""
+    groups: dict[tuple[Any, ...], list[Cell]] = {}
+    for cell in cells:
+        assert cell.system.recipe is not None
+        groups.setdefault(_schedule_key(cell.system.recipe), []).append(cell)
+    seconds = {}
+    for group_cells in groups.values():
+        recipe = group_cells[0].system.recipe
+        assert recipe is not None
+        specs = [saescope_spec(cell, source.widths[cell.site]) for cell in group_cells]
+        digest = hashlib.sha256(json.dumps([s.to_dict() for s in specs], sort_keys=True).encode()).hexdigest()[:10]
+        folder = args.out / "train" / f"layer_{cells[0].site.layer}-{cells[0].site.kind.value}" / digest
+        config = recipe_train_config(
+            recipe, total_tokens=args.tokens, batch_size=args.batch_size, seed=args.seed,
+            checkpoint_every_steps=50, progress=True,
+        )  # fmt: skip
+        started = time.perf_counter()
+        Trainer(specs, source, config, folder).run()
+        elapsed = time.perf_counter() - started
+        for cell in group_cells:
+            seconds[cell.key] = elapsed / len(group_cells)
+            atomic_write_json(
+                args.out / "trained" / f"{cell.key}.json",
+                {
+                    "folder": str(folder / "saes" / cell.dictionary_name),
+                    "train_seconds_share": elapsed / len(group_cells),
+                },
+            )
+    return seconds
+
+
+def peer_python(kind: str, args: argparse.Namespace) -> Path:
+    return Path(args.saelens_python if kind == "saelens" else args.sparsify_python)
+
+
+def train_peer(args: argparse.Namespace, source_paths: dict[Site, Path], cell: Cell) -> str | None:
+    """Run the peer's worker; None when it trained, else why it could not."""
+    python = peer_python(cell.system.kind, args)
+    if not python.exists():
+        return f"{cell.system.kind} is not installed ({python} missing; see the module docstring)"
+    out = weights_path(args, cell)
+    common = [
+        "--acts", str(source_paths[cell.site]), "--batch-size", str(args.batch_size), "--tokens", str(args.tokens),
+        "--width", str(cell.width), "--seed", str(args.seed), "--out", str(out),
+    ]  # fmt: skip
+    if cell.system.kind == "saelens":
+        assert cell.system.peer_mode is not None
+        command = [str(python), str(SAELENS_WORKER), *common, "--target-l0", f"{cell.target_l0:g}"]
+        command += ["--mode", cell.system.peer_mode]
+    else:
+        command = [str(python), str(SPARSIFY_WORKER), *common, "--k", str(round(cell.target_l0))]
+    print(f"[{cell.key}] {shlex.join(command)}", flush=True)
+    completed = subprocess.run(command, check=False, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+    if completed.returncode != 0 or not out.exists():
+        tail = completed.stderr.strip().splitlines()[-3:]
+        return f"{cell.system.kind} worker failed (exit {completed.returncode}): {' | '.join(tail)}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation: every system through saescope's evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def peer_dictionary(path: Path, cell: Cell) -> SparseDictionary:
+    """A peer's raw-space weights as a saescope JumpReLU or TopK dictionary (no pre-encoder bias)."""
+    tensors = load_file(str(path))
+    d_in, width = tensors["W_enc_DF"].shape
+    if cell.system.architecture == "jumprelu":
+        config = DictionaryConfig(
+            d_in=d_in, width=width, architecture="jumprelu", threshold_parameterisation="raw",
+            apply_pre_encoder_bias=False,
+        )  # fmt: skip
+        state = {k: v for k, v in tensors.items() if k != "threshold_F"}
+        state["raw_threshold_F"] = tensors["threshold_F"]
+    else:
+        config = DictionaryConfig(
+            d_in=d_in, width=width, architecture="topk", k=round(cell.target_l0), apply_pre_encoder_bias=False
+        )
+        state = dict(tensors)
+    sae = build_dictionary(config)
+    sae.load_state_dict(state)
+    return sae.eval()
+
+
+def base_cell(cell: Cell) -> Cell:
+    """The default-recipe cell a KL-finetuned cell starts from."""
+    return Cell(cell.site, cell.width, cell.target_l0, SYSTEMS[DEFAULT_SYSTEM])
+
+
+def train_kl(args: argparse.Namespace, loaded: LoadedModel, cell: Cell) -> None:
+    """KL-finetune the default-recipe dictionary of this cell into a folder of its own."""
+    from saescope.train.kl_finetune import KLFinetuneConfig, finetune_trained_folder
+
+    recipe = cell.system.recipe
+    assert recipe is not None
+    base = json.loads((args.out / "trained" / f"{base_cell(cell).key}.json").read_text())
+    folder = args.out / "kl" / cell.key
+    config = KLFinetuneConfig(tokens=recipe.kl_finetune_tokens, beta=recipe.kl_beta, lr=args.kl_lr, seed=args.seed)
+    summary = finetune_trained_folder(loaded, Path(base["folder"]), folder, corpus_config(args), config)
+    seconds = float(base["train_seconds_share"]) + float(summary["seconds"])
+    atomic_write_json(
+        args.out / "trained" / f"{cell.key}.json", {"folder": str(folder), "train_seconds_share": seconds}
+    )
+
+
+def load_for_eval(args: argparse.Namespace, cell: Cell) -> SparseDictionary:
+    if cell.system.kind in ("saescope", "saescope-kl"):
+        record = json.loads((args.out / "trained" / f"{cell.key}.json").read_text())
+        return read_trained_sae(Path(record["folder"])).raw_space()
+    return peer_dictionary(weights_path(args, cell), cell)
+
+
+def train_seconds(args: argparse.Namespace, cell: Cell) -> float | None:
+    if cell.system.kind in ("saescope", "saescope-kl"):
+        path = args.out / "trained" / f"{cell.key}.json"
+        return float(json.loads(path.read_text())["train_seconds_share"]) if path.exists() else None
+    sidecar = weights_path(args, cell).with_suffix(".json")
+    return float(json.loads(sidecar.read_text())["train_seconds"]) if sidecar.exists() else None
+
+
+def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Cell]) -> None:
+    pending = [cell for cell in cells if not result_path(args, cell).exists()]
+    if not pending:
+        return
+    targets = [EvalTarget(cell.key, cell.site, load_for_eval(args, cell)) for cell in pending]
+    config = EvalConfig(
+        tokens=args.eval_tokens, loss_windows=args.eval_loss_windows, loss_position_stride=args.eval_loss_stride,
+        batch_windows=args.batch_windows,
+    )  # fmt: skip
+    results = evaluate(loaded, targets, corpus_config(args), config)
+    for cell in pending:
+        result = results[cell.key]
+        recon, loss = result["reconstruction"], result["lm_loss"]
+        row = {
+            "site": cell.site.id, "width": cell.width, "target_l0": cell.target_l0, "system": cell.system.name,
+            "label": cell.system.label, "l0": recon["l0"], "fvu": recon["fvu"],
+            "delta_lm_loss": loss["delta_lm_loss"], "delta_lm_loss_stderr": loss["delta_lm_loss_stderr"],
+            "kl": loss["kl_clean_to_spliced"], "loss_recovered": loss["loss_recovered"],
+            "dead_fraction": recon["dead_fraction"], "dense_fraction": recon["dense_fraction_above_0.1"],
+            "eval_tokens": recon["n_tokens"], "loss_predictions": loss["loss_n_predictions"],
+            "train_seconds": train_seconds(args, cell),
+        }  # fmt: skip
+        atomic_write_json(result_path(args, cell), row)
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def results_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
+    lines = [
+        "| site | width | target L0 | system | L0 | FVU | delta LM loss ± s.e. | KL | dead % | dense % | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["site"], r["width"], r["target_l0"], r["system"])):
+        lines.append(
+            f"| {row['site']} | {row['width']} | {row['target_l0']:g} | {row['label']} | {row['l0']:.1f} | "
+            f"{row['fvu']:.3f} | {row['delta_lm_loss']:.3f} ± {row['delta_lm_loss_stderr']:.3f} | {row['kl']:.3f} | "
+            f"{100 * row['dead_fraction']:.1f} | {100 * row['dense_fraction']:.2f} | {_fmt(row['train_seconds'])} |"
+        )
+    for key, reason in sorted(skipped.items()):
+        lines.append(f"| {key} | | | not run | | | {reason} | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def goal_checks(rows: list[dict[str, Any]]) -> str:
+    """The issue's goals, checked on the measured rows."""
+    lines = []
+    off_target = [r for r in rows if r["system"].startswith(("saescope", "gemma-scope", "ablate"))
+                  and abs(r["l0"] / r["target_l0"] - 1) > 0.1]  # fmt: skip
+    peers = ("saelens-jumprelu", "saelens-jumprelu-quadratic", "sparsify-topk")
+    cells: dict[tuple[str, int, float], dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        cells.setdefault((row["site"], row["width"], row["target_l0"]), {})[row["system"]] = row
+    for (site, width, target), systems in sorted(cells.items()):
+        ours = systems.get(DEFAULT_SYSTEM)
+        if ours is None:
+            continue
+        matched = [s for name, s in systems.items() if name in peers and abs(s["l0"] / ours["l0"] - 1) <= 0.1]
+        checks = [
+            f"dead {100 * ours['dead_fraction']:.1f}% {'≤' if ours['dead_fraction'] <= 0.05 else '>'} 5%",
+            f"dense {100 * ours['dense_fraction']:.2f}% {'= 0' if ours['dense_fraction'] == 0 else '> 0'}",
+            f"L0 {ours['l0']:.1f} vs target {target:g} ({100 * (ours['l0'] / target - 1):+.0f}%)",
+        ]
+        if matched:
+            best = min(matched, key=lambda s: s["delta_lm_loss"])
+            gain = 1 - ours["delta_lm_loss"] / best["delta_lm_loss"] if best["delta_lm_loss"] > 0 else math.nan
+            checks.insert(
+                0,
+                f"delta loss {ours['delta_lm_loss']:.3f} vs best matched-L0 peer ({best['label']}, L0 "
+                f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: "
+                f"{f'{100 * gain:.0f}% lower' if gain >= 0 else f'{-100 * gain:.0f}% higher'} "
+                f"({'meets' if gain >= 0.1 else 'misses'} ≥ 10%); FVU {ours['fvu']:.3f} vs {best['fvu']:.3f} "
+                f"({'no worse' if ours['fvu'] <= best['fvu'] else 'worse'})",
+            )
+        else:
+            peer_l0s = ", ".join(f"{s['label']} {s['l0']:.0f}" for n, s in systems.items() if n in peers)
+            checks.insert(0, f"no peer within ±10% of our L0 {ours['l0']:.1f} (peers: {peer_l0s or 'none ran'})")
+        lines.append(f"* **{site}, width {width}, target L0 {target:g}**: " + "; ".join(checks) + ".")
+    lines.append(
+        "* **L0 within ±10% of target on held-out data** (saescope systems): "
+        + ("every run." if not off_target else "missed by " + ", ".join(
+            f"{r['system']} at {r['site']} w{r['width']} (L0 {r['l0']:.1f} vs {r['target_l0']:g})" for r in off_target
+        ) + ".")
+    )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(rows: list[dict[str, Any]], docs: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    names = []
+    sites = sorted({row["site"] for row in rows})
+    for metric, label in (("delta_lm_loss", "delta LM loss (nats)"), ("fvu", "FVU")):
+        for width in sorted({row["width"] for row in rows}):
+            figure, axes = plt.subplots(1, len(sites), figsize=(5 * len(sites), 4), squeeze=False)
+            for axis, site in zip(axes[0], sites, strict=True):
+                for system in dict.fromkeys(r["system"] for r in rows):
+                    points = sorted(
+                        (r["l0"], r[metric], r.get(f"{metric}_stderr", 0.0), r["label"])
+                        for r in rows
+                        if r["site"] == site and r["system"] == system and r["width"] == width
+                    )
+                    if not points:
+                        continue
+                    xs, ys, es, labels = zip(*points, strict=True)
+                    style = "-o" if system == DEFAULT_SYSTEM else "--o" if system.startswith("ablate") else "-s"
+                    axis.errorbar(xs, ys, yerr=es, fmt=style, label=labels[0], capsize=2, markersize=4)
+                axis.set_xscale("log")
+                axis.set_yscale("log" if all(r[metric] > 0 for r in rows if r["site"] == site) else "linear")
+                axis.set_title(f"{site}, width {width}")
+                axis.set_xlabel("L0 (held-out)")
+                axis.set_ylabel(label)
+                axis.grid(alpha=0.3)
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            for axis in axes[0][1:]:  # systems missing from the first panel
+                for handle, text in zip(*axis.get_legend_handles_labels(), strict=True):
+                    if text not in labels:
+                        handles.append(handle)
+                        labels.append(text)
+            figure.tight_layout()
+            figure.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+            plt.close(figure)
+            name = f"fidelity-{metric.replace('_', '-')}-vs-l0-w{width}.png"
+            atomic_write_bytes(docs / name, buffer.getvalue())
+            names.append(name)
+    return names
+
+
+def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str, str], command: str) -> Path:
+    rows = [json.loads(result_path(args, c).read_text()) for c in cells if result_path(args, c).exists()]
+    args.docs.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(rows, args.docs) if rows else []
+    stream = json.loads((args.out / "stream" / "stream.json").read_text())
+    text = [
+        "# SAE fidelity at equal budget: saescope, SAELens, sparsify\n",
+        "Generated by `benchmarks/fidelity.py`; every number below was measured by the run this command made:\n",
+        f"```\n{command}\n```\n",
+        f"Model gemma-3-270m (embedded), layer {args.layer}; {stream['tokens']:,} training tokens per dictionary "
+        f"({stream['tokens'] // args.batch_size} steps of {args.batch_size}), the same shuffled tokens in the same "
+        f"order for every system; context {args.context_size}. Evaluation (saescope's, one path for all): "
+        f"{args.eval_tokens:,} held-out tokens for L0/FVU/dead/dense, delta LM loss and KL on "
+        f"{args.eval_loss_windows} held-out windows (every {args.eval_loss_stride}th prediction). Dead = never "
+        "fired on the evaluation tokens; dense = fires on > 10% of them. Torch threads: "
+        f"{torch.get_num_threads()}.\n",
+        "## Goals\n",
+        goal_checks(rows),
+        "## Results\n",
+        results_table(rows, skipped),
+        "## Plots\n",
+        *[f"![{name}]({name})\n" for name in plots],
+    ]
+    path = args.docs / "fidelity.md"
+    atomic_write_text(path, "\n".join(text))
+    atomic_write_json(args.docs / "fidelity-results.json", {"command": command, "rows": rows, "skipped": skipped})
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--tokens", type=int, default=1_048_576, help="training tokens per dictionary (1048576)")
+    parser.add_argument("--widths", default="4096,16384", help="dictionary widths (4096,16384)")
+    parser.add_argument("--l0s", default="20,60,150", help="target L0s (20,60,150)")
+    parser.add_argument(
+        "--systems",
+        default="main",
+        help="comma list of systems, 'main' (default) and/or 'ablations'; see the docstring",
+    )
+    parser.add_argument("--sites", default="res,att,mlp", help="site kinds of --layer (res,att,mlp)")
+    parser.add_argument("--layer", type=int, default=6, help="the middle layer (6 of 18)")
+    parser.add_argument("--ablation-sites", default="res", help="site kinds the ablate-* systems train on (res)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="tokens per step for every system (1024)")
+    parser.add_argument("--context-size", type=int, default=256, help="tokens per window (256)")
+    parser.add_argument("--batch-windows", type=int, default=8, help="windows per model forward (8)")
+    parser.add_argument("--eval-tokens", type=int, default=32_768, help="held-out tokens for L0/FVU (32768)")
+    parser.add_argument("--eval-loss-windows", type=int, default=16, help="held-out windows for delta loss (16)")
+    parser.add_argument("--eval-loss-stride", type=int, default=2, help="count every n-th prediction (2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/fidelity"), help="work folder (runs/fidelity)")
+    parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks"), help="report folder (docs/benchmarks)")
+    parser.add_argument("--saelens-python", default=os.environ.get("SAELENS_PYTHON", "/tmp/bench_saelens/bin/python"))
+    parser.add_argument(
+        "--sparsify-python", default=os.environ.get("SPARSIFY_PYTHON", "/tmp/bench_sparsify/bin/python")
+    )
+    parser.add_argument("--kl-lr", type=float, default=3e-4, help="Adam lr of the KL finetuning phase (3e-4)")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from saved results")
+    args = parser.parse_args(argv)
+    given = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--report-only"]
+    command = "python benchmarks/fidelity.py " + shlex.join(given)  # the command that measured the results
+
+    widths = [int(w) for w in args.widths.split(",")]
+    targets = [float(t) for t in args.l0s.split(",")]
+    systems = parse_systems(args.systems)
+    loaded = load_model("gemma-3-270m")
+    sites = select_sites(f"{args.layer}/{'+'.join(k.strip() for k in args.sites.split(','))}", loaded.info.n_layers)
+    ablation_kinds = {k.strip() for k in args.ablation_sites.split(",")}
+    cells = [
+        Cell(site, w, t, s)
+        for site in sites
+        for w in widths
+        for t in targets
+        for s in systems
+        if not s.name.startswith("ablate-") or site.kind.value in ablation_kinds
+    ]
+    skipped: dict[str, str] = {}
+    if not args.report_only:
+        source = prepare_stream(args, loaded, sites)
+        paths = stream_paths(args.out, sites)
+        for site in sites:
+            todo = [c for c in cells if c.site == site and not result_path(args, c).exists()]
+            ours = [c for c in todo if c.system.kind == "saescope"
+                    and not (args.out / "trained" / f"{c.key}.json").exists()]  # fmt: skip
+            kl_cells = [c for c in todo if c.system.kind == "saescope-kl"]
+            bases = [base_cell(c) for c in kl_cells if not (args.out / "trained" / f"{base_cell(c).key}.json").exists()]
+            ours += [b for b in bases if b not in ours]
+            if ours:
+                train_saescope(args, source, ours)
+            for cell in kl_cells:
+                if not (args.out / "trained" / f"{cell.key}.json").exists():
+                    train_kl(args, loaded, cell)
+            for cell in (c for c in todo if c.system.kind in ("saelens", "sparsify")):
+                if not weights_path(args, cell).exists():
+                    reason = train_peer(args, paths, cell)
+                    if reason is not None:
+                        print(f"[{cell.key}] not run: {reason}", flush=True)
+                        skipped[cell.key] = reason
+            evaluate_cells(args, loaded, [c for c in todo if c.key not in skipped])
+    report = write_report(args, cells, skipped, command)
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

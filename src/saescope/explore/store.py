@@ -1,0 +1,364 @@
+"""The feature index on disk: one SQLite file per run, versioned schema, written atomically, read read-only.
+
+Tables (``SCHEMA_VERSION`` 1)::
+
+    meta       key -> JSON value: format, schema_version, model, corpus, settings, token counts, timings
+    saes       one row per dictionary: name (URL-safe, unique), site, widths, evaluation metrics, summary
+    latents    one row per (dictionary, latent): firing count, density, max/mean activation, dead flag, the
+               histogram scale and counts, top/bottom logit tokens, decoder neighbours
+    intervals  the activation interval bins of each latent: [lo, hi) (the last closed), firings inside
+    examples   top examples (interval -1) and interval samples: window, position, value, and the latent's
+               activations on the context tokens (sparse: offsets + float32 values)
+    windows    token ids of every window an example comes from
+    tokens     display text of every token id used by windows and logit tables
+    assets     PNG plots of the run's evaluation report, shown on the overview
+
+Indexes serve what the pages ask: a dictionary's latents by index (primary key), by density, by maximum and
+mean activation; a latent's examples and intervals (clustered primary keys: WITHOUT ROWID tables of small
+rows; the latents' rows are about 1 kB, too large for a WITHOUT ROWID table to store compactly). The file is
+built under a temporary name next to its target and renamed over it when complete, so readers never see half
+an index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, SupportsFloat
+
+import numpy as np
+
+FORMAT = "saescope-feature-index"
+SCHEMA_VERSION = 1
+INDEX_FILE = "index.sqlite"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE saes (
+    sae_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, site TEXT NOT NULL, site_out TEXT NOT NULL,
+    architecture TEXT NOT NULL, width INTEGER NOT NULL, d_in INTEGER NOT NULL, d_out INTEGER NOT NULL,
+    n_tokens INTEGER NOT NULL, n_dead INTEGER NOT NULL, l0 REAL NOT NULL, metrics TEXT, summary TEXT NOT NULL
+);
+CREATE TABLE latents (
+    sae_id INTEGER NOT NULL, latent INTEGER NOT NULL, fire_count INTEGER NOT NULL, density REAL NOT NULL,
+    max_act REAL NOT NULL, mean_act REAL NOT NULL, dead INTEGER NOT NULL, scale REAL NOT NULL,
+    histogram TEXT NOT NULL, top_logits TEXT NOT NULL, bottom_logits TEXT NOT NULL, neighbours TEXT NOT NULL,
+    PRIMARY KEY (sae_id, latent)
+);
+CREATE INDEX latents_by_density ON latents (sae_id, density);
+CREATE INDEX latents_by_max ON latents (sae_id, max_act);
+CREATE INDEX latents_by_mean ON latents (sae_id, mean_act);
+CREATE TABLE intervals (
+    sae_id INTEGER NOT NULL, latent INTEGER NOT NULL, interval INTEGER NOT NULL,
+    lo REAL NOT NULL, hi REAL NOT NULL, fire_count INTEGER NOT NULL,
+    PRIMARY KEY (sae_id, latent, interval)
+) WITHOUT ROWID;
+CREATE TABLE examples (
+    sae_id INTEGER NOT NULL, latent INTEGER NOT NULL, interval INTEGER NOT NULL, rank INTEGER NOT NULL,
+    window INTEGER NOT NULL, position INTEGER NOT NULL, value REAL NOT NULL, context BLOB NOT NULL,
+    PRIMARY KEY (sae_id, latent, interval, rank)
+) WITHOUT ROWID;
+CREATE TABLE windows (window INTEGER PRIMARY KEY, tokens BLOB NOT NULL);
+CREATE TABLE tokens (token_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
+CREATE TABLE assets (name TEXT PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NULL);
+"""
+
+#: ``interval`` of the top examples in the examples table.
+TOP = -1
+#: Sort keys of the latents list -> their column.
+LATENT_SORTS = {"index": "latent", "density": "density", "max_activation": "max_act", "mean_activation": "mean_act"}
+
+
+class FeatureIndexError(RuntimeError):
+    """The index file is missing, of another schema version, or damaged; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_database(path: Path) -> Iterator[sqlite3.Connection]:
+    """A new database with the schema, built under a temporary name and renamed to ``path`` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    db = sqlite3.connect(temporary)
+    try:
+        # No journal: the temporary file is thrown away on failure anyway, and the rename publishes it.
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+        db.executescript(SCHEMA)
+        yield db
+        db.commit()
+        db.close()
+        with temporary.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        db.close()
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def write_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+        [(key, json.dumps(value, sort_keys=True)) for key, value in values.items()],
+    )
+
+
+def pack_context(values_C: np.ndarray) -> bytes:
+    """A context's activations, sparse: uint16 offsets of the non-zero entries, then their float32 values."""
+    offsets = np.flatnonzero(values_C).astype("<u2")
+    return bytes(offsets.tobytes() + values_C[offsets].astype("<f4").tobytes())
+
+
+def short_float(value: SupportsFloat) -> float:
+    """A float32 value with the 7 significant digits it holds, so JSON does not spell 17 of them."""
+    return float(f"{float(value):.7g}")
+
+
+def unpack_context(blob: bytes, length: int) -> list[float]:
+    """The dense activations (``length`` values) of a :func:`pack_context` blob."""
+    n = len(blob) // 6
+    offsets = np.frombuffer(blob[: 2 * n], dtype="<u2")
+    dense = np.zeros(length, dtype=np.float32)
+    dense[offsets] = np.frombuffer(blob[2 * n :], dtype="<f4")
+    return [short_float(v) if v else 0.0 for v in dense]
+
+
+def json_float(value: float) -> float | None:
+    """A float JSON can carry (NaN and infinities become null)."""
+    return float(value) if math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaeRow:
+    sae_id: int
+    name: str
+    site: str
+    site_out: str
+    architecture: str
+    width: int
+    d_in: int
+    d_out: int
+    n_tokens: int
+    n_dead: int
+    l0: float
+    metrics: dict[str, Any] | None
+    summary: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "site": self.site, "site_out": self.site_out, "architecture": self.architecture,
+            "width": self.width, "d_in": self.d_in, "d_out": self.d_out, "n_tokens": self.n_tokens,
+            "n_dead": self.n_dead, "dead_fraction": self.n_dead / self.width, "l0": self.l0,
+            "metrics": self.metrics, **self.summary,
+        }  # fmt: skip
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """Open an index for reading only (SQLite ``mode=ro``, queries only)."""
+    if not path.is_file():
+        raise FeatureIndexError(f"{path} does not exist: build it with `saescope index RUN`")
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    db.execute("PRAGMA query_only = ON")
+    return db
+
+
+class IndexReader:
+    """Everything the pages show, read from one index file opened read-only (one connection per thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        try:
+            rows = self._db().execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.DatabaseError as error:
+            raise FeatureIndexError(f"{self.path} is not a readable feature index ({error}); rebuild it") from error
+        self.meta: dict[str, Any] = {key: json.loads(value) for key, value in rows}
+        if self.meta.get("format") != FORMAT:
+            raise FeatureIndexError(f"{self.path} is not a saescope feature index (format {self.meta.get('format')!r})")
+        if self.meta.get("schema_version") != SCHEMA_VERSION:
+            raise FeatureIndexError(
+                f"{self.path} has index schema version {self.meta.get('schema_version')}, this saescope reads "
+                f"version {SCHEMA_VERSION}: rebuild it with `saescope index`"
+            )
+        self._saes = [self._sae_row(row) for row in self._db().execute("SELECT * FROM saes ORDER BY sae_id")]
+        self._by_name = {sae.name: sae for sae in self._saes}
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = open_read_only(self.path)
+            self._local.db = db
+        return db
+
+    @staticmethod
+    def _sae_row(row: Sequence[Any]) -> SaeRow:
+        sae_id, name, site, site_out, architecture, width, d_in, d_out, n_tokens, n_dead, l0, metrics, summary = row
+        return SaeRow(
+            sae_id, name, site, site_out, architecture, width, d_in, d_out, n_tokens, n_dead, l0,
+            json.loads(metrics) if metrics else None, json.loads(summary),
+        )  # fmt: skip
+
+    # --- dictionaries -------------------------------------------------------------------------------
+    @property
+    def saes(self) -> list[SaeRow]:
+        return list(self._saes)
+
+    def sae(self, name: str) -> SaeRow | None:
+        return self._by_name.get(name)
+
+    def asset_names(self) -> list[str]:
+        return [row[0] for row in self._db().execute("SELECT name FROM assets ORDER BY name")]
+
+    def asset(self, name: str) -> tuple[str, bytes] | None:
+        row = self._db().execute("SELECT mime, data FROM assets WHERE name = ?", (name,)).fetchone()
+        return (str(row[0]), bytes(row[1])) if row else None
+
+    def token_texts(self, token_ids: Iterable[int]) -> dict[int, str]:
+        ids = sorted({int(i) for i in token_ids})  # plain ints: numpy scalars would bind as blobs
+        texts: dict[int, str] = {}
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT token_id, text FROM tokens WHERE token_id IN ({marks})"
+            texts.update({int(i): str(t) for i, t in self._db().execute(query, part)})
+        return texts
+
+    def suite(self) -> dict[str, Any]:
+        """The overview: what was indexed, and one row per dictionary with its evaluation metrics."""
+        from saescope.eval.report import suite_rows
+
+        keys = ("model", "corpus", "settings", "n_tokens", "n_windows", "created", "special_tokens", "unembedding")
+        saes = []
+        for sae in self._saes:
+            row = sae.to_dict()
+            try:
+                row["evaluation"] = suite_rows([sae.metrics])[0] if sae.metrics else None
+            except (KeyError, TypeError, ValueError):  # metrics of another layout: show the row without them
+                row["evaluation"] = None
+            del row["metrics"]
+            saes.append(row)
+        return {"index": {key: self.meta.get(key) for key in keys}, "saes": saes, "assets": self.asset_names()}
+
+    # --- latents ------------------------------------------------------------------------------------
+    def latents(
+        self, sae: SaeRow, *, sort: str = "index", descending: bool = False, dead: str = "show",
+        offset: int = 0, limit: int = 100,
+    ) -> tuple[int, list[dict[str, Any]]]:  # fmt: skip
+        """(number of matching latents, one page of them) sorted by ``sort`` (a key of LATENT_SORTS)."""
+        column = LATENT_SORTS[sort]
+        where = "sae_id = ?" + {"show": "", "hide": " AND dead = 0", "only": " AND dead = 1"}[dead]
+        direction = "DESC" if descending else "ASC"
+        db = self._db()
+        total = int(db.execute(f"SELECT COUNT(*) FROM latents WHERE {where}", (sae.sae_id,)).fetchone()[0])
+        order = f"{column} {direction}" if column == "latent" else f"{column} {direction}, latent {direction}"
+        rows = db.execute(
+            f"SELECT latent, fire_count, density, max_act, mean_act, dead, top_logits FROM latents "
+            f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            (sae.sae_id, limit, offset),
+        ).fetchall()
+        top_ids = {row[0]: [pair[0] for pair in json.loads(row[6])[:3]] for row in rows}
+        texts = self.token_texts(i for ids in top_ids.values() for i in ids)
+        return total, [
+            {
+                "latent": row[0], "fire_count": row[1], "density": row[2], "max_activation": row[3],
+                "mean_activation": row[4], "dead": bool(row[5]),
+                "top_tokens": [texts.get(i, "") for i in top_ids[row[0]]],
+            }
+            for row in rows
+        ]  # fmt: skip
+
+    def feature(self, sae: SaeRow, latent: int) -> dict[str, Any] | None:
+        """Everything the feature page shows for one latent, or None if the dictionary has no such latent."""
+        db = self._db()
+        row = db.execute(
+            "SELECT fire_count, density, max_act, mean_act, dead, scale, histogram, top_logits, bottom_logits, "
+            "neighbours FROM latents WHERE sae_id = ? AND latent = ?",
+            (sae.sae_id, latent),
+        ).fetchone()
+        if row is None:
+            return None
+        fire_count, density, max_act, mean_act, dead, scale, histogram, top, bottom, neighbours = row
+        top_logits, bottom_logits = json.loads(top), json.loads(bottom)
+        examples = db.execute(
+            "SELECT interval, rank, window, position, value, context FROM examples "
+            "WHERE sae_id = ? AND latent = ? ORDER BY interval, rank",
+            (sae.sae_id, latent),
+        ).fetchall()
+        windows = self._windows({int(e[2]) for e in examples})
+        texts = self.token_texts(
+            [i for ids in windows.values() for i in ids] + [p[0] for p in top_logits + bottom_logits]
+        )
+        documents: dict[int, list[dict[str, Any]]] = {interval: [] for interval in [TOP] + [e[0] for e in examples]}
+        for interval, _rank, window, position, value, context in examples:
+            documents[interval].append(self._example(windows[window], texts, window, position, value, context))
+        counts = json.loads(histogram)
+        intervals = db.execute(
+            "SELECT interval, lo, hi, fire_count FROM intervals WHERE sae_id = ? AND latent = ? ORDER BY interval DESC",
+            (sae.sae_id, latent),
+        ).fetchall()
+        names = {s.sae_id: s.name for s in self._saes}
+        settings = self.meta["settings"]
+        return {
+            "sae": sae.name, "site": sae.site, "latent": latent, "width": sae.width, "n_tokens": sae.n_tokens,
+            "fire_count": fire_count, "density": density, "max_activation": max_act, "mean_activation": mean_act,
+            "dead": bool(dead),
+            "histogram": {
+                "bin_width": scale / settings["histogram_bins"], "interval_width": scale / settings["intervals"],
+                "counts": counts,
+            },
+            "top_examples": documents[TOP],
+            "intervals": [
+                {
+                    "interval": k, "lo": lo, "hi": hi, "closed": k == settings["intervals"] - 1,
+                    "fire_count": n, "share": n / fire_count if fire_count else 0.0, "examples": documents.get(k, []),
+                }
+                for k, lo, hi, n in intervals
+            ],
+            "top_logits": [{"token": texts.get(i, ""), "token_id": i, "value": v} for i, v in top_logits],
+            "bottom_logits": [{"token": texts.get(i, ""), "token_id": i, "value": v} for i, v in bottom_logits],
+            "neighbours": [{"sae": names[s], "latent": j, "cosine": c} for s, j, c in json.loads(neighbours)],
+        }  # fmt: skip
+
+    def _windows(self, ids: set[int]) -> dict[int, np.ndarray]:
+        found: dict[int, np.ndarray] = {}
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), 500):
+            part = ordered[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for window, blob in self._db().execute(
+                f"SELECT window, tokens FROM windows WHERE window IN ({marks})", part
+            ):
+                found[int(window)] = np.frombuffer(blob, dtype="<i4")
+        return found
+
+    def _example(
+        self, window_ids: np.ndarray, texts: dict[int, str], window: int, position: int, value: float, context: bytes
+    ) -> dict[str, Any]:
+        settings = self.meta["settings"]
+        before, after = int(settings["context_before"]), int(settings["context_after"])
+        acts = unpack_context(context, before + 1 + after)
+        first, last = max(0, position - before), min(len(window_ids), position + after + 1)
+        token_ids = [int(i) for i in window_ids[first:last]]
+        return {
+            "window": window, "position": position, "value": short_float(value), "focus": position - first,
+            "tokens": [texts.get(i, "") for i in token_ids], "token_ids": token_ids,
+            "acts": acts[first - (position - before) : last - (position - before)],
+        }  # fmt: skip

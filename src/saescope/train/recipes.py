@@ -1,0 +1,155 @@
+"""Named training recipes: every setting that decides *how* a JumpReLU dictionary is trained, as data.
+
+Two recipes ship:
+
+* ``gemma-scope`` -- the papers' recipe, unchanged (SPEC §2.1, §10): Adam at 7e-5 with a cosine warm-up
+  over 1,000 steps and no decay, log θ starting at 0.001, ε = 0.001, λ = 6e-4 warmed up over 10,000
+  steps, b_dec starting at zero. With a target L0 it uses Gemma Scope 2's quadratic target-L0 penalty
+  (SPEC §7.2), the papers' own way to aim at an L0. It is built for ~10⁶ steps.
+* ``saescope`` -- the default, for the few hundred to few thousand steps a CPU or a small GPU budget
+  gives. Same architecture, same θ-only straight-through estimator, same released format; what changes
+  is where training starts and how fast it may move, each change measured in
+  ``docs/benchmarks/fidelity.md``:
+
+  - b_dec starts at the data mean, so the SAE does not spend its first steps learning the mean (Gemma 3's
+    residual stream has a massive dimension whose mean dwarfs everything else);
+  - thresholds start at the per-latent quantile of the first batch that gives the target L0 (instead of
+    θ = 0.001, where every latent fires on about half the tokens);
+  - a raw θ parameter (log θ moves by ~lr per step under Adam, SPEC §8.6) and a 14× larger learning
+    rate with a short warm-up and a linear decay over the last part of the run;
+  - an integral controller steers λ so that L0 settles on the target (no λ warm-up: the θ start already
+    has the right L0).
+
+  Gemma Scope 2's end-to-end KL finetuning (SPEC §7.6, :mod:`saescope.train.kl_finetune`) is an
+  optional final phase of any recipe (``kl_finetune_tokens`` > 0).
+
+A recipe fills :class:`~saescope.train.specs.SuiteOptions` (per dictionary) and
+:class:`~saescope.train.trainer.TrainConfig` (per run); explicit settings override single fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+#: How a recipe aims at a requested L0: "controller" (saescope's integral control of λ, with θ started at
+#: the matching quantile), "quadratic" (GS2's quadratic penalty around the target, SPEC §7.2) or "none"
+#: (fixed λ: the target only names the dictionary; GS1).
+L0_STEERING = ("controller", "quadratic", "none")
+DECODER_BIAS_INITS = ("zeros", "mean", "geometric_median")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train a JumpReLU dictionary (and the TopK/BatchTopK/ReLU baselines next to it)."""
+
+    name: str
+    description: str
+    lr: float
+    threshold: str  # "log" (the paper) or "raw"
+    threshold_init: float  # θ at init, normalised units, when it is not taken from the data
+    threshold_init_from_data: bool  # θ starts at the quantile giving the target L0 (needs a target)
+    bandwidth: float  # ε of the rectangle-kernel STE, normalised units
+    l0_coefficient: float  # λ (the starting λ when a controller steers it)
+    lambda_warmup_steps: int
+    l0_steering: str
+    decoder_bias_init: str
+    lr_warmup_steps: int
+    lr_warmup_start_fraction: float
+    lr_decay_fraction: float
+    controller_gain: float
+    #: Tokens of end-to-end KL finetuning after training (SPEC §7.6); 0 = none.
+    kl_finetune_tokens: int = 0
+    kl_beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.threshold not in ("log", "raw"):
+            raise ValueError(f"Recipe.threshold must be 'log' or 'raw'; got {self.threshold!r}")
+        if self.l0_steering not in L0_STEERING:
+            raise ValueError(f"Recipe.l0_steering must be one of {L0_STEERING}; got {self.l0_steering!r}")
+        if self.decoder_bias_init not in DECODER_BIAS_INITS:
+            raise ValueError(
+                f"Recipe.decoder_bias_init must be one of {DECODER_BIAS_INITS}; got {self.decoder_bias_init!r}"
+            )
+        if self.threshold_init_from_data and self.l0_steering != "controller":
+            raise ValueError("Recipe.threshold_init_from_data goes with l0_steering='controller'")
+        for name in ("lr", "threshold_init", "bandwidth"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"Recipe.{name} must be > 0; got {getattr(self, name)!r}")
+        if self.kl_finetune_tokens < 0 or self.kl_beta < 0:
+            raise ValueError("Recipe.kl_finetune_tokens and Recipe.kl_beta must be >= 0")
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A validated copy with some settings changed (an ablation of this recipe)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+GEMMA_SCOPE = Recipe(
+    name="gemma-scope",
+    description="the Gemma Scope papers' recipe (SPEC §2.1, §7.2), built for ~10^6 steps",
+    lr=7e-5,
+    threshold="log",
+    threshold_init=0.001,
+    threshold_init_from_data=False,
+    bandwidth=0.001,
+    l0_coefficient=6e-4,
+    lambda_warmup_steps=10_000,
+    l0_steering="quadratic",
+    decoder_bias_init="zeros",
+    lr_warmup_steps=1000,
+    lr_warmup_start_fraction=0.1,
+    lr_decay_fraction=0.0,
+    controller_gain=0.0,
+)
+
+SAESCOPE = Recipe(
+    name="saescope",
+    description="saescope's short-budget recipe: mean b_dec, data-driven θ start, raw θ, lr 1e-3 with "
+    "decay, λ steered to the target L0",
+    lr=1e-3,
+    threshold="raw",
+    threshold_init=0.001,
+    threshold_init_from_data=True,
+    bandwidth=0.001,
+    l0_coefficient=6e-4,
+    lambda_warmup_steps=0,
+    l0_steering="controller",
+    decoder_bias_init="mean",
+    lr_warmup_steps=10,
+    lr_warmup_start_fraction=0.1,
+    lr_decay_fraction=0.2,
+    controller_gain=0.05,
+)
+
+RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (GEMMA_SCOPE, SAESCOPE)}
+DEFAULT_RECIPE = SAESCOPE.name
+
+
+def get_recipe(name: str) -> Recipe:
+    """The named recipe; a clear error listing the names otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def geometric_median(x_ND: torch.Tensor, *, iterations: int = 50, tolerance: float = 1e-7) -> torch.Tensor:
+    """The point minimising Σ_n ‖x_n − m‖ (Weiszfeld's iteration, in float64), shape (D,).
+
+    A starting b_dec that, unlike the mean, is not dragged by a few outlier tokens.
+    """
+    x = x_ND.double()
+    median_D = x.mean(0)
+    for _ in range(iterations):
+        weights_N = 1.0 / (x - median_D).norm(dim=-1).clamp_min(1e-12)
+        updated_D = (weights_N[:, None] * x).sum(0) / weights_N.sum()
+        moved = float((updated_D - median_D).norm())
+        median_D = updated_D
+        if moved <= tolerance * float(median_D.norm().clamp_min(1e-12)):
+            break
+    return median_D.to(x_ND.dtype)

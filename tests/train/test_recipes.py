@@ -1,0 +1,155 @@
+"""Training recipes: each element's mechanism, the named recipes as data, and default vs faithful on a tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from saescope.data.arrays import ArrayActivations
+from saescope.data.corpus import CorpusConfig
+from saescope.data.sources import streamed_source
+from saescope.models.loading import load_model
+from saescope.models.sites import Site, SiteKind
+from saescope.sae import DictionaryConfig, JumpReLU
+from saescope.train import SAESpec, TrainConfig, Trainer
+from saescope.train.recipes import GEMMA_SCOPE, RECIPES, SAESCOPE, geometric_median, get_recipe
+from saescope.train.specs import SuiteOptions, dictionary_specs, recipe_train_config
+
+RES = Site(0, SiteKind.RES)
+D, WIDTH = 32, 256
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def sparse_tokens(n: int, seed: int) -> torch.Tensor:
+    """Sparse combinations of 96 fixed unit atoms (~6 active per token) on top of a large constant mean."""
+    atoms_AD = torch.nn.functional.normalize(torch.randn(96, D, generator=torch.Generator().manual_seed(7)), dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    codes_NA = (torch.rand(n, 96, generator=generator) < 6 / 96).float() * (
+        torch.rand(n, 96, generator=generator) + 0.5
+    )
+    mean_D = torch.linspace(-1.0, 1.0, D) * 4.0
+    return codes_NA @ atoms_AD + mean_D
+
+
+def trainer_for(spec: SAESpec, tmp_path: Path, x_ND: torch.Tensor) -> Trainer:
+    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False)
+    return Trainer([spec], ArrayActivations({RES: x_ND}), config, tmp_path)
+
+
+def jumprelu_spec(**kwargs: object) -> SAESpec:
+    dictionary = DictionaryConfig(d_in=D, width=WIDTH, threshold_parameterisation="raw", lambda_warmup_steps=0)
+    return SAESpec("jr", RES, dictionary, **kwargs)  # type: ignore[arg-type]
+
+
+def test_mean_init_sets_the_decoder_bias_to_the_data_mean(tmp_path: Path) -> None:
+    x_ND = sparse_tokens(512, seed=0)
+    trainer = trainer_for(jumprelu_spec(decoder_bias_init="mean"), tmp_path, x_ND)
+    trainer._initialise_from_data({RES: x_ND})
+    torch.testing.assert_close(trainer.members[0].sae.b_dec_D.detach(), x_ND.mean(0))
+
+
+def test_zeros_init_leaves_the_decoder_bias_at_zero(tmp_path: Path) -> None:
+    x_ND = sparse_tokens(512, seed=0)
+    trainer = trainer_for(jumprelu_spec(decoder_bias_init="zeros"), tmp_path, x_ND)
+    trainer._initialise_from_data({RES: x_ND})
+    assert torch.count_nonzero(trainer.members[0].sae.b_dec_D) == 0
+
+
+def test_geometric_median_ignores_outliers_that_drag_the_mean() -> None:
+    generator = torch.Generator().manual_seed(0)
+    centre_D = torch.tensor([1.0, -2.0, 0.5])
+    x_ND = centre_D + 0.1 * torch.randn(1000, 3, generator=generator)
+    x_ND[:50] += 1000.0  # 5% far outliers
+    median_D = geometric_median(x_ND)
+    assert torch.linalg.vector_norm(median_D - centre_D) < 0.05
+    assert torch.linalg.vector_norm(x_ND.mean(0) - centre_D) > 10
+
+
+@pytest.mark.parametrize("target", [8.0, 32.0])
+def test_data_driven_thresholds_start_within_20_percent_of_the_target_l0(tmp_path: Path, target: float) -> None:
+    trainer = trainer_for(jumprelu_spec(target_l0=target, decoder_bias_init="mean"), tmp_path, sparse_tokens(64, 0))
+    trainer._initialise_from_data({RES: sparse_tokens(4096, seed=1)})
+    sae = trainer.members[0].sae
+    assert isinstance(sae, JumpReLU)
+    with torch.no_grad():
+        heldout_l0 = float((sae.encode(sparse_tokens(4096, seed=2)) != 0).float().sum(-1).mean())
+    assert heldout_l0 == pytest.approx(target, rel=0.2)
+
+
+def test_without_data_driven_thresholds_every_latent_starts_at_theta_init(tmp_path: Path) -> None:
+    spec = jumprelu_spec(target_l0=8.0, threshold_init_from_data=False)
+    trainer = trainer_for(spec, tmp_path, sparse_tokens(64, 0))
+    trainer._initialise_from_data({RES: sparse_tokens(1024, seed=1)})
+    sae = trainer.members[0].sae
+    assert isinstance(sae, JumpReLU)
+    torch.testing.assert_close(sae.threshold_F.detach(), torch.full((WIDTH,), 0.001))
+
+
+def test_the_faithful_recipe_is_the_papers() -> None:
+    (spec,) = dictionary_specs(
+        [RES], {RES: D}, [WIDTH], ["jumprelu"], [20.0], SuiteOptions.from_recipe(get_recipe("gemma-scope"))
+    )
+    c = spec.dictionary
+    assert (spec.lr, c.threshold_parameterisation, c.threshold_init, c.bandwidth) == (7e-5, "log", 0.001, 0.001)
+    assert (c.lambda_warmup_steps, spec.decoder_bias_init) == (10_000, "zeros")
+    assert (c.sparsity, c.target_l0, spec.target_l0, spec.init_thresholds_from_data) == (
+        "quadratic_l0",
+        20.0,
+        None,
+        False,
+    )
+    config = recipe_train_config(GEMMA_SCOPE, total_tokens=4096)
+    assert (config.lr_warmup_steps, config.lr_warmup_start_fraction, config.lr_decay_fraction) == (1000, 0.1, 0.0)
+
+
+def test_the_default_recipe_steers_l0_from_a_data_driven_start() -> None:
+    options = SuiteOptions.from_recipe(SAESCOPE, lr=2e-3)
+    jr, relu, topk = dictionary_specs([RES], {RES: D}, [WIDTH], ["jumprelu", "relu", "topk"], [20.0], options)
+    assert (jr.lr, jr.target_l0, jr.init_thresholds_from_data, jr.decoder_bias_init) == (2e-3, 20.0, True, "mean")
+    assert (jr.dictionary.sparsity, jr.dictionary.threshold_parameterisation) == ("l0", "raw")
+    assert relu.target_l0 == 20.0
+    assert topk.dictionary.k == 20
+    assert topk.target_l0 is None
+    assert recipe_train_config(SAESCOPE, total_tokens=4096, batch_size=512).controller_gain == SAESCOPE.controller_gain
+
+
+def test_unknown_recipe_and_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="unknown recipe 'fast'; available: gemma-scope, saescope"):
+        get_recipe("fast")
+    with pytest.raises(ValueError, match="decoder_bias_init"):
+        SAESCOPE.replace(decoder_bias_init="median")
+    with pytest.raises(ValueError, match="l0_steering"):
+        SuiteOptions(l0_steering="pid")
+    assert set(RECIPES) == {"gemma-scope", "saescope"}
+
+
+def test_default_recipe_reconstructs_better_than_the_faithful_one_on_a_tiny_model(
+    tiny_model_dir: Path, text_corpus: Path, tmp_path: Path
+) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    site = Site(1, SiteKind.RES)
+    corpus = CorpusConfig(source=str(text_corpus), context_size=32, heldout_fraction=0.0)
+    source = streamed_source(loaded, [site], corpus, batch_windows=8, norm_tokens=512, buffer_tokens=1024)
+    d_in = source.widths[site]
+    specs = []
+    for recipe in (GEMMA_SCOPE, SAESCOPE):
+        (spec,) = dictionary_specs([site], {site: d_in}, [64], ["jumprelu"], [8.0], SuiteOptions.from_recipe(recipe))
+        specs.append(SAESpec(recipe.name, site, spec.dictionary, spec.lr, spec.target_l0,
+                             spec.threshold_init_from_data, spec.decoder_bias_init))  # fmt: skip
+    final = {}
+    for spec, recipe in zip(specs, (GEMMA_SCOPE, SAESCOPE), strict=True):
+        config = recipe_train_config(recipe, total_tokens=40 * 128, batch_size=128, progress=False)
+        (trained,) = Trainer([spec], source, config, tmp_path / recipe.name).run()
+        final[recipe.name] = trained.final_metrics
+    assert final["saescope"]["fvu"] < final["gemma-scope"]["fvu"]
+    assert final["saescope"]["fvu"] < 0.9 * final["gemma-scope"]["fvu"]
