@@ -616,8 +616,8 @@ def print_table(args: argparse.Namespace, timings: dict[tuple[str, int], Timing]
     print(
         "\nvs SAELens: median over step indices of (SAELens step time / this step time), > 1 = faster.\n"
         "of GEMM bound: median over step indices of (encoder GEMM time / this step time); a step that did only the\n"
-        "encoder product would score 1. saescope's own loops use Adam(fused=True); the Trainer row uses the\n"
-        "trainer's optimiser. Per-step work differs slightly: SAELens clips the gradient norm and keeps firing\n"
+        "encoder product would score 1. saescope's loops and the Trainer use Adam(fused=True); the Trainer row is\n"
+        "the real trainer step. Per-step work differs slightly: SAELens clips the gradient norm and keeps firing\n"
         "statistics; sparsify renormalises decoder rows before (not after) the update and minimises FVU."
     )
 

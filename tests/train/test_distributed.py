@@ -323,7 +323,7 @@ def test_saescope_run_under_torchrun_trains_the_same_suite_and_finishes_every_st
     assert "| layer_1/mlp | jumprelu | 48 |" in output
     assert_same_weights(tmp_path / "one" / "train", tmp_path / "two" / "train")  # 8 dictionaries, 4 per rank
     stages = json.loads((tmp_path / "two" / "stages.json").read_text())
-    assert list(stages) == ["activations", "eval", "release", "train"]
+    assert list(stages) == ["activations", "eval", "index", "release", "train"]
     assert stages["train"]["dictionaries"] == 8
     assert (tmp_path / "two" / "report" / "report.html").is_file()
     assert len(list((tmp_path / "two" / "release" / "gemmascope").rglob("params.npz"))) == 8

@@ -211,8 +211,10 @@ class Trainer:
         sae = build_dictionary(spec.dictionary, generator=generator).to(self.config.device)
         if spec.init_from is not None:
             initialise_from_parent_(sae, spec.init_from, self.norm_scales[spec.site])
+        # fused: one kernel over all parameters; on 2 CPU cores it made Adam 4-5x faster than the
+        # default foreach implementation in the train-step benchmark, with the same update rule.
         optimizer = torch.optim.Adam(
-            sae.parameters(), lr=spec.lr, betas=self.config.adam_betas, eps=self.config.adam_eps
+            sae.parameters(), lr=spec.lr, betas=self.config.adam_betas, eps=self.config.adam_eps, fused=True
         )
         controller = TargetL0Controller(spec.target_l0, gain=self.config.controller_gain) if spec.target_l0 else None
         fired_F = torch.zeros(spec.dictionary.width, dtype=torch.int64, device=self.config.device)
