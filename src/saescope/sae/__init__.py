@@ -29,6 +29,9 @@ DICTIONARY_CLASSES: dict[str, type[SparseDictionary]] = {
 assert set(DICTIONARY_CLASSES) == set(ARCHITECTURES), "registry and config.ARCHITECTURES disagree"
 
 
+from saescope.sae.multilayer import AnyDictionary, CrossLayerDictionary, build_any_dictionary  # noqa: E402
+
+
 def build_dictionary(config: DictionaryConfig, *, generator: torch.Generator | None = None) -> SparseDictionary:
     """A freshly initialised dictionary of ``config.architecture`` (seed it with ``generator``)."""
     return DICTIONARY_CLASSES[config.architecture](config, generator=generator)
@@ -37,7 +40,9 @@ def build_dictionary(config: DictionaryConfig, *, generator: torch.Generator | N
 __all__ = [
     "ARCHITECTURES",
     "DICTIONARY_CLASSES",
+    "AnyDictionary",
     "BatchTopK",
+    "CrossLayerDictionary",
     "DictionaryConfig",
     "ForwardOutput",
     "JumpReLU",
@@ -48,6 +53,7 @@ __all__ = [
     "SparsityTerms",
     "StepFunction",
     "TopK",
+    "build_any_dictionary",
     "build_dictionary",
     "heaviside_step",
     "jumprelu",

@@ -66,6 +66,10 @@ class DictionaryConfig:
     apply_pre_encoder_bias: bool = True
     skip: bool = False  # affine skip path y_hat += x @ W_skip, W_skip (d_in, d_out) (§7.4, GS2)
     dtype: str = "float32"  # parameter dtype; GS trains in float32 (§2.1). θ is float32 regardless.
+    # Layers a multi-layer dictionary spans (§7.5): 1 is a single-layer dictionary (SAE, transcoder); n > 1
+    # is a cross-layer transcoder or weakly causal crosscoder (saescope.sae.multilayer) of n blocks shaped
+    # by the fields above (d_in, width and d_out per layer), block i writing to layers i..n-1.
+    n_layers: int = 1
 
     # --- JumpReLU (§1.2, §1.4, §2.1) ---------------------------------------------------------------
     # "log": the paper's trainable log θ (JR App. J, §1.1). "raw": a raw θ parameter clamped to be
@@ -204,6 +208,16 @@ class DictionaryConfig:
                     self.matryoshka_prefixes,
                 )
 
+        if isinstance(self.n_layers, bool) or not isinstance(self.n_layers, int) or self.n_layers < 1:
+            raise _fail("n_layers", "a positive int", self.n_layers)
+        if self.n_layers > 1:
+            needs = {"architecture": "jumprelu", "sparsity": "l0", "apply_pre_encoder_bias": False,
+                     "matryoshka_prefixes": None}  # fmt: skip
+            for name, value in needs.items():
+                if getattr(self, name) != value:
+                    raise _fail(name, f"{value!r} for a multi-layer dictionary (n_layers={self.n_layers})",
+                                getattr(self, name))  # fmt: skip
+
         if self.step_kernel not in STEP_KERNELS:
             raise _fail("step_kernel", f"one of {STEP_KERNELS}", self.step_kernel)
         if self.step_kernel == "sparse" and (reason := self.sparse_kernel_unsupported) is not None:
@@ -235,7 +249,12 @@ class DictionaryConfig:
     @property
     def is_sae(self) -> bool:
         """True for the Gemma Scope SAE shape: target = input, pre-encoder bias, no skip."""
-        return self.d_out == self.d_in and self.apply_pre_encoder_bias and not self.skip
+        return self.d_out == self.d_in and self.apply_pre_encoder_bias and not self.skip and self.n_layers == 1
+
+    @property
+    def total_width(self) -> int:
+        """Latents over all layers: ``width × n_layers`` (Gemma Scope 2 names CLTs by this)."""
+        return self.width * self.n_layers
 
     def replace(self, **changes: Any) -> DictionaryConfig:
         """A validated copy with some fields changed."""
