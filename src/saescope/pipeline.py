@@ -32,10 +32,21 @@ from saescope.data.sources import build_cache, streamed_source
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
-from saescope.models.sites import Site, select_sites, site_widths
+from saescope.models.sites import Site, all_sites, select_sites, site_widths
 from saescope.train import distributed
 from saescope.train.recipes import DEFAULT_RECIPE, Recipe, get_recipe
-from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width, recipe_train_config
+from saescope.train.specs import (
+    MULTI_LAYER_KINDS,
+    SuiteOptions,
+    default_crosscoder_layers,
+    dictionary_specs,
+    family_specs,
+    parse_kinds,
+    parse_target_l0,
+    parse_width,
+    recipe_train_config,
+)
+from saescope.train.trainer import SAESpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,6 +73,13 @@ class RunConfig:
     text_field: str = "text"
     context_size: int = 1024
     # the suite
+    #: Dictionary kinds (saescope.train.specs.DICTIONARY_KINDS): sae (one per site of `sites`), transcoder and
+    #: skip_transcoder (one per layer of `sites`), clt and skip_clt (one over every layer of `sites`),
+    #: crosscoder (one over `crosscoder_layers`).
+    kinds: str = "sae"
+    crosscoder_layers: str | None = None  # e.g. "5,9,12,15"; None: Gemma Scope 2's depths
+    #: Total widths (over all layers) of the clt/skip_clt/crosscoder kinds; None: `widths`.
+    multi_layer_widths: str | None = None
     sites: str = "all"
     layers: str | None = None  # e.g. "0-5": keep only these layers of `sites`
     widths: str = "4096"
@@ -108,8 +126,9 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)!r}")
         parse_target_l0(self.target_l0)  # validates the form early
+        parse_kinds(self.kinds)
         get_recipe(self.recipe)
-        for width in str(self.widths).split(","):
+        for width in f"{self.widths},{self.multi_layer_widths or self.widths}".split(","):
             parse_width(width)
 
     @classmethod
@@ -215,6 +234,41 @@ class SuiteRun:
             raise ValueError(f"sites {self.config.sites!r} with layers {self.config.layers!r} select nothing")
         return sites
 
+    def specs(self) -> list[SAESpec]:
+        """One spec per dictionary of the suite, every kind of `kinds`."""
+        c = self.config
+        n_layers = self.loaded.info.n_layers
+        options = SuiteOptions.from_recipe(
+            get_recipe(c.recipe), lr=c.lr, l0_coefficient=c.l0_coefficient, threshold=c.threshold,
+            decoder_bias_init=c.decoder_bias_init,
+        )  # fmt: skip
+        widths = [parse_width(w) for w in str(c.widths).split(",")]
+        architectures = [a.strip() for a in c.architectures.split(",")]
+        targets = parse_target_l0(c.target_l0)
+        layers = sorted({site.layer for site in self.sites()})
+        crosscoder = (
+            [int(layer) for layer in str(c.crosscoder_layers).split(",")]
+            if c.crosscoder_layers
+            else default_crosscoder_layers(n_layers)
+        )
+        candidates = {*self.sites(), *all_sites(n_layers)}
+        site_width = site_widths(self.loaded.model, sorted(candidates))
+        specs: list[SAESpec] = []
+        for kind in parse_kinds(c.kinds):
+            if kind == "sae":
+                specs += dictionary_specs(self.sites(), site_width, widths, architectures, targets, options)
+            else:
+                span = crosscoder if kind == "crosscoder" else layers
+                kind_widths = widths
+                if kind in MULTI_LAYER_KINDS and c.multi_layer_widths:
+                    kind_widths = [parse_width(w) for w in str(c.multi_layer_widths).split(",")]
+                specs += family_specs(kind, span, site_width, kind_widths, architectures, targets, options)
+        return specs
+
+    def source_sites(self) -> list[Site]:
+        """Every site a dictionary of the suite reads or writes."""
+        return sorted({site for spec in self.specs() for site in (*spec.input_sites, *spec.output_sites)})
+
     # --- stages ---------------------------------------------------------------------------------------
     def _source(self) -> ActivationSource:
         c = self.config
@@ -223,11 +277,11 @@ class SuiteRun:
         ctx = distributed.current()
         if ctx is not None:  # under torchrun: the forwards split over the ranks
             return distributed.split_streamed_source(
-                self.loaded, self.sites(), c.corpus_config(), ctx, batch_windows=c.batch_windows,
+                self.loaded, self.source_sites(), c.corpus_config(), ctx, batch_windows=c.batch_windows,
                 norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
             )  # fmt: skip
         return streamed_source(
-            self.loaded, self.sites(), c.corpus_config(), batch_windows=c.batch_windows,
+            self.loaded, self.source_sites(), c.corpus_config(), batch_windows=c.batch_windows,
             norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
         )  # fmt: skip
 
@@ -237,7 +291,7 @@ class SuiteRun:
         ctx = distributed.current()
         if ctx is not None:  # under torchrun: the forwards split over the ranks, rank 0 writes
             split = distributed.build_cache_split(
-                self.folder / "cache", self.loaded, self.sites(), self.config.corpus_config(), ctx,
+                self.folder / "cache", self.loaded, self.source_sites(), self.config.corpus_config(), ctx,
                 tokens=self.config.tokens, dtype=self.config.cache_storage_dtype,
                 batch_windows=self.config.batch_windows, progress=ctx.is_main,
             )  # fmt: skip
@@ -245,7 +299,8 @@ class SuiteRun:
                 return {"mode": "cache"}
             return {"mode": "cache", "tokens": split.cache.n_tokens, "tokens_per_second": split.tokens_per_second}
         report = build_cache(
-            self.folder / "cache", self.loaded, self.sites(), self.config.corpus_config(), tokens=self.config.tokens,
+            self.folder / "cache", self.loaded, self.source_sites(), self.config.corpus_config(),
+            tokens=self.config.tokens,
             dtype=self.config.cache_storage_dtype, batch_windows=self.config.batch_windows,
         )  # fmt: skip
         return {"mode": "cache", "tokens": report.cache.n_tokens, "tokens_per_second": report.tokens_per_second}
@@ -254,15 +309,7 @@ class SuiteRun:
         c = self.config
         source = self._source()
         recipe = get_recipe(c.recipe)
-        options = SuiteOptions.from_recipe(
-            recipe, lr=c.lr, l0_coefficient=c.l0_coefficient, threshold=c.threshold,
-            decoder_bias_init=c.decoder_bias_init,
-        )  # fmt: skip
-        specs = dictionary_specs(
-            self.sites(), site_widths(self.loaded.model, self.sites()),
-            [parse_width(w) for w in str(c.widths).split(",")],
-            [a.strip() for a in c.architectures.split(",")], parse_target_l0(c.target_l0), options,
-        )  # fmt: skip
+        specs = self.specs()
         train_config = recipe_train_config(
             recipe, total_tokens=c.tokens, batch_size=c.batch_size, lr_warmup_steps=c.lr_warmup_steps,
             lr_decay_fraction=c.lr_decay_fraction, seed=c.seed, checkpoint_every_steps=c.checkpoint_every_steps,
@@ -292,7 +339,7 @@ class SuiteRun:
 
         c = self.config
         targets = [
-            EvalTarget(entry.name, entry.site, entry.raw_space(), entry.folder)
+            EvalTarget(entry.name, entry.site, entry.raw_space(), entry.folder, entry.site_out, entry.layers)
             for entry in read_suite(self.folder / "train")
         ]
         eval_config = EvalConfig(

@@ -54,14 +54,14 @@ def jumprelu_spec(**kwargs: object) -> SAESpec:
 def test_mean_init_sets_the_decoder_bias_to_the_data_mean(tmp_path: Path) -> None:
     x_ND = sparse_tokens(512, seed=0)
     trainer = trainer_for(jumprelu_spec(decoder_bias_init="mean"), tmp_path, x_ND)
-    trainer._initialise_from_data({RES: x_ND})
+    trainer._initialise_from_data(trainer.members[0], x_ND, x_ND)
     torch.testing.assert_close(trainer.members[0].sae.b_dec_D.detach(), x_ND.mean(0))
 
 
 def test_zeros_init_leaves_the_decoder_bias_at_zero(tmp_path: Path) -> None:
     x_ND = sparse_tokens(512, seed=0)
     trainer = trainer_for(jumprelu_spec(decoder_bias_init="zeros"), tmp_path, x_ND)
-    trainer._initialise_from_data({RES: x_ND})
+    trainer._initialise_from_data(trainer.members[0], x_ND, x_ND)
     assert torch.count_nonzero(trainer.members[0].sae.b_dec_D) == 0
 
 
@@ -78,7 +78,8 @@ def test_geometric_median_ignores_outliers_that_drag_the_mean() -> None:
 @pytest.mark.parametrize("target", [8.0, 32.0])
 def test_data_driven_thresholds_start_within_20_percent_of_the_target_l0(tmp_path: Path, target: float) -> None:
     trainer = trainer_for(jumprelu_spec(target_l0=target, decoder_bias_init="mean"), tmp_path, sparse_tokens(64, 0))
-    trainer._initialise_from_data({RES: sparse_tokens(4096, seed=1)})
+    x_init = sparse_tokens(4096, seed=1)
+    trainer._initialise_from_data(trainer.members[0], x_init, x_init)
     sae = trainer.members[0].sae
     assert isinstance(sae, JumpReLU)
     with torch.no_grad():
@@ -89,7 +90,8 @@ def test_data_driven_thresholds_start_within_20_percent_of_the_target_l0(tmp_pat
 def test_without_data_driven_thresholds_every_latent_starts_at_theta_init(tmp_path: Path) -> None:
     spec = jumprelu_spec(target_l0=8.0, threshold_init_from_data=False)
     trainer = trainer_for(spec, tmp_path, sparse_tokens(64, 0))
-    trainer._initialise_from_data({RES: sparse_tokens(1024, seed=1)})
+    x_init = sparse_tokens(1024, seed=1)
+    trainer._initialise_from_data(trainer.members[0], x_init, x_init)
     sae = trainer.members[0].sae
     assert isinstance(sae, JumpReLU)
     torch.testing.assert_close(sae.threshold_F.detach(), torch.full((WIDTH,), 0.001))

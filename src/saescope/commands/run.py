@@ -12,7 +12,10 @@ from saescope.train import distributed
 _OVERRIDES = {
     "model": "model name, local folder or Hugging Face id",
     "corpus": "text source: embedded, a .txt/.jsonl/.parquet file, a folder, or hf:<dataset>",
-    "sites": "sites, e.g. all, res, 0-5/res+mlp, layer_6/att",
+    "kinds": "dictionary kinds: sae, transcoder, skip_transcoder, clt, skip_clt, crosscoder (comma list)",
+    "sites": "sites of the SAEs, e.g. all, res, 0-5/res+mlp, layer_6/att (their layers are those of the other kinds)",
+    "crosscoder_layers": "layers of the crosscoder kind, e.g. 5,9,12,15 (default: Gemma Scope 2's depths)",
+    "multi_layer_widths": "total widths of the clt/skip_clt/crosscoder kinds (default: --widths)",
     "layers": "keep only these layers of --sites, e.g. 0-5",
     "widths": "dictionary widths, e.g. 4096 or 16k,65k",
     "architectures": "jumprelu, topk, batchtopk, relu (comma list)",

@@ -23,7 +23,7 @@ from saescope.data.sources import streamed_source
 from saescope.models.sites import Site, select_sites
 from saescope.release import load_sae
 from saescope.release.suite import read_suite
-from saescope.sae import ARCHITECTURES, SparseDictionary
+from saescope.sae import ARCHITECTURES, SparseDictionary, single_layer
 from saescope.train import SAESpec, TrainConfig, distributed
 from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
 
@@ -108,14 +108,15 @@ def load_parents(args: argparse.Namespace) -> list[Parent]:
         path = Path(text)
         run = path / "train" if (path / "train" / "saes").is_dir() else path
         if (run / "saes").is_dir():  # a training run: continue every dictionary in it
-            parents += [Parent(str(e.folder.resolve()), e.name, e.site, e.raw_space()) for e in read_suite(run)]
+            parents += [Parent(str(e.folder.resolve()), e.name, e.site, single_layer(e.raw_space(), "--init-from"))
+                        for e in read_suite(run)]  # fmt: skip
             continue
         loaded = load_sae(text, online=online)
         site = loaded.site or (Site.parse(args.sites) if args.sites else None)
         if site is None:
             raise ValueError(f"{text}: its files do not say which site it reads; pass it as --sites layer_<L>/<kind>")
         folder = Path(str(loaded.metadata["path"])).resolve()
-        parents.append(Parent(str(folder), folder.name, site, loaded.sae))
+        parents.append(Parent(str(folder), folder.name, site, single_layer(loaded.sae, "--init-from")))
     counts: dict[str, int] = {}
     for parent in parents:
         counts[parent.name] = counts.get(parent.name, 0) + 1

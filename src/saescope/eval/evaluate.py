@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,11 @@ from saescope.data.corpus import (
     window_token_ids,
 )
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
-from saescope.eval.splice import Predictions, clean_log_probs, spliced_losses
+from saescope.eval.splice import Predictions, clean_log_probs, dictionary_taps, tapped_losses
+from saescope.models.hooks import Tap
 from saescope.models.loading import LoadedModel
-from saescope.models.sites import Site
-from saescope.sae import SparseDictionary
+from saescope.models.sites import Site, spanned_sites
+from saescope.sae import AnyDictionary
 
 METRICS_FILE = "metrics.json"
 MASK_POLICY = (
@@ -41,12 +42,43 @@ MASK_POLICY = (
 
 @dataclass(frozen=True)
 class EvalTarget:
-    """A dictionary to evaluate, in raw activation space (normalisation folded in)."""
+    """A dictionary to evaluate, in raw activation space (normalisation folded in).
+
+    It reads ``site`` and writes ``site_out`` (default: ``site``, an SAE); a multi-layer dictionary reads and
+    writes those kinds at each of ``layers`` (``site`` names the first).
+    """
 
     name: str
     site: Site
-    sae: SparseDictionary
+    sae: AnyDictionary
     folder: Path | None = None  # metrics.json is written here when set
+    site_out: Site | None = None
+    layers: tuple[int, ...] = ()
+
+    @property
+    def input_sites(self) -> tuple[Site, ...]:
+        return spanned_sites(self.site, self.layers)
+
+    @property
+    def output_sites(self) -> tuple[Site, ...]:
+        return spanned_sites(self.site_out or self.site, self.layers)
+
+    @property
+    def dictionary_kind(self) -> str:
+        """sae, transcoder, skip_transcoder, clt, skip_clt or crosscoder (train.specs.DICTIONARY_KINDS)."""
+        skip = "skip_" if self.sae.config.skip else ""
+        if self.layers:
+            same_kind = self.site_out is None or self.site_out.kind == self.site.kind
+            return "crosscoder" if same_kind else f"{skip}clt"
+        return f"{skip}transcoder" if self.site_out not in (None, self.site) else "sae"
+
+    def splices(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The delta-LM-loss conditions: (label, indices of the outputs replaced). One for a single-layer
+        dictionary; for a multi-layer one, every layer alone and then all at once (the replacement model)."""
+        n = len(self.output_sites)
+        if n == 1:
+            return [("", (0,))]
+        return [*((self.output_sites[j].id, (j,)) for j in range(n)), ("", tuple(range(n)))]
 
 
 @dataclass(frozen=True)
@@ -91,10 +123,18 @@ def reconstruction_metrics(
     split: Split = "heldout",
 ) -> dict[str, dict[str, Any]]:
     """L0, FVU, cosine, L2 ratio, density statistics and per-position FVU for every target."""
-    sites = sorted({target.site for target in targets})
+    sites = sorted({site for t in targets for site in (*t.input_sites, *t.output_sites)})
     accumulators = {
-        t.name: ReconstructionAccumulator(t.sae.config.d_target, t.sae.config.width, corpus.context_size)
+        t.name: ReconstructionAccumulator(
+            t.sae.config.d_target * len(t.output_sites), t.sae.config.total_width, corpus.context_size
+        )
         for t in targets
+    }
+    per_layer = {  # a multi-layer dictionary's metrics at each output site, from that layer's block
+        (t.name, j): ReconstructionAccumulator(t.sae.config.d_target, t.sae.config.width, corpus.context_size)
+        for t in targets
+        if len(t.output_sites) > 1
+        for j in range(len(t.output_sites))
     }
     device = next(loaded.model.parameters()).device
     batches = _heldout_batches(loaded, corpus, config.batch_windows, split)
@@ -107,24 +147,34 @@ def reconstruction_metrics(
             take = min(token_acts.n_tokens, config.tokens - seen)
             positions_N = token_acts.positions_N[:take]
             for target in targets:
-                x_ND = token_acts.acts[target.site][:take].float()
+                x_ND = _side_by_side([token_acts.acts[site][:take] for site in target.input_sites])
+                y_ND = _side_by_side([token_acts.acts[site][:take] for site in target.output_sites])
                 out = target.sae.to(device)(x_ND)
-                accumulators[target.name].update(x_ND, out.reconstruction, out.codes, positions_N)
+                accumulators[target.name].update(y_ND, out.reconstruction, out.codes, positions_N)
+                n = len(target.output_sites)
+                if n > 1:
+                    y_parts = torch.tensor_split(y_ND, n, dim=-1)
+                    y_hat_parts = torch.tensor_split(out.reconstruction, n, dim=-1)
+                    code_parts = torch.tensor_split(out.codes, n, dim=-1)
+                    for j in range(n):
+                        per_layer[target.name, j].update(y_parts[j], y_hat_parts[j], code_parts[j], positions_N)
             seen += take
             bar.update(take)
             if seen >= config.tokens:
                 break
     if seen == 0:
         raise ValueError("the held-out split produced no tokens; use a larger corpus or a larger heldout_fraction")
-    return {name: accumulator.result() for name, accumulator in accumulators.items()}
+    results = {name: accumulator.result() for name, accumulator in accumulators.items()}
+    for target in targets:
+        if len(target.output_sites) > 1:
+            results[target.name]["by_output_site"] = {
+                site.id: per_layer[target.name, j].result() for j, site in enumerate(target.output_sites)
+            }
+    return results
 
 
-def _reconstruction_of(sae: SparseDictionary) -> Callable[[torch.Tensor], torch.Tensor]:
-    def reconstruct(x: torch.Tensor) -> torch.Tensor:
-        reconstruction: torch.Tensor = sae(x.float()).reconstruction
-        return reconstruction
-
-    return reconstruct
+def _side_by_side(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    return parts[0].float() if len(parts) == 1 else torch.cat([part.float() for part in parts], dim=-1)
 
 
 @torch.no_grad()
@@ -138,17 +188,21 @@ def loss_metrics(
     split: Split = "heldout",
 ) -> dict[str, dict[str, Any]]:
     """Delta LM loss, zero-ablation loss, loss recovered and KL for every target (shared clean and
-    zero-ablation passes)."""
+    zero-ablation passes). A multi-layer dictionary gets one result per layer spliced alone and, as its
+    headline, the replacement model's (every output replaced at once), ablated against zeroing them all."""
     model, special = loaded.model, special_token_ids(loaded.tokenizer)
-    by_site: dict[Site, list[EvalTarget]] = {}
+    # Conditions grouped by the sites they replace: one zero-ablation pass per group.
+    by_sites: dict[tuple[Site, ...], list[tuple[EvalTarget, str, tuple[int, ...]]]] = {}
     for target in targets:
-        by_site.setdefault(target.site, []).append(target)
-    accumulators = {t.name: LossAccumulator(corpus.context_size) for t in targets}
+        for label, replaced in target.splices():
+            sites = tuple(target.output_sites[j] for j in replaced)
+            by_sites.setdefault(sites, []).append((target, label, replaced))
+    accumulators = {(t.name, label): LossAccumulator(corpus.context_size) for t in targets for label, _ in t.splices()}
     device = next(model.parameters()).device
     loss_batch = min(config.batch_windows, config.loss_windows)
     n_batches = -(-config.loss_windows // loss_batch)
     batches = itertools.islice(_heldout_batches(loaded, corpus, loss_batch, split), n_batches)
-    passes_per_batch = 1 + len(by_site) + len(targets)
+    passes_per_batch = 1 + len(by_sites) + len(accumulators)
     with tqdm(total=n_batches * passes_per_batch, unit="pass", disable=not progress, desc="eval: delta LM loss") as bar:
         for batch_index, ids_BT in enumerate(batches):
             ids_BT = ids_BT.to(device)
@@ -157,20 +211,36 @@ def loss_metrics(
             predictions = Predictions.select(ids_BT, keep_BT, config.loss_position_stride, offset=batch_index)
             ce_clean, log_probs_clean = clean_log_probs(model, ids_BT, predictions, config.lm_head_chunk)
             bar.update(1)
-            for site, site_targets in by_site.items():
-                ce_zero, _ = spliced_losses(
-                    model, ids_BT, keep_BT, site, torch.zeros_like, predictions, chunk=config.lm_head_chunk
-                )
+            keep_BT1 = keep_BT.unsqueeze(-1)
+            for sites, conditions in by_sites.items():
+                zero_taps: dict[Site, Tap] = {site: _zeroing(keep_BT1) for site in sites}
+                ce_zero, _ = tapped_losses(model, ids_BT, zero_taps, predictions, chunk=config.lm_head_chunk)
                 bar.update(1)
-                for target in site_targets:
-                    ce_sae, kl = spliced_losses(
-                        model, ids_BT, keep_BT, site, _reconstruction_of(target.sae.to(device)),
-                        predictions, log_probs_clean, config.lm_head_chunk,
-                    )  # fmt: skip
+                for target, label, replaced in conditions:
+                    site_taps = dictionary_taps(
+                        target.sae.to(device), target.input_sites, target.output_sites, replaced, keep_BT
+                    )
+                    ce_sae, kl = tapped_losses(
+                        model, ids_BT, site_taps, predictions, log_probs_clean, config.lm_head_chunk
+                    )
                     assert kl is not None
-                    accumulators[target.name].update(ce_clean, ce_sae, ce_zero, kl, predictions.cols_T)
+                    accumulators[target.name, label].update(ce_clean, ce_sae, ce_zero, kl, predictions.cols_T)
                     bar.update(1)
-    return {name: accumulator.result() for name, accumulator in accumulators.items()}
+    results: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        results[target.name] = accumulators[target.name, ""].result()
+        by_site = {label: accumulators[target.name, label].result() for label, _ in target.splices() if label}
+        if by_site:
+            results[target.name]["splice"] = "replacement model: every output site replaced at once"
+            results[target.name]["by_output_site"] = by_site
+    return results
+
+
+def _zeroing(keep_BT1: torch.Tensor) -> Tap:
+    def zero(x_BTD: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep_BT1.to(x_BTD.device), torch.zeros_like(x_BTD), x_BTD)
+
+    return zero
 
 
 def evaluate(
@@ -203,8 +273,11 @@ def evaluate(
             "format": "saescope-metrics-v1",
             "name": target.name,
             "site": target.site.id,
+            **({"site_out": target.site_out.id} if target.site_out not in (None, target.site) else {}),
+            **({"layers": list(target.layers)} if target.layers else {}),
+            "dictionary_kind": target.dictionary_kind,
             "architecture": target.sae.config.architecture,
-            "width": target.sae.config.width,
+            "width": target.sae.config.total_width,
             "model": loaded.info.name,
             "dataset": {**corpus.to_dict(), "split": split},
             "mask_policy": _mask_policy_text(corpus),

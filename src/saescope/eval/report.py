@@ -23,7 +23,13 @@ COLUMNS = (
     "cosine_similarity", "l2_ratio", "dead_fraction", "dense_fraction_above_0.1", "delta_lm_loss",
     "delta_lm_loss_stderr", "loss_recovered", "kl_clean_to_spliced", "n_tokens", "loss_n_predictions",
 )  # fmt: skip
-_KIND_ORDER = ("res", "att", "mlp")
+_KIND_ORDER = ("res", "att", "mlp", "transcoder", "skip_transcoder", "clt", "skip_clt", "crosscoder")
+
+
+def result_group(result: dict[str, Any]) -> str:
+    """What a result is compared with: its site kind for an SAE, else its dictionary kind (transcoder, ...)."""
+    kind = str(result.get("dictionary_kind", "sae"))
+    return Site.parse(result["site"]).kind.value if kind == "sae" else kind
 
 
 @dataclass(frozen=True)
@@ -35,17 +41,29 @@ class ReportFiles:
 
 
 def suite_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per dictionary, sorted by layer, site kind, width and L0."""
+    """One flat row per dictionary, sorted by layer, kind, width and L0. ``site`` is the site reconstructed
+    (a transcoder's output), so dictionaries that replace the same site line up. A multi-layer dictionary
+    has a row for its replacement model (every layer at once, ``layer`` its first) and one per layer spliced
+    alone (kind ``<kind>@layer``, its own block's L0)."""
     rows = []
     for result in results:
-        site = Site.parse(result["site"])
+        site = Site.parse(result.get("site_out") or result["site"])
         row: dict[str, Any] = {
-            "name": result["name"], "site": site.id, "layer": site.layer, "kind": site.kind.value,
+            "name": result["name"], "site": site.id, "layer": site.layer, "kind": result_group(result),
             "architecture": result["architecture"], "width": result["width"],
         }  # fmt: skip
         row.update({k: v for k, v in result["reconstruction"].items() if k in COLUMNS})
         row.update({k: v for k, v in (result.get("lm_loss") or {}).items() if k in COLUMNS})
+        if "layers" in result:
+            row["site"] = f"layers {result['layers'][0]}-{result['layers'][-1]} (all at once)"
         rows.append(row)
+        per_layer_loss = (result.get("lm_loss") or {}).get("by_output_site", {})
+        for site_id, reconstruction in result["reconstruction"].get("by_output_site", {}).items():
+            layer_site = Site.parse(site_id)
+            layer_row = {**row, "site": site_id, "layer": layer_site.layer, "kind": f"{row['kind']}@layer"}
+            layer_row.update({k: v for k, v in reconstruction.items() if k in COLUMNS})
+            layer_row.update({k: v for k, v in per_layer_loss.get(site_id, {}).items() if k in COLUMNS})
+            rows.append(layer_row)
     kind_rank = {kind: i for i, kind in enumerate(_KIND_ORDER)}
     return sorted(rows, key=lambda r: (r["layer"], kind_rank.get(r["kind"], 9), r["width"], r["l0"]))
 
@@ -59,12 +77,12 @@ def _format(value: Any) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    shown = ("site", "architecture", "width", "l0", "fvu", "delta_lm_loss", "loss_recovered", "dead_fraction")
+    shown = ("site", "kind", "architecture", "width", "l0", "fvu", "delta_lm_loss", "loss_recovered", "dead_fraction")
     lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
         cells = [_format(row.get(column)) for column in shown]
         if row.get("delta_lm_loss_stderr") is not None:
-            cells[5] += f" ± {_format(row['delta_lm_loss_stderr'])}"
+            cells[6] += f" ± {_format(row['delta_lm_loss_stderr'])}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -147,7 +165,7 @@ def _plot_by_layer(rows: Sequence[dict[str, Any]], plt: Any) -> bytes:
 def _plot_density(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for result in results:
-        by_kind.setdefault(Site.parse(result["site"]).kind.value, []).append(result)
+        by_kind.setdefault(result_group(result), []).append(result)
     kinds = [k for k in _KIND_ORDER if k in by_kind] + sorted(set(by_kind) - set(_KIND_ORDER))
     figure, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.4), squeeze=False)
     colormap = plt.get_cmap("viridis")
@@ -186,7 +204,7 @@ def _geometric_bins(values: Sequence[float | None]) -> tuple[list[float], list[f
 def _plot_by_position(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
     figure, axes = plt.subplots(1, 2, figsize=(9, 3.6), squeeze=False)
     for kind in _KIND_ORDER:
-        members = [r for r in results if Site.parse(r["site"]).kind.value == kind]
+        members = [r for r in results if result_group(r) == kind]
         for column, (section, key) in enumerate(
             (("reconstruction", "fvu_by_position"), ("lm_loss", "delta_lm_loss_by_position"))
         ):

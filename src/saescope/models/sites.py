@@ -332,3 +332,10 @@ def site_widths(model: nn.Module, sites: Iterable[Site]) -> dict[Site, int]:
 
 def all_sites(n_layers: int, kinds: Sequence[SiteKind] = tuple(SiteKind)) -> list[Site]:
     return sorted(Site(layer, kind) for layer in range(n_layers) for kind in kinds)
+
+
+def spanned_sites(site: Site, layers: Sequence[int]) -> tuple[Site, ...]:
+    """``site``'s kind at each of ``layers`` (a multi-layer dictionary's sites), or ``(site,)`` when empty."""
+    if not layers:
+        return (site,)
+    return tuple(Site(layer, site.kind) for layer in layers)

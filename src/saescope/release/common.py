@@ -25,7 +25,7 @@ from torch import Tensor
 
 from saescope.atomic import MANIFEST_NAME, sha256_file
 from saescope.models.sites import ARCHITECTURES, Site, SiteKind, architecture_for_model_type
-from saescope.sae import BatchTopK, DictionaryConfig, JumpReLU, ReLU, SparseDictionary, build_dictionary
+from saescope.sae import AnyDictionary, BatchTopK, DictionaryConfig, JumpReLU, ReLU, build_dictionary, single_layer
 from saescope.sae.jumprelu import MIN_RAW_THRESHOLD
 
 
@@ -212,13 +212,18 @@ class ReleaseParams:
         return cls(**clean)
 
     @classmethod
-    def from_dictionary(cls, sae: SparseDictionary) -> ReleaseParams:
+    def from_dictionary(cls, dictionary: AnyDictionary) -> ReleaseParams:
         """The release tensors of a dictionary already in raw space (``fold_normalisation`` applied).
 
         JumpReLU: its θ. BatchTopK: its global inference threshold on every latent (its eval-mode rule
         ``pre * (pre > t)`` is a JumpReLU with θ = t). ReLU: θ = 0 (``(pre > 0) * relu(pre)`` is ReLU).
-        TopK has no threshold form and is refused.
+        TopK has no threshold form and is refused, and so is a multi-layer dictionary (its blocks are
+        written one by one, :mod:`saescope.release.multilayer`).
         """
+        try:
+            sae = single_layer(dictionary, "a single-layer release folder")
+        except ValueError as error:
+            raise ReleaseExportError(str(error)) from error
         if sae.config.apply_pre_encoder_bias:
             raise ReleaseExportError(
                 "release formats hold raw-space weights without a pre-encoder bias: call "

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.models.loading import ONLINE_ENV, online_by_default
-from saescope.models.sites import Site
+from saescope.models.sites import Site, spanned_sites
 from saescope.release.common import ReadSAE, ReleaseFormatError, check_against_manifest
 from saescope.release.gemmascope import (
     GS1_PARAMS,
@@ -37,7 +37,7 @@ from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS, read_saele
 from saescope.release.suite import CONFIG as SAESCOPE_CONFIG
 from saescope.release.suite import WEIGHTS as SAESCOPE_WEIGHTS
 from saescope.release.suite import read_trained_sae
-from saescope.sae import SparseDictionary
+from saescope.sae import AnyDictionary
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ReleaseDownloadError(ValueError):
 class LoadedSAE:
     """A dictionary loaded from any supported format, in raw activation space."""
 
-    sae: SparseDictionary
+    sae: AnyDictionary
     """The dictionary (eval mode); its codes are those of the released weights (C× training-time codes)."""
     site: Site | None
     """Where it reads, when the files say so (for transcoders: the input site)."""
@@ -64,10 +64,23 @@ class LoadedSAE:
     """Format-specific details: the path, the config file's content, recorded L0, ..."""
     site_out: Site | None = None
     """Where a transcoder writes (None for an SAE)."""
+    layers: tuple[int, ...] = ()
+    """The layers a multi-layer dictionary (CLT, crosscoder) spans, in block order; () for one layer."""
 
     @property
     def is_transcoder(self) -> bool:
         return self.site_out is not None and self.site_out != self.site
+
+    @property
+    def input_sites(self) -> tuple[Site, ...]:
+        """The sites it reads, one per block (``site`` at each of ``layers``); () when the site is unknown."""
+        return spanned_sites(self.site, self.layers) if self.site is not None else ()
+
+    @property
+    def output_sites(self) -> tuple[Site, ...]:
+        """The sites it writes, one per block."""
+        target = self.site_out or self.site
+        return spanned_sites(target, self.layers) if target is not None else ()
 
 
 def _detect(folder: Path) -> str | None:
@@ -130,7 +143,7 @@ def load_folder(folder: Path, *, check_hashes: bool = True, repo_name: str | Non
     model = entry.config.get("model")
     return LoadedSAE(
         entry.raw_space(), entry.site, str(model) if model else None, source_format, metadata,
-        entry.site_out if entry.is_transcoder else None,
+        entry.site_out if entry.is_transcoder else None, entry.layers,
     )  # fmt: skip
 
 

@@ -22,9 +22,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from saescope.models.sites import Site, SiteKind
+from saescope.models.sites import Site, SiteKind, spanned_sites
 from saescope.release.common import ReleaseFormatError, read_json_object
-from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
+from saescope.sae import AnyDictionary, CrossLayerDictionary, DictionaryConfig, build_any_dictionary
 
 DICTIONARY_FORMAT = "saescope-dictionary-v1"
 WEIGHTS = "sae.safetensors"
@@ -59,6 +59,21 @@ class TrainedSAE:
     #: Output site of a transcoder: ``site_out`` in config.json, else (for a non-SAE dictionary reading
     #: ``mlp_in``) the MLP output of the same layer; None for SAEs.
     site_out: Site | None = field(default=None)
+    #: Layers a multi-layer dictionary (CLT, crosscoder) spans, and each input layer's scale; () for one layer.
+    layers: tuple[int, ...] = ()
+    norm_scales: tuple[float, ...] = ()
+
+    @property
+    def input_sites(self) -> tuple[Site, ...]:
+        return spanned_sites(self.site, self.layers)
+
+    @property
+    def output_sites(self) -> tuple[Site, ...]:
+        return spanned_sites(self.site_out or self.site, self.layers)
+
+    @property
+    def is_multi_layer(self) -> bool:
+        return self.dictionary.n_layers > 1
 
     @property
     def is_transcoder(self) -> bool:
@@ -67,9 +82,10 @@ class TrainedSAE:
 
     @property
     def width(self) -> int:
-        return self.dictionary.width
+        """Latents in all: per layer × layers for a multi-layer dictionary."""
+        return self.dictionary.total_width
 
-    def training_space(self) -> SparseDictionary:
+    def training_space(self) -> AnyDictionary:
         """The dictionary as trained (inputs divided by C)."""
         path = self.folder / WEIGHTS
         if not path.is_file():
@@ -79,16 +95,19 @@ class TrainedSAE:
         except (SafetensorError, OSError, ValueError) as error:
             raise ReleaseFormatError(f"{path} is not a readable safetensors file: {error}") from error
         with torch.device("meta"):
-            sae = build_dictionary(self.dictionary)
+            sae = build_any_dictionary(self.dictionary)
         try:
             sae.load_state_dict(state, assign=True)
         except RuntimeError as error:
             raise ReleaseFormatError(f"{path} does not match its config.json dictionary: {error}") from error
         return sae.eval()
 
-    def raw_space(self) -> SparseDictionary:
+    def raw_space(self) -> AnyDictionary:
         """The dictionary with C and b_dec folded in (SPEC §2.7): it reads raw activations."""
-        return self.training_space().fold_normalisation(self.norm_scale, self.norm_scale_out).eval()
+        sae = self.training_space()
+        if isinstance(sae, CrossLayerDictionary):  # each target was divided by its input layer's scale
+            return sae.fold_normalisation(self.norm_scales, self.norm_scales).eval()
+        return sae.fold_normalisation(self.norm_scale, self.norm_scale_out).eval()
 
 
 @dataclass(frozen=True)
@@ -138,6 +157,20 @@ def read_trained_sae(folder: Path) -> TrainedSAE:
         site_out = Site.parse(str(config["site_out"]))
     elif site.kind is SiteKind.MLP_IN and not dictionary.is_sae:  # a GS transcoder without a recorded target
         site_out = Site(site.layer, SiteKind.MLP)
+    layers: tuple[int, ...] = ()
+    scales: tuple[float, ...] = ()
+    if dictionary.n_layers > 1:
+        try:
+            layers = tuple(int(layer) for layer in config["layers"])
+            scales = tuple(float(scale) for scale in config["norm_scales"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ReleaseFormatError(
+                f"{config_path}: a multi-layer dictionary needs 'layers' and 'norm_scales'"
+            ) from error
+        if len(layers) != dictionary.n_layers or len(scales) != dictionary.n_layers or min(scales) <= 0:
+            raise ReleaseFormatError(
+                f"{config_path}: 'layers' and 'norm_scales' must hold {dictionary.n_layers} entries (scales > 0)"
+            )
     metrics_path = folder / METRICS
     metrics = read_json_object(metrics_path) if metrics_path.exists() else None
     l0 = _heldout_l0(metrics)
@@ -152,7 +185,21 @@ def read_trained_sae(folder: Path) -> TrainedSAE:
             f"{config_path}['final_batch_metrics'] has an 'l0'"
         )
     name = str(config.get("name") or folder.name)
-    return TrainedSAE(name, folder, site, dictionary, norm_scale, norm_scale_out, l0, source, config, metrics, site_out)
+    return TrainedSAE(
+        name,
+        folder,
+        site,
+        dictionary,
+        norm_scale,
+        norm_scale_out,
+        l0,
+        source,
+        config,
+        metrics,
+        site_out,
+        layers,
+        scales,
+    )
 
 
 def read_suite(run: Path) -> list[TrainedSAE]:

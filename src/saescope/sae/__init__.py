@@ -29,7 +29,14 @@ DICTIONARY_CLASSES: dict[str, type[SparseDictionary]] = {
 assert set(DICTIONARY_CLASSES) == set(ARCHITECTURES), "registry and config.ARCHITECTURES disagree"
 
 
-from saescope.sae.multilayer import AnyDictionary, CrossLayerDictionary, build_any_dictionary  # noqa: E402
+from saescope.sae.multilayer import (  # noqa: E402
+    AnyDictionary,
+    CrossLayerDictionary,
+    build_any_dictionary,
+    dictionary_blocks,
+    layer_output,
+    single_layer,
+)
 
 
 def build_dictionary(config: DictionaryConfig, *, generator: torch.Generator | None = None) -> SparseDictionary:
@@ -55,7 +62,10 @@ __all__ = [
     "TopK",
     "build_any_dictionary",
     "build_dictionary",
+    "dictionary_blocks",
     "heaviside_step",
     "jumprelu",
+    "layer_output",
+    "single_layer",
     "unit_rows_he_uniform",
 ]

@@ -249,6 +249,34 @@ def build_any_dictionary(config: DictionaryConfig, *, generator: torch.Generator
     return build_dictionary(config, generator=generator)
 
 
+def dictionary_blocks(sae: AnyDictionary) -> list[SparseDictionary]:
+    """The single-layer dictionaries a dictionary is made of: its blocks, or itself."""
+    if isinstance(sae, CrossLayerDictionary):
+        return [block for block in sae.blocks if isinstance(block, SparseDictionary)]
+    return [sae]
+
+
+def single_layer(sae: AnyDictionary, what: str) -> SparseDictionary:
+    """``sae`` itself when it is a single-layer dictionary; ValueError saying ``what`` cannot take a multi-layer one."""
+    if isinstance(sae, CrossLayerDictionary):
+        raise ValueError(
+            f"{what} takes single-layer dictionaries; this one spans {sae.n_layers} layers (a CLT or crosscoder)"
+        )
+    return sae
+
+
+def layer_output(sae: AnyDictionary, j: int, codes: Sequence[Tensor], x_j: Tensor) -> Tensor:
+    """Output ``j`` from the codes of blocks ``0..j`` (``codes[i]``, any leading dims) and input ``j``:
+    ``Σ_{i ≤ j} f_i @ W_dec_{i→j} + b_dec_j (+ x_j @ W_skip_j)``; for a single-layer dictionary its decode."""
+    if not isinstance(sae, CrossLayerDictionary):
+        return sae.decode(codes[0], x_j)
+    block = sae.block(j)
+    y = block.decode(codes[j], x_j)
+    for i in range(j):
+        y = y + codes[i].to(block.W_dec_FD.dtype) @ sae.decoder_to(i, j)
+    return y
+
+
 def _side_by_side(parts: Sequence[Tensor]) -> Tensor:
     """Per-block (B, F) tensors side by side as (B, n·F): dense stays dense, sparse CSR stays sparse CSR."""
     if all(part.layout == torch.strided for part in parts):

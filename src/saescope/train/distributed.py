@@ -182,9 +182,10 @@ def torchrun_session(device: str = "cpu") -> Iterator[RankContext | None]:
 
 # --- which rank trains which dictionary -------------------------------------------------------------
 def dictionary_cost(spec: SAESpec) -> int:
-    """Relative cost of one training step of a dictionary: its weights, width x (d_in + d_out)."""
+    """Relative cost of one training step of a dictionary: its encoder and own decoder weights,
+    width x (d_in + d_out), per layer (a multi-layer dictionary's decoding of active latents is cheap)."""
     config = spec.dictionary
-    return config.width * (config.d_in + (config.d_out or config.d_in))
+    return config.total_width * (config.d_in + config.d_target)
 
 
 def assign_dictionaries(costs: Sequence[float], world_size: int) -> list[list[int]]:
@@ -485,7 +486,8 @@ class ShardedTrainer(Trainer):
     ) -> None:
         owned = assign_dictionaries([dictionary_cost(spec) for spec in specs], ctx.world_size)[ctx.rank]
         # A rank without dictionaries still draws batches (of the narrowest site) to keep in step.
-        keep = sorted({specs[i].site for i in owned}) or [min(source.sites, key=lambda s: (source.widths[s], s))]
+        needed = {site for i in owned for site in (*specs[i].input_sites, *specs[i].output_sites)}
+        keep = sorted(needed) or [min(source.sites, key=lambda s: (source.widths[s], s))]
         if not ctx.is_main:
             config = dataclasses.replace(config, progress=False)
         super().__init__(specs, _OwnSites(source, keep), config, out_dir, owned=owned)

@@ -25,7 +25,7 @@ import math
 import torch
 
 from saescope.release.load import load_sae
-from saescope.sae import BatchTopK, JumpReLU, SparseDictionary
+from saescope.sae import BatchTopK, JumpReLU, SparseDictionary, single_layer
 
 
 def _check_compatible(sae: SparseDictionary, parent: SparseDictionary, where: str) -> None:
@@ -72,4 +72,4 @@ def initialise_from_parent_(sae: SparseDictionary, parent: str, scale: float) ->
         raise ValueError(
             f"{parent}: init_from continues SAEs (the trainer reconstructs the input); this is a transcoder"
         )
-    unfold_into_(sae, loaded.sae, scale, where=parent)
+    unfold_into_(sae, single_layer(loaded.sae, f"init_from ({parent})"), scale, where=parent)

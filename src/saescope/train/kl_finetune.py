@@ -35,7 +35,7 @@ from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, log
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site
-from saescope.sae import SparseDictionary
+from saescope.sae import SparseDictionary, single_layer
 from saescope.sae.base import LossOutput
 
 #: Added to KL in α = MSE / (KL + ε) so that α stays finite when the spliced model is exact (SPEC §7.6).
@@ -184,7 +184,7 @@ def finetune_trained_folder(
     from saescope.release.suite import read_trained_sae  # the one reader of trained folders
 
     entry = read_trained_sae(source)
-    sae = entry.training_space()
+    sae = single_layer(entry.training_space(), "KL finetuning")
     for parameter in sae.parameters():
         parameter.requires_grad_(True)
     final_lambda = entry.config.get("final_batch_metrics", {}).get("lambda")

@@ -1,4 +1,18 @@
-"""Turn a suite description (sites x widths x architectures x target L0s) into one `SAESpec` per dictionary."""
+"""Turn a suite description (dictionary kinds x sites x widths x architectures x target L0s) into one `SAESpec`
+per dictionary.
+
+Dictionary kinds (:data:`DICTIONARY_KINDS`, SPEC §2.6, §7.4, §7.5), all the same code configured differently:
+
+* ``sae``: one per selected site, reading and writing it;
+* ``transcoder`` / ``skip_transcoder``: one per selected layer, reading ``mlp_in`` and writing ``mlp``, with no
+  pre-encoder bias (and, for the skip kind, the affine path ``x @ W_skip``);
+* ``clt`` / ``skip_clt``: one cross-layer transcoder over every selected layer (``mlp_in`` -> ``mlp`` of that
+  layer and every later one), optionally with per-layer affine skips;
+* ``crosscoder``: one weakly causal crosscoder on the residual stream of ``crosscoder_layers``.
+
+For the multi-layer kinds the width is the total over layers (Gemma Scope 2 names CLTs that way: per layer
+``width // layers``) and the target L0 is the total too (active latents per token over all layers).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from saescope.models.sites import Site
+from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig
 from saescope.sae.widths import parse_width_name
 from saescope.train.recipes import L0_STEERING, Recipe
@@ -17,6 +31,24 @@ from saescope.train.trainer import SAESpec, TrainConfig
 def parse_width(text: str | int) -> int:
     """4096, '4096', or a Gemma Scope width name such as '16k' (16384) or '1m' (1048576)."""
     return parse_width_name(str(text).strip().lower())
+
+
+DICTIONARY_KINDS: tuple[str, ...] = ("sae", "transcoder", "skip_transcoder", "clt", "skip_clt", "crosscoder")
+MULTI_LAYER_KINDS: tuple[str, ...] = ("clt", "skip_clt", "crosscoder")
+
+
+def parse_kinds(text: str) -> list[str]:
+    """'sae,transcoder' -> ['sae', 'transcoder'], each checked against DICTIONARY_KINDS."""
+    kinds = [kind.strip() for kind in str(text).split(",") if kind.strip()]
+    unknown = [kind for kind in kinds if kind not in DICTIONARY_KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"dictionary kinds must be a comma list of {DICTIONARY_KINDS}; got {text!r}")
+    return kinds
+
+
+def default_crosscoder_layers(n_layers: int) -> list[int]:
+    """Gemma Scope 2's crosscoder layers, {5, 9, 12, 15} on the 18-layer 270M, at the same depths elsewhere."""
+    return sorted({min(n_layers - 1, round(n_layers * depth / 18)) for depth in (5, 9, 12, 15)})
 
 
 def parse_target_l0(text: str | float | Mapping[str, Any] | None) -> dict[str, list[float]] | list[float] | None:
@@ -96,16 +128,93 @@ def dictionary_specs(
         else:
             site_targets = list(targets) if targets else [None]
         for target in site_targets:
-            specs.append(_spec(site, site_widths[site], width, architecture, target, options))
+            name = f"layer_{site.layer}-{site.kind.value}-{architecture}-{width}"
+            specs.append(_spec(name, site, site_widths[site], width, architecture, target, options))
     return specs
 
 
-def _spec(site: Site, d_in: int, width: int, architecture: str, target: float | None, options: SuiteOptions) -> SAESpec:
+def _targets_for(key: str, targets: dict[str, list[float]] | list[float] | None) -> list[float | None]:
+    if isinstance(targets, dict):
+        if key not in targets:
+            raise ValueError(f"no target L0 for {key!r} (targets given for {sorted(targets)})")
+        return list(targets[key])
+    return list(targets) if targets else [None]
+
+
+def family_specs(
+    kind: str,
+    layers: Sequence[int],
+    site_widths: Mapping[Site, int],
+    widths: Sequence[int],
+    architectures: Sequence[str],
+    targets: dict[str, list[float]] | list[float] | None,
+    options: SuiteOptions,
+) -> list[SAESpec]:
+    """The specs of one non-SAE dictionary kind over `layers` (see the module docstring); `site_widths`
+    must hold the widths of the sites they read and write."""
+    if kind not in DICTIONARY_KINDS or kind == "sae":
+        raise ValueError(f"family_specs takes one of {DICTIONARY_KINDS[1:]}; got {kind!r}")
+    layers = sorted(set(layers))
+    if not layers:
+        raise ValueError(f"{kind}: no layers selected")
+    kind_in, kind_out = (SiteKind.RES, SiteKind.RES) if kind == "crosscoder" else (SiteKind.MLP_IN, SiteKind.MLP)
+    skip = kind.startswith("skip_")
+    specs = []
+    if kind in MULTI_LAYER_KINDS:
+        first, first_out = Site(layers[0], kind_in), Site(layers[0], kind_out)
+        span = "_".join(str(layer) for layer in layers) if kind == "crosscoder" else f"{layers[0]}-{layers[-1]}"
+        for width, target in itertools.product(widths, _targets_for(kind, targets)):
+            per_layer = width // len(layers)
+            if per_layer < 1:
+                raise ValueError(f"{kind}: width {width} is less than one latent per layer over {len(layers)} layers")
+            specs.append(
+                _spec(
+                    f"{kind}-layers_{span}-jumprelu-{per_layer * len(layers)}", first, site_widths[first], per_layer,
+                    "jumprelu", target, options, site_out=first_out, d_out=site_widths[first_out], skip=skip,
+                    layers=tuple(layers),
+                )
+            )  # fmt: skip
+        return specs
+    for layer, width, architecture in itertools.product(layers, widths, architectures):
+        site, site_out = Site(layer, kind_in), Site(layer, kind_out)
+        for target in _targets_for(kind, targets):
+            specs.append(
+                _spec(
+                    f"layer_{layer}-{kind}-{architecture}-{width}", site, site_widths[site], width, architecture,
+                    target, options, site_out=site_out, d_out=site_widths[site_out], skip=skip,
+                )
+            )  # fmt: skip
+    return specs
+
+
+def _spec(
+    name: str,
+    site: Site,
+    d_in: int,
+    width: int,
+    architecture: str,
+    target: float | None,
+    options: SuiteOptions,
+    *,
+    site_out: Site | None = None,
+    d_out: int | None = None,
+    skip: bool = False,
+    layers: tuple[int, ...] = (),
+) -> SAESpec:
     controlled = target is not None and options.l0_steering == "controller"
     warmup = options.lambda_warmup_steps
     if warmup is None:
         warmup = 0 if controlled else 10_000
     fields: dict[str, Any] = {"d_in": d_in, "width": width, "architecture": architecture}
+    if site_out is not None:  # a transcoder: no pre-encoder bias (SPEC §2.6)
+        fields.update(d_out=d_out, apply_pre_encoder_bias=False, skip=skip)
+    if layers:
+        fields["n_layers"] = len(layers)
+        if target is not None and options.l0_steering == "quadratic":
+            raise ValueError(
+                f"{name}: multi-layer dictionaries aim at an L0 with the controller (l0_steering 'controller'), "
+                "not the quadratic penalty; use the saescope recipe or l0_steering 'controller'"
+            )
     if architecture in ("topk", "batchtopk"):
         if target is None:
             raise ValueError(f"{architecture} needs a target L0 (its k)")
@@ -125,13 +234,15 @@ def _spec(site: Site, d_in: int, width: int, architecture: str, target: float | 
     tag = f"l0_{target:g}" if target is not None else f"lambda_{options.l0_coefficient:g}"
     steered = controlled and architecture in ("jumprelu", "relu")
     return SAESpec(
-        name=f"layer_{site.layer}-{site.kind.value}-{architecture}-{width}-{tag}",
+        name=f"{name}-{tag}",
         site=site,
         dictionary=DictionaryConfig(**fields),
         lr=options.lr,
         target_l0=target if steered else None,
         threshold_init_from_data=options.threshold_init_from_data if steered and architecture == "jumprelu" else None,
         decoder_bias_init=options.decoder_bias_init,
+        site_out=site_out,
+        layers=layers,
     )
 
 

@@ -24,8 +24,15 @@ from tqdm import tqdm
 
 from saescope.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 from saescope.data.activations import ActivationSource, SiteBatch
-from saescope.models.sites import Site
-from saescope.sae import DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary
+from saescope.models.sites import Site, spanned_sites
+from saescope.sae import (
+    AnyDictionary,
+    CrossLayerDictionary,
+    DictionaryConfig,
+    JumpReLU,
+    SparseDictionary,
+    build_any_dictionary,
+)
 from saescope.train.init_from import initialise_from_parent_
 from saescope.train.recipes import DECODER_BIAS_INITS, geometric_median
 from saescope.train.schedules import TargetL0Controller, learning_rate
@@ -40,7 +47,14 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class SAESpec:
-    """One dictionary to train: where it reads, what it is, and its optimiser settings."""
+    """One dictionary to train: where it reads and writes, what it is, and its optimiser settings.
+
+    An SAE reads and writes ``site``. A transcoder reads ``site`` and writes ``site_out``. A multi-layer
+    dictionary (``dictionary.n_layers > 1``: a CLT or crosscoder) spans ``layers``: it reads ``site``'s kind
+    and writes ``site_out``'s kind (default: the same) at each of them, ``site`` naming the first layer.
+    Inputs are divided by their site's scale C (SPEC §2.2), and each target by the scale of the input it
+    is paired with (the transcoder convention, SPEC §2.6; for an SAE or crosscoder that is its own).
+    """
 
     name: str
     site: Site
@@ -59,14 +73,28 @@ class SAESpec:
     #: Start from this trained dictionary (a folder `load_sae` reads) instead of a fresh initialisation:
     #: PT→IT finetuning (SPEC §7.6, `saescope.train.init_from`). The data-driven inits above are skipped.
     init_from: str | None = None
+    #: Where a transcoder writes (None: ``site``, an SAE); for a multi-layer dictionary, the output kind.
+    site_out: Site | None = None
+    #: The layers a multi-layer dictionary spans, ascending, the first being ``site.layer``; () for one layer.
+    layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"SAESpec.name must be a non-empty folder name without '/'; got {self.name!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"SAESpec.lr must be a positive number; got {self.lr!r}")
-        if self.target_l0 is not None and not 0 < self.target_l0 < self.dictionary.width:
-            raise ValueError(f"SAESpec.target_l0 must be in (0, width); got {self.target_l0!r}")
+        if self.target_l0 is not None and not 0 < self.target_l0 < self.dictionary.total_width:
+            raise ValueError(f"SAESpec.target_l0 must be in (0, width × n_layers); got {self.target_l0!r}")
+        n_layers = self.dictionary.n_layers
+        if self.layers or n_layers > 1:
+            layers = tuple(self.layers)
+            if len(layers) != n_layers or list(layers) != sorted(set(layers)) or layers[0] != self.site.layer:
+                raise ValueError(
+                    f"SAESpec.layers must be {n_layers} ascending distinct layers starting at {self.site.layer} "
+                    f"(dictionary.n_layers = {n_layers}); got {self.layers!r}"
+                )
+            if self.init_from is not None:
+                raise ValueError("SAESpec.init_from is not supported for multi-layer dictionaries yet")
         if self.decoder_bias_init not in DECODER_BIAS_INITS:
             raise ValueError(
                 f"SAESpec.decoder_bias_init must be one of {DECODER_BIAS_INITS}; got {self.decoder_bias_init!r}"
@@ -75,6 +103,16 @@ class SAESpec:
             raise ValueError("SAESpec.threshold_init_from_data needs a jumprelu dictionary")
         if self.init_thresholds_from_data and self.target_l0 is None:
             raise ValueError("SAESpec.threshold_init_from_data needs target_l0 (the firing rate to start at)")
+
+    @property
+    def input_sites(self) -> tuple[Site, ...]:
+        """The sites it reads, one per layer."""
+        return spanned_sites(self.site, self.layers)
+
+    @property
+    def output_sites(self) -> tuple[Site, ...]:
+        """The sites it reconstructs, one per input site."""
+        return spanned_sites(self.site_out or self.site, self.layers)
 
     @property
     def init_thresholds_from_data(self) -> bool:
@@ -92,6 +130,8 @@ class SAESpec:
             "threshold_init_from_data": self.init_thresholds_from_data,
             "decoder_bias_init": self.decoder_bias_init,
             **({"init_from": self.init_from} if self.init_from is not None else {}),
+            **({"site_out": self.site_out.id} if self.site_out is not None else {}),
+            **({"layers": list(self.layers)} if self.layers else {}),
         }
 
 
@@ -138,7 +178,7 @@ class _Member:
     """A dictionary being trained and its training state."""
 
     spec: SAESpec
-    sae: SparseDictionary
+    sae: AnyDictionary
     optimizer: torch.optim.Adam
     controller: TargetL0Controller | None
     tokens_since_fired_F: torch.Tensor
@@ -151,16 +191,16 @@ class TrainedDictionary:
 
     name: str
     site: Site
-    sae: SparseDictionary
+    sae: AnyDictionary
     norm_scale: float
     folder: Path
     final_metrics: dict[str, float]
 
 
-def _batch_fvu(x_BD: torch.Tensor, x_hat_BD: torch.Tensor) -> float:
-    """Fraction of variance unexplained on this batch (variance about the batch mean)."""
-    residual = (x_BD - x_hat_BD).double().square().sum()
-    variance = (x_BD - x_BD.mean(0)).double().square().sum()
+def _batch_fvu(y_BD: torch.Tensor, y_hat_BD: torch.Tensor) -> float:
+    """Fraction of variance unexplained of the target on this batch (variance about the batch mean)."""
+    residual = (y_BD - y_hat_BD).double().square().sum()
+    variance = (y_BD - y_BD.mean(0)).double().square().sum()
     return float(residual / variance.clamp_min(1e-30))
 
 
@@ -184,18 +224,23 @@ class Trainer:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"dictionary names must be unique; got {names}")
-        missing = sorted({spec.site.id for spec in specs} - {site.id for site in source.sites})
+        needed = {site for spec in specs for site in (*spec.input_sites, *spec.output_sites)}
+        missing = sorted(site.id for site in needed - set(source.sites))
         if missing:
             raise ValueError(f"the activation source has no site {missing}; it has {[s.id for s in source.sites]}")
         for spec in specs:
-            width = source.widths[spec.site]
-            if spec.dictionary.d_in != width:
-                raise ValueError(f"{spec.name}: d_in {spec.dictionary.d_in} != width {width} of site {spec.site}")
+            for sites, width_name, width in (
+                (spec.input_sites, "d_in", spec.dictionary.d_in),
+                (spec.output_sites, "d_out", spec.dictionary.d_target),
+            ):
+                for site in sites:
+                    if source.widths[site] != width:
+                        raise ValueError(f"{spec.name}: {width_name} {width} != width {source.widths[site]} of {site}")
         self.specs = list(specs)
         self.source = source
         self.config = config
         self.out_dir = out_dir
-        self.norm_scales = {spec.site: source.norm_scales[spec.site] for spec in specs}
+        self.norm_scales = {site: source.norm_scales[site] for spec in specs for site in spec.input_sites}
         indices = list(range(len(self.specs))) if owned is None else sorted(owned)
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
             raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
@@ -208,8 +253,9 @@ class Trainer:
 
     def _build(self, index: int, spec: SAESpec) -> _Member:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
-        sae = build_dictionary(spec.dictionary, generator=generator).to(self.config.device)
+        sae = build_any_dictionary(spec.dictionary, generator=generator).to(self.config.device)
         if spec.init_from is not None:
+            assert isinstance(sae, SparseDictionary)  # SAESpec refuses init_from for multi-layer dictionaries
             initialise_from_parent_(sae, spec.init_from, self.norm_scales[spec.site])
         # fused: one kernel over all parameters; on 2 CPU cores it made Adam 4-5x faster than the
         # default foreach implementation in the train-step benchmark, with the same update rule.
@@ -217,7 +263,7 @@ class Trainer:
             sae.parameters(), lr=spec.lr, betas=self.config.adam_betas, eps=self.config.adam_eps, fused=True
         )
         controller = TargetL0Controller(spec.target_l0, gain=self.config.controller_gain) if spec.target_l0 else None
-        fired_F = torch.zeros(spec.dictionary.width, dtype=torch.int64, device=self.config.device)
+        fired_F = torch.zeros(spec.dictionary.total_width, dtype=torch.int64, device=self.config.device)
         return _Member(spec, sae, optimizer, controller, fired_F)
 
     # --- checkpoints --------------------------------------------------------------------------------
@@ -296,26 +342,52 @@ class Trainer:
             self.epoch += 1
             self.batch_in_epoch = 0
 
+    def _member_batch(
+        self, member: _Member, batch: dict[Site, torch.Tensor], cache: dict[tuple[Site, Site], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The member's normalised input x and target y (each target divided by its paired input's scale);
+        `cache` shares the divided tensors between the members of one step."""
+
+        def normalised(site: Site, scale_site: Site) -> torch.Tensor:
+            if (site, scale_site) not in cache:
+                cache[site, scale_site] = batch[site] / self.norm_scales[scale_site]
+            return cache[site, scale_site]
+
+        spec = member.spec
+        xs = [normalised(site, site) for site in spec.input_sites]
+        x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)
+        if spec.output_sites == spec.input_sites:
+            return x, x
+        ys = [normalised(out, site) for out, site in zip(spec.output_sites, spec.input_sites, strict=True)]
+        return x, (ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1))
+
     @torch.no_grad()
-    def _initialise_from_data(self, batch: dict[Site, torch.Tensor]) -> None:
-        for member in self.members:
-            if member.spec.init_from is not None:  # starts from its parent's weights, not from the data
-                continue
-            x_BD = batch[member.spec.site]
-            if member.spec.decoder_bias_init == "mean":
-                member.sae.b_dec_D.copy_(x_BD.mean(0))
-            elif member.spec.decoder_bias_init == "geometric_median":
-                member.sae.b_dec_D.copy_(geometric_median(x_BD))
-            if member.spec.init_thresholds_from_data:
-                assert isinstance(member.sae, JumpReLU)
-                assert member.spec.target_l0 is not None
-                pre_BF = member.sae.pre_activations(x_BD)
-                rate = member.spec.target_l0 / member.spec.dictionary.width
+    def _initialise_from_data(self, member: _Member, x: torch.Tensor, y: torch.Tensor) -> None:
+        spec = member.spec
+        if spec.init_from is not None:  # starts from its parent's weights, not from the data
+            return
+        sae = member.sae
+        parts = (
+            zip(sae.blocks, sae.split_inputs(x), sae.split_outputs(y), strict=True)
+            if isinstance(sae, CrossLayerDictionary)
+            else [(sae, x, y)]
+        )
+        for block, x_BD, y_BD in parts:
+            assert isinstance(block, SparseDictionary)
+            if spec.decoder_bias_init == "mean":  # b_dec is the bias of the *output*
+                block.b_dec_D.copy_(y_BD.mean(0))
+            elif spec.decoder_bias_init == "geometric_median":
+                block.b_dec_D.copy_(geometric_median(y_BD))
+            if spec.init_thresholds_from_data:
+                assert isinstance(block, JumpReLU)
+                assert spec.target_l0 is not None
+                pre_BF = block.pre_activations(x_BD)
+                rate = spec.target_l0 / spec.dictionary.total_width
                 rank = min(x_BD.shape[0], max(1, round(x_BD.shape[0] * (1.0 - rate))))
                 theta_F = pre_BF.kthvalue(rank, dim=0).values
-                member.sae.set_threshold_(theta_F.clamp_min(member.spec.dictionary.threshold_init))
+                block.set_threshold_(theta_F.clamp_min(spec.dictionary.threshold_init))
 
-    def _train_member(self, member: _Member, x_BD: torch.Tensor) -> None:
+    def _train_member(self, member: _Member, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:
         spec, config = member.spec, self.config
         lr = learning_rate(
             self.step,
@@ -328,7 +400,7 @@ class Trainer:
         for group in member.optimizer.param_groups:
             group["lr"] = lr
         scale = member.controller.scale if member.controller else 1.0
-        out = member.sae.loss(x_BD, step=self.step, coefficient_scale=scale)
+        out = member.sae.loss(x_BD, y_BD, step=self.step, coefficient_scale=scale)
         if not torch.isfinite(out.total):
             raise TrainingDivergedError(
                 f"{spec.name} ({spec.site}): the loss is {out.total.item()} at step {self.step}; "
@@ -349,7 +421,7 @@ class Trainer:
         member.last = {
             "loss": float(out.total.detach()),
             "l0": l0,
-            "fvu": _batch_fvu(x_BD, out.output.reconstruction.detach()),
+            "fvu": _batch_fvu(y_BD, out.output.reconstruction.detach()),
             "lambda": out.sparsity_coefficient,
             "lr": lr,
             "dead_fraction": float((member.tokens_since_fired_F >= config.dead_window_tokens).float().mean()),
@@ -374,7 +446,7 @@ class Trainer:
         resumed = self.load_checkpoint()
         atomic_write_json(self.out_dir / "train_config.json", self._identity())
         stop_at = self.config.total_steps if max_steps is None else min(max_steps, self.config.total_steps)
-        sites = sorted({m.spec.site for m in self.members})
+        sites = sorted({site for m in self.members for site in (*m.spec.input_sites, *m.spec.output_sites)})
         bar = tqdm(
             total=self.config.total_steps, initial=self.step, unit="step", disable=not self.config.progress,
             desc=f"training {len(self.members)} SAE{'s' if len(self.members) != 1 else ''}",
@@ -383,11 +455,13 @@ class Trainer:
         try:
             while self.step < stop_at:
                 raw = next(batches)
-                normalised = {site: raw[site].to(self.config.device) / self.norm_scales[site] for site in sites}
-                if self.step == 0 and not resumed:
-                    self._initialise_from_data(normalised)
+                on_device = {site: raw[site].to(self.config.device) for site in sites}
+                cache: dict[tuple[Site, Site], torch.Tensor] = {}
                 for member in self.members:
-                    self._train_member(member, normalised[member.spec.site])
+                    x_BD, y_BD = self._member_batch(member, on_device, cache)
+                    if self.step == 0 and not resumed:
+                        self._initialise_from_data(member, x_BD, y_BD)
+                    self._train_member(member, x_BD, y_BD)
                 self.step += 1
                 self.tokens_seen += next(iter(raw.values())).shape[0]
                 bar.update(1)
@@ -405,13 +479,15 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {key: value.detach().contiguous() for key, value in member.sae.state_dict().items()}
         atomic_write_with(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
-        scale = self.norm_scales[member.spec.site]
+        scales = [self.norm_scales[site] for site in member.spec.input_sites]
+        scale = scales[0]
         atomic_write_json(
             folder / "config.json",
             {
                 "format": "saescope-dictionary-v1",
                 **member.spec.to_dict(),
                 "norm_scale": scale,
+                **({"norm_scales": scales} if len(scales) > 1 else {}),
                 "training": {**self.config.to_dict(), "steps_done": self.step, "tokens_seen": self.tokens_seen},
                 "final_batch_metrics": member.last,
             },
