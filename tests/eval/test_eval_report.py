@@ -44,4 +44,4 @@ def test_report_writes_tables_plots_and_html(tmp_path: Path) -> None:
 
 def test_markdown_table_shows_stderr() -> None:
     table = markdown_table(suite_rows([fake_result(0, "res", 50)]))
-    assert "| layer_0/res | jumprelu | 4096 | 50 | 0.1 | 0.05 ± 0.01 | 0.9 | 0.05 |" in table
+    assert "| layer_0/res | res | jumprelu | 4096 | 50 | 0.1 | 0.05 ± 0.01 | 0.9 | 0.05 |" in table

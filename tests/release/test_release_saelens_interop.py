@@ -6,16 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from release_fixtures import D
+from release_fixtures import D, random_jumprelu, write_dictionary_folder
 
 from saescope.models.sites import Site, SiteKind
 from saescope.release import export_release, load_sae, read_suite
+from saescope.sae import DictionaryConfig
 
 sae_lens = pytest.importorskip("sae_lens")
 
 from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig  # noqa: E402
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
-from sae_lens.saes.transcoder import JumpReLUSkipTranscoder, JumpReLUSkipTranscoderConfig  # noqa: E402
+from sae_lens.saes.transcoder import (  # noqa: E402
+    JumpReLUSkipTranscoder,
+    JumpReLUSkipTranscoderConfig,
+    JumpReLUTranscoder,
+)
 
 
 def _x(rows: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -62,6 +67,22 @@ def test_sae_lens_loads_our_skip_transcoder(suite_run: Path, tmp_path: Path) -> 
     with torch.no_grad():
         assert torch.equal(theirs.encode(x), ours.encode(x))
         torch.testing.assert_close(theirs(x), ours(x).reconstruction, rtol=0, atol=1e-5)
+        torch.testing.assert_close(theirs(x), original(x).reconstruction, rtol=0, atol=1e-5)
+
+
+def test_sae_lens_loads_our_plain_transcoder(tmp_path: Path) -> None:
+    """A transcoder without skip (mlp_in -> mlp, d_out != d_in) is SAELens' JumpReLUTranscoder with our outputs."""
+    config = DictionaryConfig(d_in=D, width=40, d_out=D + 4, apply_pre_encoder_bias=False)
+    write_dictionary_folder(tmp_path / "run", "tc", random_jumprelu(config, 9), site="layer_3/mlp_in", l0=20.0,
+                            extra_config={"site_out": "layer_3/mlp"})  # fmt: skip
+    export_release(tmp_path / "run", tmp_path / "out", ["saelens"], model_name="gemma-3-270m")
+    folder = tmp_path / "out/transcoder/layer_3/width_40/average_l0_20"
+    theirs = SAE.load_from_disk(folder)
+    assert isinstance(theirs, JumpReLUTranscoder)
+    assert not isinstance(theirs, JumpReLUSkipTranscoder)
+    original = read_suite(tmp_path / "run")[0].raw_space()
+    x = _x(40, D)
+    with torch.no_grad():
         torch.testing.assert_close(theirs(x), original(x).reconstruction, rtol=0, atol=1e-5)
 
 

@@ -35,7 +35,8 @@ class PromptTooLongError(ValueError):
 
 @dataclass(frozen=True)
 class Intervention:
-    """Add ``coefficient`` times a latent's decoder direction where its dictionary writes."""
+    """Add ``coefficient`` times a latent's decoder directions where its dictionary writes (for a block of a
+    multi-layer dictionary: at its own output site and, through its cross decoders, at every later one)."""
 
     sae: str
     latent: int
@@ -73,8 +74,7 @@ class LiveModel:
                     f"{self.dictionaries_path}, which could not be loaded: {error}"
                 ) from error
             device = next(loaded.model.parameters()).device
-            self._dictionaries = {d.name: Dictionary(d.name, d.site, d.site_out, d.sae.to(device).eval(), d.folder)
-                                  for d in found}  # fmt: skip
+            self._dictionaries = {d.name: d.to(device) for d in found}
             self._loaded = loaded
         return self._loaded, self._dictionaries
 
@@ -129,9 +129,10 @@ class LiveModel:
             for d, intervention in zip(chosen, interventions, strict=True):
                 if not 0 <= intervention.latent < d.sae.config.width:
                     raise KeyError(f"{d.name} has no latent {intervention.latent}")
-                direction_D = d.sae.W_dec_FD[intervention.latent].detach()
-                total_D = vectors.get(d.site_out, torch.zeros_like(direction_D))
-                vectors[d.site_out] = total_D + intervention.coefficient * direction_D
+                for site, W_dec_FD in d.writes:  # a CLT latent writes to its own and every later layer
+                    direction_D = W_dec_FD[intervention.latent].detach()
+                    total_D = vectors.get(site, torch.zeros_like(direction_D))
+                    vectors[site] = total_D + intervention.coefficient * direction_D
             ids_BT = self._prompt(loaded, text)
             default_ids = _generate(loaded, ids_BT, {}, max_new_tokens, temperature, seed)
             steered_ids = _generate(loaded, ids_BT, vectors, max_new_tokens, temperature, seed)

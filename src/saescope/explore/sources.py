@@ -8,30 +8,41 @@
   through one of them only (:data:`RELEASE_FORMAT_PREFERENCE`), so no SAE is indexed twice.
 
 Every dictionary comes back in raw activation space (normalisation folded in, SPEC §2.7) with a name that
-is unique in the set and safe in a URL, since feature pages are addressed by it.
+is unique in the set and safe in a URL, since feature pages are addressed by it. A multi-layer dictionary (CLT,
+crosscoder) comes back as one :class:`Dictionary` per block, named ``<name>.layer_<L>``: block i is a JumpReLU
+reading input site i and writing output site i, and it carries its cross decoders to the later output sites,
+so its latents are browsed like any other and their pages can say where they write and how strongly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from saescope.models.sites import Site
 from saescope.release import load_sae, read_suite
 from saescope.release.common import ReleaseFormatError
 from saescope.release.gemmascope import GS1_PARAMS, GS2_PARAMS
+from saescope.release.multilayer import block_file_name
 from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS
 from saescope.release.suite import CONFIG as SAESCOPE_CONFIG
 from saescope.release.suite import WEIGHTS as SAESCOPE_WEIGHTS
-from saescope.sae import SparseDictionary
+from saescope.sae import AnyDictionary, CrossLayerDictionary, SparseDictionary
 
 #: A release root written with several formats is read through the first of these it holds.
 RELEASE_FORMAT_PREFERENCE = ("gemmascope2", "saelens", "gemmascope")
 #: Files whose presence makes a folder a dictionary folder for :func:`saescope.release.load_sae`.
-_DICTIONARY_MARKERS = (GS1_PARAMS, GS2_PARAMS, SAELENS_CONFIG, SAELENS_WEIGHTS, SAESCOPE_WEIGHTS)
+_DICTIONARY_MARKERS = (
+    GS1_PARAMS, GS2_PARAMS, block_file_name(0), SAELENS_CONFIG, SAELENS_WEIGHTS, SAESCOPE_WEIGHTS,
+)  # fmt: skip
 #: What a dictionary name may contain: it is part of every feature page's URL.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -40,17 +51,32 @@ RUN_CONFIG = "run_config.json"
 
 @dataclass(frozen=True)
 class Dictionary:
-    """One dictionary to index, in raw activation space."""
+    """One dictionary to index, in raw activation space: a single-layer one, or one block of a multi-layer one."""
 
     name: str
     site: Site
     """Where it reads."""
     site_out: Site
-    """Where it writes: ``site`` for an SAE, the target site for a transcoder."""
+    """Where it writes: ``site`` for an SAE, the target site for a transcoder, output site i for block i."""
     sae: SparseDictionary
     folder: Path
     metrics: dict[str, Any] | None = None
-    """Its evaluation metrics (``metrics.json`` as :func:`saescope.eval.evaluate` writes it), when known."""
+    """Its evaluation metrics (``metrics.json`` as :func:`saescope.eval.evaluate` writes it), when known; for a
+    block, its layer's entries of the multi-layer dictionary's (see :func:`block_metrics`)."""
+    cross_decoders: tuple[tuple[Site, Tensor], ...] = field(default=(), compare=False)
+    """A block's writes to the later output sites: (site j, ``W_dec_{i→j}`` (F, d_out)) for j = i+1 .. n−1."""
+    parent: str | None = None
+    """The name of the multi-layer dictionary this is a block of; None for a single-layer dictionary."""
+
+    @property
+    def writes(self) -> tuple[tuple[Site, Tensor], ...]:
+        """Every site its latents write and the decoder (F, d_out) they write with: its own first."""
+        return ((self.site_out, self.sae.W_dec_FD), *self.cross_decoders)
+
+    def to(self, device: torch.device) -> Dictionary:
+        """This dictionary with its weights (cross decoders included) on ``device``, in eval mode."""
+        moved = tuple((site, W_FD.to(device)) for site, W_FD in self.cross_decoders)
+        return dataclasses.replace(self, sae=self.sae.to(device).eval(), cross_decoders=moved)
 
 
 @dataclass(frozen=True)
@@ -85,13 +111,76 @@ def _unique(names: list[str]) -> list[str]:
     return unique
 
 
+def block_metrics(metrics: dict[str, Any] | None, block: Dictionary) -> dict[str, Any] | None:
+    """A block's metrics from its multi-layer dictionary's ``metrics``: the entries for the block's output site
+    (``reconstruction`` and ``lm_loss`` ``by_output_site``: the block's own L0, output L rebuilt from the blocks
+    ≤ L, layer L spliced alone), and the whole dictionary's headline (every output replaced at once) under
+    ``replacement_model``. None when the file has no entry for that site."""
+    if metrics is None:
+        return None
+    reconstruction = _output_site_entry(metrics.get("reconstruction"), block.site_out)
+    if reconstruction is None:
+        return None
+    headline = {key: _headline(metrics.get(key)) for key in ("reconstruction", "lm_loss")}
+    return {
+        **{key: value for key, value in metrics.items() if key != "layers"},  # "layers" marks a whole-model row
+        "site": block.site.id, "site_out": block.site_out.id, "width": block.sae.config.width,
+        "reconstruction": reconstruction, "lm_loss": _output_site_entry(metrics.get("lm_loss"), block.site_out),
+        "replacement_model": {"name": block.parent, "layers": metrics.get("layers"), **headline},
+    }  # fmt: skip
+
+
+def _output_site_entry(group: object, site: Site) -> dict[str, Any] | None:
+    entry = group.get("by_output_site", {}).get(site.id) if isinstance(group, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def _headline(group: object) -> object:
+    """A metrics group without its per-layer entries."""
+    return {k: v for k, v in group.items() if k != "by_output_site"} if isinstance(group, dict) else group
+
+
+def expand_dictionary(
+    name: str,
+    sae: AnyDictionary,
+    input_sites: Sequence[Site],
+    output_sites: Sequence[Site],
+    folder: Path,
+    metrics: dict[str, Any] | None,
+) -> list[Dictionary]:
+    """``sae`` as the explorer's dictionaries: itself, or one per block of a multi-layer dictionary (block i
+    named ``<name>.layer_<L>``, L the layer of its input site, with its cross decoders to every later site)."""
+    if not isinstance(sae, CrossLayerDictionary):
+        return [Dictionary(name, input_sites[0], output_sites[0], sae, folder, metrics)]
+    n = sae.n_layers
+    if len(input_sites) != n or len(output_sites) != n:
+        raise ReleaseFormatError(
+            f"{folder}: a dictionary of {n} layers needs {n} input and output sites; its files name "
+            f"{[s.id for s in input_sites]} and {[s.id for s in output_sites]}"
+        )
+    blocks = []
+    for i in range(n):
+        cross = tuple((output_sites[j], sae.decoder_to(i, j).detach()) for j in range(i + 1, n))
+        block = Dictionary(safe_name(f"{name}.layer_{input_sites[i].layer}"), input_sites[i], output_sites[i],
+                           sae.block(i), folder, cross_decoders=cross, parent=name)  # fmt: skip
+        blocks.append(dataclasses.replace(block, metrics=block_metrics(metrics, block)))
+    return blocks
+
+
+def _uniquely_named(dictionaries: list[Dictionary]) -> list[Dictionary]:
+    """Block names (``<name>.layer_<L>``) can meet another dictionary's name: make every name unique."""
+    names = _unique([d.name for d in dictionaries])
+    return [dataclasses.replace(d, name=name) for d, name in zip(dictionaries, names, strict=True)]
+
+
 def _from_training(training: Path) -> list[Dictionary]:
     entries = read_suite(training)
     names = _unique([safe_name(entry.name) for entry in entries])
-    return [
-        Dictionary(name, entry.site, entry.site_out or entry.site, entry.raw_space(), entry.folder, entry.metrics)
-        for name, entry in zip(names, entries, strict=True)
-    ]
+    dictionaries: list[Dictionary] = []
+    for name, entry in zip(names, entries, strict=True):
+        sae = entry.raw_space()
+        dictionaries += expand_dictionary(name, sae, entry.input_sites, entry.output_sites, entry.folder, entry.metrics)
+    return _uniquely_named(dictionaries)
 
 
 def _release_folders(root: Path) -> list[Path]:
@@ -110,7 +199,8 @@ def _from_release(root: Path) -> tuple[list[Dictionary], str | None]:
             f"{root} holds no dictionary: expected a run folder (runs/<name>), a training folder with saes/, "
             "or a release with Gemma Scope 1/2 or SAELens folders"
         )
-    dictionaries, models = [], set()
+    dictionaries: list[Dictionary] = []
+    models = set()
     base = root if root.is_dir() else root.parent
     names = _unique([safe_name(folder.relative_to(base).as_posix() or folder.name) for folder in folders])
     for name, folder in zip(names, folders, strict=True):
@@ -120,13 +210,13 @@ def _from_release(root: Path) -> tuple[list[Dictionary], str | None]:
         if loaded.model_name:
             models.add(loaded.model_name)
         metrics = loaded.metadata.get("metrics")
-        dictionaries.append(
-            Dictionary(
-                name, loaded.site, loaded.site_out or loaded.site, loaded.sae.eval(), folder,
+        dictionaries.extend(
+            expand_dictionary(
+                name, loaded.sae.eval(), loaded.input_sites, loaded.output_sites, folder,
                 metrics if isinstance(metrics, dict) else None,
             )
         )  # fmt: skip
-    return dictionaries, (models.pop() if len(models) == 1 else None)
+    return _uniquely_named(dictionaries), (models.pop() if len(models) == 1 else None)
 
 
 def read_dictionaries(path: Path) -> DictionarySet:

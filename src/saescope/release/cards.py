@@ -23,7 +23,9 @@ FORMAT_DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "Gemma Scope 2 layout",
         "`<resid_post|attn_out|mlp_out|transcoder>_all/layer_{L}_width_{W}_l0_{small|medium|big}[_affine]/` with "
         "`params.safetensors` (float32 `w_enc`, `w_dec`, `b_enc`, `b_dec`, `threshold`[, `affine_skip_connection`]) "
-        "and `config.json`",
+        "and `config.json`; cross-layer transcoders in `clt/width_{W}_l0_{label}[_affine]/` and crosscoders in "
+        "`crosscoder/layer_{a}_{b}_..._width_{W}_l0_{label}/`, one `params_layer_{i}.safetensors` per spanned layer "
+        "(`w_dec` of block i is (width per layer, n − i, d_out): its writes to layers i..n−1) and `config.json`",
     ),
     "saelens": (
         "SAELens format",
@@ -169,8 +171,8 @@ def render_model_card(
     header = ["dictionary", "site", "width", "L0", "GS2 label", *(f"{fid} folder" for fid in exported)]
     paths = {fid: {item.entry.name: item.path.as_posix() for item in items} for fid, items in exported.items()}
     rows = [
-        [e.name, e.site.id + (f" → {e.site_out.id}" if e.is_transcoder and e.site_out else ""), e.width,
-         round(e.l0, 1), l0_label(e.l0), *(f"`{paths[fid].get(e.name, '—')}`" for fid in exported)]
+        [e.name, _site_text(e), e.width, round(e.l0, 1), l0_label(e.l0 / e.dictionary.n_layers),
+         *(f"`{paths[fid].get(e.name, '—')}`" for fid in exported)]
         for e in entries
     ]  # fmt: skip
     lines += [*_table(header, rows), ""]
@@ -209,8 +211,28 @@ def render_model_card(
         ),
         "",
     ]
-    lines += _INFERENCE + _licence(model_name)
+    lines += _INFERENCE + (_MULTI_LAYER_INFERENCE if any(e.is_multi_layer for e in entries) else [])
+    lines += _licence(model_name)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _site_text(entry: TrainedSAE) -> str:
+    """``layer_3/mlp_in → layer_3/mlp``; a multi-layer dictionary: ``layers 0, 1, 2: mlp_in → mlp``."""
+    if entry.is_multi_layer:
+        kinds = entry.site.kind.value + (
+            f" → {entry.site_out.kind.value}" if entry.is_transcoder and entry.site_out else ""
+        )
+        return f"layers {', '.join(str(layer) for layer in entry.layers)}: {kinds}"
+    return entry.site.id + (f" → {entry.site_out.id}" if entry.is_transcoder and entry.site_out else "")
+
+
+_MULTI_LAYER_INFERENCE = [
+    "* **Cross-layer transcoders and crosscoders** (`clt/`, `crosscoder/`): block i reads layer i's input with "
+    "its own `w_enc`, `b_enc`, `threshold`; output j is `b_dec` of block j (+ `x_j @ affine_skip_connection` of "
+    "block j) plus, for every block i ≤ j, `f_i @ w_dec_i[:, j - i, :]`. No latent writes to an earlier layer. "
+    "The GS2 L0 label of these folders is that of the L0 per layer (total L0 / layers).",
+    "",
+]
 
 
 _INFERENCE = [

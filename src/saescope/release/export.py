@@ -17,6 +17,7 @@ from saescope.models.loading import DEFAULT_MODEL
 from saescope.release.cards import write_model_card
 from saescope.release.common import DEFAULT_MODEL_TYPE, ReleaseExportError
 from saescope.release.gemmascope import export_gemmascope, export_gemmascope2
+from saescope.release.multilayer import export_multi_layer
 from saescope.release.saelens import export_saelens
 from saescope.release.suite import ExportedSAE, TrainedSAE, read_suite
 
@@ -41,6 +42,8 @@ class ReleaseSummary:
 
 def unsupported_reason(entry: TrainedSAE, format_id: str) -> str | None:
     """Why ``entry`` cannot be written in ``format_id``, or None when it can."""
+    if entry.is_multi_layer and format_id != "gemmascope2":
+        return "only the Gemma Scope 2 layout has multi-layer folders (clt/, crosscoder/); use gemmascope2"
     if entry.dictionary.architecture == "topk":
         return "TopK has no per-latent threshold, so it has no JumpReLU form"
     if format_id == "gemmascope" and entry.dictionary.skip:
@@ -119,7 +122,10 @@ def export_release(
             if format_id == "gemmascope":
                 written = export_gemmascope(supported, subdir, model_name=name)
             elif format_id == "gemmascope2":
-                written = export_gemmascope2(supported, subdir, model_name=name, model_type=model_type)
+                single = [entry for entry in supported if not entry.is_multi_layer]
+                multi = [entry for entry in supported if entry.is_multi_layer]
+                written = export_gemmascope2(single, subdir, model_name=name, model_type=model_type)
+                written += export_multi_layer(multi, subdir, model_name=name, model_type=model_type)
             else:
                 written = export_saelens(supported, subdir, model_name=name, model_type=model_type)
             summary.exported[format_id] = written

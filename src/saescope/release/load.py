@@ -5,14 +5,16 @@ what                          recognised by                                     
 ============================  ==========================================================  ================
 Gemma Scope 1 folder          ``params.npz``                                              ``gemmascope``
 Gemma Scope 2 folder          ``params.safetensors`` (+ ``config.json``)                  ``gemmascope2``
+Gemma Scope 2 CLT/crosscoder  ``params_layer_0.safetensors`` ... (+ ``config.json``)       ``gemmascope2``
 SAELens folder                ``cfg.json`` + ``sae_weights.safetensors``                  ``saelens``
 saescope dictionary folder    ``sae.safetensors`` + ``config.json`` (saescope-dictionary)  ``saescope``
 Hugging Face Hub id           ``owner/repo/path/in/repo`` that is not a local path          as downloaded
 ============================  ==========================================================  ================
 
-Whatever the source, the result is a raw-space :class:`~saescope.sae.SparseDictionary` (a saescope
-dictionary is folded with its recorded scale C, SPEC §2.7), so the same code evaluates and browses all of
-them. Hub downloads are off unless ``online=True`` or ``SAESCOPE_ONLINE=1``, as for models.
+Whatever the source, the result is a raw-space dictionary (a saescope dictionary is folded with its
+recorded scale C, SPEC §2.7): a :class:`~saescope.sae.SparseDictionary`, or for a CLT or crosscoder a
+:class:`~saescope.sae.CrossLayerDictionary` with ``layers`` set, so the same code evaluates and browses
+all of them. Hub downloads are off unless ``online=True`` or ``SAESCOPE_ONLINE=1``, as for models.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from saescope.release.gemmascope import (
     read_gemmascope2_folder,
     read_gemmascope_folder,
 )
+from saescope.release.multilayer import is_multi_layer_folder, multi_layer_files, read_multi_layer_folder
 from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS, read_saelens_folder
 from saescope.release.suite import CONFIG as SAESCOPE_CONFIG
 from saescope.release.suite import WEIGHTS as SAESCOPE_WEIGHTS
@@ -88,7 +91,7 @@ def _detect(folder: Path) -> str | None:
         return "saescope"
     if (folder / GS1_PARAMS).is_file():
         return "gemmascope"
-    if (folder / GS2_PARAMS).is_file():
+    if (folder / GS2_PARAMS).is_file() or is_multi_layer_folder(folder):
         return "gemmascope2"
     if (folder / SAELENS_CONFIG).is_file() or (folder / SAELENS_WEIGHTS).is_file():
         return "saelens"
@@ -123,8 +126,15 @@ def load_folder(folder: Path, *, check_hashes: bool = True, repo_name: str | Non
             f"{GS2_CONFIG} (Gemma Scope 2), {SAELENS_CONFIG} + {SAELENS_WEIGHTS} (SAELens) or "
             f"{SAESCOPE_WEIGHTS} + {SAESCOPE_CONFIG} (saescope)"
         )
-    check_against_manifest([folder / name for name in _FILES[source_format] if (folder / name).exists()],
-                           check_hashes=check_hashes)  # fmt: skip
+    multi_layer = source_format == "gemmascope2" and is_multi_layer_folder(folder)
+    files = multi_layer_files(folder) if multi_layer else [folder / name for name in _FILES[source_format]]
+    check_against_manifest([path for path in files if path.exists()], check_hashes=check_hashes)
+    if multi_layer:
+        read = read_multi_layer_folder(folder)
+        model = read.config.get("model_name")
+        metadata: dict[str, Any] = {"path": str(folder), "config": read.config}
+        return LoadedSAE(read.sae, read.site, str(model) if model else None, source_format, metadata,
+                         read.site_out if read.site_out != read.site else None, read.layers)  # fmt: skip
     if source_format == "gemmascope":
         return _from_read(read_gemmascope_folder(folder, repo_name=repo_name), source_format)
     if source_format == "gemmascope2":

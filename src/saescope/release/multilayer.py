@@ -1,0 +1,303 @@
+"""Gemma Scope 2 layouts of multi-layer dictionaries: cross-layer transcoders and weakly causal crosscoders.
+
+::
+
+    <out>/clt/width_{W}_l0_{label}[_affine]/                          (CLT: mlp_in -> mlp of every spanned layer)
+    <out>/crosscoder/layer_{a}_{b}_{c}_{d}_width_{W}_l0_{label}/      (crosscoder: residual of a set of layers)
+        params_layer_{i}.safetensors   block i (i = 0 .. n-1, in layer order), float32:
+            w_enc (d_in, F)  b_enc (F)  threshold (F)
+            w_dec (F, n-i, d_out)     block i's writes to outputs i, i+1, ..., n-1 (never an earlier one)
+            b_dec (d_out)             output i's bias
+            [affine_skip_connection (d_in, d_out)]   input i -> output i (CLTs with ``_affine``)
+        config.json   type ("clt" | "crosscoder"), architecture "jump_relu", width (latents over all
+                      layers), width_per_layer, layers, n_layers, hf_hook_point_in / hf_hook_point_out
+                      (lists, one hook string per layer), model_name, l0 (over all layers), l0_per_layer,
+                      affine_connection
+
+``W`` is the total width (GS2 names a 270M CLT of 18 × 14,560 latents ``262k``; saescope writes
+:func:`~saescope.sae.widths.width_name` of the exact total), ``label`` the GS2 label of the L0 *per layer*
+(:func:`~saescope.release.common.l0_label`). GS2 has not published the tensor layout inside its
+``params_layer_{i}`` files (SPEC §6.2, [U]); this one is the per-block form of
+:class:`~saescope.sae.CrossLayerDictionary`, so the reader checks every shape against block 0 and names
+the file that disagrees. Weights are in raw activation space: each layer's normalisation is folded in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
+
+from saescope.atomic import atomic_write_json, atomic_write_with
+from saescope.models.sites import Site
+from saescope.release.common import (
+    DEFAULT_MODEL_TYPE,
+    ReleaseExportError,
+    ReleaseFormatError,
+    ReleaseParams,
+    hf_hook_point,
+    l0_label,
+    read_json_object,
+    site_from_hf_hook,
+    unique_folder_names,
+)
+from saescope.release.suite import ExportedSAE, TrainedSAE
+from saescope.sae import CrossLayerDictionary, DictionaryConfig
+from saescope.sae.widths import width_name
+
+MULTI_LAYER_CONFIG = "config.json"
+MULTI_LAYER_TYPES = ("clt", "crosscoder")
+_SKIP = "affine_skip_connection"
+_BLOCK_KEYS = ("w_enc", "b_enc", "threshold", "w_dec", "b_dec")
+_PARAMS = re.compile(r"^params_layer_(\d+)\.safetensors$")
+_CROSSCODER_LEAF = re.compile(r"^layer_(\d+(?:_\d+)+)_width_")
+
+
+def block_file_name(i: int) -> str:
+    return f"params_layer_{i}.safetensors"
+
+
+def is_multi_layer_folder(folder: Path) -> bool:
+    """A folder holding ``params_layer_0.safetensors`` (a GS2 CLT or crosscoder)."""
+    return (folder / block_file_name(0)).is_file()
+
+
+def multi_layer_files(folder: Path) -> list[Path]:
+    """The block files of a multi-layer folder, in block order, and its config."""
+    numbered = {int(match.group(1)): path for path in folder.iterdir() if (match := _PARAMS.match(path.name))}
+    return [*(numbered[i] for i in sorted(numbered)), folder / MULTI_LAYER_CONFIG]
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+# ------------------------------------------------------------------------------------------------
+
+
+def multi_layer_type(entry: TrainedSAE) -> str:
+    """'clt' for a dictionary that reads one site kind and writes another (mlp_in -> mlp), else 'crosscoder'."""
+    return "clt" if entry.is_transcoder else "crosscoder"
+
+
+def multi_layer_folders(entries: Sequence[TrainedSAE]) -> list[Path]:
+    def base(e: TrainedSAE) -> str:
+        label = l0_label(e.l0 / e.dictionary.n_layers)
+        if multi_layer_type(e) == "clt":
+            return f"clt/width_{width_name(e.width)}_l0_{label}"
+        spanned = "_".join(str(layer) for layer in e.layers)
+        return f"crosscoder/layer_{spanned}_width_{width_name(e.width)}_l0_{label}"
+
+    names = unique_folder_names(entries, base, lambda e: (e.l0, e.name))
+    return [Path(name + ("_affine" if e.dictionary.skip else "")) for name, e in zip(names, entries, strict=True)]
+
+
+def block_tensors(sae: CrossLayerDictionary, i: int) -> dict[str, torch.Tensor]:
+    """The tensors of ``params_layer_{i}`` from a raw-space (folded) dictionary."""
+    params = ReleaseParams.from_dictionary(sae.block(i))
+    F, d_out = params.width, params.d_out
+    with torch.no_grad():
+        w_dec_FKD = sae.decoder(i).detach().to(device="cpu", dtype=torch.float32).reshape(F, sae.n_layers - i, d_out)
+    tensors = {
+        "w_enc": params.W_enc,
+        "b_enc": params.b_enc,
+        "threshold": params.threshold,
+        "w_dec": w_dec_FKD.contiguous(),
+        "b_dec": params.b_dec,
+    }
+    if params.W_skip is not None:
+        tensors[_SKIP] = params.W_skip
+    return tensors
+
+
+def multi_layer_config(entry: TrainedSAE, *, model_name: str, model_type: str = DEFAULT_MODEL_TYPE) -> dict[str, Any]:
+    n = entry.dictionary.n_layers
+    return {
+        "type": multi_layer_type(entry),
+        "architecture": "jump_relu",
+        "width": entry.width,
+        "width_per_layer": entry.dictionary.width,
+        "n_layers": n,
+        "layers": list(entry.layers),
+        "hf_hook_point_in": [hf_hook_point(site, model_type) for site in entry.input_sites],
+        "hf_hook_point_out": [hf_hook_point(site, model_type) for site in entry.output_sites],
+        "model_name": model_name,
+        "l0": round(entry.l0),
+        "l0_per_layer": round(entry.l0 / n, 2),
+        "affine_connection": entry.dictionary.skip,
+    }
+
+
+def write_multi_layer_folder(folder: Path, sae: CrossLayerDictionary, config: dict[str, Any]) -> None:
+    """Write ``params_layer_{0..n-1}.safetensors`` and ``config.json`` (each file atomically)."""
+    for i in range(sae.n_layers):
+        atomic_write_with(folder / block_file_name(i), _writer(safetensors_bytes(block_tensors(sae, i))))
+    atomic_write_json(folder / MULTI_LAYER_CONFIG, config)
+
+
+def _writer(data: bytes) -> Callable[[BinaryIO], object]:
+    return lambda handle: handle.write(data)
+
+
+def export_multi_layer(
+    entries: Sequence[TrainedSAE], out: Path, *, model_name: str, model_type: str = DEFAULT_MODEL_TYPE
+) -> list[ExportedSAE]:
+    """Write every multi-layer entry under ``out`` in the GS2 ``clt/`` and ``crosscoder/`` layouts."""
+    exported = []
+    for entry, folder in zip(entries, multi_layer_folders(entries), strict=True):
+        sae = entry.raw_space()
+        if not isinstance(sae, CrossLayerDictionary):
+            raise ReleaseExportError(f"{entry.folder}: {entry.name} is not a multi-layer dictionary")
+        write_multi_layer_folder(out / folder, sae, multi_layer_config(entry, model_name=model_name,
+                                                                       model_type=model_type))  # fmt: skip
+        exported.append(ExportedSAE(entry, folder, round(entry.l0)))
+    return exported
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------------------------
+
+
+def _read_block(path: Path, i: int, n: int) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ReleaseFormatError(f"{path} is missing (a {n}-layer dictionary needs params_layer_0 .. {n - 1})")
+    try:
+        raw = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ReleaseFormatError(f"{path} is not a readable safetensors file (truncated?): {error}") from error
+    missing = [key for key in _BLOCK_KEYS if key not in raw]
+    if missing:
+        raise ReleaseFormatError(f"{path}: tensor(s) {missing} missing; the file has {sorted(raw)}")
+    w_dec = raw["w_dec"]
+    if w_dec.ndim == 2 and w_dec.shape[1] % (n - i) == 0:  # (F, (n-i)·d_out) written flat
+        w_dec = w_dec.reshape(w_dec.shape[0], n - i, w_dec.shape[1] // (n - i))
+    if w_dec.ndim != 3 or w_dec.shape[1] != n - i:
+        raise ReleaseFormatError(
+            f"{path}: w_dec has shape {tuple(w_dec.shape)}; block {i} of {n} must write to {n - i} layers, "
+            f"i.e. shape (F, {n - i}, d_out)"
+        )
+    raw["w_dec"] = w_dec
+    return raw
+
+
+def _layers_of(folder: Path, config: dict[str, Any], n: int) -> tuple[int, ...]:
+    """The spanned layers: config ``layers``, else the crosscoder folder name, else the input hooks."""
+    layers: list[int] | None = None
+    if isinstance(config.get("layers"), list):
+        layers = [int(layer) for layer in config["layers"]]
+    elif (leaf := _CROSSCODER_LEAF.match(folder.name)) is not None:
+        layers = [int(layer) for layer in leaf.group(1).split("_")]
+    elif isinstance(config.get("hf_hook_point_in"), list):
+        sites = [site_from_hf_hook(str(hook)) for hook in config["hf_hook_point_in"]]
+        layers = [site.layer for site in sites if site is not None]
+    if layers is None:
+        layers = list(range(n))  # a GS2 CLT spans every layer of its model
+    if len(layers) != n or sorted(set(layers)) != layers:
+        raise ReleaseFormatError(
+            f"{folder / MULTI_LAYER_CONFIG}: layers {layers} do not match the {n} block files (increasing, one each)"
+        )
+    return tuple(layers)
+
+
+def _sites_of(config: dict[str, Any], kind: str, layers: tuple[int, ...]) -> tuple[Site, Site]:
+    """The first block's input and output sites from the hook strings, else from the dictionary type."""
+
+    def first(key: str) -> Site | None:
+        hooks = config.get(key)
+        hook = hooks[0] if isinstance(hooks, list) and hooks else hooks
+        return site_from_hf_hook(str(hook)) if isinstance(hook, str) and "{" not in hook else None
+
+    site, site_out = first("hf_hook_point_in"), first("hf_hook_point_out")
+    if site is None:
+        site = Site.parse(f"layer_{layers[0]}/{'mlp_in' if kind == 'clt' else 'res'}")
+    if site_out is None:
+        site_out = Site.parse(f"layer_{layers[0]}/{'mlp' if kind == 'clt' else 'res'}")
+    return site, site_out
+
+
+@dataclass(frozen=True)
+class ReadMultiLayer:
+    """A multi-layer folder as read: the raw-space dictionary, block 0's input and output sites, the layers."""
+
+    sae: CrossLayerDictionary
+    site: Site
+    site_out: Site
+    layers: tuple[int, ...]
+    config: dict[str, Any]
+
+
+def read_multi_layer_folder(folder: Path) -> ReadMultiLayer:
+    """Read a GS2 CLT/crosscoder folder; every problem raises ReleaseFormatError naming the file."""
+    config_path = folder / MULTI_LAYER_CONFIG
+    config = read_json_object(config_path) if config_path.exists() else {}
+    kind = str(config.get("type") or ("crosscoder" if folder.parent.name == "crosscoder" else "clt"))
+    if kind not in MULTI_LAYER_TYPES:
+        raise ReleaseFormatError(f"{config_path}: type {kind!r}, expected one of {list(MULTI_LAYER_TYPES)}")
+    if config.get("architecture", "jump_relu") != "jump_relu":
+        raise ReleaseFormatError(f"{config_path}: architecture {config.get('architecture')!r}, expected 'jump_relu'")
+    found = multi_layer_files(folder)[:-1]
+    n = int(config.get("n_layers") or len(found))
+    if n < 2:
+        raise ReleaseFormatError(f"{folder}: a multi-layer dictionary needs at least 2 block files; found {len(found)}")
+    blocks = [_read_block(folder / block_file_name(i), i, n) for i in range(n)]
+    skip = _SKIP in blocks[0]
+    affine = config.get("affine_connection")
+    if affine is not None and bool(affine) != skip:
+        raise ReleaseFormatError(
+            f"{folder / block_file_name(0)}: config.json says affine_connection {affine} but the file "
+            f"{'has' if skip else 'lacks'} {_SKIP!r}"
+        )
+    params = [_block_params(folder / block_file_name(i), raw, skip) for i, raw in enumerate(blocks)]
+    d_in, width, d_out = params[0].d_in, params[0].width, params[0].d_out
+    for i, p in enumerate(params):
+        if (p.d_in, p.width, p.d_out) != (d_in, width, d_out):
+            raise ReleaseFormatError(
+                f"{folder / block_file_name(i)}: (d_in, width, d_out) = {(p.d_in, p.width, p.d_out)} but "
+                f"{block_file_name(0)} has {(d_in, width, d_out)}"
+            )
+    if "width" in config and int(config["width"]) != width * n:
+        raise ReleaseFormatError(f"{config_path}: width {config['width']} but the files hold {n} × {width} latents")
+    sae = _assemble(params, [raw["w_dec"] for raw in blocks], skip)
+    layers = _layers_of(folder, config, n)
+    site, site_out = _sites_of(config, kind, layers)
+    return ReadMultiLayer(sae, site, site_out, layers, {**config, "type": kind})
+
+
+def _block_params(path: Path, raw: dict[str, torch.Tensor], skip: bool) -> ReleaseParams:
+    if (_SKIP in raw) != skip:
+        raise ReleaseFormatError(f"{path}: {_SKIP!r} must be in every block file or in none")
+    tensors: dict[str, torch.Tensor | None] = {
+        "W_enc": raw["w_enc"],
+        "W_dec": raw["w_dec"][:, 0, :],
+        "b_enc": raw["b_enc"],
+        "b_dec": raw["b_dec"],
+        "threshold": raw["threshold"],
+        "W_skip": raw.get(_SKIP),
+    }
+    return ReleaseParams.from_tensors(tensors, path)
+
+
+def _assemble(params: Sequence[ReleaseParams], w_decs: Sequence[torch.Tensor], skip: bool) -> CrossLayerDictionary:
+    n, first = len(params), params[0]
+    config = DictionaryConfig(
+        d_in=first.d_in, width=first.width, d_out=first.d_out, architecture="jumprelu", n_layers=n,
+        apply_pre_encoder_bias=False, skip=skip, sparsity="l0", threshold_parameterisation="raw",
+    )  # fmt: skip
+    with torch.device("meta"):
+        sae = CrossLayerDictionary(config)
+    state: dict[str, torch.Tensor] = {}
+    for i, (p, w_dec) in enumerate(zip(params, w_decs, strict=True)):
+        state |= {f"blocks.{i}.W_enc_DF": p.W_enc, f"blocks.{i}.b_enc_F": p.b_enc, f"blocks.{i}.W_dec_FD": p.W_dec,
+                  f"blocks.{i}.b_dec_D": p.b_dec, f"blocks.{i}.raw_threshold_F": p.threshold}  # fmt: skip
+        if p.W_skip is not None:
+            state[f"blocks.{i}.W_skip_DD"] = p.W_skip
+        if i < n - 1:
+            state[f"W_cross.{i}"] = w_dec[:, 1:, :].to(torch.float32).reshape(p.width, -1).contiguous()
+    sae.load_state_dict({key: value.clone() for key, value in state.items()}, assign=True)
+    return sae.eval()
