@@ -26,7 +26,7 @@ from saescope.data.corpus import CorpusConfig
 from saescope.explore import IndexConfig, build_index, read_dictionaries
 from saescope.explore.statistics import ExampleSettings
 from saescope.models.loading import load_model
-from saescope.sae import DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary
+from saescope.sae import AnyDictionary, DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary
 
 #: Token ids the detector's latents fire on; the corpus uses words w0..w89 (ids 4..93), so 95 never occurs.
 DETECTED = (4, 10, 20, 33, 47, 60, 93, 95)
@@ -44,14 +44,17 @@ class ExploreRun:
     index: Path
 
 
-def write_dictionary(run: Path, name: str, sae: SparseDictionary, site: str, metrics: dict | None = None) -> None:
-    """``<run>/train/saes/<name>/`` as the trainer writes it (training-space weights, scale C = 1)."""
+def write_dictionary(
+    run: Path, name: str, sae: AnyDictionary, site: str, metrics: dict | None = None, extra_config: dict | None = None
+) -> None:
+    """``<run>/train/saes/<name>/`` as the trainer writes it (training-space weights, scale C = 1); a multi-layer
+    dictionary adds its ``layers``, ``norm_scales`` and ``site_out`` through ``extra_config``."""
     folder = run / "train" / "saes" / name
     folder.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in sae.state_dict().items()}, folder / "sae.safetensors")
     config = {
         "format": "saescope-dictionary-v1", "name": name, "site": site, "dictionary": sae.config.to_dict(),
-        "norm_scale": 1.0, "final_batch_metrics": {"l0": 3.0},
+        "norm_scale": 1.0, "final_batch_metrics": {"l0": 3.0}, **(extra_config or {}),
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
     if metrics is not None:

@@ -168,7 +168,7 @@ def test_logit_effects_and_neighbours_match_brute_force(explore_run: ExploreRun,
 
 def test_the_file_has_its_schema_indexes_and_opens_read_only(explore_run: ExploreRun) -> None:
     reader = IndexReader(explore_run.index)
-    assert reader.meta["schema_version"] == 1
+    assert reader.meta["schema_version"] == 2
     db = reader._db()
     names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"latents_by_density", "latents_by_max", "latents_by_mean"} <= names

@@ -46,6 +46,8 @@ def test_suite_and_dictionary_pages(client: TestClient) -> None:
     assert next(s for s in suite["saes"] if s["name"] == "detector")["evaluation"] is None
     sae = client.get("/api/saes/detector").json()["sae"]
     assert (sae["site"], sae["width"], sae["n_dead"]) == ("layer_0/resid_pre", len(DETECTED), 1)
+    assert all(s["parent"] is None for s in suite["saes"])  # no multi-layer dictionary in this run
+    assert sae["write_sites"] == ["layer_0/resid_pre"]
     assert sum(sae["log_density_histogram"]["counts"]) + sae["log_density_histogram"]["dead"] == sae["width"]
 
 
@@ -71,6 +73,10 @@ def test_feature_page_and_neuronpedia_json(client: TestClient) -> None:
     assert feature["latent"] == 3
     assert feature["top_examples"]
     assert all(len(e["tokens"]) == len(e["acts"]) for e in feature["top_examples"])
+    assert feature["parent"] is None
+    assert [w["site"] for w in feature["writes"]] == ["layer_1/att"]  # a single-layer dictionary writes one site
+    detector = client.get("/api/saes/detector/latents/2").json()
+    assert detector["writes"] == [{"site": "layer_0/resid_pre", "norm": pytest.approx(1.0)}]  # unit decoder rows
     record = client.get("/api/saes/random-att/latents/3/neuronpedia").json()
     assert record["index"] == "3"
     assert record["layer"] == "1-random-att"

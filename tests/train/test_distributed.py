@@ -320,7 +320,7 @@ def test_saescope_run_under_torchrun_trains_the_same_suite_and_finishes_every_st
     assert main([*args, "--name", "one"]) == 0
     output = torchrun(2, "-m", "saescope", *args, "--name", "two")
     assert output.count("Run folder:") == 1  # rank 0 alone prints
-    assert "| layer_1/mlp | jumprelu | 48 |" in output
+    assert "| layer_1/mlp | mlp | jumprelu | 48 |" in output
     assert_same_weights(tmp_path / "one" / "train", tmp_path / "two" / "train")  # 8 dictionaries, 4 per rank
     stages = json.loads((tmp_path / "two" / "stages.json").read_text())
     assert list(stages) == ["activations", "eval", "index", "release", "train"]

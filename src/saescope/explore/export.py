@@ -7,7 +7,9 @@
 examples (``binMin`` = -1, Neuronpedia's mark of the top group) then the interval samples with their bin
 ``[binMin, binMax)`` and the share of firings it holds (``binContains``). Each example has ``tokens``,
 ``values`` (the latent's activation per token), ``maxValue``, ``maxValueTokenIndex`` and ``minValue``. The
-source id (``layer``) is ``<layer>-<dictionary name without its layer prefix>``.
+source id (``layer``) is ``<layer>-<dictionary name without its layer prefix>``. Neuronpedia has no field for
+where a latent writes, so its decoder norm per output site (``writes``; several sites for a CLT block) and the
+multi-layer dictionary it belongs to (``parent``) go into the ``saescope`` object with the other extras.
 
 **Static site.** The explorer's own page and scripts, plus every document the server would send, written as
 ``data/<key>.js`` files that register themselves (``__saescope_put(key, value)``), because browsers do not
@@ -71,6 +73,7 @@ def neuronpedia_feature(reader: IndexReader, sae: SaeRow, feature: dict[str, Any
         "saescope": {
             "dictionary": sae.name, "site": sae.site, "latent": feature["latent"], "fire_count": feature["fire_count"],
             "n_tokens": feature["n_tokens"], "dead": feature["dead"], "corpus": reader.meta.get("corpus"),
+            "parent": feature["parent"], "writes": feature["writes"],
         },
     }  # fmt: skip
 

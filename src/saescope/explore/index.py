@@ -7,7 +7,8 @@
    keeps, per latent, the firing count, maximum, top-k examples with their context activations, the
    activation histogram and uniform samples from explicit activation intervals.
 2. **The weights.** Logit effects (top/bottom tokens of each decoder direction through the unembedding; via
-   the attention out-projection for ``att`` dictionaries) and decoder-cosine neighbours
+   the attention out-projection for ``att`` dictionaries), decoder-cosine neighbours, and the decoder-row norm
+   at every site a latent writes (one for an SAE; its own and every later layer for a CLT block)
    (:mod:`saescope.explore.weights`).
 3. **The file.** Everything goes into one SQLite file (:mod:`saescope.explore.store`), written atomically.
 """
@@ -43,6 +44,7 @@ from saescope.explore.weights import (
     logit_effects,
     residual_directions,
     unembedding,
+    write_norms,
 )
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import site_widths
@@ -182,8 +184,9 @@ def _stream_statistics(
 
 def _weights(
     loaded: LoadedModel, dictionaries: Sequence[Dictionary], config: IndexConfig, *, progress: bool
-) -> tuple[list[LogitEffects], list[Neighbours]]:
-    """Logit effects and decoder neighbours of every dictionary (neighbour owners are dictionary positions)."""
+) -> tuple[list[LogitEffects], list[Neighbours], list[torch.Tensor]]:
+    """Logit effects, decoder neighbours (owners are dictionary positions) and (F, S) write norms (S the sites
+    of ``d.writes``) of every dictionary."""
     W_U_VD = unembedding(loaded.model)
     effects = []
     for d in tqdm(dictionaries, desc="index: logit effects", disable=not progress):
@@ -198,7 +201,8 @@ def _weights(
         for i, result in zip(members, found, strict=True):
             owners = torch.tensor(members)[result.owners_Fk]  # positions in the group -> dictionary positions
             neighbours[i] = Neighbours(owners, result.latents_Fk, result.cosines_Fk)
-    return effects, [neighbours[i] for i in range(len(dictionaries))]
+    norms = [write_norms([W_FD.detach() for _, W_FD in d.writes]) for d in dictionaries]
+    return effects, [neighbours[i] for i in range(len(dictionaries))], norms
 
 
 def _log_density_histogram(stats: LatentStatistics) -> dict[str, Any]:
@@ -213,9 +217,10 @@ def _log_density_histogram(stats: LatentStatistics) -> dict[str, Any]:
 
 
 def _latent_rows(
-    sae_id: int, stats: LatentStatistics, effects: LogitEffects, neighbours: Neighbours
+    sae_id: int, stats: LatentStatistics, effects: LogitEffects, neighbours: Neighbours, norms_FS: torch.Tensor
 ) -> Iterator[tuple[Any, ...]]:
     counts = stats.count_F.tolist()
+    norms = norms_FS.tolist()
     for f, count in enumerate(counts):
         histogram = stats.histogram_FH[f]
         nonzero = histogram.nonzero()
@@ -232,7 +237,7 @@ def _latent_rows(
         yield (
             sae_id, f, count, count / stats.n_tokens, max_act, float(stats.sum_F[f]) / count if count else 0.0,
             int(count == 0), float(stats.scale_F[f]), json.dumps(trimmed), json.dumps(top), json.dumps(bottom),
-            json.dumps(near),
+            json.dumps(near), json.dumps([short_float(v) for v in norms[f]]),
         )  # fmt: skip
 
 
@@ -301,8 +306,9 @@ def _sae_row(sae_id: int, d: Dictionary, stats: LatentStatistics, root: Path | N
     metrics = json.dumps(d.metrics, sort_keys=True) if d.metrics else None
     l0 = float(stats.count_F.sum()) / stats.n_tokens
     return (
-        sae_id, d.name, d.site.id, d.site_out.id, config.architecture, config.width, config.d_in, config.d_target,
-        stats.n_tokens, n_dead, l0, metrics, json.dumps(summary, sort_keys=True),
+        sae_id, d.name, d.site.id, d.site_out.id, json.dumps([site.id for site, _ in d.writes]), d.parent,
+        config.architecture, config.width, config.d_in, config.d_target, stats.n_tokens, n_dead, l0, metrics,
+        json.dumps(summary, sort_keys=True),
     )  # fmt: skip
 
 
@@ -339,17 +345,17 @@ def build_index(
     started = time.perf_counter()
     all_stats, windows = _stream_statistics(loaded, dictionaries, corpus, config, progress=progress)
     pass_seconds = time.perf_counter() - started
-    effects, neighbours = _weights(loaded, dictionaries, config, progress=progress)
+    effects, neighbours, norms = _weights(loaded, dictionaries, config, progress=progress)
     weights_seconds = time.perf_counter() - started - pass_seconds
     root = Path(source["path"]) if source and source.get("path") else None
     n_tokens = all_stats[0].n_tokens
     with store.atomic_database(out) as db:
         used_windows: set[int] = set()
         for sae_id, (d, stats) in enumerate(zip(dictionaries, all_stats, strict=True)):
-            db.execute(f"INSERT INTO saes VALUES ({','.join('?' * 13)})", _sae_row(sae_id, d, stats, root))
+            db.execute(f"INSERT INTO saes VALUES ({','.join('?' * 15)})", _sae_row(sae_id, d, stats, root))
             db.executemany(
-                f"INSERT INTO latents VALUES ({','.join('?' * 12)})",
-                _latent_rows(sae_id, stats, effects[sae_id], neighbours[sae_id]),
+                f"INSERT INTO latents VALUES ({','.join('?' * 13)})",
+                _latent_rows(sae_id, stats, effects[sae_id], neighbours[sae_id], norms[sae_id]),
             )
             db.executemany("INSERT INTO intervals VALUES (?, ?, ?, ?, ?, ?)", _interval_rows(sae_id, stats))
             rows = list(_example_rows(sae_id, stats))

@@ -10,10 +10,11 @@ Safety, because the server runs on a researcher's machine next to their files:
 * the database is opened read-only, static files come only from the package, and no endpoint takes a path:
   dictionaries and plots are looked up by name in the index.
 
-Endpoints: ``GET /api/suite``, ``GET /api/saes/{name}``, ``GET /api/saes/{name}/latents`` (sortable, paged),
-``GET /api/saes/{name}/latents/{latent}`` (the feature page), ``.../neuronpedia`` (Neuronpedia JSON),
-``GET /api/assets/{name}`` (report plots), ``POST /api/search``, ``POST /api/steer``; ``GET /`` is the page
-and ``/openapi.json`` the schema.
+Endpoints: ``GET /api/suite``, ``GET /api/saes/{name}`` (with ``write_sites`` and, for a CLT or crosscoder
+block, ``parent``), ``GET /api/saes/{name}/latents`` (sortable, paged), ``GET /api/saes/{name}/latents/{latent}``
+(the feature page, with ``writes``: the latent's decoder norm at each site it writes), ``.../neuronpedia``
+(Neuronpedia JSON), ``GET /api/assets/{name}`` (report plots), ``POST /api/search``, ``POST /api/steer``;
+``GET /`` is the page and ``/openapi.json`` the schema.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def create_app(index: Path | IndexReader, *, live: LiveModel | None = None) -> F
     def suite() -> dict[str, Any]:
         return {**reader.suite(), "live": live is not None}
 
-    @app.get("/api/saes/{name}", summary="One dictionary: site, widths, index summary, evaluation metrics")
+    @app.get("/api/saes/{name}", summary="One dictionary: sites, parent, widths, index summary, evaluation metrics")
     def sae_page(name: NamePath) -> dict[str, Any]:
         return {"sae": sae_or_404(name).to_dict()}
 
@@ -200,7 +201,7 @@ def create_app(index: Path | IndexReader, *, live: LiveModel | None = None) -> F
         total, rows = reader.latents(sae, sort=sort, descending=order == "desc", dead=dead, offset=offset, limit=limit)
         return {"total": total, "offset": offset, "limit": limit, "latents": rows}
 
-    @app.get("/api/saes/{name}/latents/{latent}", summary="The feature page of one latent")
+    @app.get("/api/saes/{name}/latents/{latent}", summary="The feature page of one latent, with where it writes")
     def feature(name: NamePath, latent: LatentPath) -> dict[str, Any]:
         return latent_or_404(sae_or_404(name), latent)
 

@@ -1,11 +1,14 @@
 """The feature index on disk: one SQLite file per run, versioned schema, written atomically, read read-only.
 
-Tables (``SCHEMA_VERSION`` 1)::
+Tables (``SCHEMA_VERSION`` 2)::
 
     meta       key -> JSON value: format, schema_version, model, corpus, settings, token counts, timings
-    saes       one row per dictionary: name (URL-safe, unique), site, widths, evaluation metrics, summary
+    saes       one row per dictionary: name (URL-safe, unique), site, the sites it writes (its own output site
+               first; a CLT block also writes every later layer), the multi-layer dictionary it is a block of
+               (NULL for a single-layer one), widths, evaluation metrics, summary
     latents    one row per (dictionary, latent): firing count, density, max/mean activation, dead flag, the
-               histogram scale and counts, top/bottom logit tokens, decoder neighbours
+               histogram scale and counts, top/bottom logit tokens, decoder neighbours, and its decoder-row
+               norm at each site its dictionary writes (parallel to ``saes.write_sites``)
     intervals  the activation interval bins of each latent: [lo, hi) (the last closed), firings inside
     examples   top examples (interval -1) and interval samples: window, position, value, and the latent's
                activations on the context tokens (sparse: offsets + float32 values)
@@ -18,6 +21,9 @@ mean activation; a latent's examples and intervals (clustered primary keys: WITH
 rows; the latents' rows are about 1 kB, too large for a WITHOUT ROWID table to store compactly). The file is
 built under a temporary name next to its target and renamed over it when complete, so readers never see half
 an index.
+
+Version 2 added ``saes.write_sites``, ``saes.parent`` and ``latents.write_norms``: a reader refuses a
+version-1 file (``saescope index`` rebuilds it) rather than show a CLT block's latents without where they write.
 """
 
 from __future__ import annotations
@@ -37,21 +43,22 @@ from typing import Any, SupportsFloat
 import numpy as np
 
 FORMAT = "saescope-feature-index"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INDEX_FILE = "index.sqlite"
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE saes (
     sae_id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, site TEXT NOT NULL, site_out TEXT NOT NULL,
-    architecture TEXT NOT NULL, width INTEGER NOT NULL, d_in INTEGER NOT NULL, d_out INTEGER NOT NULL,
-    n_tokens INTEGER NOT NULL, n_dead INTEGER NOT NULL, l0 REAL NOT NULL, metrics TEXT, summary TEXT NOT NULL
+    write_sites TEXT NOT NULL, parent TEXT, architecture TEXT NOT NULL, width INTEGER NOT NULL,
+    d_in INTEGER NOT NULL, d_out INTEGER NOT NULL, n_tokens INTEGER NOT NULL, n_dead INTEGER NOT NULL,
+    l0 REAL NOT NULL, metrics TEXT, summary TEXT NOT NULL
 );
 CREATE TABLE latents (
     sae_id INTEGER NOT NULL, latent INTEGER NOT NULL, fire_count INTEGER NOT NULL, density REAL NOT NULL,
     max_act REAL NOT NULL, mean_act REAL NOT NULL, dead INTEGER NOT NULL, scale REAL NOT NULL,
     histogram TEXT NOT NULL, top_logits TEXT NOT NULL, bottom_logits TEXT NOT NULL, neighbours TEXT NOT NULL,
-    PRIMARY KEY (sae_id, latent)
+    write_norms TEXT NOT NULL, PRIMARY KEY (sae_id, latent)
 );
 CREATE INDEX latents_by_density ON latents (sae_id, density);
 CREATE INDEX latents_by_max ON latents (sae_id, max_act);
@@ -152,6 +159,10 @@ class SaeRow:
     name: str
     site: str
     site_out: str
+    write_sites: tuple[str, ...]
+    """Every site its latents write, its own output site first (``Dictionary.writes``)."""
+    parent: str | None
+    """The multi-layer dictionary this is a block of (pages group blocks by it); None for a single-layer one."""
     architecture: str
     width: int
     d_in: int
@@ -164,7 +175,8 @@ class SaeRow:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "site": self.site, "site_out": self.site_out, "architecture": self.architecture,
+            "name": self.name, "site": self.site, "site_out": self.site_out, "write_sites": list(self.write_sites),
+            "parent": self.parent, "architecture": self.architecture,
             "width": self.width, "d_in": self.d_in, "d_out": self.d_out, "n_tokens": self.n_tokens,
             "n_dead": self.n_dead, "dead_fraction": self.n_dead / self.width, "l0": self.l0,
             "metrics": self.metrics, **self.summary,
@@ -210,10 +222,11 @@ class IndexReader:
 
     @staticmethod
     def _sae_row(row: Sequence[Any]) -> SaeRow:
-        sae_id, name, site, site_out, architecture, width, d_in, d_out, n_tokens, n_dead, l0, metrics, summary = row
+        (sae_id, name, site, site_out, write_sites, parent, architecture, width, d_in, d_out, n_tokens, n_dead, l0,
+         metrics, summary) = row  # fmt: skip
         return SaeRow(
-            sae_id, name, site, site_out, architecture, width, d_in, d_out, n_tokens, n_dead, l0,
-            json.loads(metrics) if metrics else None, json.loads(summary),
+            sae_id, name, site, site_out, tuple(json.loads(write_sites)), parent, architecture, width, d_in, d_out,
+            n_tokens, n_dead, l0, json.loads(metrics) if metrics else None, json.loads(summary),
         )  # fmt: skip
 
     # --- dictionaries -------------------------------------------------------------------------------
@@ -290,12 +303,12 @@ class IndexReader:
         db = self._db()
         row = db.execute(
             "SELECT fire_count, density, max_act, mean_act, dead, scale, histogram, top_logits, bottom_logits, "
-            "neighbours FROM latents WHERE sae_id = ? AND latent = ?",
+            "neighbours, write_norms FROM latents WHERE sae_id = ? AND latent = ?",
             (sae.sae_id, latent),
         ).fetchone()
         if row is None:
             return None
-        fire_count, density, max_act, mean_act, dead, scale, histogram, top, bottom, neighbours = row
+        fire_count, density, max_act, mean_act, dead, scale, histogram, top, bottom, neighbours, norms = row
         top_logits, bottom_logits = json.loads(top), json.loads(bottom)
         examples = db.execute(
             "SELECT interval, rank, window, position, value, context FROM examples "
@@ -317,9 +330,9 @@ class IndexReader:
         names = {s.sae_id: s.name for s in self._saes}
         settings = self.meta["settings"]
         return {
-            "sae": sae.name, "site": sae.site, "latent": latent, "width": sae.width, "n_tokens": sae.n_tokens,
-            "fire_count": fire_count, "density": density, "max_activation": max_act, "mean_activation": mean_act,
-            "dead": bool(dead),
+            "sae": sae.name, "parent": sae.parent, "site": sae.site, "latent": latent, "width": sae.width,
+            "n_tokens": sae.n_tokens, "fire_count": fire_count, "density": density, "max_activation": max_act,
+            "mean_activation": mean_act, "dead": bool(dead),
             "histogram": {
                 "bin_width": scale / settings["histogram_bins"], "interval_width": scale / settings["intervals"],
                 "counts": counts,
@@ -335,6 +348,9 @@ class IndexReader:
             "top_logits": [{"token": texts.get(i, ""), "token_id": i, "value": v} for i, v in top_logits],
             "bottom_logits": [{"token": texts.get(i, ""), "token_id": i, "value": v} for i, v in bottom_logits],
             "neighbours": [{"sae": names[s], "latent": j, "cosine": c} for s, j, c in json.loads(neighbours)],
+            "writes": [
+                {"site": site, "norm": norm} for site, norm in zip(sae.write_sites, json.loads(norms), strict=True)
+            ],
         }  # fmt: skip
 
     def _windows(self, ids: set[int]) -> dict[int, np.ndarray]:

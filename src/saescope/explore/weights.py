@@ -1,4 +1,5 @@
-"""What a latent's weights say, without data: its logit effects and its nearest latents by decoder cosine.
+"""What a latent's weights say, without data: its logit effects, its nearest latents by decoder cosine, and how
+strongly it writes each site it writes.
 
 **Logit effects** (as in SAEDashboard and Neuronpedia): the latent's decoder direction, written into the
 residual stream, times the unembedding. An ``att`` dictionary writes the concatenated head outputs, so its
@@ -10,6 +11,10 @@ matrix (17 GB for 16k latents and Gemma's 262k tokens) never exists.
 
 **Neighbours**: the latents whose decoder directions have the largest cosine with a latent's, among every
 dictionary that writes the same site (several widths at one site are compared with each other).
+
+**Write norms**: the L2 norm of a latent's decoder row at every site it writes. An SAE or transcoder writes one
+site; a block of a cross-layer transcoder writes its own layer and every later one, and how its (jointly
+constrained) decoder norm is split among them says which layers the latent serves.
 """
 
 from __future__ import annotations
@@ -149,3 +154,18 @@ def decoder_neighbours(decoders: Sequence[torch.Tensor], k: int, *, chunk: int =
         results.append(Neighbours(torch.cat(owner_parts), torch.cat(latent_parts), torch.cat(cosine_parts)))
         start_of_owner += len(unit_FD)
     return results
+
+
+@torch.no_grad()
+def write_norms(decoders: Sequence[torch.Tensor], *, chunk: int = 4096) -> torch.Tensor:
+    """(F, S) float32 norms of every latent's decoder row in each of the S decoders (F, d_out) it writes with.
+
+    Computed ``chunk`` rows at a time, so a wide bfloat16 decoder is never copied to float32 whole."""
+    columns = []
+    for W_FD in decoders:
+        parts = [
+            torch.linalg.vector_norm(W_FD[start : start + chunk], dim=1, dtype=torch.float32).cpu()
+            for start in range(0, W_FD.shape[0], chunk)
+        ]
+        columns.append(torch.cat(parts))
+    return torch.stack(columns, dim=1)

@@ -161,6 +161,22 @@
     return svg;
   }
 
+  // Where a latent writes (a CLT block: its own layer and every later one): one horizontal bar per output site,
+  // relative to its largest decoder norm, so the split of its write across layers reads at a glance.
+  function writesCard(writes, parent) {
+    const top = Math.max(0, ...writes.map((w) => w.norm)) || 1;
+    return el("div", { class: "card", id: "writes" }, el("h3", {}, "Writes to"),
+      el("table", { class: "writes" }, writes.map((w) => {
+        const fill = el("span", { class: "hbar" });
+        fill.style.width = Math.max(0, Math.min(100, (100 * w.norm) / top)).toFixed(1) + "%";
+        return el("tr", { title: w.site + ": decoder norm " + fmt(w.norm, 6) },
+          el("td", {}, el("code", {}, w.site)), el("td", { class: "htrack-cell" }, el("span", { class: "htrack" }, fill)),
+          el("td", { class: "num" }, fmt(w.norm, 3)));
+      })),
+      el("p", { class: "muted" }, "Norm of the latent's decoder row at each output site" +
+        (parent ? " (a block of " + parent + ")" : "") + "; bars relative to the largest."));
+  }
+
   // --- pages ----------------------------------------------------------------------------------------------
   let suiteCache = null;
   function suite() {
@@ -209,7 +225,7 @@
       ? el("section", { class: "plots" }, el("h2", {}, "Evaluation plots"),
         s.assets.map((name) => el("figure", {}, el("img", { src: assetUrl(name), alt: name, loading: "lazy" }),
           el("figcaption", {}, name))))
-      : null;
+      : ""; // replaceChildren would show null as text
     main.replaceChildren(
       el("h1", {}, "Suite overview"),
       el("p", { class: "muted" },
@@ -261,14 +277,17 @@
         el("td", { class: "num" }, pct(row.density)), el("td", { class: "num" }, fmt(row.fire_count)),
         el("td", { class: "num" }, fmt(row.max_activation)), el("td", { class: "num" }, fmt(row.mean_activation)),
         el("td", {}, row.top_tokens.map((t) => el("code", { class: "logit" }, shown(t))))))));
+    const later = sae.write_sites.slice(1); // a CLT block also writes every later layer
     const evaluation = sae.metrics ? el("p", { class: "muted" }, "evaluation: " + EVAL_COLUMNS.map(([k, t]) => {
       const flat = Object.assign({}, sae.metrics.reconstruction || {}, sae.metrics.lm_loss || {});
       return t + " " + (k === "dead_fraction" ? pct(flat[k]) : fmt(flat[k]));
-    }).join(" · ")) : null;
+    }).join(" · ")) : ""; // replaceChildren would show null as text
     main.replaceChildren(
       el("p", { class: "crumbs" }, el("a", { href: "#/" }, "suite"), " / ", name),
       el("h1", {}, name),
-      el("p", {}, sae.site + (sae.site_out !== sae.site ? " → " + sae.site_out : "") + " · " + sae.architecture + " · " +
+      el("p", {}, sae.site + (sae.site_out !== sae.site ? " → " + sae.site_out : "") +
+        (later.length ? " (also writes " + (later.length > 2 ? later[0] + " … " + later[later.length - 1] : later.join(", ")) + ")" : "") +
+        (sae.parent ? " · a block of " + sae.parent : "") + " · " + sae.architecture + " · " +
         sae.width + " latents · L0 " + fmt(sae.l0) + " on " + fmt(sae.n_tokens) + " indexed tokens · " + sae.n_dead + " dead (" + pct(sae.dead_fraction) + ")"),
       evaluation,
       el("div", { class: "card" }, el("h3", {}, "Latent density (log10 of the firing fraction)"),
@@ -318,6 +337,7 @@
         el("dt", {}, "mean activation (when firing)"), el("dd", {}, fmt(doc.mean_activation))),
       hist.counts.length ? barChart(bars, { left: "0", right: fmt(hist.counts.length * hist.bin_width) }) : null,
       hist.counts.length ? el("p", { class: "muted" }, "Histogram of non-zero activations; shading alternates by interval.") : null);
+    const writes = doc.writes.length > 1 ? writesCard(doc.writes, doc.parent) : null;
     const logits = el("div", { class: "card" }, el("h3", {}, "Logit effects"),
       el("div", { class: "two" }, logitTable("promoted", doc.top_logits, "pos"), logitTable("suppressed", doc.bottom_logits, "neg")));
     const neighbours = el("div", { class: "card" }, el("h3", {}, "Nearest latents (decoder cosine)"),
@@ -341,7 +361,7 @@
     main.replaceChildren(
       el("p", { class: "crumbs" }, el("a", { href: "#/" }, "suite"), " / ", el("a", { href: saeHref(name) }, name), " / " + latent),
       el("h1", {}, name + " · latent " + latent), el("p", { class: "links" }, links),
-      el("div", { class: "feature" }, el("div", { class: "side" }, stats, logits, neighbours), el("div", { class: "examples" }, groups)));
+      el("div", { class: "feature" }, el("div", { class: "side" }, stats, writes, logits, neighbours), el("div", { class: "examples" }, groups)));
   }
 
   function saeSelect(saes, selected, attrs) {
