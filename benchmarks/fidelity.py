@@ -138,6 +138,11 @@ ABLATIONS = (
     _ablation("lr-3e-3", "lr 3e-3", lr=3e-3),
     _ablation("bandwidth-0.01", "ε = 0.01", bandwidth=0.01),
     _ablation("gain-0.02", "controller gain 0.02", controller_gain=0.02),
+    _ablation("lr-1e-2", "lr 1e-2", lr=1e-2),
+    _ablation("beta1-0.9", "Adam β1 0.9", adam_beta1=0.9),
+    _ablation("revive", "revive latents silent for 8k tokens", revive_dead_after_tokens=8192),
+    _ablation("revive-lr-3e-3", "revive + lr 3e-3", revive_dead_after_tokens=8192, lr=3e-3),
+    _ablation("revive-lr-1e-2", "revive + lr 1e-2", revive_dead_after_tokens=8192, lr=1e-2),
 )
 SYSTEMS = {system.name: system for system in (*MAIN_SYSTEMS, KL_SYSTEM, *ABLATIONS)}
 DEFAULT_SYSTEM = "saescope-jumprelu"
@@ -285,7 +290,10 @@ def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
 
 
 def _schedule_key(recipe: Recipe) -> tuple[Any, ...]:
-    return (recipe.lr_warmup_steps, recipe.lr_warmup_start_fraction, recipe.lr_decay_fraction, recipe.controller_gain)
+    return (
+        recipe.lr_warmup_steps, recipe.lr_warmup_start_fraction, recipe.lr_decay_fraction, recipe.controller_gain,
+        recipe.adam_beta1, recipe.revive_dead_after_tokens,
+    )  # fmt: skip
 
 
 def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[Cell]) -> dict[str, float]:

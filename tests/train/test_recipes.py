@@ -97,6 +97,45 @@ def test_without_data_driven_thresholds_every_latent_starts_at_theta_init(tmp_pa
     torch.testing.assert_close(sae.threshold_F.detach(), torch.full((WIDTH,), 0.001))
 
 
+def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_others(tmp_path: Path) -> None:
+    target = 16.0
+    spec = jumprelu_spec(target_l0=target, decoder_bias_init="mean")
+    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, revive_dead_after_tokens=1024)
+    trainer = Trainer([spec], ArrayActivations({RES: sparse_tokens(64, 0)}), config, tmp_path)
+    member = trainer.members[0]
+    sae = member.sae
+    assert isinstance(sae, JumpReLU)
+    x_init = sparse_tokens(4096, seed=1)
+    trainer._initialise_from_data(member, x_init, x_init)
+    dead_K = torch.arange(0, WIDTH, 4)
+    theta_F = sae.threshold_F.detach().clone()
+    theta_F[dead_K] = 1e6  # far above every pre-activation: these latents can never fire or learn again
+    sae.set_threshold_(theta_F)
+    member.tokens_since_fired_F[dead_K] = 1024
+    member.tokens_since_fired_F[1] = 1023  # silent, but not for long enough
+    alive_before_F = sae.threshold_F.detach().clone()
+
+    trainer._revive_dead_latents(member, sparse_tokens(4096, seed=2))
+
+    after_F = sae.threshold_F.detach()
+    assert bool((after_F[dead_K] < 1e3).all())
+    alive_F = torch.ones(WIDTH, dtype=torch.bool)
+    alive_F[dead_K] = False
+    torch.testing.assert_close(after_F[alive_F], alive_before_F[alive_F], rtol=0, atol=0)
+    assert int(member.tokens_since_fired_F[dead_K].max()) == 0
+    with torch.no_grad():
+        rate_K = (sae.encode(sparse_tokens(4096, seed=3))[:, dead_K] != 0).float().mean(0)
+    assert float(rate_K.mean()) == pytest.approx(target / WIDTH, rel=0.2)
+
+
+def test_revival_is_off_by_default_and_recipes_pass_it_and_adam_beta1_to_the_trainer() -> None:
+    assert TrainConfig(total_tokens=1).revive_dead_after_tokens == 0
+    config = recipe_train_config(SAESCOPE.replace(revive_dead_after_tokens=4096, adam_beta1=0.9), total_tokens=1)
+    assert (config.revive_dead_after_tokens, config.adam_betas) == (4096, (0.9, 0.999))
+    with pytest.raises(ValueError, match="adam_beta1"):
+        SAESCOPE.replace(adam_beta1=1.0)
+
+
 def test_the_faithful_recipe_is_the_papers() -> None:
     (spec,) = dictionary_specs(
         [RES], {RES: D}, [WIDTH], ["jumprelu"], [20.0], SuiteOptions.from_recipe(get_recipe("gemma-scope"))

@@ -141,7 +141,7 @@ class SparseDictionary(nn.Module, ABC):
     # --- the three stages ---------------------------------------------------------------------------
     def pre_activations(self, x_BD: Tensor) -> Tensor:
         """π = (x − b_dec) @ W_enc + b_enc (the ``− b_dec`` only with the pre-encoder bias): (B, F)."""
-        return self._encoder_input(x_BD) @ self.W_enc_DF + self.b_enc_F
+        return self.encoder_input(x_BD) @ self.W_enc_DF + self.b_enc_F
 
     @abstractmethod
     def activation(self, pre_BF: Tensor) -> Tensor:
@@ -213,9 +213,10 @@ class SparseDictionary(nn.Module, ABC):
             return True
         if x_BD.shape[0] * self.config.width < SPARSE_MIN_ELEMENTS:
             return False
-        return estimate_density(self._encoder_input(x_BD), self.W_enc_DF, self.b_enc_F, rule) <= SPARSE_MAX_DENSITY
+        return estimate_density(self.encoder_input(x_BD), self.W_enc_DF, self.b_enc_F, rule) <= SPARSE_MAX_DENSITY
 
-    def _encoder_input(self, x_BD: Tensor) -> Tensor:
+    def encoder_input(self, x_BD: Tensor) -> Tensor:
+        """What the encoder multiplies: x, less b_dec when the pre-encoder bias is on (SAEs), (B, d_in)."""
         x_BD = x_BD.to(self.W_enc_DF.dtype)
         return x_BD - self.b_dec_D if self.config.apply_pre_encoder_bias else x_BD
 

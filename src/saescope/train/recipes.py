@@ -61,6 +61,10 @@ class Recipe:
     lr_warmup_start_fraction: float
     lr_decay_fraction: float
     controller_gain: float
+    #: Adam's β1 (the papers: 0, no momentum).
+    adam_beta1: float = 0.0
+    #: Revive a JumpReLU latent silent for this many tokens (θ back at its target-rate quantile); 0 = never.
+    revive_dead_after_tokens: int = 0
     #: Tokens of end-to-end KL finetuning after training (SPEC §7.6); 0 = none.
     kl_finetune_tokens: int = 0
     kl_beta: float = 1.0
@@ -79,6 +83,10 @@ class Recipe:
         for name in ("lr", "threshold_init", "bandwidth"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Recipe.{name} must be > 0; got {getattr(self, name)!r}")
+        if not 0.0 <= self.adam_beta1 < 1.0:
+            raise ValueError(f"Recipe.adam_beta1 must be in [0, 1); got {self.adam_beta1!r}")
+        if self.revive_dead_after_tokens < 0:
+            raise ValueError(f"Recipe.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}")
         if self.kl_finetune_tokens < 0 or self.kl_beta < 0:
             raise ValueError("Recipe.kl_finetune_tokens and Recipe.kl_beta must be >= 0")
 

@@ -254,6 +254,8 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "lr_warmup_start_fraction": recipe.lr_warmup_start_fraction,
         "lr_decay_fraction": recipe.lr_decay_fraction,
         "controller_gain": recipe.controller_gain,
+        "adam_betas": (recipe.adam_beta1, 0.999),
+        "revive_dead_after_tokens": recipe.revive_dead_after_tokens,
     }
     values.update({key: value for key, value in settings.items() if value is not None})
     return TrainConfig(total_tokens=total_tokens, **values)

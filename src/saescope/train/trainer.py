@@ -150,6 +150,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
+    #: A JumpReLU latent silent for this many tokens gets θ reset to the target-rate quantile of the current
+    #: batch (0 = never; needs a target L0). See `Trainer._revive_dead_latents`.
+    revive_dead_after_tokens: int = 0
     controller_gain: float = 0.02
     progress: bool = True
     #: Where the dictionaries live and train (SAEs stay float32 whatever the model's dtype; θ always is).
@@ -159,6 +162,12 @@ class TrainConfig:
         for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        if self.revive_dead_after_tokens < 0:
+            raise ValueError(
+                f"TrainConfig.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}"
+            )
+        if not 0.0 <= self.adam_betas[0] < 1.0 or not 0.0 <= self.adam_betas[1] < 1.0:
+            raise ValueError(f"TrainConfig.adam_betas must be in [0, 1); got {self.adam_betas!r}")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise ValueError(f"TrainConfig.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction!r}")
 
@@ -380,12 +389,53 @@ class Trainer:
                 block.b_dec_D.copy_(geometric_median(y_BD))
             if spec.init_thresholds_from_data:
                 assert isinstance(block, JumpReLU)
-                assert spec.target_l0 is not None
-                pre_BF = block.pre_activations(x_BD)
-                rate = spec.target_l0 / spec.dictionary.total_width
-                rank = min(x_BD.shape[0], max(1, round(x_BD.shape[0] * (1.0 - rate))))
-                theta_F = pre_BF.kthvalue(rank, dim=0).values
-                block.set_threshold_(theta_F.clamp_min(spec.dictionary.threshold_init))
+                block.set_threshold_(self._target_rate_thresholds(member, block, x_BD))
+
+    def _target_rate_thresholds(
+        self, member: _Member, block: JumpReLU, x_BD: torch.Tensor, latents_K: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """θ at each latent's batch quantile that makes it fire on (target L0 / total width) of the tokens:
+        for every latent (F,), or for the latents ``latents_K`` only (K,)."""
+        spec = member.spec
+        assert spec.target_l0 is not None
+        W_enc_DK: torch.Tensor = block.W_enc_DF
+        b_enc_K: torch.Tensor = block.b_enc_F
+        if latents_K is not None:
+            W_enc_DK, b_enc_K = W_enc_DK[:, latents_K], b_enc_K[latents_K]
+        pre_BK = block.encoder_input(x_BD) @ W_enc_DK + b_enc_K
+        rate = spec.target_l0 / spec.dictionary.total_width
+        rank = min(x_BD.shape[0], max(1, round(x_BD.shape[0] * (1.0 - rate))))
+        theta_K: torch.Tensor = pre_BK.kthvalue(rank, dim=0).values.float()
+        return theta_K.clamp_min(spec.dictionary.threshold_init)
+
+    @torch.no_grad()
+    def _revive_dead_latents(self, member: _Member, x: torch.Tensor) -> None:
+        """Give every JumpReLU latent that has not fired in ``revive_dead_after_tokens`` tokens a new start:
+        θ back at the quantile of this batch that makes it fire at the target rate (as at initialisation).
+
+        A latent whose θ rose above all its pre-activations gets no gradient at all (θ only learns inside
+        the kernel window, the encoder only where the latent fires), so without this it stays dead.
+        """
+        sae, after = member.sae, self.config.revive_dead_after_tokens
+        dead_F = member.tokens_since_fired_F >= after
+        if after == 0 or member.spec.target_l0 is None or not bool(dead_F.any()):
+            return
+        blocks = (
+            list(zip(sae.blocks, sae.split_inputs(x), strict=True))
+            if isinstance(sae, CrossLayerDictionary)
+            else [(sae, x)]
+        )
+        offset = 0
+        for block, x_BD in blocks:
+            assert isinstance(block, SparseDictionary)
+            width = block.config.width
+            dead_K = dead_F[offset : offset + width].nonzero().flatten()
+            if isinstance(block, JumpReLU) and dead_K.numel() > 0:
+                theta_F = block.threshold_F.detach().clone()
+                theta_F[dead_K] = self._target_rate_thresholds(member, block, x_BD, dead_K)
+                block.set_threshold_(theta_F)
+                member.tokens_since_fired_F[offset + dead_K] = 0
+            offset += width
 
     def _train_member(self, member: _Member, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:
         spec, config = member.spec, self.config
@@ -418,13 +468,15 @@ class Trainer:
         fired_F = out.output.fired_latents()
         member.tokens_since_fired_F += x_BD.shape[0]
         member.tokens_since_fired_F[fired_F] = 0
+        dead_fraction = float((member.tokens_since_fired_F >= config.dead_window_tokens).float().mean())
+        self._revive_dead_latents(member, x_BD)
         member.last = {
             "loss": float(out.total.detach()),
             "l0": l0,
             "fvu": _batch_fvu(y_BD, out.output.reconstruction.detach()),
             "lambda": out.sparsity_coefficient,
             "lr": lr,
-            "dead_fraction": float((member.tokens_since_fired_F >= config.dead_window_tokens).float().mean()),
+            "dead_fraction": dead_fraction,
         }
 
     def _log(self) -> None:
