@@ -59,13 +59,19 @@ def raw_inputs(n_layers: int = 3) -> torch.Tensor:
 
 @pytest.mark.parametrize("skip", [False, True])
 def test_clt_layout_shapes_and_config(tmp_path: Path, skip: bool) -> None:
-    write_clt(tmp_path / "run", skip=skip, l0=90.0)
+    run_folder, _ = write_clt(tmp_path / "run", skip=skip, l0=90.0)
     summary = export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"], model_name="gemma-3-270m")
     folder = tmp_path / "out" / ("clt/width_60_l0_medium" + ("_affine" if skip else ""))  # 90 / 3 layers = 30
     assert [e.path for e in summary.exported["gemmascope2"]] == [folder.relative_to(tmp_path / "out")]
+    raw = read_trained_sae(run_folder).raw_space()
+    assert isinstance(raw, CrossLayerDictionary)
     for i in range(3):
         tensors = load_file(folder / f"params_layer_{i}.safetensors")
-        assert tensors["w_dec"].shape == (WIDTH, 3 - i, D_OUT)
+        # full (F, n, d_out) in every block (what circuit-tracer's GS2 CLT loader stacks): row j = output j
+        assert tensors["w_dec"].shape == (WIDTH, 3, D_OUT)
+        assert not tensors["w_dec"][:, :i].any()
+        for j in range(i, 3):
+            assert torch.equal(tensors["w_dec"][:, j], raw.decoder_to(i, j).detach())
         assert tensors["w_enc"].shape == (D_IN, WIDTH)
         assert tensors["b_dec"].shape == (D_OUT,)
         assert ("affine_skip_connection" in tensors) is skip
@@ -175,6 +181,42 @@ def test_mismatched_block_widths_name_the_file(tmp_path: Path) -> None:
     tensors["w_enc"] = load_file(path)["w_enc"][:, : WIDTH - 1].contiguous()
     save_file({k: v.contiguous() for k, v in tensors.items()}, path)
     with pytest.raises(ReleaseFormatError, match=r"params_layer_2\.safetensors.*width"):
+        load_sae(folder)
+
+
+def _rewrite_w_dec(folder: Path, layout: str) -> None:
+    """Rewrite each block's full (F, n, d_out) w_dec as ``full-flat`` (F, n·d_out), ``legacy`` (F, n-i, d_out)
+    (block i's writes only, as saescope wrote it before) or ``legacy-flat`` (F, (n-i)·d_out)."""
+    for i in range(3):
+        path = folder / f"params_layer_{i}.safetensors"
+        tensors = load_file(path)
+        w_dec = tensors["w_dec"][:, i:] if layout.startswith("legacy") else tensors["w_dec"]
+        tensors["w_dec"] = (w_dec.reshape(WIDTH, -1) if layout.endswith("flat") else w_dec).contiguous()
+        save_file(tensors, path)
+
+
+@pytest.mark.parametrize("layout", ["full-flat", "legacy", "legacy-flat"])
+def test_reader_accepts_the_legacy_and_flat_decoder_layouts(tmp_path: Path, layout: str) -> None:
+    folder = _exported_clt(tmp_path)
+    expected = load_sae(folder).sae
+    _rewrite_w_dec(folder, layout)
+    last_w_dec = {"full-flat": (WIDTH, 3 * D_OUT), "legacy": (WIDTH, 1, D_OUT), "legacy-flat": (WIDTH, D_OUT)}
+    assert load_file(folder / "params_layer_2.safetensors")["w_dec"].shape == last_w_dec[layout]
+    loaded = load_sae(folder).sae
+    x = raw_inputs()
+    with torch.no_grad():
+        assert (expected.encode(x) != 0).any()
+        assert torch.equal(loaded(x).reconstruction, expected(x).reconstruction)
+
+
+def test_decoder_rows_for_earlier_layers_must_be_zero(tmp_path: Path) -> None:
+    """A causal CLT's block i cannot write to outputs before i: non-zero rows there are refused, naming the file."""
+    folder = _exported_clt(tmp_path)
+    path = folder / "params_layer_2.safetensors"
+    tensors = load_file(path)
+    tensors["w_dec"][:, 1] = 0.5
+    save_file(tensors, path)
+    with pytest.raises(ReleaseFormatError, match=r"params_layer_2\.safetensors: w_dec rows 0\.\.1 .*backwards"):
         load_sae(folder)
 
 

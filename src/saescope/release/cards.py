@@ -25,7 +25,8 @@ FORMAT_DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "`params.safetensors` (float32 `w_enc`, `w_dec`, `b_enc`, `b_dec`, `threshold`[, `affine_skip_connection`]) "
         "and `config.json`; cross-layer transcoders in `clt/width_{W}_l0_{label}[_affine]/` and crosscoders in "
         "`crosscoder/layer_{a}_{b}_..._width_{W}_l0_{label}/`, one `params_layer_{i}.safetensors` per spanned layer "
-        "(`w_dec` of block i is (width per layer, n − i, d_out): its writes to layers i..n−1) and `config.json`",
+        "(`w_dec` of block i is (width per layer, n, d_out): its writes to layers i..n−1, zero rows for the "
+        "layers before i) and `config.json`",
     ),
     "saelens": (
         "SAELens format",

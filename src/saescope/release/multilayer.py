@@ -6,7 +6,8 @@
     <out>/crosscoder/layer_{a}_{b}_{c}_{d}_width_{W}_l0_{label}/      (crosscoder: residual of a set of layers)
         params_layer_{i}.safetensors   block i (i = 0 .. n-1, in layer order), float32:
             w_enc (d_in, F)  b_enc (F)  threshold (F)
-            w_dec (F, n-i, d_out)     block i's writes to outputs i, i+1, ..., n-1 (never an earlier one)
+            w_dec (F, n, d_out)       row j: block i's write to output j; rows 0 .. i-1 are zero (a block never
+                                      writes to an earlier output), rows i .. n-1 are its writes
             b_dec (d_out)             output i's bias
             [affine_skip_connection (d_in, d_out)]   input i -> output i (CLTs with ``_affine``)
         config.json   type ("clt" | "crosscoder"), architecture "jump_relu", width (latents over all
@@ -16,10 +17,20 @@
 
 ``W`` is the total width (GS2 names a 270M CLT of 18 × 14,560 latents ``262k``; saescope writes
 :func:`~saescope.sae.widths.width_name` of the exact total), ``label`` the GS2 label of the L0 *per layer*
-(:func:`~saescope.release.common.l0_label`). GS2 has not published the tensor layout inside its
-``params_layer_{i}`` files (SPEC §6.2, [U]); this one is the per-block form of
-:class:`~saescope.sae.CrossLayerDictionary`, so the reader checks every shape against block 0 and names
-the file that disagrees. Weights are in raw activation space: each layer's normalisation is folded in.
+(:func:`~saescope.release.common.l0_label`). ``n`` is the number of blocks (spanned layers), and row ``j``
+of ``w_dec`` is the j-th spanned layer. Weights are in raw activation space: each layer's normalisation is
+folded in.
+
+GS2 has not published the tensor layout inside its ``params_layer_{i}`` files (SPEC §6.2, [U]). The full
+``(F, n, d_out)`` decoder with zero rows before ``i`` is *inferred* from circuit-tracer 0.5.0's GS2 CLT loader
+(``load_gemma_scope_2_clt``), not from any Google documentation: it ``torch.stack``-s every block's ``w_dec``
+(so all must share one shape) and keeps ``w_dec[i, :, i:, :]`` for block ``i``. saescope writes that layout so
+the loader can read its CLTs, and applies it to crosscoders too (one layout for ``params_layer_{i}`` files).
+(That loader iterates ``range(max(paths))``, so it drops the last block of ``{0: .., ..., n-1: ..}`` and then
+fails on the shapes; given one extra, never-read key ``n`` it loads saescope's CLTs with the same outputs.)
+The reader accepts this layout (refusing non-zero rows before ``i``, naming the file: a causal dictionary
+cannot write backwards) and the ``(F, n-i, d_out)`` layout saescope wrote before (block ``i``'s writes only).
+Every shape is checked against block 0, and a disagreement names its file.
 """
 
 from __future__ import annotations
@@ -100,14 +111,16 @@ def multi_layer_folders(entries: Sequence[TrainedSAE]) -> list[Path]:
 def block_tensors(sae: CrossLayerDictionary, i: int) -> dict[str, torch.Tensor]:
     """The tensors of ``params_layer_{i}`` from a raw-space (folded) dictionary."""
     params = ReleaseParams.from_dictionary(sae.block(i))
-    F, d_out = params.width, params.d_out
+    F, n, d_out = params.width, sae.n_layers, params.d_out
     with torch.no_grad():
-        w_dec_FKD = sae.decoder(i).detach().to(device="cpu", dtype=torch.float32).reshape(F, sae.n_layers - i, d_out)
+        writes_FKD = sae.decoder(i).detach().to(device="cpu", dtype=torch.float32).reshape(F, n - i, d_out)
+    w_dec_FND = torch.zeros(F, n, d_out, dtype=torch.float32)  # rows 0 .. i-1 stay zero (see the module doc)
+    w_dec_FND[:, i:] = writes_FKD
     tensors = {
         "w_enc": params.W_enc,
         "b_enc": params.b_enc,
         "threshold": params.threshold,
-        "w_dec": w_dec_FKD.contiguous(),
+        "w_dec": w_dec_FND,
         "b_dec": params.b_dec,
     }
     if params.W_skip is not None:
@@ -174,16 +187,30 @@ def _read_block(path: Path, i: int, n: int) -> dict[str, torch.Tensor]:
     missing = [key for key in _BLOCK_KEYS if key not in raw]
     if missing:
         raise ReleaseFormatError(f"{path}: tensor(s) {missing} missing; the file has {sorted(raw)}")
-    w_dec = raw["w_dec"]
-    if w_dec.ndim == 2 and w_dec.shape[1] % (n - i) == 0:  # (F, (n-i)·d_out) written flat
-        w_dec = w_dec.reshape(w_dec.shape[0], n - i, w_dec.shape[1] // (n - i))
-    if w_dec.ndim != 3 or w_dec.shape[1] != n - i:
-        raise ReleaseFormatError(
-            f"{path}: w_dec has shape {tuple(w_dec.shape)}; block {i} of {n} must write to {n - i} layers, "
-            f"i.e. shape (F, {n - i}, d_out)"
-        )
-    raw["w_dec"] = w_dec
+    raw["w_dec"] = _block_writes(path, raw["w_dec"], raw["b_dec"], i, n)
     return raw
+
+
+def _block_writes(path: Path, w_dec: torch.Tensor, b_dec: torch.Tensor, i: int, n: int) -> torch.Tensor:
+    """Block i's writes to outputs i .. n-1, (F, n-i, d_out), from the full (F, n, d_out) or the (F, n-i, d_out)
+    layout (either possibly flattened to 2-D); non-zero rows for outputs before i are refused."""
+    if w_dec.ndim == 2 and b_dec.ndim == 1 and b_dec.shape[0] > 0 and w_dec.shape[1] % b_dec.shape[0] == 0:
+        w_dec = w_dec.reshape(w_dec.shape[0], -1, b_dec.shape[0])  # written flat: (F, K·d_out)
+    if w_dec.ndim != 3 or w_dec.shape[1] not in (n, n - i):
+        legacy = f" or (F, {n - i}, d_out) (its writes to outputs {i}..{n - 1} only)" if i else ""
+        raise ReleaseFormatError(
+            f"{path}: w_dec has shape {tuple(w_dec.shape)}; block {i} of {n} must be (F, {n}, d_out) "
+            f"(a row per output){legacy}"
+        )
+    if w_dec.shape[1] == n - i:
+        return w_dec
+    earlier = w_dec[:, :i]
+    if earlier.ne(0).any():
+        raise ReleaseFormatError(
+            f"{path}: w_dec rows 0..{i - 1} (writes of block {i} to earlier outputs) are not all zero "
+            f"(max |w| = {earlier.abs().max().item():.3g}); a causal cross-layer dictionary cannot write backwards"
+        )
+    return w_dec[:, i:]
 
 
 def _layers_of(folder: Path, config: dict[str, Any], n: int) -> tuple[int, ...]:
