@@ -292,7 +292,8 @@ def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
 def _schedule_key(recipe: Recipe) -> tuple[Any, ...]:
     return (
         recipe.lr_warmup_steps, recipe.lr_warmup_start_fraction, recipe.lr_decay_fraction, recipe.controller_gain,
-        recipe.adam_beta1, recipe.revive_dead_after_tokens,
+        recipe.adam_beta1, recipe.adam_beta2, recipe.revive_dead_after_tokens, recipe.code_scale_init,
+        recipe.threshold_controller_gain,
     )  # fmt: skip
 
 

@@ -128,10 +128,60 @@ def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_other
     assert float(rate_K.mean()) == pytest.approx(target / WIDTH, rel=0.2)
 
 
+@pytest.mark.parametrize("architecture", ["jumprelu", "topk"])
+def test_code_scale_init_gives_the_least_squares_codes_and_keeps_the_firing_pattern(
+    tmp_path: Path, architecture: str
+) -> None:
+    x_ND = sparse_tokens(2048, seed=1)
+    dictionary = DictionaryConfig(
+        d_in=D, width=WIDTH, architecture=architecture, threshold_parameterisation="raw", lambda_warmup_steps=0,
+        k=8 if architecture == "topk" else None,
+    )  # fmt: skip
+    target = 8.0 if architecture == "jumprelu" else None
+    errors, fired = {}, {}
+    for scaled in (False, True):
+        spec = SAESpec("d", RES, dictionary, target_l0=target, decoder_bias_init="mean")
+        config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, code_scale_init=scaled)
+        trainer = Trainer([spec], ArrayActivations({RES: x_ND}), config, tmp_path / str(scaled))
+        trainer._initialise_from_data(trainer.members[0], x_ND, x_ND)
+        sae = trainer.members[0].sae
+        with torch.no_grad():
+            out = sae(x_ND)
+            coded_ND = out.reconstruction - sae.b_dec_D
+            errors[scaled] = [float((x_ND - sae.b_dec_D - a * coded_ND).square().sum()) for a in (0.9, 1.0, 1.1)]
+            fired[scaled] = out.codes != 0
+    # the same latents fire, but for float ties at θ (θ is set at a batch quantile: one token per latent)
+    assert float((fired[True] != fired[False]).float().mean()) < 1e-3
+    assert errors[True][1] < 0.5 * errors[False][1]  # random directions overshoot: the scale matters
+    assert errors[True][1] < min(errors[True][0], errors[True][2])  # and it is the least-squares one
+
+
+def test_threshold_controller_scales_theta_towards_the_target_l0(tmp_path: Path) -> None:
+    spec = jumprelu_spec(target_l0=16.0)
+    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, threshold_controller_gain=0.5)
+    trainer = Trainer([spec], ArrayActivations({RES: sparse_tokens(64, 0)}), config, tmp_path)
+    member = trainer.members[0]
+    sae = member.sae
+    assert isinstance(sae, JumpReLU)
+    theta_F = sae.threshold_F.detach().clone()
+    trainer._steer_thresholds(member, 64.0)  # 4x the target: θ up by 4 ** 0.5
+    torch.testing.assert_close(sae.threshold_F.detach(), 2.0 * theta_F)
+    trainer._steer_thresholds(member, 4.0)  # a quarter of it: θ down by 2, back to the start
+    torch.testing.assert_close(sae.threshold_F.detach(), theta_F)
+    trainer._steer_thresholds(member, 16.0 * 100)  # clamped at 2x per step
+    torch.testing.assert_close(sae.threshold_F.detach(), 2.0 * theta_F)
+    off = Trainer([spec], ArrayActivations({RES: sparse_tokens(64, 0)}), TrainConfig(total_tokens=10), tmp_path / "o")
+    before_F = off.members[0].sae.threshold_F.detach().clone()
+    off._steer_thresholds(off.members[0], 64.0)
+    torch.testing.assert_close(off.members[0].sae.threshold_F.detach(), before_F, rtol=0, atol=0)
+
+
 def test_revival_is_off_by_default_and_recipes_pass_it_and_adam_beta1_to_the_trainer() -> None:
     assert TrainConfig(total_tokens=1).revive_dead_after_tokens == 0
     config = recipe_train_config(SAESCOPE.replace(revive_dead_after_tokens=4096, adam_beta1=0.9), total_tokens=1)
     assert (config.revive_dead_after_tokens, config.adam_betas) == (4096, (0.9, 0.999))
+    assert not TrainConfig(total_tokens=1).code_scale_init
+    assert recipe_train_config(SAESCOPE.replace(code_scale_init=True), total_tokens=1).code_scale_init
     with pytest.raises(ValueError, match="adam_beta1"):
         SAESCOPE.replace(adam_beta1=1.0)
 

@@ -327,10 +327,20 @@ class SparseDictionary(nn.Module, ABC):
         if self.W_skip_DD is not None and folded.W_skip_DD is not None:
             folded.W_skip_DD.copy_(ratio * self.W_skip_DD.double())
         folded.config = self.config.replace(apply_pre_encoder_bias=False)
-        folded._scale_thresholds_(s_out)
+        folded.scale_thresholds_(s_out)
         return folded
 
-    def _scale_thresholds_(self, scale: float) -> None:
+    @torch.no_grad()
+    def scale_codes_(self, scale: float) -> None:
+        """Multiply every code by ``scale`` > 0 without changing which latents fire: ``W_enc``, ``b_enc`` and
+        the thresholds all scale by it (the nonlinearities are positively homogeneous, as in folding)."""
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale_codes_: scale must be a finite float > 0; got {scale!r}")
+        self.W_enc_DF.mul_(scale)
+        self.b_enc_F.mul_(scale)
+        self.scale_thresholds_(scale)
+
+    def scale_thresholds_(self, scale: float) -> None:
         """Multiply architecture-specific thresholds by ``scale`` (used by folding); default: none."""
 
     def extra_repr(self) -> str:

@@ -181,7 +181,7 @@ class JumpReLU(SparseDictionary):
         self.threshold_param.copy_(self._to_param(theta_F.to(device=self.threshold_param.device, dtype=torch.float32)))
 
     @torch.no_grad()
-    def _scale_thresholds_(self, scale: float) -> None:
+    def scale_thresholds_(self, scale: float) -> None:
         theta_F = self.threshold_F.double() * scale
         self.threshold_param.copy_(self._to_param(theta_F))
 

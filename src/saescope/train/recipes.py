@@ -61,8 +61,13 @@ class Recipe:
     lr_warmup_start_fraction: float
     lr_decay_fraction: float
     controller_gain: float
-    #: Adam's β1 (the papers: 0, no momentum).
+    #: Adam's β1 and β2 (the papers: 0 and 0.999).
     adam_beta1: float = 0.0
+    adam_beta2: float = 0.999
+    #: Multiply θ by (batch L0 / target) ** this after every step (0 = off; see the trainer).
+    threshold_controller_gain: float = 0.0
+    #: Scale the initial codes by their least-squares factor on the first batch (see the trainer).
+    code_scale_init: bool = False
     #: Revive a JumpReLU latent silent for this many tokens (θ back at its target-rate quantile); 0 = never.
     revive_dead_after_tokens: int = 0
     #: Tokens of end-to-end KL finetuning after training (SPEC §7.6); 0 = none.
@@ -83,8 +88,9 @@ class Recipe:
         for name in ("lr", "threshold_init", "bandwidth"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Recipe.{name} must be > 0; got {getattr(self, name)!r}")
-        if not 0.0 <= self.adam_beta1 < 1.0:
-            raise ValueError(f"Recipe.adam_beta1 must be in [0, 1); got {self.adam_beta1!r}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"Recipe.{name} must be in [0, 1); got {getattr(self, name)!r}")
         if self.revive_dead_after_tokens < 0:
             raise ValueError(f"Recipe.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}")
         if self.kl_finetune_tokens < 0 or self.kl_beta < 0:

@@ -254,8 +254,10 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "lr_warmup_start_fraction": recipe.lr_warmup_start_fraction,
         "lr_decay_fraction": recipe.lr_decay_fraction,
         "controller_gain": recipe.controller_gain,
-        "adam_betas": (recipe.adam_beta1, 0.999),
+        "adam_betas": (recipe.adam_beta1, recipe.adam_beta2),
         "revive_dead_after_tokens": recipe.revive_dead_after_tokens,
+        "code_scale_init": recipe.code_scale_init,
+        "threshold_controller_gain": recipe.threshold_controller_gain,
     }
     values.update({key: value for key, value in settings.items() if value is not None})
     return TrainConfig(total_tokens=total_tokens, **values)

@@ -32,6 +32,7 @@ from saescope.sae import (
     JumpReLU,
     SparseDictionary,
     build_any_dictionary,
+    dictionary_blocks,
 )
 from saescope.train.init_from import initialise_from_parent_
 from saescope.train.recipes import DECODER_BIAS_INITS, geometric_median
@@ -150,6 +151,12 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
+    #: After the data-driven inits, scale every code by the least-squares factor on the first batch (saescope
+    #: addition; see `least_squares_code_scale`).
+    code_scale_init: bool = False
+    #: Each step, multiply every JumpReLU threshold by (batch L0 / target L0) ** this (0 = off; needs a target
+    #: L0). A direct hold on L0 next to the λ controller; see `Trainer._steer_thresholds`.
+    threshold_controller_gain: float = 0.0
     #: A JumpReLU latent silent for this many tokens gets θ reset to the target-rate quantile of the current
     #: batch (0 = never; needs a target L0). See `Trainer._revive_dead_latents`.
     revive_dead_after_tokens: int = 0
@@ -162,6 +169,10 @@ class TrainConfig:
         for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        if not 0.0 <= self.threshold_controller_gain <= 1.0:
+            raise ValueError(
+                f"TrainConfig.threshold_controller_gain must be in [0, 1]; got {self.threshold_controller_gain!r}"
+            )
         if self.revive_dead_after_tokens < 0:
             raise ValueError(
                 f"TrainConfig.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}"
@@ -211,6 +222,25 @@ def _batch_fvu(y_BD: torch.Tensor, y_hat_BD: torch.Tensor) -> float:
     residual = (y_BD - y_hat_BD).double().square().sum()
     variance = (y_BD - y_BD.mean(0)).double().square().sum()
     return float(residual / variance.clamp_min(1e-30))
+
+
+@torch.no_grad()
+def least_squares_code_scale(sae: AnyDictionary, x_BD: torch.Tensor, y_BD: torch.Tensor) -> float:
+    """The factor s > 0 minimising ‖y − ŷ₀ − s·(ŷ − ŷ₀)‖² on a batch, ŷ₀ being the output with every code zero.
+
+    A fresh dictionary whose thresholds sit at the target-rate quantiles fires the right latents, but their
+    codes (raw projections on random directions) add up to several times the target: on Gemma 3 270M's
+    layer-6 residual and MLP sites the first reconstruction had FVU 3–6, and the first steps of training went
+    into shrinking codes (driving L0 far below its target) instead of learning directions. Scaling the codes
+    by s (1 when no latent fires) starts training at the best reconstruction those directions allow.
+    """
+    output = sae(x_BD)
+    base_BD = sae.decode(torch.zeros_like(output.codes), x_BD)
+    coded_BD = (output.reconstruction - base_BD).double()
+    target_BD = (y_BD.to(base_BD.dtype) - base_BD).double()
+    energy = float(coded_BD.square().sum())
+    scale = float((coded_BD * target_BD).sum()) / energy if energy > 0 else 1.0
+    return scale if math.isfinite(scale) and scale > 0 else 1.0
 
 
 class Trainer:
@@ -390,6 +420,10 @@ class Trainer:
             if spec.init_thresholds_from_data:
                 assert isinstance(block, JumpReLU)
                 block.set_threshold_(self._target_rate_thresholds(member, block, x_BD))
+        if self.config.code_scale_init:
+            scale = least_squares_code_scale(sae, x, y)
+            for block in dictionary_blocks(sae):
+                block.scale_codes_(scale)
 
     def _target_rate_thresholds(
         self, member: _Member, block: JumpReLU, x_BD: torch.Tensor, latents_K: torch.Tensor | None = None
@@ -407,6 +441,25 @@ class Trainer:
         rank = min(x_BD.shape[0], max(1, round(x_BD.shape[0] * (1.0 - rate))))
         theta_K: torch.Tensor = pre_BK.kthvalue(rank, dim=0).values.float()
         return theta_K.clamp_min(spec.dictionary.threshold_init)
+
+    @torch.no_grad()
+    def _steer_thresholds(self, member: _Member, batch_l0: float) -> None:
+        """Scale every JumpReLU threshold by ``(batch L0 / target) ** threshold_controller_gain``, clamped to
+        [½, 2] per step: θ up when the dictionary fires too often, down when too rarely.
+
+        Why next to the λ controller: λ reaches θ only through the θ gradient, which Adam normalises and which
+        exists only inside the kernel window, so λ steers L0 slowly and late; in a run of a few hundred steps
+        L0 then swings far from its target (on Gemma 3 270M's layer-6 MLP: 60 → 10 → 40 within 100 steps).
+        A common factor on θ moves L0 at once and keeps the latents' relative thresholds, which θ's own
+        straight-through gradient keeps learning.
+        """
+        gain, target = self.config.threshold_controller_gain, member.spec.target_l0
+        if gain == 0 or target is None:
+            return
+        factor = min(2.0, max(0.5, (max(batch_l0, 1e-3) / target) ** gain))
+        for block in dictionary_blocks(member.sae):
+            if isinstance(block, JumpReLU):
+                block.scale_thresholds_(factor)
 
     @torch.no_grad()
     def _revive_dead_latents(self, member: _Member, x: torch.Tensor) -> None:
@@ -465,6 +518,7 @@ class Trainer:
         l0 = float(out.l0)
         if member.controller is not None and self.step >= spec.dictionary.lambda_warmup_steps:
             member.controller.update(l0)
+        self._steer_thresholds(member, l0)
         fired_F = out.output.fired_latents()
         member.tokens_since_fired_F += x_BD.shape[0]
         member.tokens_since_fired_F[fired_F] = 0
