@@ -73,6 +73,19 @@ def register(commands: Any) -> None:
     opt.add_argument("--lr", type=float, default=7e-5, help="Adam learning rate (7e-5, SPEC §2.1)")
     opt.add_argument("--lr-warmup-steps", type=int, default=1000, help="cosine lr warm-up steps (1000)")
     opt.add_argument("--lr-decay-fraction", type=float, default=0.0, help="linear decay over the last fraction (0)")
+    opt.add_argument("--adam-beta1", type=float, default=0.0, help="Adam β1 (0, the papers'; `saescope run` uses 0.9)")
+    rec = parser.add_argument_group("short-budget recipe elements (off here; on in `saescope run`'s default recipe)")
+    rec.add_argument(
+        "--code-scale-init", action="store_true", help="scale the initial codes by their least-squares factor"
+    )
+    rec.add_argument(
+        "--threshold-controller-gain", type=float, default=0.0,
+        help="multiply JumpReLU θ by (batch L0 / target) ** GAIN after every step (0 = off; needs --target-l0)",
+    )  # fmt: skip
+    rec.add_argument(
+        "--revive-dead-after-tokens", type=int, default=0,
+        help="a JumpReLU latent silent for this many tokens gets θ back at its target-rate quantile (0 = never)",
+    )  # fmt: skip
     opt.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (0)")
     opt.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (500)")
     parser.add_argument(
@@ -208,6 +221,10 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr_warmup_steps=args.lr_warmup_steps,
         lr_decay_fraction=args.lr_decay_fraction,
+        adam_betas=(args.adam_beta1, 0.999),
+        code_scale_init=args.code_scale_init,
+        threshold_controller_gain=args.threshold_controller_gain,
+        revive_dead_after_tokens=args.revive_dead_after_tokens,
         seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every,
         device=args.device,

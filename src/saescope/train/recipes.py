@@ -8,17 +8,22 @@ Two recipes ship:
   (SPEC §7.2), the papers' own way to aim at an L0. It is built for ~10⁶ steps.
 * ``saescope`` -- the default, for the few hundred to few thousand steps a CPU or a small GPU budget
   gives. Same architecture, same θ-only straight-through estimator, same released format; what changes
-  is where training starts and how fast it may move, each change measured in
+  is where training starts, how fast it may move and how L0 is held, each change measured by an ablation in
   ``docs/benchmarks/fidelity.md``:
 
   - b_dec starts at the data mean, so the SAE does not spend its first steps learning the mean (Gemma 3's
     residual stream has a massive dimension whose mean dwarfs everything else);
   - thresholds start at the per-latent quantile of the first batch that gives the target L0 (instead of
-    θ = 0.001, where every latent fires on about half the tokens);
-  - a raw θ parameter (log θ moves by ~lr per step under Adam, SPEC §8.6) and a 14× larger learning
-    rate with a short warm-up and a linear decay over the last part of the run;
-  - an integral controller steers λ so that L0 settles on the target (no λ warm-up: the θ start already
-    has the right L0).
+    θ = 0.001, where every latent fires on about half the tokens), and all codes are then scaled by their
+    least-squares factor on that batch (random directions at those thresholds overshoot: first FVU 3–6 on
+    Gemma 3 270M's layer 6, 0.4–0.7 after the scale);
+  - a raw θ parameter (log θ moves by ~lr per step under Adam, SPEC §8.6) and Adam with momentum
+    (β1 = 0.9 instead of the papers' 0: a latent that fires rarely otherwise gets steps of many times lr
+    whenever it fires) at a 40× larger learning rate, with a short warm-up and a linear decay at the end;
+  - L0 held on the target by two controllers: θ scaled each step by (L0/target)^0.5, which moves L0 at
+    once, and an integral controller on λ (no λ warm-up: the θ start already has the right L0);
+  - a latent silent for 8,192 tokens gets its θ back at its target-rate quantile (a latent above all its
+    pre-activations gets no gradient at all, so it would otherwise stay dead).
 
   Gemma Scope 2's end-to-end KL finetuning (SPEC §7.6, :mod:`saescope.train.kl_finetune`) is an
   optional final phase of any recipe (``kl_finetune_tokens`` > 0).
@@ -124,9 +129,9 @@ GEMMA_SCOPE = Recipe(
 
 SAESCOPE = Recipe(
     name="saescope",
-    description="saescope's short-budget recipe: mean b_dec, data-driven θ start, raw θ, lr 1e-3 with "
-    "decay, λ steered to the target L0",
-    lr=1e-3,
+    description="saescope's short-budget recipe: mean b_dec, data-driven θ start with least-squares code scale, "
+    "raw θ, Adam(0.9, 0.999) at lr 3e-3 with decay, L0 held on target by θ and λ controllers, silent latents revived",
+    lr=3e-3,
     threshold="raw",
     threshold_init=0.001,
     threshold_init_from_data=True,
@@ -139,6 +144,10 @@ SAESCOPE = Recipe(
     lr_warmup_start_fraction=0.1,
     lr_decay_fraction=0.2,
     controller_gain=0.05,
+    adam_beta1=0.9,
+    code_scale_init=True,
+    threshold_controller_gain=0.5,
+    revive_dead_after_tokens=8192,
 )
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (GEMMA_SCOPE, SAESCOPE)}
