@@ -4,7 +4,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from saescope.eval.report import markdown_table, suite_rows, write_report
+from saescope.eval.report import kind_comparison_table, markdown_table, suite_rows, write_report
 
 
 def fake_result(layer: int, kind: str, l0: float, width: int = 4096) -> dict[str, Any]:
@@ -45,3 +45,14 @@ def test_report_writes_tables_plots_and_html(tmp_path: Path) -> None:
 def test_markdown_table_shows_stderr() -> None:
     table = markdown_table(suite_rows([fake_result(0, "res", 50)]))
     assert "| layer_0/res | res | jumprelu | 4096 | 50 | 0.1 | 0.05 ± 0.01 | 0.9 | 0.05 |" in table
+
+
+def test_kind_comparison_puts_the_kinds_of_each_layer_side_by_side() -> None:
+    results = [fake_result(layer, kind, 40) for layer in range(2) for kind in ("mlp", "res")]
+    results[0]["lm_loss"]["delta_lm_loss"] = 0.25  # layer 0, mlp
+    table = kind_comparison_table(suite_rows(results))
+    lines = table.splitlines()
+    assert "| layer | res | mlp |" in lines
+    layer_0 = next(line for line in lines if line.startswith("| 0 |"))
+    assert layer_0.split(" | ")[2] == "0.25 (L0 40) |"  # the mlp column
+    assert kind_comparison_table(suite_rows([fake_result(0, "res", 40)])) == ""  # one kind: nothing to compare

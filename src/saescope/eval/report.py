@@ -87,6 +87,27 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def kind_comparison_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Delta LM loss (and L0) per layer, one column per kind, when the suite has several kinds at one layer:
+    e.g. MLP-output SAEs vs transcoders vs skip transcoders vs a CLT's layer spliced alone (Gemma Scope 1 and
+    2 compare them this way). Several widths or L0s of one kind at a layer share a cell. Empty otherwise."""
+    kinds = _kinds(rows)
+    layers = sorted({row["layer"] for row in rows})
+    if len(kinds) < 2:
+        return ""
+    lines = ["| layer | " + " | ".join(kinds) + " |", "|" + "---|" * (len(kinds) + 1)]
+    for layer in layers:
+        cells = []
+        for kind in kinds:
+            members = [r for r in rows if r["layer"] == layer and r["kind"] == kind]
+            cells.append("; ".join(f"{_format(r.get('delta_lm_loss'))} (L0 {_format(r.get('l0'))})" for r in members))
+        if sum(bool(cell) for cell in cells) >= 2:
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ""
+    return "Delta LM loss (nats; L0 in brackets) per layer and kind:\n\n" + "\n".join(lines) + "\n"
+
+
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), extrasaction="ignore")
@@ -239,7 +260,8 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: Path, *, title: str
     rows = suite_rows(results)
     csv_path, md_path = out_dir / "suite.csv", out_dir / "suite.md"
     atomic_write_text(csv_path, _csv_text(rows))
-    atomic_write_text(md_path, markdown_table(rows))
+    comparison = kind_comparison_table(rows)
+    atomic_write_text(md_path, markdown_table(rows) + (f"\n{comparison}" if comparison else ""))
     plots = {
         "fidelity_vs_l0.png": _plot_fidelity_vs_l0(rows, plt),
         "metrics_by_layer.png": _plot_by_layer(rows, plt),
@@ -251,11 +273,11 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: Path, *, title: str
         atomic_write_bytes(out_dir / name, data)
         plot_paths.append(out_dir / name)
     html_path = out_dir / "report.html"
-    atomic_write_text(html_path, _html(rows, list(plots), title))
+    atomic_write_text(html_path, _html(rows, list(plots), title, comparison))
     return ReportFiles(csv_path, md_path, plot_paths, html_path)
 
 
-def _html(rows: Sequence[dict[str, Any]], plot_names: Sequence[str], title: str) -> str:
+def _html(rows: Sequence[dict[str, Any]], plot_names: Sequence[str], title: str, comparison: str = "") -> str:
     header = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in COLUMNS) + "</tr>" for row in rows
@@ -275,8 +297,23 @@ img {{ max-width: 100%; }}
 is the next-token cross-entropy with the site replaced by the reconstruction minus the clean one (nats); BOS, EOS and
 padding are never spliced nor counted. Full metrics: <code>metrics.json</code> next to each dictionary, and
 <a href="suite.csv">suite.csv</a>.</p>
+{_markdown_table_html(comparison)}
 {images}
 <h2>All dictionaries</h2>
 <table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>
 </body></html>
 """
+
+
+def _markdown_table_html(text: str) -> str:
+    """The kind comparison (a caption line and a Markdown table) as HTML; empty for empty text."""
+    if not text:
+        return ""
+    caption, _, table = text.partition("\n\n")
+    body = [line.strip("|").split(" | ") for line in table.strip().splitlines() if not line.startswith("|---")]
+    head = "".join(f"<th>{html.escape(cell.strip())}</th>" for cell in body[0])
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell.strip())}</td>" for cell in row) + "</tr>" for row in body[1:]
+    )
+    table_html = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f"<h2>By kind</h2><p>{html.escape(caption)}</p>{table_html}"
