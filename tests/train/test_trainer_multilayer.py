@@ -149,3 +149,36 @@ def test_kill_and_resume_of_a_clt_and_a_crosscoder_gives_bit_identical_weights(
     straight_log, resumed_log = ((tmp_path / run / "metrics.jsonl").read_text() for run in ("straight", "resumed"))
     # A clean stop also logs the step it stopped at (26); otherwise the logs are the same, no duplicates.
     assert [row for row in resumed_log.splitlines() if '"step": 26,' not in row] == straight_log.splitlines()
+
+
+@pytest.mark.parametrize("target_scale", ["input", "own"])
+def test_targets_divided_by_their_own_scale_fold_back_to_the_raw_function(tmp_path: Path, target_scale: str) -> None:
+    """Whichever scale the targets were divided by, the raw-space dictionary maps raw inputs to raw targets as
+    the trained one did: ŷ_raw = C_target · ŷ(x_raw / C_in), for a CLT and a single-layer transcoder."""
+    from saescope.release.suite import read_trained_sae
+
+    arrays = multi_layer_sites(512)
+    scaled = {site: x * (40.0 if site.kind is SiteKind.MLP else 1.0) for site, x in arrays.items()}  # big outputs
+    source = ArrayActivations(scaled)
+    clt, _ = specs()
+    single = SAESpec("tc", Site(1, SiteKind.MLP_IN), DictionaryConfig(d_in=D, width=WIDTH, d_out=D_OUT,
+                     apply_pre_encoder_bias=False, threshold_parameterisation="raw", lambda_warmup_steps=0),
+                     lr=4e-3, target_l0=4.0, site_out=Site(1, SiteKind.MLP))  # fmt: skip
+    train_config = TrainConfig(total_tokens=8 * BATCH, batch_size=BATCH, target_scale=target_scale, progress=False)
+    trained = Trainer([clt, single], source, train_config, tmp_path).run()
+    scales = source.norm_scales
+    for spec, result in zip((clt, single), trained, strict=True):
+        entry = read_trained_sae(result.folder)
+        x_raw = torch.cat([scaled[site][:64] for site in spec.input_sites], dim=-1)
+        target_scales = spec.output_sites if target_scale == "own" else spec.input_sites
+        x_in = torch.cat([scaled[s][:64] / scales[s] for s in spec.input_sites], dim=-1)
+        with torch.no_grad():
+            trained_BY = entry.training_space()(x_in).reconstruction
+            expected_BY = torch.cat(
+                [
+                    part * scales[site]
+                    for part, site in zip(trained_BY.split(D_OUT, dim=-1), target_scales, strict=True)
+                ],
+                dim=-1,
+            )
+            torch.testing.assert_close(entry.raw_space()(x_raw).reconstruction, expected_BY, rtol=1e-4, atol=1e-3)

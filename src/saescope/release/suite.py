@@ -62,6 +62,8 @@ class TrainedSAE:
     #: Layers a multi-layer dictionary (CLT, crosscoder) spans, and each input layer's scale; () for one layer.
     layers: tuple[int, ...] = ()
     norm_scales: tuple[float, ...] = ()
+    #: Each output layer's scale when the targets were divided by their own scale; () = ``norm_scales``.
+    norm_scales_out: tuple[float, ...] = ()
 
     @property
     def input_sites(self) -> tuple[Site, ...]:
@@ -106,7 +108,7 @@ class TrainedSAE:
         """The dictionary with C and b_dec folded in (SPEC §2.7): it reads raw activations."""
         sae = self.training_space()
         if isinstance(sae, CrossLayerDictionary):  # each target was divided by its input layer's scale
-            return sae.fold_normalisation(self.norm_scales, self.norm_scales).eval()
+            return sae.fold_normalisation(self.norm_scales, self.norm_scales_out or self.norm_scales).eval()
         return sae.fold_normalisation(self.norm_scale, self.norm_scale_out).eval()
 
 
@@ -171,6 +173,16 @@ def read_trained_sae(folder: Path) -> TrainedSAE:
             raise ReleaseFormatError(
                 f"{config_path}: 'layers' and 'norm_scales' must hold {dictionary.n_layers} entries (scales > 0)"
             )
+    scales_out: tuple[float, ...] = ()
+    if dictionary.n_layers > 1 and "norm_scales_out" in config:
+        try:
+            scales_out = tuple(float(scale) for scale in config["norm_scales_out"])
+        except (TypeError, ValueError) as error:
+            raise ReleaseFormatError(f"{config_path}: 'norm_scales_out' must be a list of numbers") from error
+        if len(scales_out) != dictionary.n_layers or min(scales_out) <= 0:
+            raise ReleaseFormatError(
+                f"{config_path}: 'norm_scales_out' must hold {dictionary.n_layers} entries (scales > 0)"
+            )
     metrics_path = folder / METRICS
     metrics = read_json_object(metrics_path) if metrics_path.exists() else None
     l0 = _heldout_l0(metrics)
@@ -199,6 +211,7 @@ def read_trained_sae(folder: Path) -> TrainedSAE:
         site_out,
         layers,
         scales,
+        scales_out,
     )
 
 

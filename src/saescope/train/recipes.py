@@ -69,6 +69,8 @@ class Recipe:
     #: Adam's β1 and β2 (the papers: 0 and 0.999).
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
+    #: A transcoder's target divided by its input's scale ("input", GS1) or its own ("own"; see the trainer).
+    target_scale: str = "input"
     #: Multiply θ by (batch L0 / target) ** this after every step (0 = off; see the trainer).
     threshold_controller_gain: float = 0.0
     #: Scale the initial codes by their least-squares factor on the first batch (see the trainer).
@@ -148,6 +150,7 @@ SAESCOPE = Recipe(
     code_scale_init=True,
     threshold_controller_gain=0.5,
     revive_dead_after_tokens=8192,
+    target_scale="own",
 )
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (GEMMA_SCOPE, SAESCOPE)}

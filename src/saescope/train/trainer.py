@@ -39,6 +39,8 @@ from saescope.train.recipes import DECODER_BIAS_INITS, geometric_median
 from saescope.train.schedules import TargetL0Controller, learning_rate
 
 CHECKPOINT = "checkpoint.pt"
+#: Values of `TrainConfig.target_scale`.
+TARGET_SCALES = ("input", "own")
 METRICS = "metrics.jsonl"
 
 
@@ -151,6 +153,11 @@ class TrainConfig:
     checkpoint_every_steps: int = 500
     log_every_steps: int = 10
     dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
+    #: What a transcoder's target (or a CLT's targets) is divided by: "input" -- the scale C of the input it is
+    #: paired with (GS1, SPEC §2.2) -- or "own" -- its own site's scale, folded back at release like the
+    #: input's. On Gemma 3 270M, layer 6's MLP output is 73× larger than its normalised input, so under
+    #: "input" a short run spends its steps growing the encoder; "own" puts every target at norm ≈ 1.
+    target_scale: str = "input"
     #: After the data-driven inits, scale every code by the least-squares factor on the first batch (saescope
     #: addition; see `least_squares_code_scale`).
     code_scale_init: bool = False
@@ -173,6 +180,8 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.threshold_controller_gain must be in [0, 1]; got {self.threshold_controller_gain!r}"
             )
+        if self.target_scale not in TARGET_SCALES:
+            raise ValueError(f"TrainConfig.target_scale must be one of {TARGET_SCALES}; got {self.target_scale!r}")
         if self.revive_dead_after_tokens < 0:
             raise ValueError(
                 f"TrainConfig.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}"
@@ -279,7 +288,9 @@ class Trainer:
         self.source = source
         self.config = config
         self.out_dir = out_dir
-        self.norm_scales = {site: source.norm_scales[site] for spec in specs for site in spec.input_sites}
+        self.norm_scales = {
+            site: source.norm_scales[site] for spec in specs for site in (*spec.input_sites, *spec.output_sites)
+        }
         indices = list(range(len(self.specs))) if owned is None else sorted(owned)
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
             raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
@@ -397,7 +408,10 @@ class Trainer:
         x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)
         if spec.output_sites == spec.input_sites:
             return x, x
-        ys = [normalised(out, site) for out, site in zip(spec.output_sites, spec.input_sites, strict=True)]
+        own = self.config.target_scale == "own"
+        ys = [
+            normalised(out, out if own else site) for out, site in zip(spec.output_sites, spec.input_sites, strict=True)
+        ]
         return x, (ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1))
 
     @torch.no_grad()
@@ -587,6 +601,13 @@ class Trainer:
         atomic_write_with(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
         scales = [self.norm_scales[site] for site in member.spec.input_sites]
         scale = scales[0]
+        writes_elsewhere = member.spec.output_sites != member.spec.input_sites
+        scales_out = [self.norm_scales[site] for site in member.spec.output_sites]
+        own_target_scale: dict[str, Any] = {}
+        if writes_elsewhere and self.config.target_scale == "own":
+            own_target_scale = {"norm_scale_out": scales_out[0]}
+            if len(scales_out) > 1:
+                own_target_scale["norm_scales_out"] = scales_out
         atomic_write_json(
             folder / "config.json",
             {
@@ -594,6 +615,7 @@ class Trainer:
                 **member.spec.to_dict(),
                 "norm_scale": scale,
                 **({"norm_scales": scales} if len(scales) > 1 else {}),
+                **own_target_scale,
                 "training": {**self.config.to_dict(), "steps_done": self.step, "tokens_seen": self.tokens_seen},
                 "final_batch_metrics": member.last,
             },
