@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -138,3 +138,13 @@ def jsonl_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "docs.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny matmuls gain nothing from threads, and oversubscribed threads stall
+    badly on a busy CPU (`pytestmark = pytest.mark.usefixtures("one_thread")` in a module)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -7,8 +7,6 @@ token, normalised to E‖x‖² = 1. The learning rate is far above GS's 7e-5 be
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -17,13 +15,7 @@ from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
 D, N_ATOMS, WIDTH, P_ACTIVE, B, STEPS = 32, 48, 64, 3 / 48, 512, 500
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny matmuls gain nothing from threads, and oversubscribed threads stall badly on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sample(atoms_ND: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,7 @@ D_IN, D_OUT, WIDTH = 16, 12, 16
 MLP_IN, MLP = Site(0, SiteKind.MLP_IN), Site(0, SiteKind.MLP)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,12 +19,7 @@ D, N_ATOMS, P_ACTIVE = 32, 48, 4 / 48
 RES, ATT = Site(0, SiteKind.RES), Site(0, SiteKind.ATT)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sparse_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,12 +21,7 @@ CLT_LAYERS, CROSSCODER_LAYERS = (0, 1, 2), (0, 2, 3)
 BATCH, STEPS, CHECKPOINT_EVERY = 32, 40, 26
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def multi_layer_sites(n: int, seed: int = 0) -> dict[Site, torch.Tensor]:

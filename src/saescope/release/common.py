@@ -307,6 +307,24 @@ class ReadSAE:
 # ------------------------------------------------------------------------------------------------
 
 
+def read_tensor_file(path: Path, required: Iterable[str]) -> dict[str, Tensor]:
+    """The tensors of a safetensors file; ReleaseFormatError naming the file when it is missing, unreadable or
+    lacks one of the ``required`` tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise ReleaseFormatError(f"{path} is missing")
+    try:
+        tensors: dict[str, Tensor] = load_file(path)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ReleaseFormatError(f"{path} is not a readable safetensors file (truncated?): {error}") from error
+    missing = [key for key in required if key not in tensors]
+    if missing:
+        raise ReleaseFormatError(f"{path}: tensor(s) {missing} missing; the file has {sorted(tensors)}")
+    return tensors
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; ReleaseFormatError naming the file when missing or malformed."""
     if not path.is_file():

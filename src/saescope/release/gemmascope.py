@@ -38,8 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from saescope.atomic import atomic_write_json, atomic_write_with
@@ -55,6 +53,7 @@ from saescope.release.common import (
     hf_hook_point,
     l0_label,
     read_json_object,
+    read_tensor_file,
     site_from_hf_hook,
     unique_folder_names,
 )
@@ -255,15 +254,7 @@ def read_gemmascope2_folder(folder: Path) -> ReadSAE:
         )
     if config.get("architecture", "jump_relu") != "jump_relu":
         raise ReleaseFormatError(f"{config_path}: architecture {config.get('architecture')!r}, expected 'jump_relu'")
-    if not params_path.is_file():
-        raise ReleaseFormatError(f"{params_path} is missing")
-    try:
-        raw = load_file(params_path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ReleaseFormatError(f"{params_path} is not a readable safetensors file (truncated?): {error}") from error
-    missing = [key for key in _GS2_KEYS if key not in raw]
-    if missing:
-        raise ReleaseFormatError(f"{params_path}: tensor(s) {missing} missing; the file has {sorted(raw)}")
+    raw = read_tensor_file(params_path, _GS2_KEYS)
     affine = config.get("affine_connection")
     if affine is True and _GS2_SKIP not in raw:
         raise ReleaseFormatError(f"{params_path}: config.json says affine_connection but {_GS2_SKIP!r} is missing")

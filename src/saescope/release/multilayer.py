@@ -42,8 +42,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from saescope.atomic import atomic_write_json, atomic_write_with
@@ -56,6 +54,7 @@ from saescope.release.common import (
     hf_hook_point,
     l0_label,
     read_json_object,
+    read_tensor_file,
     site_from_hf_hook,
     unique_folder_names,
 )
@@ -180,13 +179,7 @@ def export_multi_layer(
 def _read_block(path: Path, i: int, n: int) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ReleaseFormatError(f"{path} is missing (a {n}-layer dictionary needs params_layer_0 .. {n - 1})")
-    try:
-        raw = load_file(path)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ReleaseFormatError(f"{path} is not a readable safetensors file (truncated?): {error}") from error
-    missing = [key for key in _BLOCK_KEYS if key not in raw]
-    if missing:
-        raise ReleaseFormatError(f"{path}: tensor(s) {missing} missing; the file has {sorted(raw)}")
+    raw = read_tensor_file(path, _BLOCK_KEYS)
     raw["w_dec"] = _block_writes(path, raw["w_dec"], raw["b_dec"], i, n)
     return raw
 
