@@ -288,12 +288,9 @@ def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
     )  # fmt: skip
 
 
-def _schedule_key(recipe: Recipe) -> tuple[Any, ...]:
-    return (
-        recipe.lr_warmup_steps, recipe.lr_warmup_start_fraction, recipe.lr_decay_fraction, recipe.controller_gain,
-        recipe.adam_beta1, recipe.adam_beta2, recipe.revive_dead_after_tokens, recipe.code_scale_init,
-        recipe.threshold_controller_gain,
-    )  # fmt: skip
+def _schedule_key(recipe: Recipe) -> str:
+    """Recipes with the same run-wide settings (`TrainConfig`) can share one Trainer."""
+    return json.dumps(recipe_train_config(recipe, total_tokens=1).to_dict(), sort_keys=True)
 
 
 def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[Cell]) -> dict[str, float]:

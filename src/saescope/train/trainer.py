@@ -487,14 +487,9 @@ class Trainer:
         dead_F = member.tokens_since_fired_F >= after
         if after == 0 or member.spec.target_l0 is None or not bool(dead_F.any()):
             return
-        blocks = (
-            list(zip(sae.blocks, sae.split_inputs(x), strict=True))
-            if isinstance(sae, CrossLayerDictionary)
-            else [(sae, x)]
-        )
+        xs = sae.split_inputs(x) if isinstance(sae, CrossLayerDictionary) else (x,)
         offset = 0
-        for block, x_BD in blocks:
-            assert isinstance(block, SparseDictionary)
+        for block, x_BD in zip(dictionary_blocks(sae), xs, strict=True):
             width = block.config.width
             dead_K = dead_F[offset : offset + width].nonzero().flatten()
             if isinstance(block, JumpReLU) and dead_K.numel() > 0:
