@@ -106,11 +106,11 @@ def test_decoder_constraint_holds_for_each_latents_whole_write() -> None:
         if i < N - 1:
             cross = clt.W_cross[i]
             assert cross.grad is not None
-            dot = dot + (cross.grad * cross).sum(-1)
+            dot = dot + (cross.grad * cross).sum((0, 2))
         assert torch.allclose(dot, torch.zeros_like(dot), atol=1e-5)
     clt.normalize_decoder_()
     for i in range(N):
-        norm = clt.decoder(i).norm(dim=-1)
+        norm = clt.decoder(i).flatten(1).norm(dim=-1)
         assert torch.allclose(norm, torch.ones_like(norm), atol=1e-6)
 
 
@@ -134,3 +134,17 @@ def test_multi_layer_configs_name_what_they_do_not_support() -> None:
         _config(architecture="topk", k=4)
     with pytest.raises(ValueError, match="input width"):
         _clt().loss(torch.zeros(4, D), torch.zeros(4, N * D))
+
+
+def test_a_state_dict_with_flat_cross_decoders_loads_into_the_target_major_layout() -> None:
+    clt = _clt()
+    flat = {
+        key: (value.transpose(0, 1).reshape(WIDTH, -1) if key.startswith("W_cross.") else value)
+        for key, value in clt.state_dict().items()
+    }
+    assert flat["W_cross.0"].shape == ((WIDTH, (N - 1) * D))
+    loaded = build_any_dictionary(_config())
+    loaded.load_state_dict(flat)
+    x, _ = _data()
+    with torch.no_grad():
+        assert torch.equal(loaded(x).reconstruction, clt(x).reconstruction)

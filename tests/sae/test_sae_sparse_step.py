@@ -273,3 +273,40 @@ def test_fired_latents_agree_for_dense_and_sparse_codes() -> None:
     fired_sparse = sparse.loss(x_BD).output.fired_latents()
     assert 0 < int(fired_dense.sum()) < 64
     assert torch.equal(fired_sparse, fired_dense)
+
+
+def test_extra_decoders_match_dense_products_and_an_unused_one_gets_a_zero_gradient() -> None:
+    """The kernel's extra decoder tables (a CLT block's cross decoders): writes f @ W_extra[k], and gradients
+    as autograd through dense codes gives them, with write 1 left out of the loss."""
+    config = DictionaryConfig(
+        d_in=16, width=64, apply_pre_encoder_bias=False, threshold_parameterisation="raw", bandwidth=EPS
+    )
+    dense, _, x_BD, _ = _randomised(config, batch=96, firing_quantile=0.8, seed=5)
+    assert isinstance(dense, JumpReLU)
+    W_extra_KFD = (0.2 * torch.randn(3, 64, 16, generator=torch.Generator().manual_seed(6))).requires_grad_(True)
+    targets = torch.randn(3, 96, 16, generator=torch.Generator().manual_seed(7))
+
+    def loss(writes: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return (writes[0] - targets[0]).square().sum() + (writes[2] - targets[2]).square().sum()
+
+    rule = dense.sparse_selection_rule()
+    no_bias = torch.zeros(16)
+    result = sparse_module.sparse_step(
+        x_BD, dense.W_enc_DF, dense.b_enc_F, dense.W_dec_FD, no_bias, rule,
+        subtract_decoder_bias=False, W_extra_KFD=W_extra_KFD,
+    )  # fmt: skip
+    loss(result.extra_reconstructions).backward()
+    sparse_grads = (W_extra_KFD.grad.clone(), dense.W_enc_DF.grad.clone())  # type: ignore[union-attr]
+    W_extra_KFD.grad, dense.W_enc_DF.grad = None, None
+
+    f_BF = dense.activation(dense.pre_activations(x_BD))
+    dense_writes = tuple(f_BF @ W for W in W_extra_KFD)
+    for sparse_write, dense_write in zip(result.extra_reconstructions, dense_writes, strict=True):
+        torch.testing.assert_close(sparse_write, dense_write)
+    loss(dense_writes).backward()
+    assert W_extra_KFD.grad is not None
+    assert dense.W_enc_DF.grad is not None
+    torch.testing.assert_close(sparse_grads[0], W_extra_KFD.grad)
+    torch.testing.assert_close(sparse_grads[1], dense.W_enc_DF.grad)
+    assert not sparse_grads[0][1].any()
+    assert sparse_grads[0][0].any()

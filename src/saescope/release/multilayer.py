@@ -112,7 +112,7 @@ def block_tensors(sae: CrossLayerDictionary, i: int) -> dict[str, torch.Tensor]:
     params = ReleaseParams.from_dictionary(sae.block(i))
     F, n, d_out = params.width, sae.n_layers, params.d_out
     with torch.no_grad():
-        writes_FKD = sae.decoder(i).detach().to(device="cpu", dtype=torch.float32).reshape(F, n - i, d_out)
+        writes_FKD = sae.decoder(i).detach().to(device="cpu", dtype=torch.float32)
     w_dec_FND = torch.zeros(F, n, d_out, dtype=torch.float32)  # rows 0 .. i-1 stay zero (see the module doc)
     w_dec_FND[:, i:] = writes_FKD
     tensors = {
@@ -318,6 +318,6 @@ def _assemble(params: Sequence[ReleaseParams], w_decs: Sequence[torch.Tensor], s
         if p.W_skip is not None:
             state[f"blocks.{i}.W_skip_DD"] = p.W_skip
         if i < n - 1:
-            state[f"W_cross.{i}"] = w_dec[:, 1:, :].to(torch.float32).reshape(p.width, -1).contiguous()
+            state[f"W_cross.{i}"] = w_dec[:, 1:, :].to(torch.float32).transpose(0, 1).contiguous()
     sae.load_state_dict({key: value.clone() for key, value in state.items()}, assign=True)
     return sae.eval()

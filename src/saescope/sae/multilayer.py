@@ -21,8 +21,11 @@ latent's whole write, i.e. the row ``[W_dec_{i→i} | W_cross_i]`` has unit norm
 ``b_dec_j`` is the bias of output ``j``, which several blocks write into.
 
 The training step costs ``n`` dense encoder products and decodes only the active latents: each block runs the
-sparse kernel (:mod:`saescope.sae.sparse`) with its decoder and cross decoders side by side, so the work that
-grows with layers² is ``O(B · L0 · d)`` per (block, later layer) pair, never ``O(B · F · d)``.
+sparse kernel (:mod:`saescope.sae.sparse`) with its own decoder and its cross decoders as extra decoder tables,
+so the work that grows with layers² is ``O(B · L0 · d)`` per (block, later layer) pair, never ``O(B · F · d)``.
+That part is inherent to a CLT: every active latent writes to every later layer, so with a fixed L0 per
+layer the decode work is ``B · L0 · d · n(n+1)/2``; it overtakes the ``n`` encoder products
+(``B · d · F · n``) once ``(n+1) · L0 / 2`` nears ``F``. ``benchmarks/clt_step.py`` measures it.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ from saescope.sae.sparse import sparse_step
 
 class CrossLayerDictionary(nn.Module):
     """``config.n_layers`` JumpReLU blocks (``blocks[i]``) and their cross decoders (``W_cross[i]``, shape
-    (F, (n−1−i)·d_out), for i < n−1). ``config`` is the whole dictionary's; each block's is
-    ``config.replace(n_layers=1)``."""
+    (n−1−i, F, d_out), for i < n−1: ``W_cross[i][k]`` is ``W_dec_{i→i+1+k}``). ``config`` is the whole
+    dictionary's; each block's is ``config.replace(n_layers=1)``.
+
+    The cross decoders are stored target-major so that each ``W_dec_{i→j}`` is one contiguous (F, d_out)
+    table: the sparse kernel gathers rows from each table separately, which keeps a table in cache."""
 
     def __init__(self, config: DictionaryConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
@@ -56,8 +62,18 @@ class CrossLayerDictionary(nn.Module):
         block_config = config.replace(n_layers=1)
         self.blocks = nn.ModuleList(JumpReLU(block_config, generator=generator) for _ in range(n))
         self.W_cross = nn.ParameterList(
-            nn.Parameter(torch.zeros(width, (n - 1 - i) * d_out, dtype=config.torch_dtype)) for i in range(n - 1)
+            nn.Parameter(torch.zeros(n - 1 - i, width, d_out, dtype=config.torch_dtype)) for i in range(n - 1)
         )
+        self.register_load_state_dict_pre_hook(_read_flat_cross_decoders)  # type: ignore[no-untyped-call]
+
+    def _read_flat_cross_decoders_(self, state_dict: dict[str, Tensor], prefix: str) -> None:
+        """Dictionaries saved before the target-major layout hold ``W_cross.{i}`` as (F, (n−1−i)·d_out)."""
+        d = self.config.d_target
+        for i in range(self.n_layers - 1):
+            key = f"{prefix}W_cross.{i}"
+            value = state_dict.get(key)
+            if value is not None and value.dim() == 2:
+                state_dict[key] = value.reshape(value.shape[0], -1, d).transpose(0, 1).contiguous()
 
     # --- shapes -------------------------------------------------------------------------------------
     @property
@@ -83,19 +99,18 @@ class CrossLayerDictionary(nn.Module):
         return tuple(torch.split(t, d, dim=-1))
 
     def decoder(self, i: int) -> Tensor:
-        """Block i's whole write ``[W_dec_{i→i} | W_cross_i]``: (F, (n−i)·d_out)."""
-        own = self.block(i).W_dec_FD
-        return own if i == self.n_layers - 1 else torch.cat([own, self.W_cross[i]], dim=1)
+        """Block i's whole write ``W_dec_{i→i..n−1}``: (F, n−i, d_out), a copy."""
+        own = self.block(i).W_dec_FD.unsqueeze(1)
+        return own if i == self.n_layers - 1 else torch.cat([own, self.W_cross[i].transpose(0, 1)], dim=1)
 
     def decoder_to(self, i: int, j: int) -> Tensor:
-        """``W_dec_{i→j}`` (F, d_out): zero-width views are never made, j must be ≥ i."""
+        """``W_dec_{i→j}`` (F, d_out), a view; j must be ≥ i."""
         if not 0 <= i <= j < self.n_layers:
             raise ValueError(f"block {i} writes to layers {i}..{self.n_layers - 1}, not {j}")
         if i == j:
             return self.block(i).W_dec_FD
-        d = self.config.d_target
         cross: Tensor = self.W_cross[i]
-        return cross[:, (j - i - 1) * d : (j - i) * d]
+        return cross[j - i - 1]
 
     # --- forward ------------------------------------------------------------------------------------
     def encode(self, x_BX: Tensor) -> Tensor:
@@ -105,31 +120,31 @@ class CrossLayerDictionary(nn.Module):
     def decode(self, f_BZ: Tensor, x_BX: Tensor | None = None) -> Tensor:
         """ŷ (B, n·d_out) from codes (B, n·F); ``x_BX`` is needed iff the blocks have a skip path."""
         xs = self.split_inputs(x_BX) if x_BX is not None else (None,) * self.n_layers
-        writes = [f @ self.decoder(i).to(f.dtype) for i, f in enumerate(torch.split(f_BZ, self.config.width, dim=-1))]
-        return self._assemble(writes, xs)
+        return self._assemble(self._dense_writes(torch.split(f_BZ, self.config.width, dim=-1)), xs)
 
-    def _assemble(self, writes: Sequence[Tensor], xs: Sequence[Tensor | None]) -> Tensor:
-        """Sum block writes (block i: (B, (n−i)·d_out), no bias) into the n outputs, adding b_dec and skips."""
-        d = self.config.d_target
+    def _dense_writes(self, codes: Sequence[Tensor]) -> list[list[Tensor]]:
+        """``writes[j]``: every block's write into output j, ``f_i @ W_dec_{i→j}`` for i ≤ j (dense codes)."""
+        return [
+            [codes[i] @ self.decoder_to(i, j).to(codes[i].dtype) for i in range(j + 1)] for j in range(self.n_layers)
+        ]
+
+    def _assemble(self, writes: Sequence[Sequence[Tensor]], xs: Sequence[Tensor | None]) -> Tensor:
+        """The n outputs side by side (B, n·d_out): output j sums ``writes[j]`` and adds b_dec_j and its skip."""
         outputs = []
-        for j in range(self.n_layers):
+        for j, writes_j in enumerate(writes):
             block = self.block(j)
-            y_j = writes[0][:, j * d : (j + 1) * d]
-            for i in range(1, j + 1):
-                y_j = y_j + writes[i][:, (j - i) * d : (j - i + 1) * d]
+            y_j = writes_j[0]
+            for write in writes_j[1:]:
+                y_j = y_j + write
             outputs.append(y_j + block.b_dec_D + block._skip_term(xs[j]))
         return torch.cat(outputs, dim=-1)
 
     def forward(self, x_BX: Tensor) -> ForwardOutput:
         xs = self.split_inputs(x_BX)
-        pres, codes, writes = [], [], []
-        for i, x in enumerate(xs):
-            pre = self.block(i).pre_activations(x)
-            f = self.block(i).activation(pre)
-            pres.append(pre)
-            codes.append(f)
-            writes.append(f @ self.decoder(i))
-        return ForwardOutput(torch.cat(pres, dim=-1), torch.cat(codes, dim=-1), self._assemble(writes, xs))
+        pres = [self.block(i).pre_activations(x) for i, x in enumerate(xs)]
+        codes = [self.block(i).activation(pre) for i, pre in enumerate(pres)]
+        y_hat_BY = self._assemble(self._dense_writes(codes), xs)
+        return ForwardOutput(torch.cat(pres, dim=-1), torch.cat(codes, dim=-1), y_hat_BY)
 
     # --- loss ---------------------------------------------------------------------------------------
     def loss(
@@ -137,25 +152,32 @@ class CrossLayerDictionary(nn.Module):
     ) -> LossOutput:
         """Σ_j ‖y_j − ŷ_j‖² per token + Σ_i λ·L0_i: the single-layer loss summed over layers. Each block takes
         the sparse or the dense kernel on its own (:meth:`SparseDictionary.uses_sparse_step`); both give the
-        same loss and gradients."""
+        same loss and gradients. The sparse kernel decodes block i's active latents into its own output and,
+        through its cross decoders, into every later one."""
         if y_BY is None:
             raise ValueError("a multi-layer dictionary's loss needs its targets y (B, n·d_out)")
         xs = tuple(x.contiguous() for x in self.split_inputs(x_BX))  # the sparse kernel gathers rows of x
         self.split_outputs(y_BY)  # validates the width
-        pres, codes, writes, l0 = [], [], [], torch.zeros((), dtype=torch.float32, device=x_BX.device)
+        n = self.n_layers
+        writes: list[list[Tensor]] = [[] for _ in range(n)]
+        pres, codes, l0 = [], [], torch.zeros((), dtype=torch.float32, device=x_BX.device)
         penalty = high_frequency = torch.zeros((), dtype=torch.float32, device=x_BX.device)
         coefficient = 0.0
         for i, x in enumerate(xs):
             block = self.block(i)
             if block.uses_sparse_step(x):
-                W_BZ = self.decoder(i)
-                bias = W_BZ.new_zeros(W_BZ.shape[1])  # b_dec and the skip path are added in _assemble
+                no_bias = block.b_dec_D.new_zeros(block.b_dec_D.shape)  # b_dec and the skip path: _assemble
+                cross = self._cross_or_none(i)
                 rule = block.sparse_selection_rule()
-                result = sparse_step(x, block.W_enc_DF, block.b_enc_F, W_BZ, bias, rule, subtract_decoder_bias=False)
+                result = sparse_step(
+                    x, block.W_enc_DF, block.b_enc_F, block.W_dec_FD, no_bias, rule,
+                    subtract_decoder_bias=False, W_extra_KFD=cross,
+                )  # fmt: skip
                 terms = block.frequency_sparsity_terms(result.frequency_1F, step, coefficient_scale)
                 pres.append(result.pre_activations)
                 codes.append(result.codes)
-                writes.append(result.reconstruction)
+                for j, write in enumerate((result.reconstruction, *result.extra_reconstructions), start=i):
+                    writes[j].append(write)
                 l0 = l0 + result.l0
             else:
                 pre = block.pre_activations(x)
@@ -163,7 +185,8 @@ class CrossLayerDictionary(nn.Module):
                 terms = block.sparsity_terms(ForwardOutput(pre, f, f), step, coefficient_scale)
                 pres.append(pre)
                 codes.append(f)
-                writes.append(f @ self.decoder(i))
+                for j in range(i, n):
+                    writes[j].append(f @ self.decoder_to(i, j))
                 l0 = l0 + (f != 0).float().sum(dim=-1).mean().detach()
             penalty = penalty + terms.penalty
             high_frequency = high_frequency + terms.high_frequency
@@ -178,33 +201,32 @@ class CrossLayerDictionary(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         for i in range(self.n_layers):
-            if i == self.n_layers - 1:
-                self.block(i).normalize_decoder_()
-                continue
-            own, cross = self.block(i).W_dec_FD, self.W_cross[i]
-            norm_sq_F1 = own.float().square().sum(-1, keepdim=True) + cross.float().square().sum(-1, keepdim=True)
-            norm_F1 = norm_sq_F1.sqrt().clamp_min(1e-12)
-            own.div_(norm_F1.to(own.dtype))
-            cross.div_(norm_F1.to(cross.dtype))
+            tables = _tables(self.block(i).W_dec_FD, self._cross_or_none(i))
+            norm_F1 = _row_dots(tables, tables).sqrt().clamp_min(1e-12).unsqueeze(-1)
+            for table in tables:
+                table.div_(norm_F1.to(table.dtype))
 
     @torch.no_grad()
     def project_decoder_grad_(self) -> None:
+        """Remove from each latent's write gradient its component along the write, in place and one (F, d_out)
+        table at a time (a block's cross decoders are up to n−1 tables: no whole-tensor temporaries)."""
         for i in range(self.n_layers):
-            if i == self.n_layers - 1:
-                self.block(i).project_decoder_grad_()
+            own, cross = self.block(i).W_dec_FD, self._cross_or_none(i)
+            if own.grad is None and (cross is None or cross.grad is None):
                 continue
-            own, cross = self.block(i).W_dec_FD, self.W_cross[i]
-            if own.grad is None and cross.grad is None:
-                continue
-            g_own = own.grad if own.grad is not None else torch.zeros_like(own)
-            g_cross = cross.grad if cross.grad is not None else torch.zeros_like(cross)
-            norm_sq_F = (own.float().square().sum(-1) + cross.float().square().sum(-1)).clamp_min(1e-12)
-            dot_F = torch.einsum("fd,fd->f", g_own.float(), own.float()) + torch.einsum(
-                "fd,fd->f", g_cross.float(), cross.float()
-            )
-            coefficient_F1 = (dot_F / norm_sq_F).unsqueeze(-1)
-            own.grad = (g_own.float() - coefficient_F1 * own.float()).to(own.dtype)
-            cross.grad = (g_cross.float() - coefficient_F1 * cross.float()).to(cross.dtype)
+            own_grad = own.grad if own.grad is not None else torch.zeros_like(own)
+            cross_grad = None if cross is None else cross.grad if cross.grad is not None else torch.zeros_like(cross)
+            own.grad = own_grad
+            if cross is not None:
+                cross.grad = cross_grad
+            tables, grads = _tables(own, cross), _tables(own_grad, cross_grad)
+            coefficient_F1 = (_row_dots(grads, tables) / _row_dots(tables, tables).clamp_min(1e-12)).unsqueeze(-1)
+            for grad, table in zip(grads, tables, strict=True):
+                grad.addcmul_(table, coefficient_F1.to(grad.dtype), value=-1.0)
+
+    def _cross_or_none(self, i: int) -> Tensor | None:
+        """Block i's cross decoders (n−1−i, F, d_out), None for the last block."""
+        return self.W_cross[i] if i < self.n_layers - 1 else None
 
     # --- raw-space weights (SPEC §2.7, per layer) ---------------------------------------------------
     @torch.no_grad()
@@ -224,11 +246,9 @@ class CrossLayerDictionary(nn.Module):
         folded.zero_grad(set_to_none=True)
         for i in range(self.n_layers):
             folded.blocks[i] = self.block(i).fold_normalisation(s_in[i], s_out[i])
-        d = self.config.d_target
         for i in range(self.n_layers - 1):
             for j in range(i + 1, self.n_layers):
-                ratio = s_out[j] / s_out[i]
-                folded.W_cross[i][:, (j - i - 1) * d : (j - i) * d].mul_(ratio)
+                folded.W_cross[i][j - i - 1].mul_(s_out[j] / s_out[i])
         return folded
 
     def extra_repr(self) -> str:
@@ -275,6 +295,24 @@ def layer_output(sae: AnyDictionary, j: int, codes: Sequence[Tensor], x_j: Tenso
     for i in range(j):
         y = y + codes[i].to(block.W_dec_FD.dtype) @ sae.decoder_to(i, j)
     return y
+
+
+def _read_flat_cross_decoders(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    assert isinstance(module, CrossLayerDictionary)
+    module._read_flat_cross_decoders_(state_dict, prefix)
+
+
+def _tables(own_FD: Tensor, cross_KFD: Tensor | None) -> list[Tensor]:
+    """A block's decoder tables (F, d_out), own first, as views."""
+    return [own_FD, *(cross_KFD.unbind(0) if cross_KFD is not None else ())]
+
+
+def _row_dots(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """``Σ_k (a[k] * b[k]).sum(-1)`` over tables (F, d), in float32: (F,)."""
+    total_F = torch.zeros(a[0].shape[0], dtype=torch.float32, device=a[0].device)
+    for a_FD, b_FD in zip(a, b, strict=True):
+        total_F += torch.linalg.vecdot(a_FD, b_FD).float()
+    return total_F
 
 
 def _side_by_side(parts: Sequence[Tensor]) -> Tensor:

@@ -101,6 +101,8 @@ class SparseStepOutput(NamedTuple):
 
     reconstruction: Tensor
     """``f @ W_dec + b_dec`` (B, d_out), differentiable (a skip path is added by the caller)."""
+    extra_reconstructions: tuple[Tensor, ...]
+    """``f @ W_extra[k]`` (B, d_out) for each extra decoder k (no bias), differentiable; empty without them."""
     frequency_1F: Tensor
     """Batch firing frequency f̂_i (1, F), float32; differentiable w.r.t. θ through the L0 step's
     pseudo-derivative (JumpReLU), like ``heaviside_step(π, θ, ε).mean(0, keepdim=True)``."""
@@ -247,11 +249,16 @@ def _bags(indices_N: Tensor, table_RD: Tensor, offsets: Tensor, weights_N: Tenso
 
 
 class SparseStepFunction(torch.autograd.Function):
-    """Encoder, sparsifying selection and decoder of a sparse dictionary, with a sparse backward.
+    """Encoder, sparsifying selection and decoder(s) of a sparse dictionary, with a sparse backward.
 
     Inputs: ``x_BD``, ``W_enc_DF``, ``b_enc_F``, ``W_dec_FD``, ``b_dec_D``, ``theta_F`` (or None),
+    ``W_extra_KFD`` (or None: K more decoders of the same codes, a multi-layer dictionary's cross decoders),
     ``rule``, ``subtract_decoder_bias``. Outputs: the reconstruction ``f @ W_dec + b_dec`` (B, d_out),
-    the firing frequency (1, F) and the selection (rows, latents, π, active; not differentiable).
+    the firing frequency (1, F), the selection (rows, latents, π, active; not differentiable) and the K
+    extra writes ``f @ W_extra[k]`` (B, d_out).
+
+    Each decoder is a contiguous (F, d_out) table for ``embedding_bag``: a (F, K·d_out) table gathered at
+    once is twice as slow on a CPU once it no longer fits the cache (``benchmarks/clt_step.py``).
 
     Gradients are the dense reference's: ∂L/∂π = ∂L/∂f at active entries (no STE term), the JumpReLU
     θ pseudo-derivative −(θ/ε)·K((π − θ)/ε)·∂L/∂f summed over tokens, and the L0 step's
@@ -267,9 +274,10 @@ class SparseStepFunction(torch.autograd.Function):
         W_dec_FD: Tensor,
         b_dec_D: Tensor,
         theta_F: Tensor | None,
+        W_extra_KFD: Tensor | None,
         rule: SelectionRule,
         subtract_decoder_bias: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, ...]:
         n_rows, width = x_BD.shape[0], W_enc_DF.shape[1]
         x_in_BD = x_BD - b_dec_D if subtract_decoder_bias else x_BD
         mm_BF = _scratch((n_rows, width), W_enc_DF.dtype, W_enc_DF.device)
@@ -280,39 +288,54 @@ class SparseStepFunction(torch.autograd.Function):
         row_pointers = _row_pointers(rows_N, n_rows)
         f_N = pre_N * active_N.to(pre_N.dtype)
         y_hat_BD = _bags(latents_N, W_dec_FD, row_pointers[:-1], f_N) + b_dec_D
+        extras = () if W_extra_KFD is None else tuple(_bags(latents_N, W, row_pointers[:-1], f_N) for W in W_extra_KFD)
         counts_F = torch.bincount(latents_N[active_N], minlength=width)
         frequency_1F = (counts_F.to(torch.float32) / n_rows).unsqueeze(0)
 
-        ctx.save_for_backward(x_in_BD, W_enc_DF, W_dec_FD, theta_F, rows_N, latents_N, row_pointers, f_N, active_N)
+        ctx.save_for_backward(
+            x_in_BD, W_enc_DF, W_dec_FD, theta_F, W_extra_KFD, rows_N, latents_N, row_pointers, f_N, active_N
+        )
         ctx.window_N = window_N
         ctx.rule = rule
         ctx.subtract_decoder_bias = subtract_decoder_bias
         ctx.mark_non_differentiable(rows_N, latents_N, pre_N, active_N)
-        return y_hat_BD, frequency_1F, rows_N, latents_N, pre_N, active_N
+        return (y_hat_BD, frequency_1F, rows_N, latents_N, pre_N, active_N, *extras)
 
     @staticmethod
-    def backward(ctx: Any, grad_y_BD: Tensor | None, grad_frequency_1F: Tensor | None, *_: Any) -> tuple[Any, ...]:
-        x_in_BD, W_enc_DF, W_dec_FD, theta_F, rows_N, latents_N, row_pointers, f_N, active_N = ctx.saved_tensors
+    def backward(ctx: Any, grad_y_BD: Tensor | None, grad_frequency_1F: Tensor | None, *grads: Any) -> tuple[Any, ...]:
+        saved = ctx.saved_tensors
+        x_in_BD, W_enc_DF, W_dec_FD, theta_F, W_extra_KFD, rows_N, latents_N, row_pointers, f_N, active_N = saved
         window_N: Tensor | None = ctx.window_N
         rule: SelectionRule = ctx.rule
-        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta = ctx.needs_input_grad[:6]
+        need_x, need_W_enc, need_b_enc, need_W_dec, need_b_dec, need_theta, need_W_extra = ctx.needs_input_grad[:7]
         n_rows, width = x_in_BD.shape[0], W_enc_DF.shape[1]
         if grad_y_BD is None:
             grad_y_BD = x_in_BD.new_zeros(n_rows, W_dec_FD.shape[1])
-        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = None
+        grad_x = grad_W_enc = grad_b_enc = grad_W_dec = grad_b_dec = grad_theta = grad_W_extra = None
+        # the extra writes' gradients (after the 4 non-differentiable selection outputs); None where unused
+        grad_extras = [None if g is None else g.contiguous() for g in grads[4:]]
 
         grad_f_N = _sampled_products(grad_y_BD, W_dec_FD, row_pointers, latents_N)  # ∂L/∂f at kept entries
+        for k, grad_extra_BD in enumerate(grad_extras):
+            if grad_extra_BD is not None:
+                grad_f_N = grad_f_N + _sampled_products(grad_extra_BD, W_extra_KFD[k], row_pointers, latents_N)
         grad_pre_N = grad_f_N * active_N.to(grad_f_N.dtype)  # ∂f/∂π = H(π − θ), no STE term (SPEC §1.4)
 
-        if need_W_enc or need_W_dec:
+        if need_W_enc or need_W_dec or need_W_extra:
             # per-latent order for the weight gradients (one bag of tokens per latent)
             order_N = torch.argsort(latents_N, stable=True)
             tokens_by_latent_N = rows_N[order_N]
             latent_offsets_F = _row_pointers(latents_N[order_N], width)[:-1]
+            f_by_latent_N = f_N[order_N]
             if need_W_enc:  # xᵀ @ ∂L/∂π, computed as its (F, D) transpose
                 grad_W_enc = _bags(tokens_by_latent_N, x_in_BD, latent_offsets_F, grad_pre_N[order_N]).t()
             if need_W_dec:  # fᵀ @ ∂L/∂ŷ
-                grad_W_dec = _bags(tokens_by_latent_N, grad_y_BD, latent_offsets_F, f_N[order_N])
+                grad_W_dec = _bags(tokens_by_latent_N, grad_y_BD, latent_offsets_F, f_by_latent_N)
+            if need_W_extra:  # fᵀ @ ∂L/∂(extra write k), zero for an unused write
+                grad_W_extra = torch.zeros_like(W_extra_KFD)
+                for k, grad_extra_BD in enumerate(grad_extras):
+                    if grad_extra_BD is not None:
+                        grad_W_extra[k] = _bags(tokens_by_latent_N, grad_extra_BD, latent_offsets_F, f_by_latent_N)
         subtract = ctx.subtract_decoder_bias
         if need_b_enc or (need_b_dec and subtract):
             grad_b_enc = torch.zeros(width, dtype=grad_pre_N.dtype, device=grad_pre_N.device)
@@ -331,7 +354,8 @@ class SparseStepFunction(torch.autograd.Function):
             grad_theta = _threshold_grad(
                 theta_F, latents_N, window_N, grad_f_N, grad_frequency_1F, rule.bandwidth, n_rows
             )
-        return grad_x, grad_W_enc, (grad_b_enc if need_b_enc else None), grad_W_dec, grad_b_dec, grad_theta, None, None
+        grad_b_enc = grad_b_enc if need_b_enc else None
+        return grad_x, grad_W_enc, grad_b_enc, grad_W_dec, grad_b_dec, grad_theta, grad_W_extra, None, None
 
 
 def _threshold_grad(
@@ -363,17 +387,19 @@ def sparse_step(
     rule: SelectionRule,
     *,
     subtract_decoder_bias: bool,
+    W_extra_KFD: Tensor | None = None,
 ) -> SparseStepOutput:
-    """Run the sparse kernel on ``x_BD`` (B, d_in) with the given parameters and selection rule."""
+    """Run the sparse kernel on ``x_BD`` (B, d_in) with the given parameters and selection rule;
+    ``W_extra_KFD`` (K, F, d_out) are K more decoders of the same codes (a multi-layer block's cross decoders)."""
     x_BD = x_BD.to(W_enc_DF.dtype)
     n_rows, width = x_BD.shape[0], W_enc_DF.shape[1]
     outputs = SparseStepFunction.apply(
-        x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, rule.threshold_F, rule, subtract_decoder_bias
+        x_BD, W_enc_DF, b_enc_F, W_dec_FD, b_dec_D, rule.threshold_F, W_extra_KFD, rule, subtract_decoder_bias
     )  # type: ignore[no-untyped-call]
-    y_hat_BD, frequency_1F, rows_N, latents_N, pre_N, active_N = outputs
+    y_hat_BD, frequency_1F, rows_N, latents_N, pre_N, active_N, *extras = outputs
     row_pointers = _row_pointers(rows_N, n_rows)
     pre_activations = _csr(row_pointers, latents_N, pre_N, (n_rows, width))
     active_A = torch.nonzero(active_N).squeeze(1)
     codes = _csr(_row_pointers(rows_N[active_A], n_rows), latents_N[active_A], pre_N[active_A], (n_rows, width))
     l0 = torch.tensor(active_A.shape[0] / n_rows, dtype=torch.float32, device=x_BD.device)
-    return SparseStepOutput(y_hat_BD, frequency_1F, pre_activations, codes, l0)
+    return SparseStepOutput(y_hat_BD, tuple(extras), frequency_1F, pre_activations, codes, l0)
