@@ -12,10 +12,11 @@ from saescope.data.corpus import CorpusConfig
 from saescope.data.sources import streamed_source
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
-from saescope.sae import DictionaryConfig, JumpReLU
+from saescope.sae import CrossLayerDictionary, DictionaryConfig, JumpReLU
 from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.recipes import GEMMA_SCOPE, RECIPES, SAESCOPE, geometric_median, get_recipe
 from saescope.train.specs import SuiteOptions, dictionary_specs, recipe_train_config
+from saescope.train.trainer import MIN_CODE_SCALE, least_squares_code_scale, linear_map_decoders
 
 RES = Site(0, SiteKind.RES)
 D, WIDTH = 32, 256
@@ -150,6 +151,52 @@ def test_code_scale_init_gives_the_least_squares_codes_and_keeps_the_firing_patt
     assert errors[True][1] < min(errors[True][0], errors[True][2])  # and it is the least-squares one
 
 
+def test_linear_map_decoders_follow_the_least_squares_map_and_start_a_transcoder_better(tmp_path: Path) -> None:
+    """Targets an exact linear map A of the inputs plus an offset: each init decoder row is its encoder
+    direction mapped by A (normalised), and the first reconstruction beats random decoder rows."""
+    generator = torch.Generator().manual_seed(3)
+    x_ND = sparse_tokens(512, 1)
+    A_DE = torch.randn(D, 24, generator=generator) / D**0.5
+    y_NE = x_ND @ A_DE + 0.5
+    W_enc_DF = torch.randn(D, 64, generator=generator)
+    rows_FE = linear_map_decoders(W_enc_DF, x_ND, y_NE)
+    torch.testing.assert_close(rows_FE, torch.nn.functional.normalize(W_enc_DF.T @ A_DE, dim=-1), rtol=0, atol=2e-3)
+
+    site_in, site_out = Site(0, SiteKind.MLP_IN), Site(0, SiteKind.MLP)
+    dictionary = DictionaryConfig(
+        d_in=D, width=WIDTH, d_out=24, apply_pre_encoder_bias=False, threshold_parameterisation="raw"
+    )
+    spec = SAESpec("t", site_in, dictionary, target_l0=8.0, site_out=site_out, decoder_bias_init="mean")
+    fvu = {}
+    for linear in (False, True):
+        config = TrainConfig(
+            total_tokens=10**6, batch_size=512, progress=False, code_scale_init=True, linear_map_decoder_init=linear
+        )
+        trainer = Trainer([spec], ArrayActivations({site_in: x_ND, site_out: y_NE}), config, tmp_path / str(linear))
+        trainer._initialise_from_data(trainer.members[0], x_ND, y_NE)
+        with torch.no_grad():
+            y_hat_NE = trainer.members[0].sae(x_ND).reconstruction
+        fvu[linear] = float((y_hat_NE - y_NE).square().sum() / (y_NE - y_NE.mean(0)).square().sum())
+    assert fvu[False] > 0.95  # random output directions explain (next to) nothing
+    assert fvu[True] < 0.8
+
+
+def test_codes_uncorrelated_with_the_target_start_at_the_smallest_scale() -> None:
+    dictionary = DictionaryConfig(d_in=D, width=WIDTH, threshold_parameterisation="raw", threshold_init=1e-3)
+    sae = JumpReLU(dictionary, generator=torch.Generator().manual_seed(0))
+    x_ND = sparse_tokens(256, 2)
+    assert least_squares_code_scale(sae, x_ND, x_ND) > MIN_CODE_SCALE  # an SAE's tied codes do correlate
+    anti_ND = 2 * sae.b_dec_D - sae(x_ND).reconstruction  # a target the codes point away from
+    assert least_squares_code_scale(sae, x_ND, anti_ND) == MIN_CODE_SCALE
+
+
+def _counts(l0: float, width: int, n_tokens: int = 100) -> torch.Tensor:
+    """Firing counts (width,) of a batch of ``n_tokens`` with mean L0 ``l0``."""
+    counts_F = torch.zeros(width, dtype=torch.int64)
+    counts_F[0] = round(l0 * n_tokens)
+    return counts_F
+
+
 def test_threshold_controller_scales_theta_towards_the_target_l0(tmp_path: Path) -> None:
     spec = jumprelu_spec(target_l0=16.0)
     config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, threshold_controller_gain=0.5)
@@ -157,17 +204,41 @@ def test_threshold_controller_scales_theta_towards_the_target_l0(tmp_path: Path)
     member = trainer.members[0]
     sae = member.sae
     assert isinstance(sae, JumpReLU)
+    width = sae.config.width
     theta_F = sae.threshold_F.detach().clone()
-    trainer._steer_thresholds(member, 64.0)  # 4x the target: θ up by 4 ** 0.5
+    trainer._steer_thresholds(member, _counts(64.0, width), 100)  # 4x the target: θ up by 4 ** 0.5
     torch.testing.assert_close(sae.threshold_F.detach(), 2.0 * theta_F)
-    trainer._steer_thresholds(member, 4.0)  # a quarter of it: θ down by 2, back to the start
+    trainer._steer_thresholds(member, _counts(4.0, width), 100)  # a quarter of it: θ down by 2, back to the start
     torch.testing.assert_close(sae.threshold_F.detach(), theta_F)
-    trainer._steer_thresholds(member, 16.0 * 100)  # clamped at 2x per step
+    trainer._steer_thresholds(member, _counts(16.0 * 100, width), 100)  # clamped at 2x per step
     torch.testing.assert_close(sae.threshold_F.detach(), 2.0 * theta_F)
     off = Trainer([spec], ArrayActivations({RES: sparse_tokens(64, 0)}), TrainConfig(total_tokens=10), tmp_path / "o")
     before_F = off.members[0].sae.threshold_F.detach().clone()
-    off._steer_thresholds(off.members[0], 64.0)
+    off._steer_thresholds(off.members[0], _counts(64.0, width), 100)
     torch.testing.assert_close(off.members[0].sae.threshold_F.detach(), before_F, rtol=0, atol=0)
+
+
+def test_threshold_controller_steers_each_block_of_a_clt_to_its_share_of_the_target(tmp_path: Path) -> None:
+    layers, width = (0, 1), 32
+    arrays = {
+        Site(layer, kind): sparse_tokens(64, layer) for layer in layers for kind in (SiteKind.MLP_IN, SiteKind.MLP)
+    }
+    dictionary = DictionaryConfig(
+        d_in=D, width=width, n_layers=2, apply_pre_encoder_bias=False, threshold_parameterisation="raw"
+    )
+    spec = SAESpec("clt", Site(0, SiteKind.MLP_IN), dictionary, target_l0=16.0, site_out=Site(0, SiteKind.MLP),
+                   layers=layers)  # fmt: skip
+    config = TrainConfig(total_tokens=10**6, batch_size=64, progress=False, threshold_controller_gain=0.5)
+    trainer = Trainer([spec], ArrayActivations(arrays), config, tmp_path)
+    member = trainer.members[0]
+    sae = member.sae
+    assert isinstance(sae, CrossLayerDictionary)
+    before = [sae.block(i).threshold_F.detach().clone() for i in range(2)]
+    # block 0 fires 4x its share (8 per token), block 1 a quarter of it: the total (34) is near the target
+    counts_F = torch.cat([_counts(32.0, width), _counts(2.0, width)])
+    trainer._steer_thresholds(member, counts_F, 100)
+    torch.testing.assert_close(sae.block(0).threshold_F.detach(), 2.0 * before[0])
+    torch.testing.assert_close(sae.block(1).threshold_F.detach(), 0.5 * before[1])
 
 
 def test_revival_is_off_by_default_and_recipes_pass_it_and_adam_beta1_to_the_trainer() -> None:
@@ -176,6 +247,8 @@ def test_revival_is_off_by_default_and_recipes_pass_it_and_adam_beta1_to_the_tra
     assert (config.revive_dead_after_tokens, config.adam_betas) == (4096, (0.9, 0.999))
     assert not TrainConfig(total_tokens=1).code_scale_init
     assert recipe_train_config(SAESCOPE.replace(code_scale_init=True), total_tokens=1).code_scale_init
+    assert not TrainConfig(total_tokens=1).linear_map_decoder_init
+    assert recipe_train_config(SAESCOPE, total_tokens=1).linear_map_decoder_init
     with pytest.raises(ValueError, match="adam_beta1"):
         SAESCOPE.replace(adam_beta1=1.0)
 

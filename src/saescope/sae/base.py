@@ -50,12 +50,14 @@ class ForwardOutput(NamedTuple):
 
     def fired_latents(self) -> Tensor:
         """Which latents have a non-zero code in this batch: (F,) bool, from dense or sparse CSR codes."""
+        return self.firing_counts() > 0
+
+    def firing_counts(self) -> Tensor:
+        """How many tokens of this batch each latent fires on: (F,) int64, from dense or sparse CSR codes."""
         codes = self.codes
         if codes.layout == torch.sparse_csr:
-            fired_F = torch.zeros(codes.shape[-1], dtype=torch.bool, device=codes.device)
-            fired_F[codes.col_indices()[codes.values() != 0]] = True
-            return fired_F
-        return (codes != 0).reshape(-1, codes.shape[-1]).any(dim=0)
+            return torch.bincount(codes.col_indices()[codes.values() != 0], minlength=codes.shape[-1])
+        return (codes != 0).reshape(-1, codes.shape[-1]).sum(dim=0)
 
 
 class SparsityTerms(NamedTuple):

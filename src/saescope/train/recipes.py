@@ -75,6 +75,8 @@ class Recipe:
     threshold_controller_gain: float = 0.0
     #: Scale the initial codes by their least-squares factor on the first batch (see the trainer).
     code_scale_init: bool = False
+    #: Start transcoder decoder rows along the batch's least-squares linear map of their encoder directions.
+    linear_map_decoder_init: bool = False
     #: Revive a JumpReLU latent silent for this many tokens (θ back at its target-rate quantile); 0 = never.
     revive_dead_after_tokens: int = 0
     #: Tokens of end-to-end KL finetuning after training (SPEC §7.6); 0 = none.
@@ -132,7 +134,8 @@ GEMMA_SCOPE = Recipe(
 SAESCOPE = Recipe(
     name="saescope",
     description="saescope's short-budget recipe: mean b_dec, data-driven θ start with least-squares code scale, "
-    "raw θ, Adam(0.9, 0.999) at lr 3e-3 with decay, L0 held on target by θ and λ controllers, silent latents revived",
+    "raw θ, transcoder decoders along the least-squares linear map, Adam(0.9, 0.999) at lr 3e-3 with decay, L0 held "
+    "on target by θ and λ controllers, silent latents revived",
     lr=3e-3,
     threshold="raw",
     threshold_init=0.001,
@@ -148,6 +151,7 @@ SAESCOPE = Recipe(
     controller_gain=0.05,
     adam_beta1=0.9,
     code_scale_init=True,
+    linear_map_decoder_init=True,
     threshold_controller_gain=0.5,
     revive_dead_after_tokens=8192,
     target_scale="own",

@@ -257,6 +257,7 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "adam_betas": (recipe.adam_beta1, recipe.adam_beta2),
         "revive_dead_after_tokens": recipe.revive_dead_after_tokens,
         "code_scale_init": recipe.code_scale_init,
+        "linear_map_decoder_init": recipe.linear_map_decoder_init,
         "target_scale": recipe.target_scale,
         "threshold_controller_gain": recipe.threshold_controller_gain,
     }

@@ -161,6 +161,10 @@ class TrainConfig:
     #: After the data-driven inits, scale every code by the least-squares factor on the first batch (saescope
     #: addition; see `least_squares_code_scale`).
     code_scale_init: bool = False
+    #: A transcoder (or CLT block) starts with each latent's decoder row along the output that the batch's
+    #: least-squares linear map gives for its encoder direction (saescope addition; see
+    #: `linear_map_decoders`); otherwise decoder rows are random directions of the output space.
+    linear_map_decoder_init: bool = False
     #: Each step, multiply every JumpReLU threshold by (batch L0 / target L0) ** this (0 = off; needs a target
     #: L0). A direct hold on L0 next to the λ controller; see `Trainer._steer_thresholds`.
     threshold_controller_gain: float = 0.0
@@ -248,8 +252,37 @@ def least_squares_code_scale(sae: AnyDictionary, x_BD: torch.Tensor, y_BD: torch
     coded_BD = (output.reconstruction - base_BD).double()
     target_BD = (y_BD.to(base_BD.dtype) - base_BD).double()
     energy = float(coded_BD.square().sum())
-    scale = float((coded_BD * target_BD).sum()) / energy if energy > 0 else 1.0
-    return scale if math.isfinite(scale) and scale > 0 else 1.0
+    if not energy > 0:  # no latent fires: nothing to scale
+        return 1.0
+    scale = float((coded_BD * target_BD).sum()) / energy
+    # codes uncorrelated with the target (s ≤ 0: the best s ≥ 0 is 0) start tiny, not at their random size
+    return max(scale, MIN_CODE_SCALE) if math.isfinite(scale) else 1.0
+
+
+#: The smallest initial code scale (`least_squares_code_scale`).
+MIN_CODE_SCALE = 1e-3
+
+
+@torch.no_grad()
+def linear_map_decoders(W_enc_DF: torch.Tensor, x_BD: torch.Tensor, y_BD: torch.Tensor) -> torch.Tensor:
+    """Unit decoder rows (F, d_out) for a transcoder: row i is ``normalize(W_enc[:, i]ᵀ @ M)``, M (d_in, d_out)
+    being the ridge least-squares linear map from the centred batch inputs to the centred targets.
+
+    A transcoder's encoder reads one space and its decoder writes another, so random decoder rows are
+    unrelated to what their latents see: on Gemma 3 270M's layer-7 and 13 MLPs the codes' least-squares
+    scale was 0.006 or negative, and a skip transcoder's L0 then collapsed to 8–12 of a target of 40 (b_enc
+    driven below every pre-activation). Starting each latent on the output its input direction linearly
+    maps to gives a code scale near 0.4 and a lower FVU after 96 steps (layer 7: 0.36 vs 0.49 with skip, 0.41
+    vs 0.59 without). For an SAE M is the identity and this is the tied initialisation.
+    """
+    x_BD, y_BD = x_BD.double(), y_BD.double()
+    xc_BD, yc_BD = x_BD - x_BD.mean(0), y_BD - y_BD.mean(0)
+    gram_DD = xc_BD.T @ xc_BD
+    ridge = 1e-3 * float(gram_DD.diagonal().mean()) + 1e-12  # keeps the solve defined when batch < d_in
+    eye_DD = torch.eye(gram_DD.shape[0], dtype=gram_DD.dtype, device=gram_DD.device)
+    map_DE = torch.linalg.solve(gram_DD + ridge * eye_DD, xc_BD.T @ yc_BD)
+    rows_FE = W_enc_DF.double().T @ map_DE
+    return torch.nn.functional.normalize(rows_FE, dim=-1).to(W_enc_DF.dtype)
 
 
 class Trainer:
@@ -425,8 +458,11 @@ class Trainer:
             if isinstance(sae, CrossLayerDictionary)
             else [(sae, x, y)]
         )
+        transcoder = spec.output_sites != spec.input_sites
         for block, x_BD, y_BD in parts:
             assert isinstance(block, SparseDictionary)
+            if transcoder and self.config.linear_map_decoder_init:
+                block.W_dec_FD.copy_(linear_map_decoders(block.W_enc_DF, x_BD, y_BD))
             if spec.decoder_bias_init == "mean":  # b_dec is the bias of the *output*
                 block.b_dec_D.copy_(y_BD.mean(0))
             elif spec.decoder_bias_init == "geometric_median":
@@ -457,9 +493,11 @@ class Trainer:
         return theta_K.clamp_min(spec.dictionary.threshold_init)
 
     @torch.no_grad()
-    def _steer_thresholds(self, member: _Member, batch_l0: float) -> None:
+    def _steer_thresholds(self, member: _Member, firing_counts_F: torch.Tensor, n_tokens: int) -> None:
         """Scale every JumpReLU threshold by ``(batch L0 / target) ** threshold_controller_gain``, clamped to
-        [½, 2] per step: θ up when the dictionary fires too often, down when too rarely.
+        [½, 2] per step: θ up when the dictionary fires too often, down when too rarely. A multi-layer
+        dictionary steers each block by its own L0 against an equal share of the target, so that no layer
+        takes the others' share.
 
         Why next to the λ controller: λ reaches θ only through the θ gradient, which Adam normalises and which
         exists only inside the kernel window, so λ steers L0 slowly and late; in a run of a few hundred steps
@@ -470,9 +508,11 @@ class Trainer:
         gain, target = self.config.threshold_controller_gain, member.spec.target_l0
         if gain == 0 or target is None:
             return
-        factor = min(2.0, max(0.5, (max(batch_l0, 1e-3) / target) ** gain))
-        for block in dictionary_blocks(member.sae):
+        blocks = dictionary_blocks(member.sae)
+        block_l0s = firing_counts_F.reshape(len(blocks), -1).sum(dim=1).double() / n_tokens
+        for block, l0 in zip(blocks, block_l0s.tolist(), strict=True):
             if isinstance(block, JumpReLU):
+                factor = min(2.0, max(0.5, (max(l0, 1e-3) / (target / len(blocks))) ** gain))
                 block.scale_thresholds_(factor)
 
     @torch.no_grad()
@@ -527,10 +567,10 @@ class Trainer:
         l0 = float(out.l0)
         if member.controller is not None and self.step >= spec.dictionary.lambda_warmup_steps:
             member.controller.update(l0)
-        self._steer_thresholds(member, l0)
-        fired_F = out.output.fired_latents()
+        firing_counts_F = out.output.firing_counts()
+        self._steer_thresholds(member, firing_counts_F, x_BD.shape[0])
         member.tokens_since_fired_F += x_BD.shape[0]
-        member.tokens_since_fired_F[fired_F] = 0
+        member.tokens_since_fired_F[firing_counts_F > 0] = 0
         dead_fraction = float((member.tokens_since_fired_F >= config.dead_window_tokens).float().mean())
         self._revive_dead_latents(member, x_BD)
         member.last = {
