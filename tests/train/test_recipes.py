@@ -92,7 +92,12 @@ def test_without_data_driven_thresholds_every_latent_starts_at_theta_init(tmp_pa
     torch.testing.assert_close(sae.threshold_F.detach(), torch.full((WIDTH,), 0.001))
 
 
-def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_others(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how_dead", ["threshold", "encoder_bias"])
+def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_others(
+    tmp_path: Path, how_dead: str
+) -> None:
+    """A latent dies by θ rising above its pre-activations, or by b_enc sinking below θ's floor for every
+    token (then θ alone cannot bring it back: b_enc is lifted)."""
     target = 16.0
     spec = jumprelu_spec(target_l0=target, decoder_bias_init="mean")
     config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, revive_dead_after_tokens=1024)
@@ -104,11 +109,16 @@ def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_other
     trainer._initialise_from_data(member, x_init, x_init)
     dead_K = torch.arange(0, WIDTH, 4)
     theta_F = sae.threshold_F.detach().clone()
-    theta_F[dead_K] = 1e6  # far above every pre-activation: these latents can never fire or learn again
-    sae.set_threshold_(theta_F)
+    with torch.no_grad():
+        if how_dead == "threshold":
+            theta_F[dead_K] = 1e6  # far above every pre-activation: these latents can never fire or learn again
+            sae.set_threshold_(theta_F)
+        else:
+            sae.b_enc_F[dead_K] = -1e3  # every pre-activation far below any θ > 0
     member.tokens_since_fired_F[dead_K] = 1024
     member.tokens_since_fired_F[1] = 1023  # silent, but not for long enough
     alive_before_F = sae.threshold_F.detach().clone()
+    b_enc_before_F = sae.b_enc_F.detach().clone()
 
     trainer._revive_dead_latents(member, sparse_tokens(4096, seed=2))
 
@@ -117,6 +127,9 @@ def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_other
     alive_F = torch.ones(WIDTH, dtype=torch.bool)
     alive_F[dead_K] = False
     torch.testing.assert_close(after_F[alive_F], alive_before_F[alive_F], rtol=0, atol=0)
+    torch.testing.assert_close(sae.b_enc_F.detach()[alive_F], b_enc_before_F[alive_F], rtol=0, atol=0)
+    if how_dead == "encoder_bias":
+        assert bool((sae.b_enc_F.detach()[dead_K] > -1e3 + 1).all())
     assert int(member.tokens_since_fired_F[dead_K].max()) == 0
     with torch.no_grad():
         rate_K = (sae.encode(sparse_tokens(4096, seed=3))[:, dead_K] != 0).float().mean(0)

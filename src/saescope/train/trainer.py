@@ -469,17 +469,18 @@ class Trainer:
                 block.b_dec_D.copy_(geometric_median(y_BD))
             if spec.init_thresholds_from_data:
                 assert isinstance(block, JumpReLU)
-                block.set_threshold_(self._target_rate_thresholds(member, block, x_BD))
+                floor = block.config.threshold_init
+                block.set_threshold_(self._target_rate_quantiles(member, block, x_BD).clamp_min(floor))
         if self.config.code_scale_init:
             scale = least_squares_code_scale(sae, x, y)
             for block in dictionary_blocks(sae):
                 block.scale_codes_(scale)
 
-    def _target_rate_thresholds(
+    def _target_rate_quantiles(
         self, member: _Member, block: JumpReLU, x_BD: torch.Tensor, latents_K: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """θ at each latent's batch quantile that makes it fire on (target L0 / total width) of the tokens:
-        for every latent (F,), or for the latents ``latents_K`` only (K,)."""
+        """Each latent's batch quantile of π that makes it fire on (target L0 / total width) of the tokens
+        (float32): for every latent (F,), or for the latents ``latents_K`` only (K,)."""
         spec = member.spec
         assert spec.target_l0 is not None
         W_enc_DK: torch.Tensor = block.W_enc_DF
@@ -489,8 +490,8 @@ class Trainer:
         pre_BK = block.encoder_input(x_BD) @ W_enc_DK + b_enc_K
         rate = spec.target_l0 / spec.dictionary.total_width
         rank = min(x_BD.shape[0], max(1, round(x_BD.shape[0] * (1.0 - rate))))
-        theta_K: torch.Tensor = pre_BK.kthvalue(rank, dim=0).values.float()
-        return theta_K.clamp_min(spec.dictionary.threshold_init)
+        quantile_K: torch.Tensor = pre_BK.kthvalue(rank, dim=0).values.float()
+        return quantile_K
 
     @torch.no_grad()
     def _steer_thresholds(self, member: _Member, firing_counts_F: torch.Tensor, n_tokens: int) -> None:
@@ -518,10 +519,16 @@ class Trainer:
     @torch.no_grad()
     def _revive_dead_latents(self, member: _Member, x: torch.Tensor) -> None:
         """Give every JumpReLU latent that has not fired in ``revive_dead_after_tokens`` tokens a new start:
-        θ back at the quantile of this batch that makes it fire at the target rate (as at initialisation).
+        θ back at the quantile of this batch that makes it fire at the target rate (as at initialisation) and,
+        where that quantile lies below the θ floor (``threshold_init``), b_enc raised by the difference, so
+        that the latent fires at that rate with θ at the floor.
 
         A latent whose θ rose above all its pre-activations gets no gradient at all (θ only learns inside
-        the kernel window, the encoder only where the latent fires), so without this it stays dead.
+        the kernel window, the encoder only where the latent fires), so without this it stays dead. θ alone
+        cannot revive a latent whose b_enc has sunk below every pre-activation it could reach: that is how
+        transcoder latents die when their skip path learns the linear part of the map (on Gemma 3 270M's
+        layer 16, 38% of a 96-step skip transcoder's latents, with FVU 0.51 instead of 0.41 with the b_enc
+        lift).
         """
         sae, after = member.sae, self.config.revive_dead_after_tokens
         dead_F = member.tokens_since_fired_F >= after
@@ -533,8 +540,12 @@ class Trainer:
             width = block.config.width
             dead_K = dead_F[offset : offset + width].nonzero().flatten()
             if isinstance(block, JumpReLU) and dead_K.numel() > 0:
+                floor = block.config.threshold_init
+                quantile_K = self._target_rate_quantiles(member, block, x_BD, dead_K)
+                lift_K = (floor - quantile_K).clamp_min(0.0)
+                block.b_enc_F[dead_K] += lift_K.to(block.b_enc_F.dtype)
                 theta_F = block.threshold_F.detach().clone()
-                theta_F[dead_K] = self._target_rate_thresholds(member, block, x_BD, dead_K)
+                theta_F[dead_K] = quantile_K.clamp_min(floor)
                 block.set_threshold_(theta_F)
                 member.tokens_since_fired_F[offset + dead_K] = 0
             offset += width
