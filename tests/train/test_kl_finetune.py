@@ -10,7 +10,7 @@ import torch
 from saescope.data.corpus import CorpusConfig
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
-from saescope.sae import DictionaryConfig, build_dictionary
+from saescope.sae import DictionaryConfig, JumpReLU, build_dictionary
 from saescope.train.kl_finetune import (
     ALPHA_EPSILON,
     KLFinetuneConfig,
@@ -82,3 +82,28 @@ def _site_tokens(loaded: object, site: Site, ids_BT: torch.Tensor) -> torch.Tens
     acts = capture(loaded.model, [site], ids_BT)[site]  # type: ignore[attr-defined]
     keep_BT = special_token_mask(ids_BT, special_token_ids(loaded.tokenizer))  # type: ignore[attr-defined]
     return acts[keep_BT].float()
+
+
+def test_the_threshold_controller_keeps_steering_theta_during_the_kl_phase(
+    tiny_model_dir: Path, text_corpus: Path
+) -> None:
+    """A target far above the L0 halves θ every step (the controller's clamp); without one θ barely moves."""
+    loaded = load_model(str(tiny_model_dir))
+    site = Site(1, SiteKind.RES)
+    dictionary = DictionaryConfig(
+        d_in=32, width=64, threshold_parameterisation="raw", threshold_init=0.5, lambda_warmup_steps=0
+    )
+    config = KLFinetuneConfig(tokens=120, beta=1.0, lr=1e-4, batch_windows=2, progress=False)
+    corpus = CorpusConfig(source=str(text_corpus), context_size=16)
+    thetas = {}
+    for steered in (False, True):
+        sae = build_dictionary(dictionary, generator=torch.Generator().manual_seed(0))
+        assert isinstance(sae, JumpReLU)
+        history = kl_finetune(
+            loaded, sae, site, 1.0, corpus, config,
+            target_l0=1e4 if steered else None, threshold_controller_gain=0.5,
+        )  # fmt: skip
+        thetas[steered] = float(sae.threshold_F.mean())
+    assert len(history) >= 4
+    assert thetas[False] == pytest.approx(0.5, abs=0.01)
+    assert thetas[True] == pytest.approx(0.5 * 0.5 ** len(history), rel=0.05)

@@ -259,6 +259,12 @@ def least_squares_code_scale(sae: AnyDictionary, x_BD: torch.Tensor, y_BD: torch
     return max(scale, MIN_CODE_SCALE) if math.isfinite(scale) else 1.0
 
 
+def threshold_steering_factor(l0: float, target_l0: float, gain: float) -> float:
+    """What the θ controller multiplies θ by after a step with this L0: ``(L0 / target) ** gain``, within
+    [½, 2] (see `Trainer._steer_thresholds`)."""
+    return float(min(2.0, max(0.5, (max(l0, 1e-3) / target_l0) ** gain)))
+
+
 #: The smallest initial code scale (`least_squares_code_scale`).
 MIN_CODE_SCALE = 1e-3
 
@@ -513,8 +519,7 @@ class Trainer:
         block_l0s = firing_counts_F.reshape(len(blocks), -1).sum(dim=1).double() / n_tokens
         for block, l0 in zip(blocks, block_l0s.tolist(), strict=True):
             if isinstance(block, JumpReLU):
-                factor = min(2.0, max(0.5, (max(l0, 1e-3) / (target / len(blocks))) ** gain))
-                block.scale_thresholds_(factor)
+                block.scale_thresholds_(threshold_steering_factor(l0, target / len(blocks), gain))
 
     @torch.no_grad()
     def _revive_dead_latents(self, member: _Member, x: torch.Tensor) -> None:
