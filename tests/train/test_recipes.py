@@ -92,16 +92,28 @@ def test_without_data_driven_thresholds_every_latent_starts_at_theta_init(tmp_pa
     torch.testing.assert_close(sae.threshold_F.detach(), torch.full((WIDTH,), 0.001))
 
 
-@pytest.mark.parametrize("how_dead", ["threshold", "encoder_bias"])
+@pytest.mark.parametrize(
+    ("kind", "how_dead"),
+    [("sae", "threshold"), ("sae", "encoder_bias"), ("transcoder", "threshold"), ("transcoder", "encoder_bias")],
+)
 def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_others(
-    tmp_path: Path, how_dead: str
+    tmp_path: Path, kind: str, how_dead: str
 ) -> None:
     """A latent dies by θ rising above its pre-activations, or by b_enc sinking below θ's floor for every
-    token (then θ alone cannot bring it back: b_enc is lifted)."""
+    token: then θ alone cannot bring it back, and a transcoder's b_enc is lifted (an SAE's is not)."""
     target = 16.0
-    spec = jumprelu_spec(target_l0=target, decoder_bias_init="mean")
     config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, revive_dead_after_tokens=1024)
-    trainer = Trainer([spec], ArrayActivations({RES: sparse_tokens(64, 0)}), config, tmp_path)
+    if kind == "sae":
+        spec = jumprelu_spec(target_l0=target, decoder_bias_init="mean")
+        arrays = {RES: sparse_tokens(64, 0)}
+    else:
+        site_in, site_out = Site(0, SiteKind.MLP_IN), Site(0, SiteKind.MLP)
+        dictionary = DictionaryConfig(
+            d_in=D, width=WIDTH, d_out=D, apply_pre_encoder_bias=False, threshold_parameterisation="raw"
+        )
+        spec = SAESpec("tc", site_in, dictionary, target_l0=target, site_out=site_out, decoder_bias_init="mean")
+        arrays = {site_in: sparse_tokens(64, 0), site_out: sparse_tokens(64, 0)}
+    trainer = Trainer([spec], ArrayActivations(arrays), config, tmp_path)
     member = trainer.members[0]
     sae = member.sae
     assert isinstance(sae, JumpReLU)
@@ -122,6 +134,9 @@ def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_other
 
     trainer._revive_dead_latents(member, sparse_tokens(4096, seed=2))
 
+    if (kind, how_dead) == ("sae", "encoder_bias"):
+        torch.testing.assert_close(sae.b_enc_F.detach(), b_enc_before_F, rtol=0, atol=0)
+        return
     after_F = sae.threshold_F.detach()
     assert bool((after_F[dead_K] < 1e3).all())
     alive_F = torch.ones(WIDTH, dtype=torch.bool)
