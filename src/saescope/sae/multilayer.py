@@ -67,15 +67,6 @@ class CrossLayerDictionary(nn.Module):
         )
         self.register_load_state_dict_pre_hook(_read_flat_cross_decoders)  # type: ignore[no-untyped-call]
 
-    def _read_flat_cross_decoders_(self, state_dict: dict[str, Tensor], prefix: str) -> None:
-        """Dictionaries saved before the target-major layout hold ``W_cross.{i}`` as (F, (n−1−i)·d_out)."""
-        d = self.config.d_target
-        for i in range(self.n_layers - 1):
-            key = f"{prefix}W_cross.{i}"
-            value = state_dict.get(key)
-            if value is not None and value.dim() == 2:
-                state_dict[key] = value.reshape(value.shape[0], -1, d).transpose(0, 1).contiguous()
-
     # --- shapes -------------------------------------------------------------------------------------
     @property
     def n_layers(self) -> int:
@@ -299,8 +290,14 @@ def layer_output(sae: AnyDictionary, j: int, codes: Sequence[Tensor], x_j: Tenso
 
 
 def _read_flat_cross_decoders(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: object) -> None:
+    """Load-state-dict pre-hook: dictionaries saved before the target-major layout hold ``W_cross.{i}`` as
+    (F, (n−1−i)·d_out); reshape them to (n−1−i, F, d_out)."""
     assert isinstance(module, CrossLayerDictionary)
-    module._read_flat_cross_decoders_(state_dict, prefix)
+    for i in range(module.n_layers - 1):
+        key = f"{prefix}W_cross.{i}"
+        value = state_dict.get(key)
+        if value is not None and value.dim() == 2:
+            state_dict[key] = value.reshape(value.shape[0], -1, module.config.d_target).transpose(0, 1).contiguous()
 
 
 def _tables(own_FD: Tensor, cross_KFD: Tensor | None) -> list[Tensor]:

@@ -118,6 +118,11 @@ class SAESpec:
         return spanned_sites(self.site_out or self.site, self.layers)
 
     @property
+    def transcodes(self) -> bool:
+        """Whether it writes sites other than those it reads (a transcoder or CLT, not an SAE or crosscoder)."""
+        return self.output_sites != self.input_sites
+
+    @property
     def init_thresholds_from_data(self) -> bool:
         if self.threshold_init_from_data is None:
             return self.target_l0 is not None and self.dictionary.architecture == "jumprelu"
@@ -445,7 +450,7 @@ class Trainer:
         spec = member.spec
         xs = [normalised(site, site) for site in spec.input_sites]
         x = xs[0] if len(xs) == 1 else torch.cat(xs, dim=-1)
-        if spec.output_sites == spec.input_sites:
+        if not spec.transcodes:
             return x, x
         own = self.config.target_scale == "own"
         ys = [
@@ -464,10 +469,9 @@ class Trainer:
             if isinstance(sae, CrossLayerDictionary)
             else [(sae, x, y)]
         )
-        transcoder = spec.output_sites != spec.input_sites
         for block, x_BD, y_BD in parts:
             assert isinstance(block, SparseDictionary)
-            if transcoder and self.config.linear_map_decoder_init:
+            if spec.transcodes and self.config.linear_map_decoder_init:
                 block.W_dec_FD.copy_(linear_map_decoders(block.W_enc_DF, x_BD, y_BD))
             if spec.decoder_bias_init == "mean":  # b_dec is the bias of the *output*
                 block.b_dec_D.copy_(y_BD.mean(0))
@@ -540,7 +544,6 @@ class Trainer:
         dead_F = member.tokens_since_fired_F >= after
         if after == 0 or member.spec.target_l0 is None or not bool(dead_F.any()):
             return
-        lift = member.spec.output_sites != member.spec.input_sites
         xs = sae.split_inputs(x) if isinstance(sae, CrossLayerDictionary) else (x,)
         offset = 0
         for block, x_BD in zip(dictionary_blocks(sae), xs, strict=True):
@@ -549,7 +552,7 @@ class Trainer:
             if isinstance(block, JumpReLU) and dead_K.numel() > 0:
                 floor = block.config.threshold_init
                 quantile_K = self._target_rate_quantiles(member, block, x_BD, dead_K)
-                if lift:
+                if member.spec.transcodes:
                     block.b_enc_F[dead_K] += (floor - quantile_K).clamp_min(0.0).to(block.b_enc_F.dtype)
                 theta_F = block.threshold_F.detach().clone()
                 theta_F[dead_K] = quantile_K.clamp_min(floor)
@@ -654,10 +657,9 @@ class Trainer:
         atomic_write_with(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
         scales = [self.norm_scales[site] for site in member.spec.input_sites]
         scale = scales[0]
-        writes_elsewhere = member.spec.output_sites != member.spec.input_sites
         scales_out = [self.norm_scales[site] for site in member.spec.output_sites]
         own_target_scale: dict[str, Any] = {}
-        if writes_elsewhere and self.config.target_scale == "own":
+        if member.spec.transcodes and self.config.target_scale == "own":
             own_target_scale = {"norm_scale_out": scales_out[0]}
             if len(scales_out) > 1:
                 own_target_scale["norm_scales_out"] = scales_out
