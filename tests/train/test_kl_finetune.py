@@ -103,7 +103,7 @@ def test_the_threshold_controller_keeps_steering_theta_during_the_kl_phase(
             loaded, sae, site, 1.0, corpus, config,
             target_l0=1e4 if steered else None, threshold_controller_gain=0.5,
         )  # fmt: skip
-        thetas[steered] = float(sae.threshold_F.mean())
+        thetas[steered] = float(sae.threshold_F.detach().mean())
     assert len(history) >= 4
     assert thetas[False] == pytest.approx(0.5, abs=0.01)
     assert thetas[True] == pytest.approx(0.5 * 0.5 ** len(history), rel=0.05)
