@@ -100,6 +100,12 @@ class System:
     recipe: Recipe | None = None
     peer_mode: str | None = None  # SAELens: "step" or "quadratic"
 
+    @property
+    def fingerprint(self) -> str:
+        """What decides how this system trains: a saved result with another fingerprint is stale."""
+        recipe = self.recipe.to_dict() if self.recipe is not None else None
+        return json.dumps([self.kind, self.architecture, recipe, self.peer_mode], sort_keys=True)
+
 
 def _ablation(name: str, label: str, **changes: Any) -> System:
     return System(f"ablate-{name}", f"ablation: {label}", "saescope", "jumprelu", SAESCOPE.replace(**changes))
@@ -129,6 +135,10 @@ KL_SYSTEM = System(
     SAESCOPE.replace(kl_finetune_tokens=16_384, kl_beta=1.0),
 )  # fmt: skip
 ABLATIONS = (
+    _ablation("no-dimension-gains", "no dimension gains (C-normalisation only)", dimension_gain_power=0.0),
+    _ablation("gain-power-0.25", "dimension gains std^-0.25", dimension_gain_power=0.25),
+    _ablation("gain-power-1", "dimension gains std^-1", dimension_gain_power=1.0),
+    _ablation("no-rate-cap", "no firing-rate cap", max_firing_rate=0.0),
     _ablation("bdec-zeros", "b_dec starts at zero", decoder_bias_init="zeros"),
     _ablation("bdec-median", "b_dec starts at the geometric median", decoder_bias_init="geometric_median"),
     _ablation("theta-fixed", "θ starts at 0.001 (not from data)", threshold_init_from_data=False),
@@ -274,6 +284,19 @@ def result_path(args: argparse.Namespace, cell: Cell) -> Path:
     return args.out / "results" / f"{cell.key}.json"
 
 
+def trained_path(args: argparse.Namespace, cell: Cell) -> Path:
+    return args.out / "trained" / f"{cell.key}.json"
+
+
+def current_record(path: Path, cell: Cell) -> dict[str, Any] | None:
+    """The saved record of `cell` at `path`, or None when there is none or it was made by another recipe
+    (so a changed default recipe is retrained and re-evaluated, never reported from old runs)."""
+    if not path.exists():
+        return None
+    record: dict[str, Any] = json.loads(path.read_text())
+    return record if record.get("fingerprint") == cell.system.fingerprint else None
+
+
 def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
     from saescope.train.specs import dictionary_specs
 
@@ -316,10 +339,11 @@ def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[C
         for cell in group_cells:
             seconds[cell.key] = elapsed / len(group_cells)
             atomic_write_json(
-                args.out / "trained" / f"{cell.key}.json",
+                trained_path(args, cell),
                 {
                     "folder": str(folder / "saes" / cell.dictionary_name),
                     "train_seconds_share": elapsed / len(group_cells),
+                    "fingerprint": cell.system.fingerprint,
                 },
             )
     return seconds
@@ -390,33 +414,36 @@ def train_kl(args: argparse.Namespace, loaded: LoadedModel, cell: Cell) -> None:
 
     recipe = cell.system.recipe
     assert recipe is not None
-    base = json.loads((args.out / "trained" / f"{base_cell(cell).key}.json").read_text())
+    base = current_record(trained_path(args, base_cell(cell)), base_cell(cell))
+    assert base is not None
     folder = args.out / "kl" / cell.key
     config = KLFinetuneConfig(tokens=recipe.kl_finetune_tokens, beta=recipe.kl_beta, lr=args.kl_lr, seed=args.seed)
     summary = finetune_trained_folder(loaded, Path(base["folder"]), folder, corpus_config(args), config)
     seconds = float(base["train_seconds_share"]) + float(summary["seconds"])
     atomic_write_json(
-        args.out / "trained" / f"{cell.key}.json", {"folder": str(folder), "train_seconds_share": seconds}
+        trained_path(args, cell),
+        {"folder": str(folder), "train_seconds_share": seconds, "fingerprint": cell.system.fingerprint},
     )
 
 
 def load_for_eval(args: argparse.Namespace, cell: Cell) -> SparseDictionary:
     if cell.system.kind in ("saescope", "saescope-kl"):
-        record = json.loads((args.out / "trained" / f"{cell.key}.json").read_text())
+        record = current_record(trained_path(args, cell), cell)
+        assert record is not None
         return read_trained_sae(Path(record["folder"])).raw_space()
     return peer_dictionary(weights_path(args, cell), cell)
 
 
 def train_seconds(args: argparse.Namespace, cell: Cell) -> float | None:
     if cell.system.kind in ("saescope", "saescope-kl"):
-        path = args.out / "trained" / f"{cell.key}.json"
-        return float(json.loads(path.read_text())["train_seconds_share"]) if path.exists() else None
+        record = current_record(trained_path(args, cell), cell)
+        return float(record["train_seconds_share"]) if record is not None else None
     sidecar = weights_path(args, cell).with_suffix(".json")
     return float(json.loads(sidecar.read_text())["train_seconds"]) if sidecar.exists() else None
 
 
 def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Cell]) -> None:
-    pending = [cell for cell in cells if not result_path(args, cell).exists()]
+    pending = [cell for cell in cells if current_record(result_path(args, cell), cell) is None]
     if not pending:
         return
     targets = [EvalTarget(cell.key, cell.site, load_for_eval(args, cell)) for cell in pending]
@@ -435,7 +462,7 @@ def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Ce
             "kl": loss["kl_clean_to_spliced"], "loss_recovered": loss["loss_recovered"],
             "dead_fraction": recon["dead_fraction"], "dense_fraction": recon["dense_fraction_above_0.1"],
             "eval_tokens": recon["n_tokens"], "loss_predictions": loss["loss_n_predictions"],
-            "train_seconds": train_seconds(args, cell),
+            "train_seconds": train_seconds(args, cell), "fingerprint": cell.system.fingerprint,
         }  # fmt: skip
         atomic_write_json(result_path(args, cell), row)
 
@@ -561,7 +588,7 @@ def write_plots(rows: list[dict[str, Any]], docs: Path) -> list[str]:
 
 
 def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str, str], command: str) -> Path:
-    rows = [json.loads(result_path(args, c).read_text()) for c in cells if result_path(args, c).exists()]
+    rows = [row for c in cells if (row := current_record(result_path(args, c), c)) is not None]
     args.docs.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, args.docs) if rows else []
     stream = json.loads((args.out / "stream" / "stream.json").read_text())
@@ -645,16 +672,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = prepare_stream(args, loaded, sites)
         paths = stream_paths(args.out, sites)
         for site in sites:
-            todo = [c for c in cells if c.site == site and not result_path(args, c).exists()]
+            todo = [c for c in cells if c.site == site and current_record(result_path(args, c), c) is None]
             ours = [c for c in todo if c.system.kind == "saescope"
-                    and not (args.out / "trained" / f"{c.key}.json").exists()]  # fmt: skip
+                    and current_record(trained_path(args, c), c) is None]  # fmt: skip
             kl_cells = [c for c in todo if c.system.kind == "saescope-kl"]
-            bases = [base_cell(c) for c in kl_cells if not (args.out / "trained" / f"{base_cell(c).key}.json").exists()]
+            bases = [base_cell(c) for c in kl_cells if current_record(trained_path(args, base_cell(c)), base_cell(c)) is None]
             ours += [b for b in bases if b not in ours]
             if ours:
                 train_saescope(args, source, ours)
             for cell in kl_cells:
-                if not (args.out / "trained" / f"{cell.key}.json").exists():
+                if current_record(trained_path(args, cell), cell) is None:
                     train_kl(args, loaded, cell)
             for cell in (c for c in todo if c.system.kind in ("saelens", "sparsify")):
                 if not weights_path(args, cell).exists():

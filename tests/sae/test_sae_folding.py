@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -111,3 +112,71 @@ def test_fold_rejects_bad_scales() -> None:
             sae.fold_normalisation(bad)
         with pytest.raises(ValueError, match="scale_out"):
             sae.fold_normalisation(1.0, bad)
+
+
+def _gain(d: int, seed: int) -> torch.Tensor:
+    return 0.05 + 3.0 * torch.rand(d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        DictionaryConfig(d_in=16, width=64),  # SAE: pre-encoder bias on, one site, one gain
+        DictionaryConfig(d_in=16, width=64, threshold_parameterisation="log"),
+        DictionaryConfig(d_in=16, width=64, d_out=12, apply_pre_encoder_bias=False, skip=True),
+        DictionaryConfig(d_in=16, width=64, architecture="relu"),
+        DictionaryConfig(d_in=16, width=64, architecture="topk", k=8),
+        DictionaryConfig(d_in=16, width=64, architecture="batchtopk", k=8),
+    ],
+    ids=["sae", "sae-log-theta", "skip-transcoder", "relu", "topk", "batchtopk"],
+)
+def test_absorbed_dimension_gains_give_the_same_map_on_unweighted_activations(config: DictionaryConfig) -> None:
+    """new(x) = g_out ⊙ old(x / g_in); per-latent-scalable architectures get unit decoder rows back."""
+    module = _randomised(config)
+    if config.architecture == "batchtopk":
+        module.train()
+        module(torch.randn(B, 16, generator=torch.Generator().manual_seed(9)) / 4)  # sets the threshold
+    module.eval()
+    g_in = _gain(config.d_in, 3)
+    g_out = g_in if config.apply_pre_encoder_bias else _gain(config.d_target, 4)
+    x_BD = torch.randn(B, config.d_in, generator=torch.Generator().manual_seed(5)) * g_in / 4
+    with torch.no_grad():
+        before = module(x_BD / g_in)
+        absorbed = copy.deepcopy(module)
+        absorbed.absorb_dimension_gains_(g_in, g_out)
+        after = absorbed(x_BD)
+    assert (before.codes != 0).sum() > B  # non-trivial codes
+    assert torch.equal(before.codes != 0, after.codes != 0)
+    scale = before.reconstruction.abs().max().item() * g_out.max().item()
+    torch.testing.assert_close(after.reconstruction, before.reconstruction * g_out, rtol=1e-4, atol=1e-5 * scale)
+    rows_F = absorbed.W_dec_FD.norm(dim=-1)
+    if absorbed.per_latent_code_scaling:
+        torch.testing.assert_close(rows_F, torch.ones_like(rows_F))
+    else:
+        torch.testing.assert_close(absorbed.W_dec_FD, module.W_dec_FD * g_out)
+    with torch.no_grad():  # absorbing 1/g undoes it
+        absorbed.absorb_dimension_gains_(1.0 / g_in, 1.0 / g_out)
+        again = absorbed(x_BD / g_in)
+    torch.testing.assert_close(again.reconstruction, before.reconstruction, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_absorbing_different_gains_folds_the_pre_encoder_bias() -> None:
+    sae = _randomised(DictionaryConfig(d_in=16, width=64))
+    x_BD = torch.randn(B, 16, generator=torch.Generator().manual_seed(5))
+    g_in, g_out = _gain(16, 3), _gain(16, 4)
+    with torch.no_grad():
+        before = sae(x_BD / g_in).reconstruction * g_out
+        sae.absorb_dimension_gains_(g_in, g_out)
+        after = sae(x_BD).reconstruction
+    assert not sae.config.apply_pre_encoder_bias
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_absorb_dimension_gains_rejects_bad_gains() -> None:
+    sae = _randomised(DictionaryConfig(d_in=8, width=16))
+    for bad in (torch.ones(7), torch.zeros(8), torch.full((8,), float("nan"))):
+        with pytest.raises(ValueError, match="gain_in_D"):
+            sae.absorb_dimension_gains_(bad, torch.ones(8))
+    topk = _randomised(DictionaryConfig(d_in=8, width=16, architecture="topk", k=2))
+    with pytest.raises(ValueError, match="one common factor"):
+        topk.scale_codes_(torch.ones(16))

@@ -148,3 +148,20 @@ def test_a_state_dict_with_flat_cross_decoders_loads_into_the_target_major_layou
     x, _ = _data()
     with torch.no_grad():
         assert torch.equal(loaded(x).reconstruction, clt(x).reconstruction)
+
+
+def test_absorbed_dimension_gains_give_the_same_map_with_unit_writes() -> None:
+    clt = _clt(skip=True).eval()
+    generator = torch.Generator().manual_seed(7)
+    gains_in = [0.1 + 2 * torch.rand(D, generator=generator) for _ in range(N)]
+    gains_out = [0.1 + 2 * torch.rand(D, generator=generator) for _ in range(N)]
+    x, _ = _data()
+    x_weighted = torch.cat([x_i / g for x_i, g in zip(clt.split_inputs(x), gains_in, strict=True)], dim=-1)
+    with torch.no_grad():
+        before = clt.split_outputs(clt(x_weighted).reconstruction)
+        clt.absorb_dimension_gains_(gains_in, gains_out)
+        after = clt.split_outputs(clt(x).reconstruction)
+    for j in range(N):
+        torch.testing.assert_close(after[j], before[j] * gains_out[j], rtol=1e-4, atol=1e-5)
+        norm = clt.decoder(j).flatten(1).norm(dim=-1)
+        torch.testing.assert_close(norm, torch.ones_like(norm))

@@ -16,7 +16,8 @@ from saescope.sae import CrossLayerDictionary, DictionaryConfig, JumpReLU
 from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.recipes import GEMMA_SCOPE, RECIPES, SAESCOPE, geometric_median, get_recipe
 from saescope.train.specs import SuiteOptions, dictionary_specs, recipe_train_config
-from saescope.train.trainer import MIN_CODE_SCALE, least_squares_code_scale, linear_map_decoders
+from saescope.release.suite import read_trained_sae
+from saescope.train.trainer import MIN_CODE_SCALE, dimension_gains, least_squares_code_scale, linear_map_decoders
 
 RES = Site(0, SiteKind.RES)
 D, WIDTH = 32, 256
@@ -339,3 +340,95 @@ def test_default_recipe_reconstructs_better_than_the_faithful_one_on_a_tiny_mode
         final[recipe.name] = trained.final_metrics
     assert final["saescope"]["fvu"] < final["gemma-scope"]["fvu"]
     assert final["saescope"]["fvu"] < 0.9 * final["gemma-scope"]["fvu"]
+
+
+def outlier_tokens(n: int, seed: int) -> torch.Tensor:
+    """`sparse_tokens` with one massive dimension (std ~60x the others') of its own, like Gemma 3's residual."""
+    x_ND = sparse_tokens(n, seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    x_ND[:, 0] = 200.0 + 30.0 * torch.randn(n, generator=generator)
+    return x_ND
+
+
+def test_dimension_gains_keep_the_mean_squared_norm_and_equalise_dimensions_at_power_one() -> None:
+    x_ND = outlier_tokens(4096, seed=0)
+    for power in (0.0, 0.5, 1.0):
+        gain_D = dimension_gains(x_ND, power)
+        energy = (x_ND / gain_D).square().sum(-1).mean()
+        torch.testing.assert_close(energy, x_ND.square().sum(-1).mean(), rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(dimension_gains(x_ND, 0.0), torch.ones(D))
+    sd_D = (x_ND / dimension_gains(x_ND, 1.0)).std(dim=0)
+    torch.testing.assert_close(sd_D, sd_D.mean().expand(D), rtol=1e-4, atol=0.0)
+    half_D = (x_ND / dimension_gains(x_ND, 0.5)).std(dim=0)
+    ratio = float(half_D[0] / half_D[1:].mean())
+    assert ratio == pytest.approx(float(x_ND[:, 0].std() / x_ND[:, 1:].std(0).mean()) ** 0.5, rel=0.2)
+    with pytest.raises(ValueError, match="dimension_gain_power"):
+        TrainConfig(total_tokens=1, dimension_gain_power=1.5)
+    assert recipe_train_config(SAESCOPE.replace(dimension_gain_power=0.25), total_tokens=1).dimension_gain_power == 0.25
+
+
+def _weighted_run(tmp_path: Path, power: float, steps: int) -> Trainer:
+    spec = jumprelu_spec(lr=3e-3, target_l0=6.0, decoder_bias_init="mean", threshold_init_from_data=True)
+    config = recipe_train_config(
+        SAESCOPE.replace(dimension_gain_power=power), total_tokens=steps * 512, batch_size=512, progress=False,
+        checkpoint_every_steps=10,
+    )  # fmt: skip
+    return Trainer([spec], ArrayActivations({RES: outlier_tokens(60 * 512, seed=1)}), config, tmp_path)
+
+
+def test_the_saved_dictionary_absorbs_the_gains_and_reads_c_normalised_activations(tmp_path: Path) -> None:
+    trainer = _weighted_run(tmp_path, 0.5, steps=12)
+    (trained,) = trainer.run()
+    gain_D = trainer.dimension_gains[RES]
+    assert gain_D[0] > 5 * gain_D[1:].max()  # the massive dimension gets the largest gain
+    x_ND = outlier_tokens(1024, seed=5) / trained.norm_scale
+    saved = read_trained_sae(tmp_path / "saes" / "jr").training_space()
+    (member,) = trainer.members
+    with torch.no_grad():
+        expected = member.sae(x_ND / gain_D).reconstruction * gain_D
+        got = saved(x_ND).reconstruction
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(saved.W_dec_FD.norm(dim=-1), torch.ones(WIDTH))  # JumpReLU: unit rows again
+    resumed_dir = tmp_path / "resumed"
+    _weighted_run(resumed_dir, 0.5, steps=12).run(max_steps=10)  # "killed" after the step-10 checkpoint
+    resumed = _weighted_run(resumed_dir, 0.5, steps=12)
+    resumed.run()
+    torch.testing.assert_close(resumed.dimension_gains[RES], gain_D, rtol=0.0, atol=0.0)
+    for key, value in member.sae.state_dict().items():
+        assert torch.equal(value, resumed.members[0].sae.state_dict()[key]), key
+
+
+def test_dimension_gains_reconstruct_the_small_dimensions_better(tmp_path: Path) -> None:
+    """With one massive dimension, the plain squared error spends the dictionary on it; gains share it out."""
+    held_out = outlier_tokens(4096, seed=9)
+    per_dimension_fvu = {}
+    for power in (0.0, 0.5):
+        (trained,) = _weighted_run(tmp_path / str(power), power, steps=60).run()
+        x_ND = held_out / trained.norm_scale
+        with torch.no_grad():
+            error_ND = x_ND - trained.sae(x_ND).reconstruction
+        per_dimension_fvu[power] = float((error_ND[:, 1:].var(0) / x_ND[:, 1:].var(0)).mean())
+    assert per_dimension_fvu[0.5] < 0.8 * per_dimension_fvu[0.0]
+
+
+def test_the_firing_rate_cap_raises_only_dense_latents_to_the_capped_rate(tmp_path: Path) -> None:
+    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, max_firing_rate=0.05)
+    x_ND = sparse_tokens(2048, 0)
+    trainer = Trainer([jumprelu_spec(target_l0=6.0)], ArrayActivations({RES: x_ND}), config, tmp_path)
+    member = trainer.members[0]
+    sae = member.sae
+    assert isinstance(sae, JumpReLU)
+    with torch.no_grad():
+        sae.set_threshold_(torch.full((WIDTH,), 1e-3))  # θ near zero: about half the latents fire on most tokens
+        before_F = sae.threshold_F.detach().clone()
+        counts_F = (sae.encode(x_ND) != 0).sum(dim=0)
+    dense_F = counts_F > 0.05 * len(x_ND)
+    assert 10 < int(dense_F.sum()) < WIDTH
+    trainer._cap_firing_rates(member, x_ND, counts_F)
+    with torch.no_grad():
+        rates_F = (sae.encode(x_ND) != 0).float().mean(dim=0)
+    assert float(rates_F.max()) <= 0.05 + 1 / len(x_ND)
+    assert bool((rates_F[dense_F] > 0.04).all())  # capped at the rate, not silenced
+    torch.testing.assert_close(sae.threshold_F.detach()[~dense_F], before_F[~dense_F], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="max_firing_rate"):
+        SAESCOPE.replace(max_firing_rate=1.0)

@@ -333,17 +333,69 @@ class SparseDictionary(nn.Module, ABC):
         return folded
 
     @torch.no_grad()
-    def scale_codes_(self, scale: float) -> None:
+    def scale_codes_(self, scale: float | Tensor) -> None:
         """Multiply every code by ``scale`` > 0 without changing which latents fire: ``W_enc``, ``b_enc`` and
-        the thresholds all scale by it (the nonlinearities are positively homogeneous, as in folding)."""
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale_codes_: scale must be a finite float > 0; got {scale!r}")
-        self.W_enc_DF.mul_(scale)
-        self.b_enc_F.mul_(scale)
-        self.scale_thresholds_(scale)
+        the thresholds all scale by it (the nonlinearities are positively homogeneous, as in folding).
 
-    def scale_thresholds_(self, scale: float) -> None:
-        """Multiply architecture-specific thresholds by ``scale`` (used by folding); default: none."""
+        ``scale`` is one factor for all latents, or one per latent (F,) where
+        :attr:`per_latent_code_scaling` holds."""
+        if isinstance(scale, Tensor):
+            if not self.per_latent_code_scaling:
+                raise ValueError(f"{self.config.architecture}: codes can only be scaled by one common factor")
+            if scale.shape != (self.config.width,) or not bool((torch.isfinite(scale) & (scale > 0)).all()):
+                raise ValueError(f"scale_codes_: need {self.config.width} finite factors > 0")
+            factor: float | Tensor = scale.to(device=self.W_enc_DF.device)
+        elif math.isfinite(scale) and scale > 0:
+            factor = scale
+        else:
+            raise ValueError(f"scale_codes_: scale must be a finite float > 0; got {scale!r}")
+        # In place in the parameters' dtype: no upcast copy of W_enc.
+        self.W_enc_DF.mul_(factor.to(self.W_enc_DF.dtype) if isinstance(factor, Tensor) else factor)
+        self.b_enc_F.mul_(factor.to(self.b_enc_F.dtype) if isinstance(factor, Tensor) else factor)
+        self.scale_thresholds_(factor)
+
+    def scale_thresholds_(self, scale: float | Tensor) -> None:
+        """Multiply architecture-specific thresholds by ``scale`` (a float, or (F,) per latent where
+        :attr:`per_latent_code_scaling` holds); used by folding; default: none."""
+
+    #: Whether each latent's code can be scaled by a factor of its own without changing which latents fire:
+    #: true for JumpReLU (its own θ scales with it) and ReLU; not for TopK/BatchTopK, which rank latents
+    #: against each other.
+    per_latent_code_scaling = False
+
+    @torch.no_grad()
+    def absorb_dimension_gains_(self, gain_in_D: Tensor, gain_out_D: Tensor, *, renormalise: bool = True) -> None:
+        """In place: a dictionary trained on ``x / g_in`` with targets ``y / g_out`` becomes the same map on
+        ``x`` and ``y`` themselves, ``new(x) = g_out ⊙ old(x / g_in)``::
+
+            W_enc ← diag(1/g_in) W_enc    W_dec ← W_dec diag(g_out)    b_dec ← g_out ⊙ b_dec
+            W_skip ← diag(1/g_in) W_skip diag(g_out)
+
+        The pre-encoder bias subtracts ``b_dec`` from the input, which stays right only when ``g_in == g_out``
+        (an SAE); otherwise it is folded into ``b_enc`` and turned off. With ``renormalise``, and where
+        :attr:`per_latent_code_scaling` holds, each decoder row goes back to unit norm and its latent's code
+        carries the norm (the trainer's per-dimension gains, see ``TrainConfig.dimension_gain_power``).
+        Absorbing ``1/g`` undoes absorbing ``g``.
+        """
+        for name, gain in (("gain_in_D", gain_in_D), ("gain_out_D", gain_out_D)):
+            width = self.config.d_in if name == "gain_in_D" else self.config.d_target
+            if gain.shape != (width,) or not bool((torch.isfinite(gain) & (gain > 0)).all()):
+                raise ValueError(f"absorb_dimension_gains_: {name} must hold {width} finite values > 0")
+        # In place in the parameters' dtype, like the decoder constraint: no upcast copies of F×D weights.
+        g_in_D1 = gain_in_D.to(self.W_enc_DF.device, self.W_enc_DF.dtype).unsqueeze(-1)
+        g_out_D = gain_out_D.to(self.W_dec_FD.device, self.W_dec_FD.dtype)
+        if self.config.apply_pre_encoder_bias and not torch.equal(gain_in_D, gain_out_D):
+            self.b_enc_F.sub_(self.b_dec_D @ self.W_enc_DF)
+            self.config = self.config.replace(apply_pre_encoder_bias=False)
+        self.W_enc_DF.div_(g_in_D1)
+        self.W_dec_FD.mul_(g_out_D)
+        self.b_dec_D.mul_(g_out_D)
+        if self.W_skip_DD is not None:
+            self.W_skip_DD.div_(g_in_D1).mul_(g_out_D)
+        if renormalise and self.per_latent_code_scaling:
+            norm_F = torch.linalg.vector_norm(self.W_dec_FD, dim=-1).clamp_min(1e-12)
+            self.W_dec_FD.div_(norm_F.unsqueeze(-1))
+            self.scale_codes_(norm_F)
 
     def extra_repr(self) -> str:
         c = self.config

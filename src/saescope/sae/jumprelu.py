@@ -180,8 +180,10 @@ class JumpReLU(SparseDictionary):
             raise ValueError(f"thresholds must be {self.config.width} positive values")
         self.threshold_param.copy_(self._to_param(theta_F.to(device=self.threshold_param.device, dtype=torch.float32)))
 
+    per_latent_code_scaling = True
+
     @torch.no_grad()
-    def scale_thresholds_(self, scale: float) -> None:
+    def scale_thresholds_(self, scale: float | Tensor) -> None:
         theta_F = self.threshold_F.double() * scale
         self.threshold_param.copy_(self._to_param(theta_F))
 

@@ -216,6 +216,24 @@ class CrossLayerDictionary(nn.Module):
             for grad, table in zip(grads, tables, strict=True):
                 grad.addcmul_(table, coefficient_F1.to(grad.dtype), value=-1.0)
 
+    @torch.no_grad()
+    def absorb_dimension_gains_(self, gains_in: Sequence[Tensor], gains_out: Sequence[Tensor]) -> None:
+        """:meth:`SparseDictionary.absorb_dimension_gains_` for each layer (``gains_in[i]`` of input i,
+        ``gains_out[j]`` of output j, which ``W_{i→j}`` writes), then each latent's whole write
+        ``[W_dec_{i→i} | W_cross_i]`` back to unit norm, its code carrying the norm."""
+        if len(gains_in) != self.n_layers or len(gains_out) != self.n_layers:
+            raise ValueError(f"absorb_dimension_gains_ needs {self.n_layers} input and output gains")
+        for i in range(self.n_layers):
+            block, cross = self.block(i), self._cross_or_none(i)
+            block.absorb_dimension_gains_(gains_in[i], gains_out[i], renormalise=False)
+            tables = _tables(block.W_dec_FD, cross)
+            for k, table in enumerate(tables[1:]):
+                table.mul_(gains_out[i + 1 + k].to(table.device, table.dtype))
+            norm_F = _row_dots(tables, tables).sqrt().clamp_min(1e-12)
+            for table in tables:
+                table.div_(norm_F.unsqueeze(-1).to(table.dtype))
+            block.scale_codes_(norm_F)
+
     def _cross_or_none(self, i: int) -> Tensor | None:
         """Block i's cross decoders (n−1−i, F, d_out), None for the last block."""
         return self.W_cross[i] if i < self.n_layers - 1 else None

@@ -21,6 +21,8 @@ class ReLU(SparseDictionary):
             raise ValueError(f"ReLU needs config.architecture='relu'; got {config.architecture!r}")
         super().__init__(config, generator=generator)
 
+    per_latent_code_scaling = True
+
     def activation(self, pre_BF: Tensor) -> Tensor:
         return torch.relu(pre_BF)
 

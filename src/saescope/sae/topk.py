@@ -99,6 +99,6 @@ class BatchTopK(SparseDictionary):
             self.inference_threshold.copy_(batch_min)
 
     @torch.no_grad()
-    def scale_thresholds_(self, scale: float) -> None:
+    def scale_thresholds_(self, scale: float | Tensor) -> None:
         if self.threshold_is_set:
             self.inference_threshold.mul_(scale)

@@ -260,6 +260,8 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "linear_map_decoder_init": recipe.linear_map_decoder_init,
         "target_scale": recipe.target_scale,
         "threshold_controller_gain": recipe.threshold_controller_gain,
+        "dimension_gain_power": recipe.dimension_gain_power,
+        "max_firing_rate": recipe.max_firing_rate,
     }
     values.update({key: value for key, value in settings.items() if value is not None})
     return TrainConfig(total_tokens=total_tokens, **values)

@@ -11,6 +11,7 @@ and the RNG state, written atomically; a resumed run gives bit-identical weights
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -176,6 +177,16 @@ class TrainConfig:
     #: A JumpReLU latent silent for this many tokens gets θ reset to the target-rate quantile of the current
     #: batch (0 = never; needs a target L0). See `Trainer._revive_dead_latents`.
     revive_dead_after_tokens: int = 0
+    #: Divide each dimension of a site's normalised activations by its first-batch standard deviation to this
+    #: power (with one common factor that keeps the mean squared norm), and absorb the gains into the saved
+    #: dictionary (0 = off: only the scalar C). Why: the plain squared error weighs dimensions by their variance,
+    #: and a massive activation (Gemma 3 270M's layer-6 residual: one dimension holds 80% of the variance)
+    #: then decides the loss while the model reads the others. The logged FVU is in the weighted space.
+    dimension_gain_power: float = 0.0
+    #: Each step, a JumpReLU latent firing on more than this fraction of the batch gets θ raised to the quantile
+    #: at which it fires on exactly this fraction (0 = off): a hard hold against dense latents, which the L0
+    #: penalty alone lets through (it charges a latent per firing, not for firing everywhere).
+    max_firing_rate: float = 0.0
     controller_gain: float = 0.02
     progress: bool = True
     #: Where the dictionaries live and train (SAEs stay float32 whatever the model's dtype; θ always is).
@@ -199,6 +210,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.adam_betas must be in [0, 1); got {self.adam_betas!r}")
         if not 0.0 <= self.lr_decay_fraction <= 1.0:
             raise ValueError(f"TrainConfig.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction!r}")
+        if not 0.0 <= self.max_firing_rate < 1.0:
+            raise ValueError(f"TrainConfig.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
+        if not 0.0 <= self.dimension_gain_power <= 1.0:
+            raise ValueError(f"TrainConfig.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
 
     @property
     def total_steps(self) -> int:
@@ -296,6 +311,30 @@ def linear_map_decoders(W_enc_DF: torch.Tensor, x_BD: torch.Tensor, y_BD: torch.
     return torch.nn.functional.normalize(rows_FE, dim=-1).to(W_enc_DF.dtype)
 
 
+#: A dimension's standard deviation counts as at least this fraction of the largest one (a constant
+#: dimension must not get a gain near zero).
+MIN_RELATIVE_DIMENSION_SD = 1e-3
+
+
+@torch.no_grad()
+def dimension_gains(x_BD: torch.Tensor, power: float) -> torch.Tensor:
+    """Gains g (D,), float32, that a site's normalised activations are divided by: each dimension's batch
+    standard deviation to the power ``power``, times the one factor that keeps the batch's mean squared norm
+    (so lr, θ and ε keep the scale that the normalisation C gave them).
+
+    With power 1 every dimension counts alike in the squared error; with power 0 dimensions count by their
+    variance, as plain C-normalisation does. In between, a massive dimension still counts most but no longer
+    drowns the rest: on Gemma 3 270M's layer-6 residual stream (one dimension holds 80% of the variance) the
+    default recipe's delta LM loss went from 0.96 to 0.29 nats at power 0.5 (``docs/benchmarks/fidelity.md``).
+    """
+    x_BD = x_BD.float()
+    sd_D = x_BD.std(dim=0)
+    sd_D = sd_D.clamp_min(float(sd_D.max()) * MIN_RELATIVE_DIMENSION_SD + 1e-30)
+    gain_D = sd_D.pow(power)
+    kept = (x_BD / gain_D).square().sum(dim=-1).mean() / x_BD.square().sum(dim=-1).mean().clamp_min(1e-30)
+    return gain_D * kept.sqrt()
+
+
 class Trainer:
     """Trains every `SAESpec` on batches from one `ActivationSource`, checkpointing into `out_dir`.
 
@@ -339,6 +378,8 @@ class Trainer:
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
             raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
         self.members = [self._build(index, self.specs[index]) for index in indices]
+        #: Per-site gains of `TrainConfig.dimension_gain_power`, set from the first batch ({} when off).
+        self.dimension_gains: dict[Site, torch.Tensor] = {}
         self.metrics_path = out_dir / METRICS
         self.step = 0
         self.tokens_seen = 0
@@ -376,6 +417,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "norm_scales": {site.id: scale for site, scale in self.norm_scales.items()},
+            "dimension_gains": {site.id: gain for site, gain in self.dimension_gains.items()},
             "members": {
                 m.spec.name: {
                     "sae": m.sae.state_dict(),
@@ -403,6 +445,7 @@ class Trainer:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.norm_scales = {Site.parse(site_id): scale for site_id, scale in state["norm_scales"].items()}
+        self.dimension_gains = {Site.parse(site_id): gain for site_id, gain in state["dimension_gains"].items()}
         for member in self.members:
             saved = state["members"][member.spec.name]
             member.sae.load_state_dict(saved["sae"])
@@ -444,7 +487,9 @@ class Trainer:
 
         def normalised(site: Site, scale_site: Site) -> torch.Tensor:
             if (site, scale_site) not in cache:
-                cache[site, scale_site] = batch[site] / self.norm_scales[scale_site]
+                x = batch[site] / self.norm_scales[scale_site]
+                gain_D = self.dimension_gains.get(site)
+                cache[site, scale_site] = x if gain_D is None else x / gain_D
             return cache[site, scale_site]
 
         spec = member.spec
@@ -461,9 +506,13 @@ class Trainer:
     @torch.no_grad()
     def _initialise_from_data(self, member: _Member, x: torch.Tensor, y: torch.Tensor) -> None:
         spec = member.spec
-        if spec.init_from is not None:  # starts from its parent's weights, not from the data
-            return
         sae = member.sae
+        if spec.init_from is not None:  # starts from its parent's weights (in this run's space), not from the data
+            if self.dimension_gains:
+                assert isinstance(sae, SparseDictionary)  # SAESpec refuses init_from for multi-layer dictionaries
+                gains_in, gains_out = self._member_gains(member)
+                sae.absorb_dimension_gains_(1.0 / gains_in[0], 1.0 / gains_out[0])
+            return
         parts = (
             zip(sae.blocks, sae.split_inputs(x), sae.split_outputs(y), strict=True)
             if isinstance(sae, CrossLayerDictionary)
@@ -487,18 +536,25 @@ class Trainer:
                 block.scale_codes_(scale)
 
     def _target_rate_quantiles(
-        self, member: _Member, block: JumpReLU, x_BD: torch.Tensor, latents_K: torch.Tensor | None = None
+        self,
+        member: _Member,
+        block: JumpReLU,
+        x_BD: torch.Tensor,
+        latents_K: torch.Tensor | None = None,
+        rate: float | None = None,
     ) -> torch.Tensor:
-        """Each latent's batch quantile of π that makes it fire on (target L0 / total width) of the tokens
-        (float32): for every latent (F,), or for the latents ``latents_K`` only (K,)."""
+        """Each latent's batch quantile of π that makes it fire on ``rate`` of the tokens (default: target L0 /
+        total width), float32: for every latent (F,), or for the latents ``latents_K`` only (K,)."""
         spec = member.spec
-        assert spec.target_l0 is not None
+        assert spec.target_l0 is not None or rate is not None
         W_enc_DK: torch.Tensor = block.W_enc_DF
         b_enc_K: torch.Tensor = block.b_enc_F
         if latents_K is not None:
             W_enc_DK, b_enc_K = W_enc_DK[:, latents_K], b_enc_K[latents_K]
         pre_BK = block.encoder_input(x_BD) @ W_enc_DK + b_enc_K
-        rate = spec.target_l0 / spec.dictionary.total_width
+        if rate is None:
+            assert spec.target_l0 is not None
+            rate = spec.target_l0 / spec.dictionary.total_width
         rank = min(x_BD.shape[0], max(1, round(x_BD.shape[0] * (1.0 - rate))))
         quantile_K: torch.Tensor = pre_BK.kthvalue(rank, dim=0).values.float()
         return quantile_K
@@ -560,6 +616,26 @@ class Trainer:
                 member.tokens_since_fired_F[offset + dead_K] = 0
             offset += width
 
+    @torch.no_grad()
+    def _cap_firing_rates(self, member: _Member, x_BD: torch.Tensor, firing_counts_F: torch.Tensor) -> None:
+        """Raise the θ of every JumpReLU latent that fired on more than ``max_firing_rate`` of this batch to the
+        batch quantile at which it fires on exactly that rate."""
+        cap = self.config.max_firing_rate
+        if cap == 0:
+            return
+        n_tokens = x_BD.shape[0]
+        xs = member.sae.split_inputs(x_BD) if isinstance(member.sae, CrossLayerDictionary) else (x_BD,)
+        offset = 0
+        for block, x_block in zip(dictionary_blocks(member.sae), xs, strict=True):
+            width = block.config.width
+            dense_K = (firing_counts_F[offset : offset + width] > cap * n_tokens).nonzero().flatten()
+            if isinstance(block, JumpReLU) and dense_K.numel() > 0:
+                quantile_K = self._target_rate_quantiles(member, block, x_block, dense_K, rate=cap)
+                theta_F = block.threshold_F.detach().clone()
+                theta_F[dense_K] = torch.maximum(theta_F[dense_K], quantile_K)
+                block.set_threshold_(theta_F)
+            offset += width
+
     def _train_member(self, member: _Member, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:
         spec, config = member.spec, self.config
         lr = learning_rate(
@@ -594,6 +670,7 @@ class Trainer:
         member.tokens_since_fired_F[firing_counts_F > 0] = 0
         dead_fraction = float((member.tokens_since_fired_F >= config.dead_window_tokens).float().mean())
         self._revive_dead_latents(member, x_BD)
+        self._cap_firing_rates(member, x_BD, firing_counts_F)
         member.last = {
             "loss": float(out.total.detach()),
             "l0": l0,
@@ -632,6 +709,11 @@ class Trainer:
             while self.step < stop_at:
                 raw = next(batches)
                 on_device = {site: raw[site].to(self.config.device) for site in sites}
+                if self.step == 0 and not resumed and self.config.dimension_gain_power > 0:
+                    power = self.config.dimension_gain_power
+                    self.dimension_gains = {
+                        site: dimension_gains(on_device[site] / self.norm_scales[site], power) for site in sites
+                    }
                 cache: dict[tuple[Site, Site], torch.Tensor] = {}
                 for member in self.members:
                     x_BD, y_BD = self._member_batch(member, on_device, cache)
@@ -650,10 +732,28 @@ class Trainer:
             bar.close()
         return [self._save_dictionary(member) for member in self.members]
 
+    def _member_gains(self, member: _Member) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The dimension gains of the member's input sites and of its output sites, in layer order."""
+        spec = member.spec
+        return [self.dimension_gains[s] for s in spec.input_sites], [self.dimension_gains[s] for s in spec.output_sites]
+
+    def _saved_dictionary(self, member: _Member) -> AnyDictionary:
+        """The member as it is saved: a copy with the dimension gains absorbed, so that it reads activations
+        divided by C alone, like every saved dictionary."""
+        sae = copy.deepcopy(member.sae)
+        if self.dimension_gains:
+            gains_in, gains_out = self._member_gains(member)
+            if isinstance(sae, CrossLayerDictionary):
+                sae.absorb_dimension_gains_(gains_in, gains_out)
+            else:
+                sae.absorb_dimension_gains_(gains_in[0], gains_out[0])
+        return sae
+
     def _save_dictionary(self, member: _Member) -> TrainedDictionary:
         folder = self.out_dir / "saes" / member.spec.name
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {key: value.detach().contiguous() for key, value in member.sae.state_dict().items()}
+        sae = self._saved_dictionary(member)
+        tensors = {key: value.detach().contiguous() for key, value in sae.state_dict().items()}
         atomic_write_with(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
         scales = [self.norm_scales[site] for site in member.spec.input_sites]
         scale = scales[0]
@@ -675,4 +775,4 @@ class Trainer:
                 "final_batch_metrics": member.last,
             },
         )
-        return TrainedDictionary(member.spec.name, member.spec.site, member.sae, scale, folder, dict(member.last))
+        return TrainedDictionary(member.spec.name, member.spec.site, sae, scale, folder, dict(member.last))
