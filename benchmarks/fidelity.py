@@ -676,7 +676,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ours = [c for c in todo if c.system.kind == "saescope"
                     and current_record(trained_path(args, c), c) is None]  # fmt: skip
             kl_cells = [c for c in todo if c.system.kind == "saescope-kl"]
-            bases = [base_cell(c) for c in kl_cells if current_record(trained_path(args, base_cell(c)), base_cell(c)) is None]
+            bases = [b for b in map(base_cell, kl_cells) if current_record(trained_path(args, b), b) is None]
             ours += [b for b in bases if b not in ours]
             if ours:
                 train_saescope(args, source, ours)

@@ -12,11 +12,11 @@ from saescope.data.corpus import CorpusConfig
 from saescope.data.sources import streamed_source
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
+from saescope.release.suite import read_trained_sae
 from saescope.sae import CrossLayerDictionary, DictionaryConfig, JumpReLU
 from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.recipes import GEMMA_SCOPE, RECIPES, SAESCOPE, geometric_median, get_recipe
 from saescope.train.specs import SuiteOptions, dictionary_specs, recipe_train_config
-from saescope.release.suite import read_trained_sae
 from saescope.train.trainer import MIN_CODE_SCALE, dimension_gains, least_squares_code_scale, linear_map_decoders
 
 RES = Site(0, SiteKind.RES)

@@ -147,9 +147,10 @@ GEMMA_SCOPE = Recipe(
 
 SAESCOPE = Recipe(
     name="saescope",
-    description="saescope's short-budget recipe: dimensions weighted by std^-1/2, mean b_dec, data-driven θ start with least-squares code scale, "
-    "raw θ, transcoder decoders along the least-squares linear map, Adam(0.9, 0.999) at lr 3e-3 with decay, L0 held "
-    "on target by θ and λ controllers, silent latents revived",
+    description="saescope's short-budget recipe: dimensions weighted by std^-1/2, mean b_dec, data-driven θ start "
+    "with least-squares code scale, raw θ, transcoder decoders along the least-squares linear map, Adam(0.9, 0.999) "
+    "at lr 3e-3 with decay, L0 held on target by θ and λ controllers, silent latents revived, firing rates capped "
+    "at 5%",
     lr=3e-3,
     threshold="raw",
     threshold_init=0.001,
