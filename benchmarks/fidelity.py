@@ -327,12 +327,14 @@ def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[C
         recipe = group_cells[0].system.recipe
         assert recipe is not None
         specs = [saescope_spec(cell, source.widths[cell.site]) for cell in group_cells]
-        digest = hashlib.sha256(json.dumps([s.to_dict() for s in specs], sort_keys=True).encode()).hexdigest()[:10]
-        folder = args.out / "train" / f"layer_{cells[0].site.layer}-{cells[0].site.kind.value}" / digest
         config = recipe_train_config(
             recipe, total_tokens=args.tokens, batch_size=args.batch_size, seed=args.seed,
             checkpoint_every_steps=50, progress=True,
         )  # fmt: skip
+        # The folder is named by everything that decides the run, so another recipe never resumes its checkpoint.
+        identity = {"specs": [s.to_dict() for s in specs], "config": config.to_dict()}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        folder = args.out / "train" / f"layer_{cells[0].site.layer}-{cells[0].site.kind.value}" / digest
         started = time.perf_counter()
         Trainer(specs, source, config, folder).run()
         elapsed = time.perf_counter() - started
