@@ -131,3 +131,27 @@ def test_init_from_cli_records_the_parent_for_saescope_and_gemma_scope_parents(
     assert f"`pt` from `{parent_folder.resolve()}`" in card
     assert main([*train, "--init-from", str(tmp_path / "pt"), "--out", str(tmp_path / "whole-run")]) == 0
     assert (tmp_path / "whole-run" / "saes" / "pt" / "config.json").is_file()  # a run folder: all of its SAEs
+
+
+def test_with_dimension_gains_the_first_step_still_sees_the_parents_function(tmp_path: Path) -> None:
+    parent_folder = train_parent(tmp_path / "pt")
+    it_source = ArrayActivations({SITE: activations(1, scale=3.0, shift=1.5)})
+    scale = it_source.norm_scales[SITE]
+    config = DictionaryConfig(d_in=D, width=WIDTH, l0_coefficient=L0_COEFFICIENT, lambda_warmup_steps=0)
+    spec = SAESpec("it", SITE, config, lr=1e-3, init_from=str(parent_folder))
+    train = TrainConfig(
+        total_tokens=4 * BATCH, batch_size=BATCH, log_every_steps=1, progress=False, dimension_gain_power=1.0
+    )
+    trainer = Trainer([spec], it_source, train, tmp_path / "it")
+    trainer.run(max_steps=1)
+    first = json.loads((tmp_path / "it" / "metrics.jsonl").read_text().splitlines()[0])
+    gain_D = trainer.dimension_gains[SITE].double()
+    assert float(gain_D.max() / gain_D.min()) > 1.5  # the gains are not all alike
+
+    x_raw = next(it_source.batches(BATCH, seed=0, epoch=0))[SITE]
+    with torch.no_grad():
+        out = load_sae(parent_folder).sae(x_raw)
+    l0 = (out.codes > 0).double().sum(-1).mean()
+    error = (x_raw.double() - out.reconstruction.double()) / (scale * gain_D)  # the trainer's weighted units
+    assert first["l0"] == pytest.approx(float(l0), rel=1e-6)
+    assert first["loss"] == pytest.approx(float(error.square().sum(-1).mean() + L0_COEFFICIENT * l0), rel=1e-4)

@@ -86,6 +86,15 @@ def register(commands: Any) -> None:
         "--revive-dead-after-tokens", type=int, default=0,
         help="a JumpReLU latent silent for this many tokens gets θ back at its target-rate quantile (0 = never)",
     )  # fmt: skip
+    rec.add_argument(
+        "--dimension-gain-power", type=float, default=0.0,
+        help="divide each activation dimension by its standard deviation ** POWER, absorbed into the saved weights "
+        "(0 = off; `saescope run` uses 0.5)",
+    )  # fmt: skip
+    rec.add_argument(
+        "--max-firing-rate", type=float, default=0.0,
+        help="raise the θ of a JumpReLU latent firing on more than this fraction of a batch (0 = off; run: 0.05)",
+    )  # fmt: skip
     opt.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (0)")
     opt.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (500)")
     parser.add_argument(
@@ -225,6 +234,8 @@ def _train(args: argparse.Namespace) -> int:
         code_scale_init=args.code_scale_init,
         threshold_controller_gain=args.threshold_controller_gain,
         revive_dead_after_tokens=args.revive_dead_after_tokens,
+        dimension_gain_power=args.dimension_gain_power,
+        max_firing_rate=args.max_firing_rate,
         seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every,
         device=args.device,
