@@ -71,13 +71,18 @@ def test_geometric_median_ignores_outliers_that_drag_the_mean() -> None:
     assert torch.linalg.vector_norm(x_ND.mean(0) - centre_D) > 10
 
 
+@pytest.mark.parametrize("architecture", ["jumprelu", "relu"])
 @pytest.mark.parametrize("target", [8.0, 32.0])
-def test_data_driven_thresholds_start_within_20_percent_of_the_target_l0(tmp_path: Path, target: float) -> None:
-    trainer = trainer_for(jumprelu_spec(target_l0=target, decoder_bias_init="mean"), tmp_path, sparse_tokens(64, 0))
+def test_data_driven_thresholds_start_within_20_percent_of_the_target_l0(
+    tmp_path: Path, target: float, architecture: str
+) -> None:
+    """JumpReLU: θ at each latent's target-rate quantile; ReLU: b_enc lowered by it (its threshold is 0)."""
+    dictionary = DictionaryConfig(d_in=D, width=WIDTH, architecture=architecture, lambda_warmup_steps=0)
+    spec = SAESpec("d", RES, dictionary, target_l0=target, decoder_bias_init="mean", threshold_init_from_data=True)
+    trainer = trainer_for(spec, tmp_path, sparse_tokens(64, 0))
     x_init = sparse_tokens(4096, seed=1)
     trainer._initialise_from_data(trainer.members[0], x_init, x_init)
     sae = trainer.members[0].sae
-    assert isinstance(sae, JumpReLU)
     with torch.no_grad():
         heldout_l0 = float((sae.encode(sparse_tokens(4096, seed=2)) != 0).float().sum(-1).mean())
     assert heldout_l0 == pytest.approx(target, rel=0.2)

@@ -72,6 +72,9 @@ class Recipe:
     lr_warmup_start_fraction: float
     lr_decay_fraction: float
     controller_gain: float
+    #: The ReLU baseline's L1 λ (its start when a controller steers it: the controller raises a low start within a
+    #: few dozen steps, while a high one silences every ReLU latent first, and a silent ReLU latent gets no gradient).
+    l1_coefficient: float = 1.0
     #: Adam's β1 and β2 (the papers: 0 and 0.999).
     adam_beta1: float = 0.0
     adam_beta2: float = 0.999
@@ -172,6 +175,7 @@ SAESCOPE = Recipe(
     target_scale="own",
     dimension_gain_power=0.5,
     max_firing_rate=0.05,
+    l1_coefficient=0.003,
 )
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (GEMMA_SCOPE, SAESCOPE)}

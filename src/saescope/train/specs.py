@@ -96,6 +96,7 @@ class SuiteOptions:
         values: dict[str, Any] = {
             "lr": recipe.lr,
             "l0_coefficient": recipe.l0_coefficient,
+            "l1_coefficient": recipe.l1_coefficient,
             "threshold": recipe.threshold,
             "lambda_warmup_steps": recipe.lambda_warmup_steps,
             "decoder_bias_init": recipe.decoder_bias_init,
@@ -239,7 +240,9 @@ def _spec(
         dictionary=DictionaryConfig(**fields),
         lr=options.lr,
         target_l0=target if steered else None,
-        threshold_init_from_data=options.threshold_init_from_data if steered and architecture == "jumprelu" else None,
+        threshold_init_from_data=(
+            options.threshold_init_from_data if steered and architecture in ("jumprelu", "relu") else None
+        ),
         decoder_bias_init=options.decoder_bias_init,
         site_out=site_out,
         layers=layers,

@@ -103,8 +103,8 @@ class SAESpec:
             raise ValueError(
                 f"SAESpec.decoder_bias_init must be one of {DECODER_BIAS_INITS}; got {self.decoder_bias_init!r}"
             )
-        if self.init_thresholds_from_data and self.dictionary.architecture != "jumprelu":
-            raise ValueError("SAESpec.threshold_init_from_data needs a jumprelu dictionary")
+        if self.init_thresholds_from_data and self.dictionary.architecture not in ("jumprelu", "relu"):
+            raise ValueError("SAESpec.threshold_init_from_data needs a jumprelu or relu dictionary")
         if self.init_thresholds_from_data and self.target_l0 is None:
             raise ValueError("SAESpec.threshold_init_from_data needs target_l0 (the firing rate to start at)")
 
@@ -125,6 +125,7 @@ class SAESpec:
 
     @property
     def init_thresholds_from_data(self) -> bool:
+        """Whether a JumpReLU's θ (a ReLU's b_enc) starts where each latent fires at the target rate."""
         if self.threshold_init_from_data is None:
             return self.target_l0 is not None and self.dictionary.architecture == "jumprelu"
         return self.threshold_init_from_data
@@ -526,10 +527,11 @@ class Trainer:
                 block.b_dec_D.copy_(y_BD.mean(0))
             elif spec.decoder_bias_init == "geometric_median":
                 block.b_dec_D.copy_(geometric_median(y_BD))
-            if spec.init_thresholds_from_data:
-                assert isinstance(block, JumpReLU)
+            if spec.init_thresholds_from_data and isinstance(block, JumpReLU):
                 floor = block.config.threshold_init
                 block.set_threshold_(self._target_rate_quantiles(member, block, x_BD).clamp_min(floor))
+            elif spec.init_thresholds_from_data:  # ReLU: its threshold is 0, so b_enc moves instead
+                block.b_enc_F.sub_(self._target_rate_quantiles(member, block, x_BD).to(block.b_enc_F.dtype))
         if self.config.code_scale_init:
             scale = least_squares_code_scale(sae, x, y)
             for block in dictionary_blocks(sae):
@@ -538,7 +540,7 @@ class Trainer:
     def _target_rate_quantiles(
         self,
         member: _Member,
-        block: JumpReLU,
+        block: SparseDictionary,
         x_BD: torch.Tensor,
         latents_K: torch.Tensor | None = None,
         rate: float | None = None,
