@@ -437,3 +437,19 @@ def test_the_firing_rate_cap_raises_only_dense_latents_to_the_capped_rate(tmp_pa
     torch.testing.assert_close(sae.threshold_F.detach()[~dense_F], before_F[~dense_F], rtol=0, atol=0)
     with pytest.raises(ValueError, match="max_firing_rate"):
         SAESCOPE.replace(max_firing_rate=1.0)
+
+
+def test_the_firing_rate_cap_never_falls_below_twice_the_rate_the_target_asks_for(tmp_path: Path) -> None:
+    """Target 32 of 256 latents is 12.5% each on average: a 5% cap would make the target unreachable."""
+    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, max_firing_rate=0.05)
+    x_ND = sparse_tokens(2048, 0)
+    trainer = Trainer([jumprelu_spec(target_l0=32.0)], ArrayActivations({RES: x_ND}), config, tmp_path)
+    member = trainer.members[0]
+    sae = member.sae
+    assert isinstance(sae, JumpReLU)
+    with torch.no_grad():
+        sae.set_threshold_(torch.full((WIDTH,), 1e-3))
+        counts_F = (sae.encode(x_ND) != 0).sum(dim=0)
+        trainer._cap_firing_rates(member, x_ND, counts_F)
+        rates_F = (sae.encode(x_ND) != 0).float().mean(dim=0)
+    assert float(rates_F.max()) == pytest.approx(0.25, abs=2 / len(x_ND))

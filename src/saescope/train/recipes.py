@@ -28,8 +28,11 @@ Two recipes ship:
     once, and an integral controller on λ (no λ warm-up: the θ start already has the right L0);
   - a latent silent for 8,192 tokens gets its θ back at its target-rate quantile (a latent above all its
     pre-activations gets no gradient at all, so it would otherwise stay dead), and a latent firing on more than
-    5% of a batch gets θ raised to the quantile where it fires on 5% (dense latents: 0.22% → 0.02% of the
-    residual SAE's, 1.9% → 0.2% of the MLP SAE's, at the same delta loss).
+    5% of a batch (or twice the mean rate the target L0 asks for, if that is more) gets θ raised to the quantile
+    where it fires on that rate (dense latents: 0.22% → 0.02% of the residual SAE's, 1.9% → 0.2% of the MLP
+    SAE's, at the same delta loss);
+  - the ReLU baseline starts with b_enc at its target-rate quantile and its L1 λ low (0.003), which the
+    controller raises: at λ 1 the first steps silenced every latent (L0 0 in the benchmark).
 
   Gemma Scope 2's end-to-end KL finetuning (SPEC §7.6, :mod:`saescope.train.kl_finetune`) is an
   optional final phase of any recipe (``kl_finetune_tokens`` > 0).
