@@ -288,13 +288,23 @@ def trained_path(args: argparse.Namespace, cell: Cell) -> Path:
     return args.out / "trained" / f"{cell.key}.json"
 
 
-def current_record(path: Path, cell: Cell) -> dict[str, Any] | None:
-    """The saved record of `cell` at `path`, or None when there is none or it was made by another recipe
-    (so a changed default recipe is retrained and re-evaluated, never reported from old runs)."""
+#: Bumped when a result row gains a metric, so that older rows are evaluated again (not retrained).
+RESULT_VERSION = 2
+
+
+def current_record(path: Path, cell: Cell, *, version: int = 0) -> dict[str, Any] | None:
+    """The saved record of `cell` at `path`, or None when there is none, it was made by another recipe (so a
+    changed default recipe is retrained and re-evaluated, never reported from old runs) or it is older than
+    `version`."""
     if not path.exists():
         return None
     record: dict[str, Any] = json.loads(path.read_text())
-    return record if record.get("fingerprint") == cell.system.fingerprint else None
+    fresh = record.get("fingerprint") == cell.system.fingerprint and record.get("version", 0) >= version
+    return record if fresh else None
+
+
+def current_result(args: argparse.Namespace, cell: Cell) -> dict[str, Any] | None:
+    return current_record(result_path(args, cell), cell, version=RESULT_VERSION)
 
 
 def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
@@ -445,7 +455,7 @@ def train_seconds(args: argparse.Namespace, cell: Cell) -> float | None:
 
 
 def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Cell]) -> None:
-    pending = [cell for cell in cells if current_record(result_path(args, cell), cell) is None]
+    pending = [cell for cell in cells if current_result(args, cell) is None]
     if not pending:
         return
     targets = [EvalTarget(cell.key, cell.site, load_for_eval(args, cell)) for cell in pending]
@@ -460,11 +470,13 @@ def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Ce
         row = {
             "site": cell.site.id, "width": cell.width, "target_l0": cell.target_l0, "system": cell.system.name,
             "label": cell.system.label, "l0": recon["l0"], "fvu": recon["fvu"],
+            "fvu_per_dimension": recon["fvu_mean_over_dimensions"],
             "delta_lm_loss": loss["delta_lm_loss"], "delta_lm_loss_stderr": loss["delta_lm_loss_stderr"],
             "kl": loss["kl_clean_to_spliced"], "loss_recovered": loss["loss_recovered"],
             "dead_fraction": recon["dead_fraction"], "dense_fraction": recon["dense_fraction_above_0.1"],
             "eval_tokens": recon["n_tokens"], "loss_predictions": loss["loss_n_predictions"],
             "train_seconds": train_seconds(args, cell), "fingerprint": cell.system.fingerprint,
+            "version": RESULT_VERSION,
         }  # fmt: skip
         atomic_write_json(result_path(args, cell), row)
 
@@ -484,17 +496,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def results_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
     lines = [
-        "| site | width | target L0 | system | L0 | FVU | delta LM loss ± s.e. | KL | dead % | dense % | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| site | width | target L0 | system | L0 | FVU | FVU per dimension | delta LM loss ± s.e. | KL | dead % "
+        "| dense % | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r["site"], r["width"], r["target_l0"], r["system"])):
         lines.append(
             f"| {row['site']} | {row['width']} | {row['target_l0']:g} | {row['label']} | {row['l0']:.1f} | "
-            f"{row['fvu']:.3f} | {row['delta_lm_loss']:.3f} ± {row['delta_lm_loss_stderr']:.3f} | {row['kl']:.3f} | "
+            f"{row['fvu']:.3f} | {row['fvu_per_dimension']:.3f} | "
+            f"{row['delta_lm_loss']:.3f} ± {row['delta_lm_loss_stderr']:.3f} | {row['kl']:.3f} | "
             f"{100 * row['dead_fraction']:.1f} | {100 * row['dense_fraction']:.2f} | {_fmt(row['train_seconds'])} |"
         )
     for key, reason in sorted(skipped.items()):
-        lines.append(f"| {key} | | | not run | | | {reason} | | | | |")
+        lines.append(f"| {key} | | | not run | | | | {reason} | | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -526,7 +540,9 @@ def goal_checks(rows: list[dict[str, Any]]) -> str:
                 f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: "
                 f"{f'{100 * gain:.0f}% lower' if gain >= 0 else f'{-100 * gain:.0f}% higher'} "
                 f"({'meets' if gain >= 0.1 else 'misses'} ≥ 10%); FVU {ours['fvu']:.3f} vs {best['fvu']:.3f} "
-                f"({'no worse' if ours['fvu'] <= best['fvu'] else 'worse'})",
+                f"({'no worse' if ours['fvu'] <= best['fvu'] else 'worse'}); FVU per dimension "
+                f"{ours['fvu_per_dimension']:.3f} vs {best['fvu_per_dimension']:.3f} "
+                f"({'no worse' if ours['fvu_per_dimension'] <= best['fvu_per_dimension'] else 'worse'})",
             )
         else:
             peer_l0s = ", ".join(f"{s['label']} {s['l0']:.0f}" for n, s in systems.items() if n in peers)
@@ -590,7 +606,7 @@ def write_plots(rows: list[dict[str, Any]], docs: Path) -> list[str]:
 
 
 def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str, str], command: str) -> Path:
-    rows = [row for c in cells if (row := current_record(result_path(args, c), c)) is not None]
+    rows = [row for c in cells if (row := current_result(args, c)) is not None]
     args.docs.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, args.docs) if rows else []
     stream = json.loads((args.out / "stream" / "stream.json").read_text())
@@ -603,7 +619,9 @@ def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str,
         f"order for every system; context {args.context_size}. Evaluation (saescope's, one path for all): "
         f"{args.eval_tokens:,} held-out tokens for L0/FVU/dead/dense, delta LM loss and KL on "
         f"{args.eval_loss_windows} held-out windows (every {args.eval_loss_stride}th prediction). Dead = never "
-        "fired on the evaluation tokens; dense = fires on > 10% of them. Torch threads: "
+        "fired on the evaluation tokens; dense = fires on > 10% of them. FVU per dimension = each dimension's "
+        "FVU averaged with equal weights (the plain FVU of a site with a massive dimension measures that one "
+        "dimension). Torch threads: "
         f"{torch.get_num_threads()}.\n",
         "## Goals\n",
         goal_checks(rows),
@@ -674,7 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = prepare_stream(args, loaded, sites)
         paths = stream_paths(args.out, sites)
         for site in sites:
-            todo = [c for c in cells if c.site == site and current_record(result_path(args, c), c) is None]
+            todo = [c for c in cells if c.site == site and current_result(args, c) is None]
             ours = [c for c in todo if c.system.kind == "saescope"
                     and current_record(trained_path(args, c), c) is None]  # fmt: skip
             kl_cells = [c for c in todo if c.system.kind == "saescope-kl"]

@@ -79,3 +79,13 @@ def test_loss_recovered_and_delta() -> None:
     assert result["loss_recovered"] == pytest.approx(0.75)
     assert result["kl_clean_to_spliced"] == pytest.approx(0.2)
     assert result["delta_lm_loss_by_position"] == [None, 1.0, 1.0, None]
+
+
+def test_fvu_mean_over_dimensions_counts_every_dimension_alike() -> None:
+    x = random_data()
+    x[:, 0] *= 100.0  # one massive dimension, reconstructed perfectly; the others not at all
+    x_hat = x.double().mean(0).float().expand_as(x).clone()
+    x_hat[:, 0] = x[:, 0]
+    result = accumulate(x, x_hat, torch.ones(100, 2))
+    assert result["fvu"] < 0.01  # the plain FVU sees the massive dimension only
+    assert result["fvu_mean_over_dimensions"] == pytest.approx(5 / 6, rel=1e-6)

@@ -41,6 +41,8 @@ class ReconstructionAccumulator:
         self.sum_x_D = torch.zeros(d_out, dtype=torch.float64)
         self.sum_x_sq = 0.0
         self.sum_err_sq = 0.0
+        self.sum_x_sq_D = torch.zeros(d_out, dtype=torch.float64)
+        self.sum_err_sq_D = torch.zeros(d_out, dtype=torch.float64)
         self.l0_sum = self.l0_sq_sum = 0.0
         self.cos_sum = self.cos_sq_sum = 0.0
         self.l2_ratio_sum = 0.0
@@ -56,7 +58,9 @@ class ReconstructionAccumulator:
         l0_N = (f_NF != 0).sum(-1).double()
         cos_N = torch.nn.functional.cosine_similarity(x, x_hat, dim=-1, eps=1e-12)
         self.n += x.shape[0]
-        self.sum_x_D += x.sum(0)
+        self.sum_x_D += x.sum(0).cpu()
+        self.sum_x_sq_D += x.square().sum(0).cpu()
+        self.sum_err_sq_D += (x - x_hat).square().sum(0).cpu()
         self.sum_x_sq += float(x_sq_N.sum())
         self.sum_err_sq += float(err_sq_N.sum())
         self.l0_sum += float(l0_N.sum())
@@ -75,6 +79,11 @@ class ReconstructionAccumulator:
         mean_D = self.sum_x_D / self.n
         total_variance = self.sum_x_sq - self.n * float(mean_D.square().sum())
         fvu = self.sum_err_sq / total_variance
+        # Each dimension's own FVU, averaged with equal weights: on a site with a massive dimension (Gemma 3's
+        # residual stream: one dimension holds 80% of the variance) the plain FVU measures that dimension only.
+        variance_D = self.sum_x_sq_D - self.n * mean_D.square()
+        varying_D = variance_D > 1e-12 * float(variance_D.max().clamp_min(1e-300))
+        fvu_per_dimension = float((self.sum_err_sq_D[varying_D] / variance_D[varying_D]).mean())
         l0, l0_se = mean_and_stderr(self.l0_sum, self.l0_sq_sum, self.n)
         cos, cos_se = mean_and_stderr(self.cos_sum, self.cos_sq_sum, self.n)
         density_F = self.fired_F.double() / self.n
@@ -89,6 +98,7 @@ class ReconstructionAccumulator:
             "l0_stderr": l0_se,
             "fvu": fvu,
             "explained_variance": 1.0 - fvu,
+            "fvu_mean_over_dimensions": fvu_per_dimension,
             "mse_per_token": self.sum_err_sq / self.n,
             "cosine_similarity": cos,
             "cosine_similarity_stderr": cos_se,
