@@ -132,3 +132,15 @@ def test_learning_rate_warmup_and_decay() -> None:
     assert learning_rate(100, decay_fraction=0.0, **kwargs) == pytest.approx(1.0)
     assert learning_rate(999, decay_fraction=0.0, **kwargs) == pytest.approx(1.0)
     assert learning_rate(900, decay_fraction=0.2, **kwargs) == pytest.approx(0.5)
+
+
+def test_a_run_resumed_after_its_last_checkpoint_saves_its_final_metrics(tmp_path: Path) -> None:
+    """Killed after the final checkpoint but before the dictionaries were written: resuming writes them whole."""
+    source = ArrayActivations({RES: sparse_data(2_000)[0]})
+    (finished,) = Trainer([jumprelu_spec()], source, config(25), tmp_path / "a").run()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "checkpoint.pt").write_bytes((tmp_path / "a" / "checkpoint.pt").read_bytes())
+    (resumed,) = Trainer([jumprelu_spec()], source, config(25), tmp_path / "b").run()
+    assert resumed.final_metrics == finished.final_metrics
+    saved = json.loads((tmp_path / "b" / "saes" / "jr" / "config.json").read_text())
+    assert saved["final_batch_metrics"]["l0"] == finished.final_metrics["l0"]

@@ -425,6 +425,7 @@ class Trainer:
                     "optimizer": m.optimizer.state_dict(),
                     "controller": m.controller.log_scale if m.controller else None,
                     "tokens_since_fired": m.tokens_since_fired_F,
+                    "last": m.last,
                 }
                 for m in self.members
             },
@@ -454,6 +455,7 @@ class Trainer:
             if member.controller is not None:
                 member.controller.log_scale = saved["controller"]
             member.tokens_since_fired_F = saved["tokens_since_fired"]
+            member.last = dict(saved.get("last", {}))  # a run resumed at its last step still saves its final metrics
         torch.set_rng_state(state["torch_rng"].cpu())
         self._truncate_metrics()
 
