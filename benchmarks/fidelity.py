@@ -300,6 +300,8 @@ def current_record(path: Path, cell: Cell, *, version: int = 0) -> dict[str, Any
         return None
     record: dict[str, Any] = json.loads(path.read_text())
     fresh = record.get("fingerprint") == cell.system.fingerprint and record.get("version", 0) >= version
+    if "folder" in record and not (Path(record["folder"]) / "config.json").exists():
+        fresh = False  # a trained record whose dictionary folder is gone: train it again
     return record if fresh else None
 
 
