@@ -416,40 +416,36 @@ def test_dimension_gains_reconstruct_the_small_dimensions_better(tmp_path: Path)
     assert per_dimension_fvu[0.5] < 0.8 * per_dimension_fvu[0.0]
 
 
-def test_the_firing_rate_cap_raises_only_dense_latents_to_the_capped_rate(tmp_path: Path) -> None:
+def _cap_once(tmp_path: Path, target_l0: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every θ near zero (about half the latents fire on most tokens), then one firing-rate cap at 5%: the
+    firing counts and thresholds before it, and the firing rates and thresholds after it."""
     config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, max_firing_rate=0.05)
     x_ND = sparse_tokens(2048, 0)
-    trainer = Trainer([jumprelu_spec(target_l0=6.0)], ArrayActivations({RES: x_ND}), config, tmp_path)
+    trainer = Trainer([jumprelu_spec(target_l0=target_l0)], ArrayActivations({RES: x_ND}), config, tmp_path)
     member = trainer.members[0]
     sae = member.sae
     assert isinstance(sae, JumpReLU)
     with torch.no_grad():
-        sae.set_threshold_(torch.full((WIDTH,), 1e-3))  # θ near zero: about half the latents fire on most tokens
+        sae.set_threshold_(torch.full((WIDTH,), 1e-3))
         before_F = sae.threshold_F.detach().clone()
         counts_F = (sae.encode(x_ND) != 0).sum(dim=0)
-    dense_F = counts_F > 0.05 * len(x_ND)
-    assert 10 < int(dense_F.sum()) < WIDTH
-    trainer._cap_firing_rates(member, x_ND, counts_F)
-    with torch.no_grad():
+        trainer._cap_firing_rates(member, x_ND, counts_F)
         rates_F = (sae.encode(x_ND) != 0).float().mean(dim=0)
-    assert float(rates_F.max()) <= 0.05 + 1 / len(x_ND)
+    return counts_F, before_F, rates_F, sae.threshold_F.detach()
+
+
+def test_the_firing_rate_cap_raises_only_dense_latents_to_the_capped_rate(tmp_path: Path) -> None:
+    counts_F, before_F, rates_F, after_F = _cap_once(tmp_path, target_l0=6.0)
+    dense_F = counts_F > 0.05 * 2048
+    assert 10 < int(dense_F.sum()) < WIDTH
+    assert float(rates_F.max()) <= 0.05 + 1 / 2048
     assert bool((rates_F[dense_F] > 0.04).all())  # capped at the rate, not silenced
-    torch.testing.assert_close(sae.threshold_F.detach()[~dense_F], before_F[~dense_F], rtol=0, atol=0)
+    torch.testing.assert_close(after_F[~dense_F], before_F[~dense_F], rtol=0, atol=0)
     with pytest.raises(ValueError, match="max_firing_rate"):
         SAESCOPE.replace(max_firing_rate=1.0)
 
 
 def test_the_firing_rate_cap_never_falls_below_twice_the_rate_the_target_asks_for(tmp_path: Path) -> None:
     """Target 32 of 256 latents is 12.5% each on average: a 5% cap would make the target unreachable."""
-    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, max_firing_rate=0.05)
-    x_ND = sparse_tokens(2048, 0)
-    trainer = Trainer([jumprelu_spec(target_l0=32.0)], ArrayActivations({RES: x_ND}), config, tmp_path)
-    member = trainer.members[0]
-    sae = member.sae
-    assert isinstance(sae, JumpReLU)
-    with torch.no_grad():
-        sae.set_threshold_(torch.full((WIDTH,), 1e-3))
-        counts_F = (sae.encode(x_ND) != 0).sum(dim=0)
-        trainer._cap_firing_rates(member, x_ND, counts_F)
-        rates_F = (sae.encode(x_ND) != 0).float().mean(dim=0)
-    assert float(rates_F.max()) == pytest.approx(0.25, abs=2 / len(x_ND))
+    _, _, rates_F, _ = _cap_once(tmp_path, target_l0=32.0)
+    assert float(rates_F.max()) == pytest.approx(0.25, abs=2 / 2048)
