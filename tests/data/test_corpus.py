@@ -37,6 +37,9 @@ from saescope.data.corpus import (
     special_token_ids,
     special_token_mask,
     split_long_text,
+    spread_order,
+    spread_windows,
+    windows_for_tokens,
 )
 
 PAD, EOS, BOS, UNK = 0, 1, 2, 3
@@ -449,3 +452,44 @@ def test_real_embedded_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         handle.write(b"#")
     assert build_embedded_corpus() == path
     assert path.read_bytes() == original  # detected and rebuilt identically
+
+
+# ------------------------------------------------------------------------------------------------
+# Spread samples
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 64, 100, 679])
+def test_spread_order_is_a_permutation(n: int) -> None:
+    assert sorted(spread_order(n)) == list(range(n))
+
+
+@pytest.mark.parametrize("n", [64, 100, 679])
+def test_every_power_of_two_prefix_of_the_spread_order_is_evenly_spaced(n: int) -> None:
+    order = spread_order(n)
+    for k in range(1, 7):
+        count = 2**k
+        prefix = sorted(order[:count])
+        gaps = [b - a for a, b in zip(prefix, [*prefix[1:], prefix[0] + n], strict=True)]
+        assert prefix[0] == 0
+        assert all(abs(gap - n / count) <= 1 for gap in gaps), (count, prefix)
+
+
+def test_spread_windows_sample_the_whole_pool_not_its_first_windows() -> None:
+    windows = (torch.tensor([i]) for i in range(1000))  # a stream longer than the pool
+    taken = [int(w) for w in spread_windows(windows, needed=10, pool_factor=8)]
+    assert sorted(taken) == list(range(80))  # the pool: the first 80 windows, each once
+    first = taken[:10]
+    assert len({i // 20 for i in first}) == 4  # the first ten reach every quarter of the pool
+
+
+def test_spread_windows_of_a_short_stream_yield_all_of_it() -> None:
+    assert sorted(int(w) for w in spread_windows((torch.tensor([i]) for i in range(5)), needed=10)) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="needed"):
+        list(spread_windows(iter([]), needed=0))
+
+
+def test_windows_for_tokens_counts_the_stream_tokens_of_a_window() -> None:
+    assert windows_for_tokens(255, 256) == 1
+    assert windows_for_tokens(256, 256) == 2
+    assert windows_for_tokens(1, 1024) == 1

@@ -10,7 +10,13 @@ import pytest
 import torch
 from explore_fixtures import CONFIG, DETECTED, SETTINGS, ExploreRun, shared_run
 
-from saescope.data.corpus import corpus_windows, special_token_ids, special_token_mask
+from saescope.data.corpus import (
+    corpus_windows,
+    special_token_ids,
+    special_token_mask,
+    spread_windows,
+    windows_for_tokens,
+)
 from saescope.explore import IndexReader, build_index, read_dictionaries
 from saescope.explore import index as index_module
 from saescope.explore.weights import unembedding
@@ -40,7 +46,9 @@ def loaded(explore_run: ExploreRun) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def dense(explore_run: ExploreRun, loaded: LoadedModel) -> Dense:
-    windows = torch.stack(list(corpus_windows(explore_run.corpus, loaded.tokenizer, "heldout")))
+    corpus = explore_run.corpus
+    needed = windows_for_tokens(CONFIG.tokens, corpus.context_size)  # the index samples the split this way
+    windows = torch.stack(list(spread_windows(corpus_windows(corpus, loaded.tokenizer, "heldout"), needed)))
     keep = special_token_mask(windows, special_token_ids(loaded.tokenizer))
     dictionaries = read_dictionaries(explore_run.run).dictionaries
     acts = capture(loaded.model, sorted({d.site for d in dictionaries}), windows)

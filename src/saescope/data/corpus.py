@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import random
@@ -907,3 +908,49 @@ def corpus_windows(
         online=online,
     )
     return iter_token_windows(documents, tokenizer, config.context_size, config.seed, epoch=epoch, chat=chat)
+
+
+# ------------------------------------------------------------------------------------------------
+# Spread samples of a split (evaluation, the explorer's index)
+# ------------------------------------------------------------------------------------------------
+
+#: A sample reads the first ``SAMPLE_POOL_FACTOR`` times as many windows as it needs (the whole split of a
+#: small corpus) and takes them in ``spread_order``. The first windows alone are the first few documents
+#: of the shuffled order: on the embedded corpus, the first 32,768 held-out tokens are chats and a third
+#: of one Bible book, while the split as a whole has the training mix of genres.
+SAMPLE_POOL_FACTOR = 8
+
+
+def spread_order(n: int) -> list[int]:
+    """A permutation of ``range(n)`` whose every prefix is spread evenly over it: 0, n/2, n/4, 3n/4, ...
+    (the van der Corput sequence scaled to n and rounded down, each index once). A prefix of 2^k
+    indices has one index in each of 2^k equal strata."""
+    if n <= 0:
+        return []
+    bits = max(1, (n - 1).bit_length())
+    size = 1 << bits  # >= n, so the scaled sequence steps by at most 1 and reaches every index
+    order: list[int] = []
+    seen: set[int] = set()
+    for k in range(size):
+        index = int(format(k, f"0{bits}b")[::-1], 2) * n // size
+        if index not in seen:
+            seen.add(index)
+            order.append(index)
+    return order
+
+
+def spread_windows(
+    windows: Iterable[torch.Tensor], needed: int, pool_factor: int = SAMPLE_POOL_FACTOR
+) -> Iterator[torch.Tensor]:
+    """The first ``needed * pool_factor`` of ``windows``, in ``spread_order``: any prefix a caller consumes
+    samples the whole pool evenly. Deterministic; the pool is held in memory (8 bytes per token)."""
+    if needed < 1 or pool_factor < 1:
+        raise ValueError(f"needed and pool_factor must be >= 1; got {needed}, {pool_factor}")
+    pool = list(itertools.islice(windows, needed * pool_factor))
+    for index in spread_order(len(pool)):
+        yield pool[index]
+
+
+def windows_for_tokens(tokens: int, context_size: int) -> int:
+    """Windows that hold ``tokens`` stream tokens (each window is BOS + ``context_size - 1`` of them)."""
+    return max(1, -(-tokens // (context_size - 1)))

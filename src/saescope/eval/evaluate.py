@@ -17,13 +17,16 @@ from saescope.atomic import atomic_write_json
 from saescope.data.activations import stack_windows, stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
 from saescope.data.corpus import (
+    SAMPLE_POOL_FACTOR,
     CorpusConfig,
     Split,
     corpus_windows,
     mask_policy,
     special_token_ids,
     special_token_mask,
+    spread_windows,
     window_token_ids,
+    windows_for_tokens,
 )
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
 from saescope.eval.splice import Predictions, clean_log_probs, dictionary_taps, tapped_losses
@@ -37,6 +40,11 @@ MASK_POLICY = (
     "special tokens (BOS, EOS, pad and every other special id of the tokenizer) are excluded from "
     "reconstruction metrics and never spliced; a next-token prediction is counted when its input and its "
     "target are both ordinary tokens"
+)
+
+_SAMPLE_TEXT = (
+    f"windows of the split's first {SAMPLE_POOL_FACTOR}x as many as needed (all of a small split), taken in "
+    "spread order (van der Corput), so that any prefix covers the pool evenly; the loss windows are the first"
 )
 
 
@@ -99,11 +107,17 @@ class EvalConfig:
         if self.loss_windows < 0:
             raise ValueError(f"EvalConfig.loss_windows must be >= 0; got {self.loss_windows!r}")
 
+    def sample_windows(self, context_size: int) -> int:
+        """Windows the reconstruction and loss passes need; both read one spread sample of the split."""
+        return max(windows_for_tokens(self.tokens, context_size), self.loss_windows)
+
 
 def _heldout_batches(
-    loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int, split: Split = "heldout"
+    loaded: LoadedModel, corpus: CorpusConfig, config: EvalConfig, batch_windows: int, split: Split = "heldout"
 ) -> Iterator[torch.Tensor]:
-    return stack_windows(corpus_windows(corpus, loaded.tokenizer, split), batch_windows)
+    """The split's windows spread over its first SAMPLE_POOL_FACTOR x needed (not its first few documents)."""
+    windows = corpus_windows(corpus, loaded.tokenizer, split)
+    return stack_windows(spread_windows(windows, config.sample_windows(corpus.context_size)), batch_windows)
 
 
 def _mask_policy_text(corpus: CorpusConfig) -> str:
@@ -137,7 +151,7 @@ def reconstruction_metrics(
         for j in range(len(t.output_sites))
     }
     device = next(loaded.model.parameters()).device
-    batches = _heldout_batches(loaded, corpus, config.batch_windows, split)
+    batches = _heldout_batches(loaded, corpus, config, config.batch_windows, split)
     stream = stream_token_activations(loaded.model, sites, batches, special_token_ids(loaded.tokenizer))
     seen = 0
     with tqdm(
@@ -201,7 +215,7 @@ def loss_metrics(
     device = next(model.parameters()).device
     loss_batch = min(config.batch_windows, config.loss_windows)
     n_batches = -(-config.loss_windows // loss_batch)
-    batches = itertools.islice(_heldout_batches(loaded, corpus, loss_batch, split), n_batches)
+    batches = itertools.islice(_heldout_batches(loaded, corpus, config, loss_batch, split), n_batches)
     passes_per_batch = 1 + len(by_sites) + len(accumulators)
     with tqdm(total=n_batches * passes_per_batch, unit="pass", disable=not progress, desc="eval: delta LM loss") as bar:
         for batch_index, ids_BT in enumerate(batches):
@@ -279,7 +293,7 @@ def evaluate(
             "architecture": target.sae.config.architecture,
             "width": target.sae.config.total_width,
             "model": loaded.info.name,
-            "dataset": {**corpus.to_dict(), "split": split},
+            "dataset": {**corpus.to_dict(), "split": split, "sample": _SAMPLE_TEXT},
             "mask_policy": _mask_policy_text(corpus),
             "eval_config": asdict(config),
             "seconds": {

@@ -31,7 +31,14 @@ from tqdm import tqdm
 
 import saescope
 from saescope.data.activations import stack_windows, stream_token_activations
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids, window_token_ids
+from saescope.data.corpus import (
+    CorpusConfig,
+    corpus_windows,
+    special_token_ids,
+    spread_windows,
+    window_token_ids,
+    windows_for_tokens,
+)
 from saescope.explore import store
 from saescope.explore.sources import Dictionary, safe_name
 from saescope.explore.statistics import ExampleSettings, LatentStatistics, StatisticsAccumulator
@@ -132,8 +139,13 @@ class _RecordedWindows:
     def __init__(self) -> None:
         self.windows: list[torch.Tensor] = []
 
-    def batches(self, corpus: CorpusConfig, tokenizer: Any, batch_windows: int) -> Iterator[torch.Tensor]:
-        for ids_BT in stack_windows(corpus_windows(corpus, tokenizer, "heldout"), batch_windows):
+    def batches(self, corpus: CorpusConfig, tokenizer: Any, tokens: int, batch_windows: int) -> Iterator[torch.Tensor]:
+        """The held-out windows spread over the split (as evaluation reads them), so that examples come from
+        many documents rather than the first few of the shuffled order."""
+        windows = spread_windows(
+            corpus_windows(corpus, tokenizer, "heldout"), windows_for_tokens(tokens, corpus.context_size)
+        )
+        for ids_BT in stack_windows(windows, batch_windows):
             self.windows.extend(window_token_ids(ids_BT))  # the ids the model read (no chat-mask bit)
             yield ids_BT
 
@@ -157,7 +169,7 @@ def _stream_statistics(
     recorded = _RecordedWindows()
     T = corpus.context_size
     stream = stream_token_activations(
-        loaded.model, sites, recorded.batches(corpus, loaded.tokenizer, config.batch_windows),
+        loaded.model, sites, recorded.batches(corpus, loaded.tokenizer, config.tokens, config.batch_windows),
         special_token_ids(loaded.tokenizer),
     )  # fmt: skip
     seen, first_window = 0, 0
