@@ -95,6 +95,11 @@ def register(commands: Any) -> None:
         "--max-firing-rate", type=float, default=0.0,
         help="raise the θ of a JumpReLU latent firing on more than this fraction of a batch (0 = off; run: 0.05)",
     )  # fmt: skip
+    rec.add_argument(
+        "--decoder-refit-tokens", type=int, default=0,
+        help="after the last step, refit each SAE/transcoder decoder to its final codes by least squares over this "
+        "many tokens from the start of the data; the codes and L0 do not change (0 = off; `saescope run`: 131072)",
+    )  # fmt: skip
     opt.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (0)")
     opt.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (500)")
     parser.add_argument(
@@ -236,6 +241,7 @@ def _train(args: argparse.Namespace) -> int:
         revive_dead_after_tokens=args.revive_dead_after_tokens,
         dimension_gain_power=args.dimension_gain_power,
         max_firing_rate=args.max_firing_rate,
+        decoder_refit_tokens=args.decoder_refit_tokens,
         seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every,
         device=args.device,

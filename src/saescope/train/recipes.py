@@ -95,6 +95,8 @@ class Recipe:
     dimension_gain_power: float = 0.0
     #: Cap each JumpReLU latent's firing rate on a training batch at this fraction via θ (0 = off; see the trainer).
     max_firing_rate: float = 0.0
+    #: Tokens of the final least-squares decoder refit (see `saescope.train.refit`), at most the run's tokens; 0 = none.
+    decoder_refit_tokens: int = 0
     #: Tokens of end-to-end KL finetuning after training (SPEC §7.6); 0 = none.
     kl_finetune_tokens: int = 0
     kl_beta: float = 1.0
@@ -120,8 +122,9 @@ class Recipe:
             raise ValueError(f"Recipe.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
         if not 0.0 <= self.max_firing_rate < 1.0:
             raise ValueError(f"Recipe.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
-        if self.revive_dead_after_tokens < 0:
-            raise ValueError(f"Recipe.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}")
+        for name in ("revive_dead_after_tokens", "decoder_refit_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Recipe.{name} must be >= 0; got {getattr(self, name)!r}")
         if self.kl_finetune_tokens < 0 or self.kl_beta < 0:
             raise ValueError("Recipe.kl_finetune_tokens and Recipe.kl_beta must be >= 0")
 
@@ -156,7 +159,7 @@ SAESCOPE = Recipe(
     description="saescope's short-budget recipe: dimensions weighted by std^-1/2, mean b_dec, data-driven θ start "
     "with least-squares code scale, raw θ, transcoder decoders along the least-squares linear map, Adam(0.9, 0.999) "
     "at lr 3e-3 with decay, L0 held on target by θ and λ controllers, silent latents revived, firing rates capped "
-    "at 5%",
+    "at 5%, decoders refit by least squares at the end",
     lr=3e-3,
     threshold="raw",
     threshold_init=0.001,
@@ -179,6 +182,7 @@ SAESCOPE = Recipe(
     dimension_gain_power=0.5,
     max_firing_rate=0.05,
     l1_coefficient=0.003,
+    decoder_refit_tokens=131_072,
 )
 
 RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (GEMMA_SCOPE, SAESCOPE)}

@@ -265,6 +265,7 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "threshold_controller_gain": recipe.threshold_controller_gain,
         "dimension_gain_power": recipe.dimension_gain_power,
         "max_firing_rate": recipe.max_firing_rate,
+        "decoder_refit_tokens": recipe.decoder_refit_tokens,
     }
     values.update({key: value for key, value in settings.items() if value is not None})
     return TrainConfig(total_tokens=total_tokens, **values)

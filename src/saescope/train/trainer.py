@@ -37,6 +37,7 @@ from saescope.sae import (
 )
 from saescope.train.init_from import initialise_from_parent_
 from saescope.train.recipes import DECODER_BIAS_INITS, geometric_median
+from saescope.train.refit import DecoderRefit, refit_passes, refittable
 from saescope.train.schedules import TargetL0Controller, learning_rate
 
 CHECKPOINT = "checkpoint.pt"
@@ -188,6 +189,10 @@ class TrainConfig:
     #: target L0 asks for, if more) gets θ raised to the quantile at which it fires on exactly that (0 = off): a
     #: hard hold against dense latents, which the L0 penalty alone lets through (it charges every firing alike).
     max_firing_rate: float = 0.0
+    #: After the last step, set each single-layer dictionary's decoder to the ridge least-squares fit of its
+    #: targets given its final codes, over this many tokens from the start of the training data (0 = off; see
+    #: `saescope.train.refit`). The codes, and so L0, do not change.
+    decoder_refit_tokens: int = 0
     controller_gain: float = 0.02
     progress: bool = True
     #: Where the dictionaries live and train (SAEs stay float32 whatever the model's dtype; θ always is).
@@ -215,6 +220,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
         if not 0.0 <= self.dimension_gain_power <= 1.0:
             raise ValueError(f"TrainConfig.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
+        if self.decoder_refit_tokens < 0:
+            raise ValueError(f"TrainConfig.decoder_refit_tokens must be >= 0; got {self.decoder_refit_tokens!r}")
 
     @property
     def total_steps(self) -> int:
@@ -382,6 +389,7 @@ class Trainer:
         self.members = [self._build(index, self.specs[index]) for index in indices]
         #: Per-site gains of `TrainConfig.dimension_gain_power`, set from the first batch ({} when off).
         self.dimension_gains: dict[Site, torch.Tensor] = {}
+        self.decoders_refit = False
         self.metrics_path = out_dir / METRICS
         self.step = 0
         self.tokens_seen = 0
@@ -420,6 +428,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "norm_scales": {site.id: scale for site, scale in self.norm_scales.items()},
             "dimension_gains": {site.id: gain for site, gain in self.dimension_gains.items()},
+            "decoders_refit": self.decoders_refit,
             "members": {
                 m.spec.name: {
                     "sae": m.sae.state_dict(),
@@ -449,6 +458,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.norm_scales = {Site.parse(site_id): scale for site_id, scale in state["norm_scales"].items()}
         self.dimension_gains = {Site.parse(site_id): gain for site_id, gain in state["dimension_gains"].items()}
+        self.decoders_refit = bool(state.get("decoders_refit", False))
         for member in self.members:
             saved = state["members"][member.spec.name]
             member.sae.load_state_dict(saved["sae"])
@@ -740,7 +750,39 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+        if self.step == self.config.total_steps and self.config.decoder_refit_tokens > 0 and not self.decoders_refit:
+            self._refit_decoders()
+            self.decoders_refit = True
+            self.save_checkpoint()  # a resumed run saves the refit dictionaries without refitting them again
         return [self._save_dictionary(member) for member in self.members]
+
+    def _refit_decoders(self) -> None:
+        """The final phase of `TrainConfig.decoder_refit_tokens`: one or more passes over the first training
+        tokens, then each decoder solved in place (in the training space, before the gains are absorbed)."""
+        members = [m for m in self.members if refittable(m.sae)]
+        tokens = min(self.config.decoder_refit_tokens, self.config.total_tokens)
+        saes = [m.sae for m in members if isinstance(m.sae, SparseDictionary)]
+        for group in refit_passes(saes):
+            refits = {members[i].spec.name: DecoderRefit(saes[i]) for i in group}
+            sites = sorted({s for i in group for s in (*members[i].spec.input_sites, *members[i].spec.output_sites)})
+            seen = 0
+            batches = self.source.batches(self.config.batch_size, seed=self.config.seed)
+            with tqdm(total=tokens, unit="tok", unit_scale=True, disable=not self.config.progress,
+                      desc=f"refitting {len(group)} decoder{'s' if len(group) != 1 else ''}") as bar:  # fmt: skip
+                for raw in batches:
+                    take = min(next(iter(raw.values())).shape[0], tokens - seen)
+                    on_device = {site: raw[site][:take].to(self.config.device) for site in sites}
+                    cache: dict[tuple[Site, Site], torch.Tensor] = {}
+                    for i in group:
+                        x_BD, y_BD = self._member_batch(members[i], on_device, cache)
+                        refits[members[i].spec.name].update(x_BD, y_BD)
+                    seen += take
+                    bar.update(take)
+                    if seen >= tokens:
+                        break
+            for i in group:
+                before, after = refits[members[i].spec.name].solve_()
+                members[i].last = {**members[i].last, "refit_fvu_before": before, "refit_fvu": after}
 
     def _member_gains(self, member: _Member) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The dimension gains of the member's input sites and of its output sites, in layer order."""
