@@ -534,6 +534,10 @@ class ShardedTrainer(Trainer):
         )
         return True
 
+    def _agreed_pass_count(self, passes: int) -> int:
+        # A rank-split stream runs each batch's forwards across the ranks: all must read the same batches.
+        return -self.ctx.min_int(-passes)
+
     def run(self, *, max_steps: int | None = None) -> list[TrainedDictionary]:
         trained = super().run(max_steps=max_steps)
         self.ctx.barrier()

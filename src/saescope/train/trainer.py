@@ -759,30 +759,35 @@ class Trainer:
     def _refit_decoders(self) -> None:
         """The final phase of `TrainConfig.decoder_refit_tokens`: one or more passes over the first training
         tokens, then each decoder solved in place (in the training space, before the gains are absorbed)."""
-        members = [m for m in self.members if refittable(m.sae)]
-        tokens = min(self.config.decoder_refit_tokens, self.config.total_tokens)
+        members = [m for m in self.members if isinstance(m.sae, SparseDictionary) and refittable(m.sae)]
         saes = [m.sae for m in members if isinstance(m.sae, SparseDictionary)]
-        for group in refit_passes(saes):
-            refits = {members[i].spec.name: DecoderRefit(saes[i]) for i in group}
-            sites = sorted({s for i in group for s in (*members[i].spec.input_sites, *members[i].spec.output_sites)})
+        groups = refit_passes(saes)
+        tokens = min(self.config.decoder_refit_tokens, self.config.total_tokens)
+        for index in range(self._agreed_pass_count(len(groups))):
+            group = [members[i] for i in groups[index]] if index < len(groups) else []
+            refits = [DecoderRefit(saes[i]) for i in groups[index]] if index < len(groups) else []
+            sites = sorted({site for m in group for site in (*m.spec.input_sites, *m.spec.output_sites)})
             seen = 0
-            batches = self.source.batches(self.config.batch_size, seed=self.config.seed)
             with tqdm(total=tokens, unit="tok", unit_scale=True, disable=not self.config.progress,
                       desc=f"refitting {len(group)} decoder{'s' if len(group) != 1 else ''}") as bar:  # fmt: skip
-                for raw in batches:
+                for raw in self.source.batches(self.config.batch_size, seed=self.config.seed):
                     take = min(next(iter(raw.values())).shape[0], tokens - seen)
                     on_device = {site: raw[site][:take].to(self.config.device) for site in sites}
                     cache: dict[tuple[Site, Site], torch.Tensor] = {}
-                    for i in group:
-                        x_BD, y_BD = self._member_batch(members[i], on_device, cache)
-                        refits[members[i].spec.name].update(x_BD, y_BD)
+                    for member, refit in zip(group, refits, strict=True):
+                        refit.update(*self._member_batch(member, on_device, cache))
                     seen += take
                     bar.update(take)
                     if seen >= tokens:
                         break
-            for i in group:
-                before, after = refits[members[i].spec.name].solve_()
-                members[i].last = {**members[i].last, "refit_fvu_before": before, "refit_fvu": after}
+            for member, refit in zip(group, refits, strict=True):
+                before, after = refit.solve_()
+                member.last = {**member.last, "refit_fvu_before": before, "refit_fvu": after}
+
+    def _agreed_pass_count(self, passes: int) -> int:
+        """How many refit passes this process reads (a sharded run: the most any rank needs, so that every rank
+        reads the same batches)."""
+        return passes
 
     def _member_gains(self, member: _Member) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The dimension gains of the member's input sites and of its output sites, in layer order."""
