@@ -100,6 +100,8 @@ class System:
     architecture: str
     recipe: Recipe | None = None
     peer_mode: str | None = None  # SAELens: "step" or "quadratic"
+    #: Trains the same whatever the target L0 (a fixed λ): run once, at the middle target of --l0s.
+    ignores_target: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -120,7 +122,14 @@ MAIN_SYSTEMS = (
     System("saescope-topk", "saescope TopK", "saescope", "topk", SAESCOPE),
     System("saescope-batchtopk", "saescope BatchTopK", "saescope", "batchtopk", SAESCOPE),
     System("saescope-relu", "saescope ReLU + L1", "saescope", "relu", SAESCOPE),
-    System("saelens-jumprelu", "SAELens JumpReLU (documented recipe)", "saelens", "jumprelu", peer_mode="step"),
+    System(
+        "saelens-jumprelu",
+        "SAELens JumpReLU (documented recipe, fixed λ)",
+        "saelens",
+        "jumprelu",
+        peer_mode="step",
+        ignores_target=True,
+    ),
     System(
         "saelens-jumprelu-quadratic",
         "SAELens JumpReLU (quadratic target L0)",
@@ -760,7 +769,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for w in widths
         for t in targets
         for s in systems
-        if (not s.name.startswith("ablate-") or site.kind.value in ablation_kinds) and (w == widths[0] or s in wide)
+        if (not s.name.startswith("ablate-") or site.kind.value in ablation_kinds)
+        and (w == widths[0] or s in wide)
+        and (not s.ignores_target or t == targets[len(targets) // 2])
     ]
     skipped: dict[str, str] = {}
     if not args.report_only:

@@ -24,12 +24,14 @@ from saescope.data.chat import (
 )
 from saescope.data.corpus import (
     EXCLUDED_POSITION_BIT,
+    SAMPLE_POOL_FACTOR,
     CorpusConfig,
     Document,
     corpus_windows,
     iter_documents,
     iter_token_windows,
     special_token_mask,
+    spread_order,
     window_token_ids,
 )
 from saescope.data.sources import build_cache
@@ -204,5 +206,9 @@ def test_cache_and_metrics_record_the_policy_and_hold_no_prefix_token(tmp_path: 
     assert written["mask_policy"].startswith(CHAT_MASK_POLICY)
     assert written["dataset"]["split"] == "all"
     assert result["reconstruction"]["n_tokens"] == int(keep.sum())  # every kept position, nothing else
-    counted = (keep[:8, :-1] & keep[:8, 1:]).sum()  # predictions whose input and target are both kept
+    # The loss windows are the first 8 of evaluation's spread sample; count the predictions whose input and
+    # target are both kept there.
+    pool = min(len(windows), config.sample_windows(corpus.context_size) * SAMPLE_POOL_FACTOR)
+    loss_keep = keep[spread_order(pool)[:8]]
+    counted = (loss_keep[:, :-1] & loss_keep[:, 1:]).sum()
     assert result["lm_loss"]["loss_n_predictions"] == int(counted)

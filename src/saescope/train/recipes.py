@@ -32,7 +32,10 @@ Two recipes ship:
     where it fires on that rate (dense latents: 0.22% → 0.02% of the residual SAE's, 1.9% → 0.2% of the MLP
     SAE's, at the same delta loss);
   - the ReLU baseline starts with b_enc at its target-rate quantile and its L1 λ low (0.003), which the
-    controller raises: at λ 1 the first steps silenced every latent (L0 0 in the benchmark).
+    controller raises: at λ 1 the first steps silenced every latent (L0 0 in the benchmark);
+  - after the last step, each decoder is refit to its final codes by ridge least squares over the first 131,072
+    training tokens (:mod:`saescope.train.refit`): the codes and L0 stay as trained, and a few hundred Adam steps
+    leave the decoder well short of the best read-out of its codes.
 
   Gemma Scope 2's end-to-end KL finetuning (SPEC §7.6, :mod:`saescope.train.kl_finetune`) is an
   optional final phase of any recipe (``kl_finetune_tokens`` > 0).
