@@ -572,14 +572,15 @@ def goal_checks(rows: list[dict[str, Any]]) -> str:
 
 
 def _delta_loss_at(rows: list[dict[str, Any]], l0: float) -> float | None:
-    """One system's delta loss at `l0`, interpolated linearly in log L0 between its two nearest measured
-    L0s; None outside the measured range (no extrapolation)."""
+    """One system's delta loss at `l0`: interpolated linearly in log L0 between its two nearest measured L0s,
+    else its measurement at an L0 within ±10% of `l0`; None otherwise (no extrapolation)."""
     points = sorted((r["l0"], r["delta_lm_loss"]) for r in rows if r["l0"] > 0)
     for (l0_a, loss_a), (l0_b, loss_b) in itertools.pairwise(points):
         if l0_a <= l0 <= l0_b:
             t = 0.0 if l0_b == l0_a else math.log(l0 / l0_a) / math.log(l0_b / l0_a)
             return float(loss_a + t * (loss_b - loss_a))
-    return next((float(loss) for point_l0, loss in points if point_l0 == l0), None)
+    near = [(abs(math.log(point_l0 / l0)), loss) for point_l0, loss in points if abs(point_l0 / l0 - 1) <= 0.1]
+    return float(min(near)[1]) if near else None
 
 
 def qualitative_checks(rows: list[dict[str, Any]]) -> str:
@@ -682,6 +683,7 @@ def write_plots(rows: list[dict[str, Any]], docs: Path) -> list[str]:
 
 def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str, str], command: str) -> Path:
     rows = [row for c in cells if (row := current_result(args, c)) is not None]
+    missing = [c.key for c in cells if c.key not in skipped and current_result(args, c) is None]
     args.docs.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, args.docs) if rows else []
     stream = json.loads((args.out / "stream" / "stream.json").read_text())
@@ -706,7 +708,10 @@ def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str,
         results_table(rows, skipped),
         "## Plots\n",
         *[f"![{name}]({name})\n" for name in plots],
-    ]
+        *(["## Cells of the grid without a result\n",
+           "Not run yet (`--report-only` wrote this report; run the command without it to measure them): "
+           + ", ".join(f"`{key}`" for key in missing) + ".\n"] if missing else []),
+    ]  # fmt: skip
     path = args.docs / "fidelity.md"
     atomic_write_text(path, "\n".join(text))
     atomic_write_json(args.docs / "fidelity-results.json", {"command": command, "rows": rows, "skipped": skipped})

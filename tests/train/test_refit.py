@@ -82,6 +82,21 @@ def test_the_refit_is_the_ridge_least_squares_decoder_and_keeps_the_codes(
         torch.testing.assert_close(sae.W_dec_FD.norm(dim=-1), torch.ones(WIDTH))
 
 
+def test_batchtopk_is_refit_on_its_inference_codes_and_keeps_its_threshold() -> None:
+    sae = trained_like("topk")
+    batchtopk = build_dictionary(sae.config.replace(architecture="batchtopk"))
+    batchtopk.load_state_dict({**sae.state_dict(), "inference_threshold": torch.tensor(0.5)})
+    batchtopk.train()  # as the trainer holds it
+    x = data(1_000, D_IN)[0]
+    refit(batchtopk, x, x)
+    assert batchtopk.training
+    assert float(batchtopk.inference_threshold) == 0.5
+    with torch.no_grad():
+        pre = batchtopk.pre_activations(x)
+        batchtopk.eval()
+        torch.testing.assert_close(batchtopk.encode(x), pre * (pre > 0.5))
+
+
 def test_a_latent_that_never_fires_keeps_its_decoder_row() -> None:
     sae = trained_like("jumprelu")
     with torch.no_grad():

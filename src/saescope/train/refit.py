@@ -72,7 +72,12 @@ class DecoderRefit:
     def update(self, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:
         """Add one batch: inputs ``x`` and targets ``y`` in the space the dictionary was trained in."""
         sae = self.sae
-        codes_BF = sae.encode(x_BD).float()
+        training = sae.training
+        sae.eval()  # the codes inference gives (BatchTopK: its threshold, which training mode would also update)
+        try:
+            codes_BF = sae.encode(x_BD).float()
+        finally:
+            sae.train(training)
         z_BR = torch.cat([codes_BF, codes_BF.new_ones(codes_BF.shape[0], 1)], dim=1)
         target_BD = y_BD.float()
         self.y_sum_D += target_BD.double().sum(0)
