@@ -22,6 +22,7 @@ for its (F+1)² normal equations to fit ``PASS_MEMORY_BYTES``.
 from __future__ import annotations
 
 import warnings
+from typing import TypeGuard
 
 import torch
 
@@ -40,7 +41,7 @@ def accumulator_bytes(sae: SparseDictionary) -> int:
     return 4 * rows * (rows + sae.config.d_target)
 
 
-def refittable(sae: AnyDictionary) -> bool:
+def refittable(sae: AnyDictionary) -> TypeGuard[SparseDictionary]:
     """Whether the refit applies: a single-layer dictionary without Matryoshka prefixes whose normal equations
     fit one pass (up to about 23k latents; wider ones keep their trained decoder)."""
     return (

@@ -759,14 +759,13 @@ class Trainer:
     def _refit_decoders(self) -> None:
         """The final phase of `TrainConfig.decoder_refit_tokens`: one or more passes over the first training
         tokens, then each decoder solved in place (in the training space, before the gains are absorbed)."""
-        members = [m for m in self.members if isinstance(m.sae, SparseDictionary) and refittable(m.sae)]
-        saes = [m.sae for m in members if isinstance(m.sae, SparseDictionary)]
-        groups = refit_passes(saes)
+        refittable_members = [(m, m.sae) for m in self.members if refittable(m.sae)]
+        groups = refit_passes([sae for _, sae in refittable_members])
         tokens = min(self.config.decoder_refit_tokens, self.config.total_tokens)
         for index in range(self._agreed_pass_count(len(groups))):
-            group = [members[i] for i in groups[index]] if index < len(groups) else []
-            refits = [DecoderRefit(saes[i]) for i in groups[index]] if index < len(groups) else []
-            sites = sorted({site for m in group for site in (*m.spec.input_sites, *m.spec.output_sites)})
+            group = [refittable_members[i] for i in groups[index]] if index < len(groups) else []
+            refits = [(member, DecoderRefit(sae)) for member, sae in group]
+            sites = sorted({site for m, _ in group for site in (*m.spec.input_sites, *m.spec.output_sites)})
             seen = 0
             with tqdm(total=tokens, unit="tok", unit_scale=True, disable=not self.config.progress,
                       desc=f"refitting {len(group)} decoder{'s' if len(group) != 1 else ''}") as bar:  # fmt: skip
@@ -774,13 +773,13 @@ class Trainer:
                     take = min(next(iter(raw.values())).shape[0], tokens - seen)
                     on_device = {site: raw[site][:take].to(self.config.device) for site in sites}
                     cache: dict[tuple[Site, Site], torch.Tensor] = {}
-                    for member, refit in zip(group, refits, strict=True):
+                    for member, refit in refits:
                         refit.update(*self._member_batch(member, on_device, cache))
                     seen += take
                     bar.update(take)
                     if seen >= tokens:
                         break
-            for member, refit in zip(group, refits, strict=True):
+            for member, refit in refits:
                 before, after = refit.solve_()
                 member.last = {**member.last, "refit_fvu_before": before, "refit_fvu": after}
 
