@@ -47,6 +47,7 @@ Every figure it writes is measured in the run that wrote it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -107,7 +108,25 @@ class System:
     def fingerprint(self) -> str:
         """What decides how this system trains: a saved result with another fingerprint is stale."""
         recipe = self.recipe.to_dict() if self.recipe is not None else None
-        return json.dumps([self.kind, self.architecture, recipe, self.peer_mode], sort_keys=True)
+        return fingerprint(self.kind, self.architecture, recipe, self.peer_mode)
+
+
+#: Recipe fields added after the saved results of RESULT_VERSION 3 that only JumpReLU training reads. A result's
+#: fingerprint leaves them out where they cannot change the training (another architecture, or the field at its
+#: default, which is the behaviour before it existed), so that adding one does not make every saved result stale.
+JUMPRELU_FIELDS_SINCE_V3 = ("revive_rate_fraction",)
+RECIPE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
+
+
+def fingerprint(kind: str, architecture: str, recipe: dict[str, Any] | None, peer_mode: str | None) -> str:
+    """The fingerprint of a system from its parts: the recipe without its description (words do not train) and
+    without the fields of `JUMPRELU_FIELDS_SINCE_V3` where they cannot matter."""
+    if recipe is not None:
+        recipe = {key: value for key, value in recipe.items() if key != "description"}
+        for name in JUMPRELU_FIELDS_SINCE_V3:
+            if name in recipe and (architecture != "jumprelu" or recipe[name] == RECIPE_DEFAULTS[name]):
+                del recipe[name]
+    return json.dumps([kind, architecture, recipe, peer_mode], sort_keys=True)
 
 
 def _ablation(name: str, label: str, **changes: Any) -> System:
@@ -161,6 +180,7 @@ ABLATIONS = (
     _ablation("no-decay", "no lr decay", lr_decay_fraction=0.0),
     _ablation("no-threshold-controller", "no θ controller (λ controller only)", threshold_controller_gain=0.0),
     _ablation("no-revive", "silent latents not revived", revive_dead_after_tokens=0),
+    _ablation("revive-full-rate", "silent latents revived at the full target rate", revive_rate_fraction=1.0),
     _ablation("bandwidth-0.01", "ε = 0.01", bandwidth=0.01),
     _ablation("gain-0.02", "λ controller gain 0.02", controller_gain=0.02),
 )
@@ -217,7 +237,14 @@ def stream_paths(out: Path, sites: Sequence[Site]) -> dict[Site, Path]:
 
 
 def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Site]) -> StreamSource:
-    """Cache `--tokens` training tokens of every site, then write the first shuffled epoch as the stream."""
+    """Cache `--tokens` training tokens of every site, then write the first shuffled epoch as the stream.
+
+    `--stream-shuffle global` permutes all the cached tokens at once; `pools` permutes them four cache shards at a
+    time (the cache's default read). A shard holds 64 windows, often a few long documents, so pools differ: on the
+    embedded corpus the first and second halves of a pooled 131k-token stream differ in their att mean by ~200× the
+    spread of iid halves. At L0 150 the global shuffle lowered sparsify's res delta loss from 0.70 to 0.52 and halved
+    the default recipe's dense att latents (7.5% → 3.8%); see docs/benchmarks/README.md.
+    """
     cache_dir = args.out / "cache"
     # The cache always holds the layer's three sites, so that --sites picks from it without rebuilding.
     all_sites = select_sites(f"{args.layer}/*", loaded.info.n_layers)
@@ -230,6 +257,8 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
     n_rows = (min(cache.n_tokens, args.tokens) // args.batch_size) * args.batch_size
     meta_path = args.out / "stream" / "stream.json"
     meta = {"tokens": n_rows, "batch_size": args.batch_size, "seed": args.seed, "sites": [s.id for s in sites]}
+    if args.stream_shuffle != "pools":  # streams written before the option existed are pooled
+        meta["shuffle"] = args.stream_shuffle
     done = meta_path.exists() and json.loads(meta_path.read_text()) == {**meta, "norm_scales": _scales_json(cache)}
     if not done:
         partial = {site: path.with_name(path.name + ".partial.npy") for site, path in paths.items()}
@@ -241,7 +270,8 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
             if site in paths
         }
         written = 0
-        batches = cache.batches(args.batch_size, seed=args.seed, sites=sites)
+        pool_shards = len(cache.shards) if args.stream_shuffle == "global" else 4
+        batches = cache.batches(args.batch_size, seed=args.seed, sites=sites, shards_in_memory=pool_shards)
         with tqdm(total=n_rows, unit="tok", unit_scale=True, desc="writing the training stream") as bar:
             for batch in batches:
                 if written >= n_rows:
@@ -256,6 +286,20 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
             os.replace(partial[site], paths[site])
         atomic_write_json(meta_path, {**meta, "norm_scales": _scales_json(cache)})
     return StreamSource(paths, cache.norm_scales)
+
+
+def check_stream_shuffle(args: argparse.Namespace) -> None:
+    """Refuse a work folder whose training stream was shuffled another way: its saved results were trained on that
+    stream, and a cell's record does not say which."""
+    meta_path = args.out / "stream" / "stream.json"
+    if not meta_path.exists():
+        return
+    held = json.loads(meta_path.read_text()).get("shuffle", "pools")
+    if held != args.stream_shuffle:
+        raise SystemExit(
+            f"{args.out} holds a training stream shuffled by {held!r}, and results trained on it; pass "
+            f"--stream-shuffle {held} to use them, or another --out for --stream-shuffle {args.stream_shuffle}"
+        )
 
 
 def _scales_json(cache: ActivationCache) -> dict[str, float]:
@@ -742,6 +786,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="systems trained at the widths after the first ('all', or a comma list like --systems); the wider\n"
         "cells cost several times more, so a CPU run may keep them to the default recipe",
     )
+    parser.add_argument(
+        "--stream-shuffle", choices=("global", "pools"), default="global",
+        help="shuffle the training stream over all cached tokens (global) or four cache shards at a time (pools)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1024, help="tokens per step for every system (1024)")
     parser.add_argument("--context-size", type=int, default=256, help="tokens per window (256)")
     parser.add_argument("--batch-windows", type=int, default=8, help="windows per model forward (8)")
@@ -760,6 +808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--report-only"]
     command = "python benchmarks/fidelity.py " + shlex.join(given)  # the command that measured the results
+    check_stream_shuffle(args)
 
     widths = [int(w) for w in args.widths.split(",")]
     targets = [float(t) for t in args.l0s.split(",")]

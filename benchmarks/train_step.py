@@ -220,7 +220,7 @@ def saescope_trainer(
     def step(index: int) -> tuple[float, float]:
         trainer.step = index
         started = time.perf_counter()
-        trainer._train_member(member, x_BD)
+        trainer._train_member(member, x_BD, x_BD)  # an SAE: its target is its input
         return time.perf_counter() - started, member.last["l0"]
 
     return step

@@ -99,16 +99,26 @@ def test_without_data_driven_thresholds_every_latent_starts_at_theta_init(tmp_pa
 
 
 @pytest.mark.parametrize(
-    ("kind", "how_dead"),
-    [("sae", "threshold"), ("sae", "encoder_bias"), ("transcoder", "threshold"), ("transcoder", "encoder_bias")],
+    ("kind", "how_dead", "fraction"),
+    [
+        ("sae", "threshold", 1.0),
+        ("sae", "threshold", 0.25),
+        ("sae", "encoder_bias", 1.0),
+        ("transcoder", "threshold", 1.0),
+        ("transcoder", "encoder_bias", 0.25),
+    ],
 )
-def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_others(
-    tmp_path: Path, kind: str, how_dead: str
+def test_revival_restarts_silent_latents_at_a_fraction_of_the_target_rate_and_leaves_the_others(
+    tmp_path: Path, kind: str, how_dead: str, fraction: float
 ) -> None:
     """A latent dies by θ rising above its pre-activations, or by b_enc sinking below θ's floor for every
-    token: then θ alone cannot bring it back, and a transcoder's b_enc is lifted (an SAE's is not)."""
+    token: then θ alone cannot bring it back, and a transcoder's b_enc is lifted (an SAE's is not). The revived
+    latents fire on `revive_rate_fraction` of the target rate."""
     target = 16.0
-    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, revive_dead_after_tokens=1024)
+    config = TrainConfig(
+        total_tokens=10**6, batch_size=512, progress=False, revive_dead_after_tokens=1024,
+        revive_rate_fraction=fraction,
+    )  # fmt: skip
     if kind == "sae":
         spec = jumprelu_spec(target_l0=target, decoder_bias_init="mean")
         arrays = {RES: sparse_tokens(64, 0)}
@@ -154,7 +164,7 @@ def test_revival_restarts_silent_latents_at_the_target_rate_and_leaves_the_other
     assert int(member.tokens_since_fired_F[dead_K].max()) == 0
     with torch.no_grad():
         rate_K = (sae.encode(sparse_tokens(4096, seed=3))[:, dead_K] != 0).float().mean(0)
-    assert float(rate_K.mean()) == pytest.approx(target / WIDTH, rel=0.2)
+    assert float(rate_K.mean()) == pytest.approx(fraction * target / WIDTH, rel=0.2)
 
 
 @pytest.mark.parametrize("architecture", ["jumprelu", "topk"])
@@ -285,6 +295,13 @@ def test_revival_is_off_by_default_and_recipes_pass_it_and_adam_beta1_to_the_tra
     assert recipe_train_config(SAESCOPE, total_tokens=1).linear_map_decoder_init
     with pytest.raises(ValueError, match="adam_beta1"):
         SAESCOPE.replace(adam_beta1=1.0)
+    assert TrainConfig(total_tokens=1).revive_rate_fraction == 1.0
+    assert recipe_train_config(SAESCOPE, total_tokens=1).revive_rate_fraction == SAESCOPE.revive_rate_fraction < 1
+    for fraction in (0.0, 1.5):
+        with pytest.raises(ValueError, match="revive_rate_fraction"):
+            SAESCOPE.replace(revive_rate_fraction=fraction)
+        with pytest.raises(ValueError, match="revive_rate_fraction"):
+            TrainConfig(total_tokens=1, revive_rate_fraction=fraction)
 
 
 def test_the_faithful_recipe_is_the_papers() -> None:

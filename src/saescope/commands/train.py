@@ -87,6 +87,10 @@ def register(commands: Any) -> None:
         help="a JumpReLU latent silent for this many tokens gets θ back at its target-rate quantile (0 = never)",
     )  # fmt: skip
     rec.add_argument(
+        "--revive-rate-fraction", type=float, default=1.0,
+        help="a revived latent starts firing on this fraction of the target rate (1; `saescope run` uses 0.1)",
+    )  # fmt: skip
+    rec.add_argument(
         "--dimension-gain-power", type=float, default=0.0,
         help="divide each activation dimension by its standard deviation ** POWER, absorbed into the saved weights "
         "(0 = off; `saescope run` uses 0.5)",
@@ -239,6 +243,7 @@ def _train(args: argparse.Namespace) -> int:
         code_scale_init=args.code_scale_init,
         threshold_controller_gain=args.threshold_controller_gain,
         revive_dead_after_tokens=args.revive_dead_after_tokens,
+        revive_rate_fraction=args.revive_rate_fraction,
         dimension_gain_power=args.dimension_gain_power,
         max_firing_rate=args.max_firing_rate,
         decoder_refit_tokens=args.decoder_refit_tokens,

@@ -259,6 +259,7 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "controller_gain": recipe.controller_gain,
         "adam_betas": (recipe.adam_beta1, recipe.adam_beta2),
         "revive_dead_after_tokens": recipe.revive_dead_after_tokens,
+        "revive_rate_fraction": recipe.revive_rate_fraction,
         "code_scale_init": recipe.code_scale_init,
         "linear_map_decoder_init": recipe.linear_map_decoder_init,
         "target_scale": recipe.target_scale,
