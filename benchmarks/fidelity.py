@@ -241,9 +241,10 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
 
     `--stream-shuffle global` permutes all the cached tokens at once; `pools` permutes them four cache shards at a
     time (the cache's default read). A shard holds 64 windows, often a few long documents, so pools differ: on the
-    embedded corpus the first and second halves of a pooled 131k-token stream differ in their att mean by ~200× the
-    spread of iid halves. At L0 150 the global shuffle lowered sparsify's res delta loss from 0.70 to 0.52 and halved
-    the default recipe's dense att latents (7.5% → 3.8%); see docs/benchmarks/README.md.
+    embedded corpus, neighbouring 8,192-token blocks of a pooled 131k-token stream differ in their att mean by about
+    what iid blocks do, except across a pool boundary, where the difference is ~200× that. At L0 150 the global
+    shuffle lowered sparsify's res delta loss from 0.70 to 0.52 and halved the default recipe's dense att latents
+    (7.5% → 3.8%); see docs/benchmarks/README.md.
     """
     cache_dir = args.out / "cache"
     # The cache always holds the layer's three sites, so that --sites picks from it without rebuilding.
@@ -270,8 +271,8 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
             if site in paths
         }
         written = 0
-        pool_shards = len(cache.shards) if args.stream_shuffle == "global" else 4
-        batches = cache.batches(args.batch_size, seed=args.seed, sites=sites, shards_in_memory=pool_shards)
+        pools = {"shards_in_memory": len(cache.shards)} if args.stream_shuffle == "global" else {}
+        batches = cache.batches(args.batch_size, seed=args.seed, sites=sites, **pools)
         with tqdm(total=n_rows, unit="tok", unit_scale=True, desc="writing the training stream") as bar:
             for batch in batches:
                 if written >= n_rows:

@@ -84,7 +84,7 @@ def register(commands: Any) -> None:
     )  # fmt: skip
     rec.add_argument(
         "--revive-dead-after-tokens", type=int, default=0,
-        help="a JumpReLU latent silent for this many tokens gets θ back at its target-rate quantile (0 = never)",
+        help="a JumpReLU latent silent for this many tokens gets θ back at a batch quantile (0 = never)",
     )  # fmt: skip
     rec.add_argument(
         "--revive-rate-fraction", type=float, default=1.0,

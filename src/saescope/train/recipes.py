@@ -93,7 +93,7 @@ class Recipe:
     code_scale_init: bool = False
     #: Start transcoder decoder rows along the batch's least-squares linear map of their encoder directions.
     linear_map_decoder_init: bool = False
-    #: Revive a JumpReLU latent silent for this many tokens (θ back at its target-rate quantile); 0 = never.
+    #: Revive a JumpReLU latent silent for this many tokens (θ back at a batch quantile); 0 = never.
     revive_dead_after_tokens: int = 0
     #: A revived latent starts firing on this fraction of the target rate (see the trainer).
     revive_rate_fraction: float = 1.0

@@ -176,8 +176,9 @@ class TrainConfig:
     #: Each step, multiply every JumpReLU threshold by (batch L0 / target L0) ** this (0 = off; needs a target
     #: L0). A direct hold on L0 next to the λ controller; see `Trainer._steer_thresholds`.
     threshold_controller_gain: float = 0.0
-    #: A JumpReLU latent silent for this many tokens gets θ reset to the target-rate quantile of the current
-    #: batch (0 = never; needs a target L0). See `Trainer._revive_dead_latents`.
+    #: A JumpReLU latent silent for this many tokens gets θ reset to a quantile of the current batch, where it
+    #: fires on ``revive_rate_fraction`` of its target rate (0 = never; needs a target L0). See
+    #: `Trainer._revive_dead_latents`.
     revive_dead_after_tokens: int = 0
     #: A revived latent's θ is set where it fires on this fraction of the mean rate its target L0 asks for
     #: (1 = the mean rate; see `Trainer._revive_dead_latents`).
