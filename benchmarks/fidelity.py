@@ -308,7 +308,9 @@ def _scales_json(cache: ActivationCache) -> dict[str, float]:
 
 
 def corpus_config(args: argparse.Namespace) -> CorpusConfig:
-    return CorpusConfig(context_size=args.context_size)
+    # The cache keeps the windows in stream order: the training stream is shuffled here (--stream-shuffle), and
+    # caches made before the product shuffled its windows stay valid.
+    return CorpusConfig(context_size=args.context_size, window_shuffle_tokens=0)
 
 
 # ------------------------------------------------------------------------------------------------

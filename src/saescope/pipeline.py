@@ -27,7 +27,7 @@ from typing import Any
 from saescope.atomic import atomic_write_json
 from saescope.data.activations import ActivationSource
 from saescope.data.cache import ActivationCache
-from saescope.data.corpus import CorpusConfig
+from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.data.sources import build_cache, streamed_source
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.report import markdown_table, suite_rows, write_report
@@ -105,6 +105,9 @@ class RunConfig:
     batch_windows: int = 4
     norm_tokens: int = 20_000
     shuffle_buffer_tokens: int = 65_536
+    #: Training windows are drawn from a shuffle buffer of this many tokens before the model sees them, so that a
+    #: batch mixes many documents (0: stream order, what runs made before the setting did).
+    window_shuffle_tokens: int = DEFAULT_WINDOW_SHUFFLE_TOKENS
     # evaluation
     eval_tokens: int = 50_000
     eval_loss_windows: int = 4
@@ -122,6 +125,9 @@ class RunConfig:
             raise ValueError(f"RunConfig.activations must be 'stream' or 'cache'; got {self.activations!r}")
         if self.index_tokens < 0:
             raise ValueError(f"RunConfig.index_tokens must be >= 0 (0 skips the index); got {self.index_tokens!r}")
+        if self.window_shuffle_tokens < 0:
+            shuffle = self.window_shuffle_tokens
+            raise ValueError(f"RunConfig.window_shuffle_tokens must be >= 0 (0: stream order); got {shuffle!r}")
         for name in ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)!r}")
@@ -144,11 +150,24 @@ class RunConfig:
             values["export_formats"] = tuple(values["export_formats"])
         return cls(**values)
 
+    @classmethod
+    def from_record(cls, data: Mapping[str, Any]) -> RunConfig:
+        """The config of an existing run folder: settings that change the training data and that the record
+        lacks take the value that reproduces runs made before them, not today's default."""
+        return cls.from_dict({**SETTINGS_BEFORE_THEY_EXISTED, **data})
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def corpus_config(self) -> CorpusConfig:
-        return CorpusConfig(source=self.corpus, text_field=self.text_field, context_size=self.context_size, seed=0)
+        return CorpusConfig(
+            source=self.corpus, text_field=self.text_field, context_size=self.context_size, seed=0,
+            window_shuffle_tokens=self.window_shuffle_tokens,
+        )  # fmt: skip
+
+
+#: Run settings added after run folders existed, at the value that reproduces what those runs did.
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"window_shuffle_tokens": 0}
 
 
 def list_presets() -> dict[str, str]:
@@ -184,8 +203,8 @@ class SuiteRun:
     def create(cls, folder: Path, config: RunConfig, log: Callable[[str], None] = print) -> SuiteRun:
         path = folder / CONFIG_FILE
         if path.exists():
-            # Read back through RunConfig, so settings added since the run began compare as their defaults.
-            existing = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))).to_dict()
+            # Read back as a record, so settings added since the run began compare as what the run did.
+            existing = RunConfig.from_record(json.loads(path.read_text(encoding="utf-8"))).to_dict()
             if json.loads(json.dumps(existing)) != json.loads(json.dumps(config.to_dict())):
                 raise ValueError(
                     f"{folder} already holds a run with other settings; resume it with "
@@ -201,7 +220,7 @@ class SuiteRun:
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a saescope run (no {CONFIG_FILE})")
-        return cls(folder, RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8"))), log)
+        return cls(folder, RunConfig.from_record(json.loads(path.read_text(encoding="utf-8"))), log)
 
     # --- bookkeeping ----------------------------------------------------------------------------------
     def stages_done(self) -> dict[str, Any]:

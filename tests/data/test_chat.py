@@ -184,9 +184,11 @@ def test_cache_and_metrics_record_the_policy_and_hold_no_prefix_token(tmp_path: 
     model_dir = chat_model_dir(tmp_path / "tiny-it")
     loaded = load_model(str(model_dir))
     rollouts = write_conversations(tmp_path / "rollouts.jsonl", 60)
+    # In stream order: expected_keep reads the stream across window boundaries.
     corpus = CorpusConfig(
-        source=str(rollouts), text_field="messages", context_size=16, heldout_fraction=0.0, chat_template="tokenizer"
-    )
+        source=str(rollouts), text_field="messages", context_size=16, heldout_fraction=0.0, chat_template="tokenizer",
+        window_shuffle_tokens=0,
+    )  # fmt: skip
     site = Site(1, SiteKind.RES)
     build_cache(tmp_path / "cache", loaded, [site], corpus, tokens=400, windows_per_shard=4, progress=False)
     cache = ActivationCache(tmp_path / "cache")

@@ -132,6 +132,62 @@ def test_buffered_shuffle_keeps_every_document(tokenizer: Any) -> None:
     assert words != sorted(words)
 
 
+def long_documents(n: int, words: int) -> list[Document]:
+    """Documents of one repeated word each (w<i>, so id i + 4 names the document), `words` words long."""
+    return [Document(f"long-{i}", "s", "g", " ".join([f"w{i}"] * words)) for i in range(n)]
+
+
+def window_documents(windows: list[torch.Tensor]) -> list[set[int]]:
+    return [{token - 4 for token in window[1:].tolist() if token != EOS} for window in windows]
+
+
+def test_window_shuffle_mixes_long_documents_and_keeps_every_window(tokenizer: Any) -> None:
+    documents = long_documents(12, words=60)  # 61 tokens each with EOS: ~8 windows of 7 stream tokens
+
+    def run(window_shuffle: int, **options: Any) -> list[torch.Tensor]:
+        return list(
+            iter_token_windows(
+                documents, tokenizer, context_size=8, seed=0, shuffle_buffer=0, window_shuffle=window_shuffle, **options
+            )
+        )
+
+    in_order, shuffled = run(0), run(32)
+    assert sorted(w.tolist() for w in shuffled) == sorted(w.tolist() for w in in_order)
+    # In stream order the first eight windows hold the first two documents; shuffled, many more.
+    first_in_order = set().union(*window_documents(in_order[:8]))
+    first_shuffled = set().union(*window_documents(shuffled[:8]))
+    assert len(first_in_order) <= 2
+    assert len(first_shuffled) >= 5
+    assert [w.tolist() for w in run(32)] == [w.tolist() for w in shuffled]  # seeded
+    assert [w.tolist() for w in run(32, epoch=1)] != [w.tolist() for w in shuffled]
+    with pytest.raises(ValueError, match="window_shuffle must be >= 0"):
+        run(-1)
+
+
+def test_corpus_config_shuffles_training_windows_only(tmp_path: Path, tokenizer: Any) -> None:
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"text": d.text}) + "\n" for d in long_documents(40, words=60)))
+    shuffled = CorpusConfig(source=str(path), context_size=8, heldout_fraction=0.2, window_shuffle_tokens=256)
+    in_order = CorpusConfig(source=str(path), context_size=8, heldout_fraction=0.2, window_shuffle_tokens=0)
+    assert shuffled.window_shuffle_windows == 32
+
+    def stream(config: CorpusConfig, split: Any) -> list[list[int]]:
+        return [w.tolist() for w in corpus_windows(config, tokenizer, split)]
+
+    assert stream(shuffled, "train") != stream(in_order, "train")
+    assert sorted(stream(shuffled, "train")) == sorted(stream(in_order, "train"))
+    assert stream(shuffled, "heldout") == stream(in_order, "heldout")
+
+
+def test_window_shuffle_field_keeps_the_identity_of_configs_made_before_it() -> None:
+    assert "window_shuffle_tokens" not in CorpusConfig(window_shuffle_tokens=0).to_dict()
+    assert CorpusConfig().to_dict()["window_shuffle_tokens"] == corpus.DEFAULT_WINDOW_SHUFFLE_TOKENS > 0
+    # A record without the field was made in stream order.
+    legacy = {key: value for key, value in CorpusConfig().to_dict().items() if key != "window_shuffle_tokens"}
+    assert CorpusConfig.from_dict(legacy).window_shuffle_tokens == 0
+    assert CorpusConfig.from_dict(CorpusConfig().to_dict()) == CorpusConfig()
+
+
 def test_batches_stack_windows(tokenizer: Any) -> None:
     documents = random_documents(40)
     windows = list(iter_token_windows(documents, tokenizer, context_size=10, seed=1))
@@ -327,6 +383,8 @@ def test_hugging_face_source(monkeypatch: pytest.MonkeyPatch) -> None:
         ("context_size", 8.0),
         ("seed", -1),
         ("max_documents", 0),
+        ("window_shuffle_tokens", -1),
+        ("window_shuffle_tokens", True),
     ],
 )
 def test_config_errors_name_the_field(field: str, value: object) -> None:
@@ -344,7 +402,9 @@ def test_config_round_trips_and_drives_the_windows(tmp_path: Path, tokenizer: An
     windows = list(corpus_windows(config, tokenizer))
     documents = list(iter_documents(str(path), "train", text_field="t", max_documents=100))
     assert len(documents) == 100
-    expected = list(iter_token_windows(documents, tokenizer, context_size=8, seed=4))
+    expected = list(
+        iter_token_windows(documents, tokenizer, context_size=8, seed=4, window_shuffle=config.window_shuffle_windows)
+    )
     assert torch.equal(torch.stack(windows), torch.stack(expected))
     heldout = list(corpus_windows(config, tokenizer, "heldout"))
     assert heldout

@@ -67,7 +67,7 @@ def _corpus(args: argparse.Namespace, found: DictionarySet) -> CorpusConfig:
     """The run's corpus (as its evaluation read it), else the embedded one; flags override single fields."""
     from saescope.pipeline import RunConfig
 
-    base = RunConfig.from_dict(found.run_config).corpus_config() if found.run_config else CorpusConfig()
+    base = RunConfig.from_record(found.run_config).corpus_config() if found.run_config else CorpusConfig()
     chat_template = getattr(args, "chat_template", None) or ("tokenizer" if getattr(args, "chat", False) else None)
     flags = {"source": args.corpus, "text_field": args.text_field, "context_size": args.context_size,
              "seed": args.corpus_seed, "chat_template": chat_template}  # fmt: skip

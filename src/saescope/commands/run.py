@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS
 from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
 from saescope.train import distributed
 
@@ -32,6 +33,8 @@ _INT_OVERRIDES = {
     "eval_tokens": "held-out tokens for reconstruction metrics",
     "eval_loss_windows": "held-out windows for delta LM loss",
     "index_tokens": "held-out tokens of the feature index (0 skips it)",
+    "window_shuffle_tokens": "training windows are drawn from a shuffle buffer of this many tokens, so that a batch "
+    f"mixes many documents (default {DEFAULT_WINDOW_SHUFFLE_TOKENS}; 0 keeps the corpus order)",
     "seed": "seed",
 }
 

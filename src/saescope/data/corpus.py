@@ -45,7 +45,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -71,6 +71,10 @@ EMBEDDED_NAME = "embedded-v1"
 DOCUMENTS_FILE = "documents.jsonl"
 STATS_FILE = "stats.json"
 DEFAULT_HELDOUT_FRACTION = 0.02
+#: Training windows are drawn at random from a buffer of this many tokens of the packed document stream. A long
+#: document fills dozens of consecutive windows (a book of the embedded corpus ~12k tokens, 50 windows of 256), so
+#: without it a short run trains on a few documents one after another. The buffer costs 8 bytes a token.
+DEFAULT_WINDOW_SHUFFLE_TOKENS = 1_048_576
 #: The mask policy of plain-text corpora: only special tokens are dropped (chat corpora: ``CHAT_MASK_POLICY``).
 SPECIAL_TOKENS_POLICY = "exclude-special"
 #: Set on the id of a window position that a chat corpus's mask policy drops although it is an ordinary
@@ -143,6 +147,9 @@ class CorpusConfig:
     #: prefix, and drop the user-turn prefix positions (SPEC §3.5): "tokenizer" (the model's own template),
     #: "gemma" (Gemma's turn format, for a base model) or a Jinja template file. Conversations need it.
     chat_template: str | None = None
+    #: Training-split windows come out of a seeded shuffle buffer of this many tokens (0: in stream order, as
+    #: before the field existed). The held-out split always keeps stream order.
+    window_shuffle_tokens: int = DEFAULT_WINDOW_SHUFFLE_TOKENS
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source.strip():
@@ -163,19 +170,32 @@ class CorpusConfig:
             raise _invalid("max_documents", "None or a positive integer", limit)
         if self.chat_template is not None and (not isinstance(self.chat_template, str) or not self.chat_template):
             raise _invalid("chat_template", "None, 'tokenizer', 'gemma' or a template file path", self.chat_template)
+        shuffle = self.window_shuffle_tokens
+        if isinstance(shuffle, bool) or not isinstance(shuffle, int) or shuffle < 0:
+            raise _invalid("window_shuffle_tokens", "a non-negative integer (0: stream order)", shuffle)
+
+    @property
+    def window_shuffle_windows(self) -> int:
+        """The shuffle buffer of training windows, in windows (0: stream order)."""
+        return -(-self.window_shuffle_tokens // self.context_size)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields; those at the value that reproduces configs older than the field are left out, so that
+        caches and runs made before it keep their identity."""
         data = asdict(self)
-        if self.chat_template is None:  # plain-text configs keep the identity they had before chat support
+        if self.chat_template is None:
             del data["chat_template"]
+        if self.window_shuffle_tokens == 0:
+            del data["window_shuffle_tokens"]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CorpusConfig:
+        """A config from `to_dict`; a missing window_shuffle_tokens is a record from before it (stream order)."""
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"CorpusConfig has no field(s) {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{"window_shuffle_tokens": 0, **data})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -754,6 +774,9 @@ def _order_key(seed: int, epoch: int, document_id: str) -> bytes:
     return hashlib.sha256(f"{_ORDER_SALT}{seed}:{epoch}:{document_id}".encode()).digest()
 
 
+_Item = TypeVar("_Item")
+
+
 def _ordered_documents(
     documents: Iterable[Document | str], seed: int, epoch: int, shuffle_buffer: int | None
 ) -> Iterator[Document | str]:
@@ -769,16 +792,22 @@ def _ordered_documents(
         yield from (every[i][1] for i in order)
     else:
         rng = random.Random(int.from_bytes(_order_key(seed, epoch, "")[:8], "big"))
-        buffer: list[Document | str] = []
-        for _, document in items:
-            if len(buffer) < shuffle_buffer:
-                buffer.append(document)
-                continue
-            slot = rng.randrange(shuffle_buffer)
-            yield buffer[slot]
-            buffer[slot] = document
-        rng.shuffle(buffer)
-        yield from buffer
+        yield from _buffer_shuffled((document for _, document in items), shuffle_buffer, rng)
+
+
+def _buffer_shuffled(items: Iterable[_Item], size: int, rng: random.Random) -> Iterator[_Item]:
+    """`items` through a buffer of `size`: each arrival takes a random slot, whose item is emitted; the rest
+    come out shuffled at the end."""
+    buffer: list[_Item] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        slot = rng.randrange(size)
+        yield buffer[slot]
+        buffer[slot] = item
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def _token_lists(
@@ -828,6 +857,7 @@ def iter_token_windows(
     *,
     epoch: int = 0,
     shuffle_buffer: int | None = None,
+    window_shuffle: int = 0,
     tokenize_batch_size: int = 128,
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
@@ -841,7 +871,9 @@ def iter_token_windows(
     Order: ``shuffle_buffer=None`` sorts all documents by a hash of (seed, epoch, id): a full shuffle,
     independent of the order they arrive in (holds every text in memory). ``shuffle_buffer=n`` shuffles
     a stream through an n-document buffer instead; ``0`` keeps the given order. Plain strings count as
-    documents whose id is their position.
+    documents whose id is their position. ``window_shuffle=n`` then draws the windows at random from a buffer
+    of n consecutive windows (seeded by seed and epoch), so that neighbouring windows come from different
+    documents; ``0`` keeps them in stream order.
 
     With ``chat``, each document is rendered as a user turn plus the model-turn prefix (a conversation as
     it is), the template's leading BOS dropped, and positions its mask excludes carry ``EXCLUDED_POSITION_BIT``.
@@ -850,8 +882,30 @@ def iter_token_windows(
         raise ValueError(f"context_size must be >= 2 (BOS plus at least one token); got {context_size}")
     if shuffle_buffer is not None and shuffle_buffer < 0:
         raise ValueError(f"shuffle_buffer must be None or >= 0; got {shuffle_buffer}")
-    bos = _required_id(tokenizer, "bos_token_id", bos_token_id)
-    eos = _required_id(tokenizer, "eos_token_id", eos_token_id)
+    if window_shuffle < 0:
+        raise ValueError(f"window_shuffle must be >= 0; got {window_shuffle}")
+    windows = _packed_windows(documents, tokenizer, context_size, seed, epoch, shuffle_buffer, tokenize_batch_size,
+                              _required_id(tokenizer, "bos_token_id", bos_token_id),
+                              _required_id(tokenizer, "eos_token_id", eos_token_id), chat)  # fmt: skip
+    if window_shuffle == 0:
+        return windows
+    rng = random.Random(int.from_bytes(_order_key(seed, epoch, "windows")[:8], "big"))
+    return _buffer_shuffled(windows, window_shuffle, rng)
+
+
+def _packed_windows(
+    documents: Iterable[Document | str],
+    tokenizer: Any,
+    context_size: int,
+    seed: int,
+    epoch: int,
+    shuffle_buffer: int | None,
+    tokenize_batch_size: int,
+    bos: int,
+    eos: int,
+    chat: ChatFormat | None,
+) -> Iterator[torch.Tensor]:
+    """The ordered documents packed into ``[BOS] + T - 1`` token windows, in stream order."""
     span = context_size - 1
     pending: list[int] = []
     ordered = _ordered_documents(documents, seed, epoch, shuffle_buffer)
@@ -893,7 +947,8 @@ def iter_token_batches(
 def corpus_windows(
     config: CorpusConfig, tokenizer: Any, split: Split = "train", *, epoch: int = 0, online: bool | None = None
 ) -> Iterator[torch.Tensor]:
-    """The (T,) token windows that ``config`` describes, for one pass (``epoch``) over ``split``.
+    """The (T,) token windows that ``config`` describes, for one pass (``epoch``) over ``split``; training
+    windows through a shuffle buffer of ``config.window_shuffle_tokens``.
 
     With ``config.chat_template`` set, the template is resolved now: a tokenizer without one raises
     ``MissingChatTemplateError`` here rather than at the first window.
@@ -907,7 +962,11 @@ def corpus_windows(
         max_documents=config.max_documents,
         online=online,
     )
-    return iter_token_windows(documents, tokenizer, config.context_size, config.seed, epoch=epoch, chat=chat)
+    # Only training reads windows in a shuffled order: held-out samples are taken in spread order (spread_windows).
+    window_shuffle = config.window_shuffle_windows if split == "train" else 0
+    return iter_token_windows(
+        documents, tokenizer, config.context_size, config.seed, epoch=epoch, window_shuffle=window_shuffle, chat=chat
+    )
 
 
 # ------------------------------------------------------------------------------------------------
