@@ -33,6 +33,13 @@ def test_cache_then_train(
     assert ActivationCache(cache_dir).n_tokens == 300
     assert main(cache_args(tiny_model_dir, text_corpus, cache_dir, "--storage-dtype", "float32")) == 2
     assert "made with other settings" in capsys.readouterr().err
+    # The shuffle of training windows is part of the cache's identity; 0 (the packed order) is another cache.
+    assert cache.manifest["settings"]["corpus"]["window_shuffle_tokens"] > 0
+    assert main(cache_args(tiny_model_dir, text_corpus, cache_dir, "--window-shuffle-tokens", "0")) == 2
+    assert "window_shuffle_tokens" in capsys.readouterr().err
+    packed = tmp_path / "cache-packed"
+    assert main(cache_args(tiny_model_dir, text_corpus, packed, "--window-shuffle-tokens", "0")) == 0
+    assert "window_shuffle_tokens" not in ActivationCache(packed).manifest["settings"]["corpus"]
 
     run_dir = tmp_path / "run"
     train = [

@@ -41,7 +41,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--batch-windows", type=int, default=4, help="windows per model forward (4)")
     parser.add_argument("--windows-per-shard", type=int, default=16, help="windows per shard file (16)")
-    add_corpus_arguments(parser)
+    add_corpus_arguments(parser, training=True)
     add_config_argument(parser)
     parser.set_defaults(handler=run, subparser=parser)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from saescope.data.corpus import CorpusConfig
+from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 
 if sys.version_info >= (3, 11):
@@ -46,7 +46,8 @@ def online_from_args(args: argparse.Namespace) -> bool | None:
     return True if args.online else None
 
 
-def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+def add_corpus_arguments(parser: argparse.ArgumentParser, *, training: bool = False) -> None:
+    """The corpus options; `training` adds the shuffle of training windows (commands that read the train split)."""
     group = parser.add_argument_group("corpus")
     group.add_argument(
         "--corpus",
@@ -67,6 +68,13 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--chat-template", default=None, metavar="TEMPLATE", help=CHAT_TEMPLATE_HELP + "; implies --chat"
     )
+    if training:
+        group.add_argument(
+            "--window-shuffle-tokens", type=int, default=DEFAULT_WINDOW_SHUFFLE_TOKENS, metavar="TOKENS",
+            help="training windows are drawn from a seeded shuffle buffer of this many tokens, so that a batch mixes "
+            f"many documents ({DEFAULT_WINDOW_SHUFFLE_TOKENS}; 0 keeps the packed order, as caches made before "
+            "this option did)",
+        )  # fmt: skip
 
 
 #: What --chat-template accepts (saescope.data.chat.resolve_chat_template).
@@ -85,6 +93,7 @@ def corpus_from_args(args: argparse.Namespace) -> CorpusConfig:
         context_size=args.context_size,
         seed=args.corpus_seed,
         chat_template=chat_template,
+        window_shuffle_tokens=getattr(args, "window_shuffle_tokens", DEFAULT_WINDOW_SHUFFLE_TOKENS),
     )
 
 

@@ -44,7 +44,7 @@ def register(commands: Any) -> None:
     source.add_argument("--cache", type=Path, help="an activation cache folder made by `saescope cache`")
     source.add_argument("--activations", type=Path, help="a .npy (tokens x d) or .safetensors activation file")
     add_model_arguments(parser)
-    add_corpus_arguments(parser)
+    add_corpus_arguments(parser, training=True)
     parser.add_argument("--sites", default=None, help="sites to train on (default: every site of the source)")
     parser.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (runs/train)")
     sae = parser.add_argument_group("dictionaries (comma lists make one dictionary per combination)")
