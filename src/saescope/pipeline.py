@@ -125,12 +125,10 @@ class RunConfig:
             raise ValueError(f"RunConfig.activations must be 'stream' or 'cache'; got {self.activations!r}")
         if self.index_tokens < 0:
             raise ValueError(f"RunConfig.index_tokens must be >= 0 (0 skips the index); got {self.index_tokens!r}")
-        if self.window_shuffle_tokens < 0:
-            shuffle = self.window_shuffle_tokens
-            raise ValueError(f"RunConfig.window_shuffle_tokens must be >= 0 (0: stream order); got {shuffle!r}")
         for name in ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        self.corpus_config()  # CorpusConfig validates the corpus settings (window_shuffle_tokens among them)
         parse_target_l0(self.target_l0)  # validates the form early
         parse_kinds(self.kinds)
         get_recipe(self.recipe)

@@ -20,7 +20,7 @@ def test_presets_shuffle_training_windows_and_the_corpus_config_carries_it() -> 
 
 
 def test_negative_window_shuffle_is_refused() -> None:
-    with pytest.raises(ValueError, match="window_shuffle_tokens must be >= 0"):
+    with pytest.raises(ValueError, match="window_shuffle_tokens must be a non-negative integer"):
         load_preset("default", {"window_shuffle_tokens": -1})
 
 
