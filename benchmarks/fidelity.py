@@ -73,6 +73,7 @@ from saescope.data.cache import ActivationCache
 from saescope.data.corpus import CorpusConfig
 from saescope.data.sources import build_cache
 from saescope.eval import EvalConfig, EvalTarget, evaluate
+from saescope.eval.metrics import paired_difference
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
 from saescope.release.suite import read_trained_sae
@@ -111,20 +112,22 @@ class System:
         return fingerprint(self.kind, self.architecture, recipe, self.peer_mode)
 
 
-#: Recipe fields added after the saved results of RESULT_VERSION 3 that only JumpReLU training reads. A result's
-#: fingerprint leaves them out where they cannot change the training (another architecture, or the field at its
-#: default, which is the behaviour before it existed), so that adding one does not make every saved result stale.
-JUMPRELU_FIELDS_SINCE_V3 = ("revive_rate_fraction",)
+#: Recipe fields added after the saved results of RESULT_VERSION 3, with the architectures whose training reads
+#: them (None: all). A result's fingerprint leaves such a field out where it cannot change the training (another
+#: architecture, or the field at its default, which is the behaviour before it existed), so that adding one does
+#: not make every saved result stale.
+FIELDS_SINCE_V3: dict[str, tuple[str, ...] | None] = {"revive_rate_fraction": ("jumprelu",), "plain_error_share": None}
 RECIPE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
 
 
 def fingerprint(kind: str, architecture: str, recipe: dict[str, Any] | None, peer_mode: str | None) -> str:
     """The fingerprint of a system from its parts: the recipe without its description (words do not train) and
-    without the fields of `JUMPRELU_FIELDS_SINCE_V3` where they cannot matter."""
+    without the fields of `FIELDS_SINCE_V3` where they cannot matter."""
     if recipe is not None:
         recipe = {key: value for key, value in recipe.items() if key != "description"}
-        for name in JUMPRELU_FIELDS_SINCE_V3:
-            if name in recipe and (architecture != "jumprelu" or recipe[name] == RECIPE_DEFAULTS[name]):
+        for name, architectures in FIELDS_SINCE_V3.items():
+            read = architectures is None or architecture in architectures
+            if name in recipe and (not read or recipe[name] == RECIPE_DEFAULTS[name]):
                 del recipe[name]
     return json.dumps([kind, architecture, recipe, peer_mode], sort_keys=True)
 
@@ -167,8 +170,12 @@ ABLATIONS = (
     _ablation("no-refit", "no least-squares decoder refit at the end", decoder_refit_tokens=0),
     _ablation("no-dimension-gains", "no dimension gains (C-normalisation only)", dimension_gain_power=0.0),
     _ablation("gain-power-0.25", "dimension gains std^-0.25", dimension_gain_power=0.25),
+    _ablation("gain-power-0.35", "dimension gains std^-0.35", dimension_gain_power=0.35),
+    _ablation("plain-share-0", "no plain squared error in the loss (the previous default)", plain_error_share=0.0),
+    _ablation("plain-share-0.5", "half of the loss the plain squared error", plain_error_share=0.5),
     _ablation("gain-power-1", "dimension gains std^-1", dimension_gain_power=1.0),
     _ablation("no-rate-cap", "no firing-rate cap", max_firing_rate=0.0),
+    _ablation("rate-cap-0.08", "firing rates capped at 8%", max_firing_rate=0.08),
     _ablation("bdec-zeros", "b_dec starts at zero", decoder_bias_init="zeros"),
     _ablation("bdec-median", "b_dec starts at the geometric median", decoder_bias_init="geometric_median"),
     _ablation("theta-fixed", "θ starts at 0.001 (not from data)", threshold_init_from_data=False),
@@ -368,6 +375,16 @@ def current_result(args: argparse.Namespace, cell: Cell) -> dict[str, Any] | Non
     return current_record(result_path(args, cell), cell, version=RESULT_VERSION)
 
 
+def deltas_path(args: argparse.Namespace, cell: Cell) -> Path:
+    """Every held-out prediction's delta loss of a result (float32, evaluation order), for paired differences."""
+    return args.out / "results" / f"{cell.key}.deltas.npy"
+
+
+def needs_evaluation(args: argparse.Namespace, cell: Cell) -> bool:
+    """No current result, or one saved before results kept their per-prediction deltas (evaluated again)."""
+    return current_result(args, cell) is None or not deltas_path(args, cell).exists()
+
+
 def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
     from saescope.train.specs import dictionary_specs
 
@@ -516,13 +533,13 @@ def train_seconds(args: argparse.Namespace, cell: Cell) -> float | None:
 
 
 def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Cell]) -> None:
-    pending = [cell for cell in cells if current_result(args, cell) is None]
+    pending = [cell for cell in cells if needs_evaluation(args, cell)]
     if not pending:
         return
     targets = [EvalTarget(cell.key, cell.site, load_for_eval(args, cell)) for cell in pending]
     config = EvalConfig(
         tokens=args.eval_tokens, loss_windows=args.eval_loss_windows, loss_position_stride=args.eval_loss_stride,
-        batch_windows=args.batch_windows,
+        batch_windows=args.batch_windows, keep_prediction_deltas=True,
     )  # fmt: skip
     results = evaluate(loaded, targets, corpus_config(args), config)
     for cell in pending:
@@ -539,6 +556,10 @@ def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Ce
             "train_seconds": train_seconds(args, cell), "fingerprint": cell.system.fingerprint,
             "version": RESULT_VERSION,
         }  # fmt: skip
+        deltas = deltas_path(args, cell)
+        partial = deltas.with_suffix(".partial.npy")
+        np.save(partial, np.asarray(loss["delta_lm_loss_per_prediction"], dtype=np.float32))
+        os.replace(partial, deltas)
         atomic_write_json(result_path(args, cell), row)
 
 
@@ -555,25 +576,48 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def results_table(rows: list[dict[str, Any]], skipped: dict[str, str]) -> str:
+#: A result row's place in the grid: (site, width, target L0, system).
+RowKey = tuple[str, int, float, str]
+
+
+def row_key(row: dict[str, Any]) -> RowKey:
+    return row["site"], row["width"], row["target_l0"], row["system"]
+
+
+def results_table(rows: list[dict[str, Any]], skipped: dict[str, str], deltas: dict[RowKey, np.ndarray]) -> str:
     lines = [
-        "| site | width | target L0 | system | L0 | FVU | FVU per dimension | delta LM loss ± s.e. | KL | dead % "
-        "| dense % | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| site | width | target L0 | system | L0 | FVU | FVU per dimension | delta LM loss ± s.e. | ΔL − default "
+        "(paired) | KL | dead % | dense % | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r["site"], r["width"], r["target_l0"], r["system"])):
+        default = deltas.get((row["site"], row["width"], row["target_l0"], DEFAULT_SYSTEM))
+        own = deltas.get(row_key(row))
+        paired = "–"
+        if row["system"] != DEFAULT_SYSTEM and default is not None and own is not None and own.shape == default.shape:
+            difference, stderr = paired_difference(own.tolist(), default.tolist())
+            paired = f"{difference:+.3f} ± {stderr:.3f}"
         lines.append(
             f"| {row['site']} | {row['width']} | {row['target_l0']:g} | {row['label']} | {row['l0']:.1f} | "
             f"{row['fvu']:.3f} | {row['fvu_per_dimension']:.3f} | "
-            f"{row['delta_lm_loss']:.3f} ± {row['delta_lm_loss_stderr']:.3f} | {row['kl']:.3f} | "
+            f"{row['delta_lm_loss']:.3f} ± {row['delta_lm_loss_stderr']:.3f} | {paired} | {row['kl']:.3f} | "
             f"{100 * row['dead_fraction']:.1f} | {100 * row['dense_fraction']:.2f} | {_fmt(row['train_seconds'])} |"
         )
     for key, reason in sorted(skipped.items()):
-        lines.append(f"| {key} | | | not run | | | | {reason} | | | | |")
+        lines.append(f"| {key} | | | not run | | | | {reason} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
-def goal_checks(rows: list[dict[str, Any]]) -> str:
+def paired_text(ours: dict[str, Any], other: dict[str, Any], deltas: dict[RowKey, np.ndarray]) -> str:
+    """Our delta loss minus another system's over the same held-out predictions, where both kept them."""
+    a, b = deltas.get(row_key(ours)), deltas.get(row_key(other))
+    if a is None or b is None or a.shape != b.shape:
+        return ""
+    difference, stderr = paired_difference(a.tolist(), b.tolist())
+    return f"; paired difference {difference:+.4f} ± {stderr:.4f} nats ({difference / stderr:+.1f} s.e.)"
+
+
+def goal_checks(rows: list[dict[str, Any]], deltas: dict[RowKey, np.ndarray]) -> str:
     """The issue's goals, checked on the measured rows."""
     lines = []
     off_target = [r for r in rows if r["system"].startswith(("saescope", "gemma-scope", "ablate"))
@@ -600,7 +644,8 @@ def goal_checks(rows: list[dict[str, Any]]) -> str:
                 f"delta loss {ours['delta_lm_loss']:.3f} vs best matched-L0 peer ({best['label']}, L0 "
                 f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: "
                 f"{f'{100 * gain:.0f}% lower' if gain >= 0 else f'{-100 * gain:.0f}% higher'} "
-                f"({'meets' if gain >= 0.1 else 'misses'} ≥ 10%); FVU {ours['fvu']:.3f} vs {best['fvu']:.3f} "
+                f"({'meets' if gain >= 0.1 else 'misses'} ≥ 10%){paired_text(ours, best, deltas)}; "
+                f"FVU {ours['fvu']:.3f} vs {best['fvu']:.3f} "
                 f"({'no worse' if ours['fvu'] <= best['fvu'] else 'worse'}); FVU per dimension "
                 f"{ours['fvu_per_dimension']:.3f} vs {best['fvu_per_dimension']:.3f} "
                 f"({'no worse' if ours['fvu_per_dimension'] <= best['fvu_per_dimension'] else 'worse'})",
@@ -729,8 +774,10 @@ def write_plots(rows: list[dict[str, Any]], docs: Path) -> list[str]:
 
 
 def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str, str], command: str) -> Path:
-    rows = [row for c in cells if (row := current_result(args, c)) is not None]
+    found = [(c, row) for c in cells if (row := current_result(args, c)) is not None]
+    rows = [row for _, row in found]
     missing = [c.key for c in cells if c.key not in skipped and current_result(args, c) is None]
+    deltas = {row_key(row): np.load(deltas_path(args, c)) for c, row in found if deltas_path(args, c).exists()}
     args.docs.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, args.docs) if rows else []
     stream = json.loads((args.out / "stream" / "stream.json").read_text())
@@ -748,11 +795,11 @@ def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str,
         "dimension). Torch threads: "
         f"{torch.get_num_threads()}.\n",
         "## Goals\n",
-        goal_checks(rows),
+        goal_checks(rows, deltas),
         "## The papers' qualitative results\n",
         qualitative_checks(rows),
         "## Results\n",
-        results_table(rows, skipped),
+        results_table(rows, skipped, deltas),
         "## Plots\n",
         *[f"![{name}]({name})\n" for name in plots],
         *(["## Cells of the grid without a result\n",
@@ -835,7 +882,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         source = prepare_stream(args, loaded, sites)
         paths = stream_paths(args.out, sites)
         for site in sites:
-            todo = [c for c in cells if c.site == site and current_result(args, c) is None]
+            todo = [c for c in cells if c.site == site and needs_evaluation(args, c)]
             ours = [c for c in todo if c.system.kind == "saescope"
                     and current_record(trained_path(args, c), c) is None]  # fmt: skip
             kl_cells = [c for c in todo if c.system.kind == "saescope-kl"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator, mean_and_stderr
+from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator, mean_and_stderr, paired_difference
 
 
 def accumulate(x_ND: torch.Tensor, x_hat_ND: torch.Tensor, f_NF: torch.Tensor) -> dict[str, object]:
@@ -79,6 +79,24 @@ def test_loss_recovered_and_delta() -> None:
     assert result["loss_recovered"] == pytest.approx(0.75)
     assert result["kl_clean_to_spliced"] == pytest.approx(0.2)
     assert result["delta_lm_loss_by_position"] == [None, 1.0, 1.0, None]
+
+
+def test_paired_difference_cancels_what_two_dictionaries_share() -> None:
+    shared = torch.linspace(0.0, 4.0, 200)  # hard tokens are hard for both
+    accumulators = [LossAccumulator(max_position=4, keep_deltas=True) for _ in range(2)]
+    for accumulator, offset in zip(accumulators, (0.0, 0.1), strict=True):
+        spliced = shared + offset + 0.01 * torch.arange(200).remainder(3)
+        accumulator.update(torch.zeros(200), spliced, torch.full((200,), 9.0), torch.zeros(200), torch.ones(200).long())
+    first, second = (accumulator.result() for accumulator in accumulators)
+    per_prediction = "delta_lm_loss_per_prediction"
+    difference, stderr = paired_difference(second[per_prediction], first[per_prediction])
+    assert difference == pytest.approx(0.1, abs=1e-6)
+    assert stderr < first["delta_lm_loss_stderr"] / 10
+    plain = LossAccumulator(max_position=4)
+    plain.update(torch.zeros(2), torch.ones(2), torch.ones(2), torch.zeros(2), torch.ones(2).long())
+    assert "delta_lm_loss_per_prediction" not in plain.result()  # only when asked for
+    with pytest.raises(ValueError, match="same predictions"):
+        paired_difference([0.1, 0.2], [0.1])
 
 
 def test_fvu_mean_over_dimensions_counts_every_dimension_alike() -> None:

@@ -11,6 +11,7 @@ import torch
 
 from saescope.data.corpus import CorpusConfig, special_token_mask
 from saescope.eval import EvalConfig, EvalTarget, evaluate
+from saescope.eval.metrics import paired_difference
 from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, spliced_losses
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
@@ -111,9 +112,17 @@ def test_evaluate_writes_metrics_json(tiny_model_dir: Path, tmp_path: Path) -> N
     folder = tmp_path / "sae"
     folder.mkdir()
     targets = [EvalTarget("identity", SITE, identity_sae(32), folder), EvalTarget("zero", SITE, zero_sae(32))]
-    config = EvalConfig(tokens=200, loss_windows=3, loss_position_stride=2, batch_windows=2)
+    config = EvalConfig(
+        tokens=200, loss_windows=3, loss_position_stride=2, batch_windows=2, keep_prediction_deltas=True
+    )
     results = evaluate(loaded, targets, corpus, config, progress=False)
     identity, zero = results["identity"], results["zero"]
+    identity_N = identity["lm_loss"]["delta_lm_loss_per_prediction"]
+    zero_N = zero["lm_loss"]["delta_lm_loss_per_prediction"]
+    assert len(identity_N) == len(zero_N) == identity["lm_loss"]["loss_n_predictions"]
+    difference, stderr = paired_difference(zero_N, identity_N)
+    assert difference == pytest.approx(zero["lm_loss"]["delta_lm_loss"] - identity["lm_loss"]["delta_lm_loss"])
+    assert 0 < stderr <= zero["lm_loss"]["delta_lm_loss_stderr"] * 1.01
     assert identity["reconstruction"]["fvu"] == 0.0
     assert identity["reconstruction"]["n_tokens"] == 200
     assert identity["lm_loss"]["delta_lm_loss"] == pytest.approx(0.0, abs=1e-6)

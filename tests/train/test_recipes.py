@@ -389,6 +389,26 @@ def test_dimension_gains_keep_the_mean_squared_norm_and_equalise_dimensions_at_p
     assert recipe_train_config(SAESCOPE.replace(dimension_gain_power=0.25), total_tokens=1).dimension_gain_power == 0.25
 
 
+def test_plain_error_share_makes_the_loss_the_stated_mix_of_the_weighted_and_plain_fvu() -> None:
+    x_ND = outlier_tokens(4096, seed=0)
+    error_ND = torch.randn(x_ND.shape, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.1, 3.0, D)
+    variance_D = x_ND.double().var(dim=0)
+    weighted_D = variance_D.pow(-0.5)  # power 0.5: weights sd^-1
+    fvu_weighted = float((error_ND.double().square() * weighted_D).sum() / (variance_D * weighted_D).sum())
+    fvu_plain = float(error_ND.double().square().sum() / variance_D.sum())
+    losses = {}
+    for share in (0.0, 0.3, 0.9):
+        gain_D = dimension_gains(x_ND, 0.5, share).double()
+        loss = float((error_ND.double() / gain_D).square().sum())
+        scale = float((x_ND.double() / gain_D).var(dim=0).sum())  # the loss relative to the weighted variance
+        losses[share] = loss / scale
+        assert losses[share] == pytest.approx((1 - share) * fvu_weighted + share * fvu_plain, rel=1e-3)
+    assert dimension_gains(x_ND, 0.5, 0.9)[0] < dimension_gains(x_ND, 0.5, 0.0)[0]  # the massive one weighs more
+    with pytest.raises(ValueError, match="plain_error_share"):
+        TrainConfig(total_tokens=1, plain_error_share=1.0)
+    assert recipe_train_config(SAESCOPE.replace(plain_error_share=0.25), total_tokens=1).plain_error_share == 0.25
+
+
 def _weighted_run(tmp_path: Path, power: float, steps: int) -> Trainer:
     spec = jumprelu_spec(lr=3e-3, target_l0=6.0, decoder_bias_init="mean", threshold_init_from_data=True)
     config = recipe_train_config(

@@ -96,6 +96,11 @@ def register(commands: Any) -> None:
         "(0 = off; `saescope run` uses 0.5)",
     )  # fmt: skip
     rec.add_argument(
+        "--plain-error-share", type=float, default=0.0,
+        help="with dimension gains on, this share of the loss is the plain squared error (0 = the gain-weighted "
+        "error alone; `saescope run` uses 0.25)",
+    )  # fmt: skip
+    rec.add_argument(
         "--max-firing-rate", type=float, default=0.0,
         help="raise the θ of a JumpReLU latent firing on more than this fraction of a batch (0 = off; run: 0.05)",
     )  # fmt: skip
@@ -245,6 +250,7 @@ def _train(args: argparse.Namespace) -> int:
         revive_dead_after_tokens=args.revive_dead_after_tokens,
         revive_rate_fraction=args.revive_rate_fraction,
         dimension_gain_power=args.dimension_gain_power,
+        plain_error_share=args.plain_error_share,
         max_firing_rate=args.max_firing_rate,
         decoder_refit_tokens=args.decoder_refit_tokens,
         seed=args.seed,

@@ -99,6 +99,9 @@ class EvalConfig:
     loss_position_stride: int = 4
     batch_windows: int = 4
     lm_head_chunk: int = 128
+    #: Also return each prediction's delta loss (``lm_loss.delta_lm_loss_per_prediction``), for paired
+    #: comparisons of dictionaries evaluated on the same windows (`saescope.eval.metrics.paired_difference`).
+    keep_prediction_deltas: bool = False
 
     def __post_init__(self) -> None:
         for name in ("tokens", "batch_windows", "lm_head_chunk", "loss_position_stride"):
@@ -211,7 +214,11 @@ def loss_metrics(
         for label, replaced in target.splices():
             sites = tuple(target.output_sites[j] for j in replaced)
             by_sites.setdefault(sites, []).append((target, label, replaced))
-    accumulators = {(t.name, label): LossAccumulator(corpus.context_size) for t in targets for label, _ in t.splices()}
+    accumulators = {
+        (t.name, label): LossAccumulator(corpus.context_size, config.keep_prediction_deltas)
+        for t in targets
+        for label, _ in t.splices()
+    }
     device = next(model.parameters()).device
     loss_batch = min(config.batch_windows, config.loss_windows)
     n_batches = -(-config.loss_windows // loss_batch)

@@ -8,6 +8,7 @@ shipped the variance about zero instead, which flatters SAEs on sites with a lar
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,8 @@ class LossAccumulator:
     """Per-token next-token cross-entropies of the clean, zero-ablated and spliced model (SPEC §4.2)."""
 
     max_position: int
+    #: Also return every prediction's delta loss, in evaluation order (see `paired_difference`).
+    keep_deltas: bool = False
     n: int = 0
     clean_sum: float = 0.0
     delta_sum: float = 0.0
@@ -134,6 +137,7 @@ class LossAccumulator:
     def __post_init__(self) -> None:
         self.delta_by_position = torch.zeros(self.max_position, dtype=torch.float64)
         self.count_by_position = torch.zeros(self.max_position, dtype=torch.int64)
+        self.deltas: list[torch.Tensor] = []
 
     def update(
         self,
@@ -153,6 +157,8 @@ class LossAccumulator:
         self.kl_sq_sum += float(kl_N.double().square().sum())
         self.delta_by_position.index_add_(0, positions_N.cpu(), delta_N.cpu())
         self.count_by_position.index_add_(0, positions_N.cpu(), torch.ones_like(positions_N.cpu()))
+        if self.keep_deltas:
+            self.deltas.append(delta_N.float().cpu())
 
     def result(self) -> dict[str, Any]:
         if self.n == 0:
@@ -175,4 +181,21 @@ class LossAccumulator:
             "delta_lm_loss_by_position": [
                 float(d / c) if c else None for d, c in zip(self.delta_by_position, self.count_by_position, strict=True)
             ],
+            **({"delta_lm_loss_per_prediction": torch.cat(self.deltas).tolist()} if self.keep_deltas else {}),
         }
+
+
+def paired_difference(deltas_a: Sequence[float], deltas_b: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of (a − b) over the same predictions: two dictionaries' delta losses per
+    prediction (``delta_lm_loss_per_prediction``) from evaluations of the same windows.
+
+    Why: the hard tokens are hard for both, so the per-prediction deltas of two good dictionaries are strongly
+    correlated, and the standard error of their difference is several times smaller than either one's own.
+    """
+    if len(deltas_a) != len(deltas_b) or not deltas_a:
+        raise ValueError(
+            f"paired_difference needs per-prediction deltas of the same predictions; got {len(deltas_a)} and "
+            f"{len(deltas_b)} (evaluate both with the same corpus and EvalConfig)"
+        )
+    diff_N = torch.tensor(deltas_a, dtype=torch.float64) - torch.tensor(deltas_b, dtype=torch.float64)
+    return mean_and_stderr(float(diff_N.sum()), float(diff_N.square().sum()), int(diff_N.numel()))

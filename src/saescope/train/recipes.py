@@ -99,6 +99,8 @@ class Recipe:
     revive_rate_fraction: float = 1.0
     #: Divide each activation dimension by its standard deviation to this power (0 = off; see the trainer).
     dimension_gain_power: float = 0.0
+    #: Share of the loss that is the plain squared error, with dimension gains on (see the trainer).
+    plain_error_share: float = 0.0
     #: Cap each JumpReLU latent's firing rate on a training batch at this fraction via θ (0 = off; see the trainer).
     max_firing_rate: float = 0.0
     #: Tokens of the final least-squares decoder refit (see `saescope.train.refit`), at most the run's tokens; 0 = none.
@@ -126,6 +128,8 @@ class Recipe:
                 raise ValueError(f"Recipe.{name} must be in [0, 1); got {getattr(self, name)!r}")
         if not 0.0 <= self.dimension_gain_power <= 1.0:
             raise ValueError(f"Recipe.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
+        if not 0.0 <= self.plain_error_share < 1.0:
+            raise ValueError(f"Recipe.plain_error_share must be in [0, 1); got {self.plain_error_share!r}")
         if not 0.0 < self.revive_rate_fraction <= 1.0:
             raise ValueError(f"Recipe.revive_rate_fraction must be in (0, 1]; got {self.revive_rate_fraction!r}")
         if not 0.0 <= self.max_firing_rate < 1.0:
@@ -164,7 +168,8 @@ GEMMA_SCOPE = Recipe(
 
 SAESCOPE = Recipe(
     name="saescope",
-    description="saescope's short-budget recipe: dimensions weighted by std^-1/2, mean b_dec, data-driven θ start "
+    description="saescope's short-budget recipe: dimensions weighted by std^-1/2 with a quarter of the loss the plain "
+    "squared error, mean b_dec, data-driven θ start "
     "with least-squares code scale, raw θ, transcoder decoders along the least-squares linear map, Adam(0.9, 0.999) "
     "at lr 3e-3 with decay, L0 held on target by θ and λ controllers, silent latents revived at a tenth of the "
     "target rate, firing rates capped at 5%, decoders refit by least squares at the end",
@@ -189,6 +194,7 @@ SAESCOPE = Recipe(
     revive_rate_fraction=0.1,
     target_scale="own",
     dimension_gain_power=0.5,
+    plain_error_share=0.25,
     max_firing_rate=0.05,
     l1_coefficient=0.003,
     decoder_refit_tokens=131_072,

@@ -265,6 +265,7 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "target_scale": recipe.target_scale,
         "threshold_controller_gain": recipe.threshold_controller_gain,
         "dimension_gain_power": recipe.dimension_gain_power,
+        "plain_error_share": recipe.plain_error_share,
         "max_firing_rate": recipe.max_firing_rate,
         "decoder_refit_tokens": recipe.decoder_refit_tokens,
     }

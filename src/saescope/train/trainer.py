@@ -189,6 +189,11 @@ class TrainConfig:
     #: and a massive activation (Gemma 3 270M's layer-6 residual: one dimension holds 80% of the variance)
     #: then decides the loss while the model reads the others. The logged FVU is in the weighted space.
     dimension_gain_power: float = 0.0
+    #: With dimension gains on, this share of the loss is the plain squared error and the rest the gain-weighted
+    #: one, each relative to its first-batch variance: the loss is (1 − s)·FVU_weighted + s·FVU_plain, folded into
+    #: the gains (0 = the gain-weighted error alone). Why: the gains move the error into the massive dimensions,
+    #: which the plain FVU is mostly made of; a share of the plain error buys them back (see `dimension_gains`).
+    plain_error_share: float = 0.0
     #: Each step, a JumpReLU latent firing on more than this fraction of the batch (or twice the mean rate its
     #: target L0 asks for, if more) gets θ raised to the quantile at which it fires on exactly that (0 = off): a
     #: hard hold against dense latents, which the L0 penalty alone lets through (it charges every firing alike).
@@ -226,6 +231,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
         if not 0.0 <= self.dimension_gain_power <= 1.0:
             raise ValueError(f"TrainConfig.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
+        if not 0.0 <= self.plain_error_share < 1.0:
+            raise ValueError(f"TrainConfig.plain_error_share must be in [0, 1); got {self.plain_error_share!r}")
         if self.decoder_refit_tokens < 0:
             raise ValueError(f"TrainConfig.decoder_refit_tokens must be >= 0; got {self.decoder_refit_tokens!r}")
 
@@ -331,21 +338,28 @@ MIN_RELATIVE_DIMENSION_SD = 1e-3
 
 
 @torch.no_grad()
-def dimension_gains(x_BD: torch.Tensor, power: float) -> torch.Tensor:
-    """Gains g (D,), float32, that a site's normalised activations are divided by: each dimension's batch
-    standard deviation to the power ``power``, times the one factor that keeps the batch's mean squared norm
-    (so lr, θ and ε keep the scale that the normalisation C gave them).
+def dimension_gains(x_BD: torch.Tensor, power: float, plain_share: float = 0.0) -> torch.Tensor:
+    """Gains g (D,), float32, that a site's normalised activations are divided by, so that the squared error
+    weighs dimension d by 1/g_d²: a weight ∝ sd_d^(−2·power) (each dimension's batch standard deviation), mixed
+    with the plain squared error's equal weights so that the loss is (1 − plain_share)·FVU_weighted +
+    plain_share·FVU_plain on this batch; then one common factor keeps the batch's mean squared norm (so lr, θ and
+    ε keep the scale that the normalisation C gave them).
 
     With power 1 every dimension counts alike in the squared error; with power 0 dimensions count by their
     variance, as plain C-normalisation does. In between, a massive dimension still counts most but no longer
     drowns the rest: on Gemma 3 270M's layer-6 residual stream (one dimension holds 80% of the variance) the
     default recipe's delta LM loss is 0.31 nats at power 0.5 and 1.26 without the gains
-    (``docs/benchmarks/fidelity.md``).
+    (``docs/benchmarks/fidelity.md``). The plain share gives the massive dimensions back part of their weight
+    (their error is most of the plain FVU) without flattening the others' weights among themselves, as a lower
+    power would.
     """
     x_BD = x_BD.float()
     sd_D = x_BD.std(dim=0)
     sd_D = sd_D.clamp_min(float(sd_D.max()) * MIN_RELATIVE_DIMENSION_SD + 1e-30)
-    gain_D = sd_D.pow(power)
+    variance_D = sd_D.square()
+    weighted_D = sd_D.pow(-2.0 * power)
+    weight_D = (1.0 - plain_share) * weighted_D / (weighted_D * variance_D).sum() + plain_share / variance_D.sum()
+    gain_D = weight_D.rsqrt()
     kept = (x_BD / gain_D).square().sum(dim=-1).mean() / x_BD.square().sum(dim=-1).mean().clamp_min(1e-30)
     return gain_D * kept.sqrt()
 
@@ -743,9 +757,9 @@ class Trainer:
                 raw = next(batches)
                 on_device = {site: raw[site].to(self.config.device) for site in sites}
                 if self.step == 0 and not resumed and self.config.dimension_gain_power > 0:
-                    power = self.config.dimension_gain_power
+                    power, share = self.config.dimension_gain_power, self.config.plain_error_share
                     self.dimension_gains = {
-                        site: dimension_gains(on_device[site] / self.norm_scales[site], power) for site in sites
+                        site: dimension_gains(on_device[site] / self.norm_scales[site], power, share) for site in sites
                     }
                 cache: dict[tuple[Site, Site], torch.Tensor] = {}
                 for member in self.members:
