@@ -98,7 +98,7 @@ def register(commands: Any) -> None:
     rec.add_argument(
         "--plain-error-share", type=float, default=0.0,
         help="with dimension gains on, this share of the loss is the plain squared error (0 = the gain-weighted "
-        "error alone; `saescope run` uses 0.25)",
+        "error alone, as `saescope run`: lower FVU, higher delta loss; see docs/benchmarks)",
     )  # fmt: skip
     rec.add_argument(
         "--max-firing-rate", type=float, default=0.0,

@@ -115,10 +115,11 @@ class EvalConfig:
         return max(windows_for_tokens(self.tokens, context_size), self.loss_windows)
 
 
-def _heldout_batches(
+def heldout_batches(
     loaded: LoadedModel, corpus: CorpusConfig, config: EvalConfig, batch_windows: int, split: Split = "heldout"
 ) -> Iterator[torch.Tensor]:
-    """The split's windows spread over its first SAMPLE_POOL_FACTOR x needed (not its first few documents)."""
+    """The windows (in batches of `batch_windows`) that the evaluation reads: the split's windows spread over its
+    first SAMPLE_POOL_FACTOR x needed (not its first few documents)."""
     windows = corpus_windows(corpus, loaded.tokenizer, split)
     return stack_windows(spread_windows(windows, config.sample_windows(corpus.context_size)), batch_windows)
 
@@ -154,7 +155,7 @@ def reconstruction_metrics(
         for j in range(len(t.output_sites))
     }
     device = next(loaded.model.parameters()).device
-    batches = _heldout_batches(loaded, corpus, config, config.batch_windows, split)
+    batches = heldout_batches(loaded, corpus, config, config.batch_windows, split)
     stream = stream_token_activations(loaded.model, sites, batches, special_token_ids(loaded.tokenizer))
     seen = 0
     with tqdm(
@@ -222,7 +223,7 @@ def loss_metrics(
     device = next(model.parameters()).device
     loss_batch = min(config.batch_windows, config.loss_windows)
     n_batches = -(-config.loss_windows // loss_batch)
-    batches = itertools.islice(_heldout_batches(loaded, corpus, config, loss_batch, split), n_batches)
+    batches = itertools.islice(heldout_batches(loaded, corpus, config, loss_batch, split), n_batches)
     passes_per_batch = 1 + len(by_sites) + len(accumulators)
     with tqdm(total=n_batches * passes_per_batch, unit="pass", disable=not progress, desc="eval: delta LM loss") as bar:
         for batch_index, ids_BT in enumerate(batches):

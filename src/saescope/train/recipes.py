@@ -168,8 +168,7 @@ GEMMA_SCOPE = Recipe(
 
 SAESCOPE = Recipe(
     name="saescope",
-    description="saescope's short-budget recipe: dimensions weighted by std^-1/2 with a quarter of the loss the plain "
-    "squared error, mean b_dec, data-driven θ start "
+    description="saescope's short-budget recipe: dimensions weighted by std^-1/2, mean b_dec, data-driven θ start "
     "with least-squares code scale, raw θ, transcoder decoders along the least-squares linear map, Adam(0.9, 0.999) "
     "at lr 3e-3 with decay, L0 held on target by θ and λ controllers, silent latents revived at a tenth of the "
     "target rate, firing rates capped at 5%, decoders refit by least squares at the end",
@@ -194,7 +193,6 @@ SAESCOPE = Recipe(
     revive_rate_fraction=0.1,
     target_scale="own",
     dimension_gain_power=0.5,
-    plain_error_share=0.25,
     max_firing_rate=0.05,
     l1_coefficient=0.003,
     decoder_refit_tokens=131_072,
