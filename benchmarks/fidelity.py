@@ -614,7 +614,8 @@ def paired_text(ours: dict[str, Any], other: dict[str, Any], deltas: dict[RowKey
     if a is None or b is None or a.shape != b.shape:
         return ""
     difference, stderr = paired_difference(a.tolist(), b.tolist())
-    return f"; paired difference {difference:+.4f} ± {stderr:.4f} nats ({difference / stderr:+.1f} s.e.)"
+    in_errors = f" ({difference / stderr:+.1f} s.e.)" if stderr > 0 else ""  # 0: the same predictions exactly
+    return f"; paired difference {difference:+.4f} ± {stderr:.4f} nats{in_errors}"
 
 
 def goal_checks(rows: list[dict[str, Any]], deltas: dict[RowKey, np.ndarray]) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -33,22 +34,25 @@ import fidelity  # the sibling script: its cells, work folder layout and loaders
 from saescope.data.activations import stack_windows, stream_token_activations
 from saescope.data.corpus import corpus_windows, special_token_ids
 from saescope.eval.evaluate import EvalConfig, heldout_batches
+from saescope.eval.metrics import DENSE_THRESHOLDS
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site
 from saescope.sae import SparseDictionary
 
-DENSE_RATE = 0.1
+DENSE_RATE = max(DENSE_THRESHOLDS)  # the evaluation's "dense": fires on more than 10% of tokens
 
 
-def gather(loaded: LoadedModel, site: Site, batches: Iterator[torch.Tensor], tokens: int) -> torch.Tensor:
+def gather(loaded: LoadedModel, site: Site, batches: Iterator[torch.Tensor], tokens: int, label: str) -> torch.Tensor:
     """The first `tokens` activations (N, D) of `site` over `batches`, BOS/EOS/padding dropped, float32."""
     parts, seen = [], 0
-    for acts in stream_token_activations(loaded.model, [site], batches, special_token_ids(loaded.tokenizer)):
-        take = min(acts.n_tokens, tokens - seen)
-        parts.append(acts.acts[site][:take].float())
-        seen += take
-        if seen >= tokens:
-            break
+    with tqdm(total=tokens, unit="tok", unit_scale=True, desc=f"{label}: {site.id} activations") as bar:
+        for acts in stream_token_activations(loaded.model, [site], batches, special_token_ids(loaded.tokenizer)):
+            take = min(acts.n_tokens, tokens - seen)
+            parts.append(acts.acts[site][:take].float())
+            seen += take
+            bar.update(take)
+            if seen >= tokens:
+                break
     return torch.cat(parts)
 
 
@@ -109,10 +113,10 @@ def main() -> int:
     loaded = load_model("gemma-3-270m")
     corpus = fidelity.corpus_config(args)
     sample = EvalConfig(tokens=args.tokens, loss_windows=16, batch_windows=8)
-    heldout = gather(loaded, site, heldout_batches(loaded, corpus, sample, 8), args.tokens)
+    heldout = gather(loaded, site, heldout_batches(loaded, corpus, sample, 8), args.tokens, "held-out sample")
     windows = corpus_windows(corpus, loaded.tokenizer, "train")
     unseen_windows = itertools.islice(windows, args.unseen_from, None, 4)
-    unseen = gather(loaded, site, stack_windows(unseen_windows, 8), args.tokens)
+    unseen = gather(loaded, site, stack_windows(unseen_windows, 8), args.tokens, "unseen train-split windows")
     stream = np.load(fidelity.stream_paths(args.out, [site])[site], mmap_mode="r")
     seen = torch.from_numpy(np.array(stream[: args.tokens], dtype=np.float32))
     dictionaries = {

@@ -396,17 +396,30 @@ def test_plain_error_share_makes_the_loss_the_stated_mix_of_the_weighted_and_pla
     weighted_D = variance_D.pow(-0.5)  # power 0.5: weights sd^-1
     fvu_weighted = float((error_ND.double().square() * weighted_D).sum() / (variance_D * weighted_D).sum())
     fvu_plain = float(error_ND.double().square().sum() / variance_D.sum())
-    losses = {}
     for share in (0.0, 0.3, 0.9):
         gain_D = dimension_gains(x_ND, 0.5, share).double()
         loss = float((error_ND.double() / gain_D).square().sum())
         scale = float((x_ND.double() / gain_D).var(dim=0).sum())  # the loss relative to the weighted variance
-        losses[share] = loss / scale
-        assert losses[share] == pytest.approx((1 - share) * fvu_weighted + share * fvu_plain, rel=1e-3)
+        assert loss / scale == pytest.approx((1 - share) * fvu_weighted + share * fvu_plain, rel=1e-3)
     assert dimension_gains(x_ND, 0.5, 0.9)[0] < dimension_gains(x_ND, 0.5, 0.0)[0]  # the massive one weighs more
     with pytest.raises(ValueError, match="plain_error_share"):
         TrainConfig(total_tokens=1, plain_error_share=1.0)
-    assert recipe_train_config(SAESCOPE.replace(plain_error_share=0.25), total_tokens=1).plain_error_share == 0.25
+    # At 0 the field stays out of a run's identity, so checkpoints written before it existed still resume.
+    assert "plain_error_share" not in TrainConfig(total_tokens=1).to_dict()
+    assert TrainConfig(total_tokens=1, plain_error_share=0.25).to_dict()["plain_error_share"] == 0.25
+
+
+def test_the_trainer_builds_its_gains_with_the_plain_error_share(tmp_path: Path) -> None:
+    spec = jumprelu_spec(lr=3e-3, target_l0=6.0, decoder_bias_init="mean", threshold_init_from_data=True)
+    tokens = outlier_tokens(512, seed=1)  # one batch: the first batch holds every token (in some order)
+    config = recipe_train_config(
+        SAESCOPE.replace(plain_error_share=0.5), total_tokens=512, batch_size=512, progress=False
+    )  # fmt: skip
+    trainer = Trainer([spec], ArrayActivations({RES: tokens}), config, tmp_path)
+    trainer.run()
+    expected_D = dimension_gains(tokens / trainer.norm_scales[RES], 0.5, 0.5)
+    torch.testing.assert_close(trainer.dimension_gains[RES], expected_D, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(expected_D, dimension_gains(tokens / trainer.norm_scales[RES], 0.5, 0.0), rtol=1e-2)
 
 
 def _weighted_run(tmp_path: Path, power: float, steps: int) -> Trainer:

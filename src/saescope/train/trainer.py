@@ -244,6 +244,8 @@ class TrainConfig:
         data = asdict(self)
         data.pop("progress")
         data.pop("device")  # where it ran does not change what was trained: a run may resume elsewhere
+        if self.plain_error_share == 0.0:  # as before the field existed: older checkpoints keep their identity
+            del data["plain_error_share"]
         return data
 
 
