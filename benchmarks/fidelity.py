@@ -70,7 +70,7 @@ from tqdm import tqdm
 from saescope.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from saescope.data.activations import SiteBatch
 from saescope.data.cache import ActivationCache
-from saescope.data.corpus import CorpusConfig
+from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.data.sources import build_cache
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
@@ -267,6 +267,8 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
     meta = {"tokens": n_rows, "batch_size": args.batch_size, "seed": args.seed, "sites": [s.id for s in sites]}
     if args.stream_shuffle != "pools":  # streams written before the option existed are pooled
         meta["shuffle"] = args.stream_shuffle
+    if args.window_shuffle_tokens:  # and read their windows in corpus order
+        meta["window_shuffle_tokens"] = args.window_shuffle_tokens
     done = meta_path.exists() and json.loads(meta_path.read_text()) == {**meta, "norm_scales": _scales_json(cache)}
     if not done:
         partial = {site: path.with_name(path.name + ".partial.npy") for site, path in paths.items()}
@@ -297,27 +299,39 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
 
 
 def check_stream_shuffle(args: argparse.Namespace) -> None:
-    """Refuse a work folder whose training stream was shuffled another way: its saved results were trained on that
-    stream, and a cell's record does not say which."""
+    """Refuse a work folder whose training stream was shuffled or drawn another way: its saved results were trained
+    on that stream, and a cell's record does not say which."""
     meta_path = args.out / "stream" / "stream.json"
     if not meta_path.exists():
         return
-    held = json.loads(meta_path.read_text()).get("shuffle", "pools")
-    if held != args.stream_shuffle:
-        raise SystemExit(
-            f"{args.out} holds a training stream shuffled by {held!r}, and results trained on it; pass "
-            f"--stream-shuffle {held} to use them, or another --out for --stream-shuffle {args.stream_shuffle}"
-        )
+    meta = json.loads(meta_path.read_text())
+    held = {
+        "stream-shuffle": meta.get("shuffle", "pools"),
+        "window-shuffle-tokens": meta.get("window_shuffle_tokens", 0),
+    }
+    given = {"stream-shuffle": args.stream_shuffle, "window-shuffle-tokens": args.window_shuffle_tokens}
+    for flag, value in held.items():
+        if given[flag] != value:
+            raise SystemExit(
+                f"{args.out} holds a training stream made with --{flag} {value}, and results trained on it; pass "
+                f"--{flag} {value} to use them, or another --out for --{flag} {given[flag]}"
+            )
 
 
 def _scales_json(cache: ActivationCache) -> dict[str, float]:
     return {site.id: scale for site, scale in cache.norm_scales.items()}
 
 
+def held_window_shuffle(out: Path) -> int:
+    """The --window-shuffle-tokens a work folder's training stream was made with (for the sibling scripts)."""
+    meta_path = out / "stream" / "stream.json"
+    return int(json.loads(meta_path.read_text()).get("window_shuffle_tokens", 0)) if meta_path.exists() else 0
+
+
 def corpus_config(args: argparse.Namespace) -> CorpusConfig:
-    # The cache keeps the windows in stream order: the training stream is shuffled here (--stream-shuffle), and
-    # caches made before the product shuffled its windows stay valid.
-    return CorpusConfig(context_size=args.context_size, window_shuffle_tokens=0)
+    # The cache keeps the windows in the order it drew them; the training stream is shuffled again here
+    # (--stream-shuffle).
+    return CorpusConfig(context_size=args.context_size, window_shuffle_tokens=args.window_shuffle_tokens)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,6 +572,7 @@ def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Ce
         }  # fmt: skip
         deltas = deltas_path(args, cell)
         partial = deltas.with_suffix(".partial.npy")
+        partial.parent.mkdir(parents=True, exist_ok=True)
         np.save(partial, np.asarray(loss["delta_lm_loss_per_prediction"], dtype=np.float32))
         os.replace(partial, deltas)
         atomic_write_json(result_path(args, cell), row)
@@ -639,13 +654,16 @@ def goal_checks(rows: list[dict[str, Any]], deltas: dict[RowKey, np.ndarray]) ->
         ]
         if matched:
             best = min(matched, key=lambda s: s["delta_lm_loss"])
-            gain = 1 - ours["delta_lm_loss"] / best["delta_lm_loss"] if best["delta_lm_loss"] > 0 else math.nan
+            if best["delta_lm_loss"] > 0:
+                gain = 1 - ours["delta_lm_loss"] / best["delta_lm_loss"]
+                margin = (f"{f'{100 * gain:.0f}% lower' if gain >= 0 else f'{-100 * gain:.0f}% higher'} "
+                          f"({'meets' if gain >= 0.1 else 'misses'} ≥ 10%)")  # fmt: skip
+            else:  # a ratio to a delta loss at or below zero (noise around a tiny loss) means nothing
+                margin = "no relative margin (the peer's delta loss is ≤ 0)"
             checks.insert(
                 0,
                 f"delta loss {ours['delta_lm_loss']:.3f} vs best matched-L0 peer ({best['label']}, L0 "
-                f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: "
-                f"{f'{100 * gain:.0f}% lower' if gain >= 0 else f'{-100 * gain:.0f}% higher'} "
-                f"({'meets' if gain >= 0.1 else 'misses'} ≥ 10%){paired_text(ours, best, deltas)}; "
+                f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: {margin}{paired_text(ours, best, deltas)}; "
                 f"FVU {ours['fvu']:.3f} vs {best['fvu']:.3f} "
                 f"({'no worse' if ours['fvu'] <= best['fvu'] else 'worse'}); FVU per dimension "
                 f"{ours['fvu_per_dimension']:.3f} vs {best['fvu_per_dimension']:.3f} "
@@ -840,6 +858,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stream-shuffle", choices=("global", "pools"), default="global",
         help="shuffle the training stream over all cached tokens (global) or four cache shards at a time (pools)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--window-shuffle-tokens", type=int, default=DEFAULT_WINDOW_SHUFFLE_TOKENS,
+        help=f"draw the cached training windows from a shuffle buffer of this many tokens, as `saescope run` does\n"
+        f"({DEFAULT_WINDOW_SHUFFLE_TOKENS}; 0: the first --tokens of the corpus in order, a few dozen documents)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=1024, help="tokens per step for every system (1024)")
     parser.add_argument("--context-size", type=int, default=256, help="tokens per window (256)")

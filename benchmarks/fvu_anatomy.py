@@ -109,6 +109,7 @@ def main() -> int:
     parser.add_argument("--top-dims", type=int, default=2, help="the largest-variance dimensions to single out (2)")
     parser.add_argument("--context-size", type=int, default=256)
     args = parser.parse_args()
+    args.window_shuffle_tokens = fidelity.held_window_shuffle(args.out)
     site = Site.parse(f"layer_{args.layer}/{args.site}")
     loaded = load_model("gemma-3-270m")
     corpus = fidelity.corpus_config(args)

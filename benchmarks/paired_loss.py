@@ -1,0 +1,124 @@
+"""Delta LM loss of dictionaries that `benchmarks/fidelity.py` trained, on a larger held-out sample, with paired
+differences (a script, not a test).
+
+The fidelity evaluation counts 2,032 predictions per dictionary; on the attention output of Gemma 3 270M, where the
+delta losses are ~0.01-0.02 nats, a paired standard error of ~0.005 cannot tell a 10% margin. This script evaluates
+the named systems at the given target L0s of one site together (one clean pass per batch, shared by all), on
+``--windows`` held-out windows counting every ``--stride``-th prediction, and prints each dictionary's delta loss and
+KL and its paired difference against the first system at the same target L0. Results are saved (atomically) under
+``<out>/paired/`` and read back, so a rerun with the same settings only prints.
+
+    python benchmarks/paired_loss.py --out runs/fidelity-global --site att --l0s 20,60,150 \\
+        --systems saescope-jumprelu,sparsify-topk --windows 192 --stride 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fidelity  # the sibling script: its cells, work folder layout and loaders
+
+from saescope.atomic import atomic_write_json
+from saescope.eval.evaluate import EvalConfig, EvalTarget, loss_metrics
+from saescope.eval.metrics import paired_difference
+from saescope.models.loading import load_model
+from saescope.models.sites import Site
+
+
+def saved_path(args: argparse.Namespace, site: Site) -> Path:
+    return args.out / "paired" / f"{site.id.replace('/', '-')}-w{args.width}-n{args.windows}-s{args.stride}.json"
+
+
+def evaluate_missing(args: argparse.Namespace, cells: list[fidelity.Cell], saved: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the cells without a saved result (all in one loss pass) and save them with the rest."""
+    missing = [cell for cell in cells if saved.get(cell.key, {}).get("fingerprint") != cell.system.fingerprint]
+    if not missing:
+        return saved
+    loaded = load_model("gemma-3-270m")
+    targets = [EvalTarget(cell.key, cell.site, fidelity.load_for_eval(args, cell)) for cell in missing]
+    config = EvalConfig(
+        tokens=1, loss_windows=args.windows, loss_position_stride=args.stride, batch_windows=args.batch_windows,
+        keep_prediction_deltas=True,
+    )  # fmt: skip
+    results = loss_metrics(loaded, targets, fidelity.corpus_config(args), config)
+    for cell in missing:
+        loss = results[cell.key]
+        saved[cell.key] = {
+            "delta_lm_loss": loss["delta_lm_loss"], "delta_lm_loss_stderr": loss["delta_lm_loss_stderr"],
+            "kl": loss["kl_clean_to_spliced"], "predictions": loss["loss_n_predictions"],
+            "deltas": loss["delta_lm_loss_per_prediction"], "fingerprint": cell.system.fingerprint,
+        }  # fmt: skip
+    # A sample evaluated in parts is one sample only if the parts read the same windows: the count checks it.
+    counts = {entry["predictions"] for entry in saved.values()}
+    if len(counts) != 1:
+        raise RuntimeError(f"saved results in {saved_path(args, cells[0].site)} count different predictions: {counts}")
+    atomic_write_json(saved_path(args, cells[0].site), saved)
+    return saved
+
+
+def report(cells: list[fidelity.Cell], saved: dict[str, Any], systems: list[str]) -> str:
+    lines = [
+        f"| target L0 | system | predictions | delta LM loss ± s.e. | KL | − {systems[0]} (paired) | {systems[0]} is |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        entry = saved[cell.key]
+        reference = saved[fidelity.Cell(cell.site, cell.width, cell.target_l0, fidelity.SYSTEMS[systems[0]]).key]
+        paired, relative = "–", "–"
+        if cell.system.name != systems[0]:
+            mean, stderr = paired_difference(entry["deltas"], reference["deltas"])
+            paired = f"{mean:+.4f} ± {stderr:.4f} ({mean / stderr:+.1f} s.e.)" if stderr > 0 else f"{mean:+.4f}"
+            if min(entry["delta_lm_loss"], reference["delta_lm_loss"]) > 0:  # a ratio of signed noise means nothing
+                relative = f"{1 - reference['delta_lm_loss'] / entry['delta_lm_loss']:.0%} lower"
+        lines.append(
+            f"| {cell.target_l0:g} | {cell.system.name} | {entry['predictions']:,} | {entry['delta_lm_loss']:.4f} ± "
+            f"{entry['delta_lm_loss_stderr']:.4f} | {entry['kl']:.4f} | {paired} | {relative} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/fidelity-global"), help="fidelity work folder")
+    parser.add_argument("--site", default="att", help="site kind of the fidelity layer (att)")
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--l0s", default="20,60,150", help="target L0s of the cells (20,60,150)")
+    parser.add_argument("--width", type=int, default=4096)
+    parser.add_argument(
+        "--systems", default="saescope-jumprelu,sparsify-topk", help="fidelity system names; the first is the reference"
+    )
+    parser.add_argument("--windows", type=int, default=192, help="held-out windows (192)")
+    parser.add_argument("--stride", type=int, default=1, help="count every n-th prediction (1)")
+    parser.add_argument("--batch-windows", type=int, default=8, help="windows per model forward (8)")
+    parser.add_argument("--context-size", type=int, default=256, help="the fidelity run's context (256)")
+    args = parser.parse_args(argv)
+    args.window_shuffle_tokens = fidelity.held_window_shuffle(args.out)
+    site = Site.parse(f"layer_{args.layer}/{args.site}")
+    systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = [name for name in systems if name not in fidelity.SYSTEMS]
+    if unknown:
+        parser.error(f"unknown systems {unknown}; known: {', '.join(fidelity.SYSTEMS)}")
+    cells = [
+        fidelity.Cell(site, args.width, float(l0), fidelity.SYSTEMS[name])
+        for l0 in args.l0s.split(",")
+        for name in systems
+    ]
+    path = saved_path(args, site)
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved = evaluate_missing(args, cells, saved)
+    print(f"## {site.id}, width {args.width}: delta LM loss on {args.windows} held-out windows, every "
+          f"{args.stride}-th prediction\n")  # fmt: skip
+    print(report(cells, saved, systems))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
