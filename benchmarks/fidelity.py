@@ -116,7 +116,11 @@ class System:
 #: them (None: all). A result's fingerprint leaves such a field out where it cannot change the training (another
 #: architecture, or the field at its default, which is the behaviour before it existed), so that adding one does
 #: not make every saved result stale.
-FIELDS_SINCE_V3: dict[str, tuple[str, ...] | None] = {"revive_rate_fraction": ("jumprelu",), "plain_error_share": None}
+FIELDS_SINCE_V3: dict[str, tuple[str, ...] | None] = {
+    "revive_rate_fraction": ("jumprelu",),
+    "plain_error_share": None,
+    "firing_cap_mean_multiple": ("jumprelu",),
+}
 RECIPE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
 
 
@@ -176,6 +180,16 @@ ABLATIONS = (
     _ablation("gain-power-1", "dimension gains std^-1", dimension_gain_power=1.0),
     _ablation("no-rate-cap", "no firing-rate cap", max_firing_rate=0.0),
     _ablation("rate-cap-0.08", "firing rates capped at 8%", max_firing_rate=0.08),
+    _ablation("rate-cap-0.04", "firing rates capped at 4%", max_firing_rate=0.04),
+    _ablation("cap-mean-2", "the cap at least 2× (not 1.5×) the mean rate", firing_cap_mean_multiple=2.0),
+    _ablation("cap-mean-1.25", "the cap at least 1.25× (not 2×) the mean rate", firing_cap_mean_multiple=1.25),
+    _ablation("cap-mean-1.5", "the cap at least 1.5× (not 2×) the mean rate", firing_cap_mean_multiple=1.5),
+    _ablation(
+        "cap-0.04-mean-1.25",
+        "cap 4%, at least 1.25× the mean rate",
+        max_firing_rate=0.04,
+        firing_cap_mean_multiple=1.25,
+    ),
     _ablation("bdec-zeros", "b_dec starts at zero", decoder_bias_init="zeros"),
     _ablation("bdec-median", "b_dec starts at the geometric median", decoder_bias_init="geometric_median"),
     _ablation("theta-fixed", "θ starts at 0.001 (not from data)", threshold_init_from_data=False),

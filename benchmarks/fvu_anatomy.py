@@ -6,7 +6,8 @@ For one site and target L0 of a fidelity work folder, and each named system, it 
   FVU of the other dimensions, and the latents that fire on more than 10% of the tokens (how many, their firing
   rates, the active latents per token they take, and how much of the largest dimension's variance they rebuild);
 * the generalisation gap: the plain FVU on the first tokens of the training stream, on as many train-split tokens
-  the dictionaries never saw (windows from ``--unseen-from`` on, every fourth), and on the held-out sample.
+  the dictionaries never saw (windows from ``--unseen-from`` on, every fourth), and on the held-out sample; and on
+  the same three samples, how many latents fire on more than 10% of the tokens and the highest firing rate.
 
     python benchmarks/fvu_anatomy.py --out runs/fidelity-global --site mlp --l0 20 \\
         --systems saescope-jumprelu,ablate-no-refit,sparsify-topk
@@ -132,11 +133,22 @@ def main() -> int:
         print(anatomy(name, sae.eval(), heldout, args.top_dims))
     print(f"\n## The same dictionaries on training, unseen train-split and held-out tokens (plain FVU, {args.tokens:,} "
           "tokens each)\n")  # fmt: skip
-    print("| system | training stream (first tokens) | unseen train-split windows | held-out sample |")
-    print("|---|---|---|---|")
+    header = (
+        "| system | training stream (first tokens) | unseen train-split windows | held-out sample |\n|---|---|---|---|"
+    )
+    fvu_rows, dense_rows = [], []
     for name, sae in dictionaries.items():
-        cells = [fvu(x, encode(sae, x)[1]) for x in (seen, unseen, heldout)]
-        print(f"| {name} | " + " | ".join(f"{value:.4f}" for value in cells) + " |")
+        fvus, dense = [], []
+        for x_ND in (seen, unseen, heldout):
+            codes_NF, x_hat_ND = encode(sae, x_ND)
+            rate_F = (codes_NF > 0).float().mean(0)
+            fvus.append(f"{fvu(x_ND, x_hat_ND):.4f}")
+            dense.append(f"{int((rate_F > DENSE_RATE).sum())} ({100 * float(rate_F.max()):.1f}%)")
+        fvu_rows.append(f"| {name} | " + " | ".join(fvus) + " |")
+        dense_rows.append(f"| {name} | " + " | ".join(dense) + " |")
+    print(header, *fvu_rows, sep="\n")
+    print("\n## Latents on > 10% of the tokens (the highest firing rate), on the same three samples\n")
+    print(header, *dense_rows, sep="\n")
     return 0
 
 

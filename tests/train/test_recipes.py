@@ -466,10 +466,14 @@ def test_dimension_gains_reconstruct_the_small_dimensions_better(tmp_path: Path)
     assert per_dimension_fvu[0.5] < 0.8 * per_dimension_fvu[0.0]
 
 
-def _cap_once(tmp_path: Path, target_l0: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cap_once(
+    tmp_path: Path, target_l0: float, mean_multiple: float = 2.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every θ near zero (about half the latents fire on most tokens), then one firing-rate cap at 5%: the
     firing counts and thresholds before it, and the firing rates and thresholds after it."""
-    config = TrainConfig(total_tokens=10**6, batch_size=512, progress=False, max_firing_rate=0.05)
+    config = TrainConfig(
+        total_tokens=10**6, batch_size=512, progress=False, max_firing_rate=0.05, firing_cap_mean_multiple=mean_multiple
+    )
     x_ND = sparse_tokens(2048, 0)
     trainer = Trainer([jumprelu_spec(target_l0=target_l0)], ArrayActivations({RES: x_ND}), config, tmp_path)
     member = trainer.members[0]
@@ -499,3 +503,22 @@ def test_the_firing_rate_cap_never_falls_below_twice_the_rate_the_target_asks_fo
     """Target 32 of 256 latents is 12.5% each on average: a 5% cap would make the target unreachable."""
     _, _, rates_F, _ = _cap_once(tmp_path, target_l0=32.0)
     assert float(rates_F.max()) == pytest.approx(0.25, abs=2 / 2048)
+
+
+@pytest.mark.parametrize(("mean_multiple", "cap"), [(1.25, 1.25 * 32 / 256), (1.0, 32 / 256)])
+def test_the_firing_rate_cap_floor_is_the_stated_multiple_of_the_mean_rate(
+    tmp_path: Path, mean_multiple: float, cap: float
+) -> None:
+    _, _, rates_F, _ = _cap_once(tmp_path, target_l0=32.0, mean_multiple=mean_multiple)
+    assert float(rates_F.max()) == pytest.approx(cap, abs=2 / 2048)
+
+
+def test_the_firing_cap_mean_multiple_is_validated_and_kept_out_of_older_identities() -> None:
+    with pytest.raises(ValueError, match="firing_cap_mean_multiple"):
+        TrainConfig(total_tokens=1, firing_cap_mean_multiple=0.5)
+    with pytest.raises(ValueError, match="firing_cap_mean_multiple"):
+        SAESCOPE.replace(firing_cap_mean_multiple=0.9)
+    assert "firing_cap_mean_multiple" not in TrainConfig(total_tokens=1).to_dict()
+    assert TrainConfig(total_tokens=1, firing_cap_mean_multiple=1.25).to_dict()["firing_cap_mean_multiple"] == 1.25
+    config = recipe_train_config(SAESCOPE.replace(firing_cap_mean_multiple=1.5), total_tokens=1)
+    assert config.firing_cap_mean_multiple == 1.5

@@ -105,6 +105,11 @@ def register(commands: Any) -> None:
         help="raise the θ of a JumpReLU latent firing on more than this fraction of a batch (0 = off; run: 0.05)",
     )  # fmt: skip
     rec.add_argument(
+        "--firing-cap-mean-multiple", type=float, default=2.0,
+        help="with --max-firing-rate, the cap is never below this multiple of the mean rate the target L0 asks for "
+        "(2)",
+    )  # fmt: skip
+    rec.add_argument(
         "--decoder-refit-tokens", type=int, default=0,
         help="after the last step, refit each SAE/transcoder decoder to its final codes by least squares over this "
         "many tokens from the start of the data; the codes and L0 do not change (0 = off; `saescope run`: 131072)",
@@ -252,6 +257,7 @@ def _train(args: argparse.Namespace) -> int:
         dimension_gain_power=args.dimension_gain_power,
         plain_error_share=args.plain_error_share,
         max_firing_rate=args.max_firing_rate,
+        firing_cap_mean_multiple=args.firing_cap_mean_multiple,
         decoder_refit_tokens=args.decoder_refit_tokens,
         seed=args.seed,
         checkpoint_every_steps=args.checkpoint_every,

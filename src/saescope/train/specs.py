@@ -267,6 +267,7 @@ def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -
         "dimension_gain_power": recipe.dimension_gain_power,
         "plain_error_share": recipe.plain_error_share,
         "max_firing_rate": recipe.max_firing_rate,
+        "firing_cap_mean_multiple": recipe.firing_cap_mean_multiple,
         "decoder_refit_tokens": recipe.decoder_refit_tokens,
     }
     values.update({key: value for key, value in settings.items() if value is not None})

@@ -194,10 +194,15 @@ class TrainConfig:
     #: the gains (0 = the gain-weighted error alone). Why: the gains move the error into the massive dimensions,
     #: which the plain FVU is mostly made of; a share of the plain error buys them back (see `dimension_gains`).
     plain_error_share: float = 0.0
-    #: Each step, a JumpReLU latent firing on more than this fraction of the batch (or twice the mean rate its
-    #: target L0 asks for, if more) gets θ raised to the quantile at which it fires on exactly that (0 = off): a
-    #: hard hold against dense latents, which the L0 penalty alone lets through (it charges every firing alike).
+    #: Each step, a JumpReLU latent firing on more than this fraction of the batch (or
+    #: ``firing_cap_mean_multiple`` times the mean rate its target L0 asks for, if more) gets θ raised to the
+    #: quantile at which it fires on exactly that (0 = off): a hard hold against dense latents, which the L0
+    #: penalty alone lets through (it charges every firing alike).
     max_firing_rate: float = 0.0
+    #: The firing-rate cap never falls below this multiple of the mean rate a latent's target L0 asks for (a cap
+    #: under the mean would make the target unreachable); with a large target on a narrow dictionary this, not
+    #: ``max_firing_rate``, is the cap (150 of 4,096 latents: 3.7% each, twice that 7.3%).
+    firing_cap_mean_multiple: float = 2.0
     #: After the last step, set each single-layer dictionary's decoder to the ridge least-squares fit of its
     #: targets given its final codes, over this many tokens from the start of the training data (0 = off; see
     #: `saescope.train.refit`). The codes, and so L0, do not change.
@@ -229,6 +234,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction!r}")
         if not 0.0 <= self.max_firing_rate < 1.0:
             raise ValueError(f"TrainConfig.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
+        if not self.firing_cap_mean_multiple >= 1.0:
+            raise ValueError(
+                f"TrainConfig.firing_cap_mean_multiple must be >= 1; got {self.firing_cap_mean_multiple!r}"
+            )
         if not 0.0 <= self.dimension_gain_power <= 1.0:
             raise ValueError(f"TrainConfig.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
         if not 0.0 <= self.plain_error_share < 1.0:
@@ -246,6 +255,8 @@ class TrainConfig:
         data.pop("device")  # where it ran does not change what was trained: a run may resume elsewhere
         if self.plain_error_share == 0.0:  # as before the field existed: older checkpoints keep their identity
             del data["plain_error_share"]
+        if self.firing_cap_mean_multiple == 2.0:  # likewise
+            del data["firing_cap_mean_multiple"]
         return data
 
 
@@ -663,8 +674,9 @@ class Trainer:
     @torch.no_grad()
     def _cap_firing_rates(self, member: _Member, x_BD: torch.Tensor, firing_counts_F: torch.Tensor) -> None:
         """Raise the θ of every JumpReLU latent that fired on more than its cap of this batch to the batch quantile
-        at which it fires on exactly the cap. The cap is ``max_firing_rate``, but never below twice the mean
-        firing rate that the target L0 asks of the block (60 of 1,024 latents is already 5.9% each)."""
+        at which it fires on exactly the cap. The cap is ``max_firing_rate``, but never below
+        ``firing_cap_mean_multiple`` times the mean firing rate that the target L0 asks of the block (60 of 1,024
+        latents is already 5.9% each)."""
         if self.config.max_firing_rate == 0:
             return
         n_tokens = x_BD.shape[0]
@@ -676,7 +688,7 @@ class Trainer:
             width = block.config.width
             cap = self.config.max_firing_rate
             if target is not None:
-                cap = min(1.0, max(cap, 2.0 * target / len(blocks) / width))
+                cap = min(1.0, max(cap, self.config.firing_cap_mean_multiple * target / len(blocks) / width))
             dense_K = (firing_counts_F[offset : offset + width] > cap * n_tokens).nonzero().flatten()
             if isinstance(block, JumpReLU) and dense_K.numel() > 0:
                 quantile_K = self._target_rate_quantiles(member, block, x_block, dense_K, rate=cap)
