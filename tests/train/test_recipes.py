@@ -520,5 +520,5 @@ def test_the_firing_cap_mean_multiple_is_validated_and_kept_out_of_older_identit
         SAESCOPE.replace(firing_cap_mean_multiple=0.9)
     assert "firing_cap_mean_multiple" not in TrainConfig(total_tokens=1).to_dict()
     assert TrainConfig(total_tokens=1, firing_cap_mean_multiple=1.25).to_dict()["firing_cap_mean_multiple"] == 1.25
-    config = recipe_train_config(SAESCOPE.replace(firing_cap_mean_multiple=1.5), total_tokens=1)
-    assert config.firing_cap_mean_multiple == 1.5
+    config = recipe_train_config(SAESCOPE.replace(firing_cap_mean_multiple=1.25), total_tokens=1)
+    assert config.firing_cap_mean_multiple == 1.25
