@@ -86,15 +86,20 @@ def test_paired_difference_cancels_what_two_dictionaries_share() -> None:
     accumulators = [LossAccumulator(max_position=4, keep_deltas=True) for _ in range(2)]
     for accumulator, offset in zip(accumulators, (0.0, 0.1), strict=True):
         spliced = shared + offset + 0.01 * torch.arange(200).remainder(3)
-        accumulator.update(torch.zeros(200), spliced, torch.full((200,), 9.0), torch.zeros(200), torch.ones(200).long())
+        kl = shared / 10 + offset / 2
+        accumulator.update(torch.zeros(200), spliced, torch.full((200,), 9.0), kl, torch.ones(200).long())
     first, second = (accumulator.result() for accumulator in accumulators)
     per_prediction = "delta_lm_loss_per_prediction"
     difference, stderr = paired_difference(second[per_prediction], first[per_prediction])
     assert difference == pytest.approx(0.1, abs=1e-6)
     assert stderr < first["delta_lm_loss_stderr"] / 10
+    assert first["kl_per_prediction"] == pytest.approx((shared / 10).tolist())  # in evaluation order
+    kl_difference, kl_stderr = paired_difference(second["kl_per_prediction"], first["kl_per_prediction"])
+    assert kl_difference == pytest.approx(0.05, abs=1e-6)
+    assert kl_stderr < first["kl_clean_to_spliced_stderr"] / 10
     plain = LossAccumulator(max_position=4)
     plain.update(torch.zeros(2), torch.ones(2), torch.ones(2), torch.zeros(2), torch.ones(2).long())
-    assert "delta_lm_loss_per_prediction" not in plain.result()  # only when asked for
+    assert not {"delta_lm_loss_per_prediction", "kl_per_prediction"} & set(plain.result())  # only when asked for
     with pytest.raises(ValueError, match="same predictions"):
         paired_difference([0.1, 0.2], [0.1])
 

@@ -12,7 +12,7 @@ import torch
 from saescope.data.corpus import CorpusConfig, special_token_mask
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
-from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, spliced_losses
+from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, spliced_losses
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
@@ -123,6 +123,13 @@ def test_evaluate_writes_metrics_json(tiny_model_dir: Path, tmp_path: Path) -> N
     difference, stderr = paired_difference(zero_N, identity_N)
     assert difference == pytest.approx(zero["lm_loss"]["delta_lm_loss"] - identity["lm_loss"]["delta_lm_loss"])
     assert 0 < stderr <= zero["lm_loss"]["delta_lm_loss_stderr"] * 1.01
+    zero_kl_N = zero["lm_loss"]["kl_per_prediction"]
+    assert len(zero_kl_N) == len(zero_N)
+    assert sum(zero_kl_N) / len(zero_kl_N) == pytest.approx(zero["lm_loss"]["kl_clean_to_spliced"], rel=1e-5)
+    # An exact splice leaves only the bfloat16 rounding of the stored clean log-probabilities: a true KL, >= 0.
+    identity_kl_N = identity["lm_loss"]["kl_per_prediction"]
+    assert min(identity_kl_N) >= 0
+    assert max(identity_kl_N) < 0.01 * zero["lm_loss"]["kl_clean_to_spliced"]
     assert identity["reconstruction"]["fvu"] == 0.0
     assert identity["reconstruction"]["n_tokens"] == 200
     assert identity["lm_loss"]["delta_lm_loss"] == pytest.approx(0.0, abs=1e-6)
@@ -134,3 +141,16 @@ def test_evaluate_writes_metrics_json(tiny_model_dir: Path, tmp_path: Path) -> N
     assert written["dataset"]["split"] == "heldout"
     assert "never spliced" in written["mask_policy"]
     assert len(written["reconstruction"]["fvu_by_position"]) == 16
+
+
+def test_kl_to_clean_is_a_true_kl_after_bfloat16_rounding() -> None:
+    generator = torch.Generator().manual_seed(0)
+    clean_NV = torch.log_softmax(3 * torch.randn(64, 5000, generator=generator), dim=-1)
+    other_NV = torch.log_softmax(clean_NV + 0.3 * torch.randn(64, 5000, generator=generator), dim=-1)
+    expected_N = (clean_NV.exp() * (clean_NV - other_NV)).sum(-1)
+    measured_N = kl_to_clean(clean_NV.to(torch.bfloat16), other_NV)
+    assert measured_N.dtype == torch.float32
+    assert torch.allclose(measured_N, expected_N, rtol=0.02, atol=1e-4)
+    exact_N = kl_to_clean(clean_NV.to(torch.bfloat16), clean_NV)  # rounding alone: tiny and never negative
+    assert exact_N.min() >= 0
+    assert exact_N.max() < 0.01 * expected_N.mean()

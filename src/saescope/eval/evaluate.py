@@ -99,8 +99,9 @@ class EvalConfig:
     loss_position_stride: int = 4
     batch_windows: int = 4
     lm_head_chunk: int = 128
-    #: Also return each prediction's delta loss (``lm_loss.delta_lm_loss_per_prediction``), for paired
-    #: comparisons of dictionaries evaluated on the same windows (`saescope.eval.metrics.paired_difference`).
+    #: Also return each prediction's delta loss and KL (``lm_loss.delta_lm_loss_per_prediction``,
+    #: ``lm_loss.kl_per_prediction``), for paired comparisons of dictionaries evaluated on the same windows
+    #: (`saescope.eval.metrics.paired_difference`).
     keep_prediction_deltas: bool = False
 
     def __post_init__(self) -> None:

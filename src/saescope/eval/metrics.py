@@ -124,7 +124,7 @@ class LossAccumulator:
     """Per-token next-token cross-entropies of the clean, zero-ablated and spliced model (SPEC §4.2)."""
 
     max_position: int
-    #: Also return every prediction's delta loss, in evaluation order (see `paired_difference`).
+    #: Also return every prediction's delta loss and KL, in evaluation order (see `paired_difference`).
     keep_deltas: bool = False
     n: int = 0
     clean_sum: float = 0.0
@@ -138,6 +138,7 @@ class LossAccumulator:
         self.delta_by_position = torch.zeros(self.max_position, dtype=torch.float64)
         self.count_by_position = torch.zeros(self.max_position, dtype=torch.int64)
         self.deltas: list[torch.Tensor] = []
+        self.kls: list[torch.Tensor] = []
 
     def update(
         self,
@@ -159,6 +160,7 @@ class LossAccumulator:
         self.count_by_position.index_add_(0, positions_N.cpu(), torch.ones_like(positions_N.cpu()))
         if self.keep_deltas:
             self.deltas.append(delta_N.float().cpu())
+            self.kls.append(kl_N.float().cpu())
 
     def result(self) -> dict[str, Any]:
         if self.n == 0:
@@ -181,16 +183,27 @@ class LossAccumulator:
             "delta_lm_loss_by_position": [
                 float(d / c) if c else None for d, c in zip(self.delta_by_position, self.count_by_position, strict=True)
             ],
-            **({"delta_lm_loss_per_prediction": torch.cat(self.deltas).tolist()} if self.keep_deltas else {}),
+            **(
+                {
+                    "delta_lm_loss_per_prediction": torch.cat(self.deltas).tolist(),
+                    "kl_per_prediction": torch.cat(self.kls).tolist(),
+                }
+                if self.keep_deltas
+                else {}
+            ),
         }
 
 
 def paired_difference(deltas_a: Sequence[float], deltas_b: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error of (a − b) over the same predictions: two dictionaries' delta losses per
-    prediction (``delta_lm_loss_per_prediction``) from evaluations of the same windows.
+    prediction (``delta_lm_loss_per_prediction``), or their KLs (``kl_per_prediction``), from evaluations of
+    the same windows.
 
     Why: the hard tokens are hard for both, so the per-prediction deltas of two good dictionaries are strongly
     correlated, and the standard error of their difference is several times smaller than either one's own.
+    KL is the delta loss's expectation over the clean model's own next-token distribution, so it carries no
+    sampling noise from the observed token: where delta losses are near zero (attention outputs), a paired KL
+    difference resolves margins that a paired delta-loss difference cannot.
     """
     if len(deltas_a) != len(deltas_b) or not deltas_a:
         raise ValueError(

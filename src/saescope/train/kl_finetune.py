@@ -31,7 +31,7 @@ from tqdm import tqdm
 from saescope.atomic import atomic_write_json, atomic_write_with
 from saescope.data.activations import stack_windows
 from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids, special_token_mask
-from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, logits_from_hidden
+from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site
@@ -114,8 +114,7 @@ def spliced_kl_step(
         h_ND = final_hidden(model, ids_BT)[predictions.rows_B, predictions.cols_T]
     (out,) = parts
     log_probs_NV = torch.log_softmax(logits_from_hidden(model, h_ND), dim=-1)
-    clean_NV = clean_NV.float()
-    kl = (clean_NV.exp() * (clean_NV - log_probs_NV)).sum(-1).mean()
+    kl = kl_to_clean(clean_NV, log_probs_NV).mean()
     total = kl_finetune_loss(out.reconstruction, kl, beta) + out.sparsity + out.high_frequency
     return total, KLStep(float(total.detach()), float(out.reconstruction.detach()), float(kl.detach()), float(out.l0))
 
