@@ -77,7 +77,7 @@ from saescope.eval.metrics import paired_difference
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
 from saescope.release.suite import read_trained_sae
-from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
+from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary, single_layer
 from saescope.train import SAESpec, Trainer
 from saescope.train.recipes import GEMMA_SCOPE, SAESCOPE, Recipe
 from saescope.train.specs import SuiteOptions, recipe_train_config
@@ -370,15 +370,15 @@ class Cell:
 
 
 def weights_path(args: argparse.Namespace, cell: Cell) -> Path:
-    return args.out / "peers" / f"{cell.key}.safetensors"
+    return Path(args.out) / "peers" / f"{cell.key}.safetensors"
 
 
 def result_path(args: argparse.Namespace, cell: Cell) -> Path:
-    return args.out / "results" / f"{cell.key}.json"
+    return Path(args.out) / "results" / f"{cell.key}.json"
 
 
 def trained_path(args: argparse.Namespace, cell: Cell) -> Path:
-    return args.out / "trained" / f"{cell.key}.json"
+    return Path(args.out) / "trained" / f"{cell.key}.json"
 
 
 #: Bumped when a result row gains a metric or the evaluation changes, so that older rows are evaluated again
@@ -405,7 +405,7 @@ def current_result(args: argparse.Namespace, cell: Cell) -> dict[str, Any] | Non
 
 def deltas_path(args: argparse.Namespace, cell: Cell) -> Path:
     """Every held-out prediction's delta loss of a result (float32, evaluation order), for paired differences."""
-    return args.out / "results" / f"{cell.key}.deltas.npy"
+    return Path(args.out) / "results" / f"{cell.key}.deltas.npy"
 
 
 def needs_evaluation(args: argparse.Namespace, cell: Cell) -> bool:
@@ -434,7 +434,7 @@ def _schedule_key(recipe: Recipe) -> str:
 
 def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[Cell]) -> dict[str, float]:
     """Train the saescope cells of one site, one Trainer per distinct recipe schedule; seconds per group."""
-    groups: dict[tuple[Any, ...], list[Cell]] = {}
+    groups: dict[str, list[Cell]] = {}
     for cell in cells:
         assert cell.system.recipe is not None
         groups.setdefault(_schedule_key(cell.system.recipe), []).append(cell)
@@ -548,7 +548,7 @@ def load_for_eval(args: argparse.Namespace, cell: Cell) -> SparseDictionary:
     if cell.system.kind in ("saescope", "saescope-kl"):
         record = current_record(trained_path(args, cell), cell)
         assert record is not None
-        return read_trained_sae(Path(record["folder"])).raw_space()
+        return single_layer(read_trained_sae(Path(record["folder"])).raw_space(), "the fidelity evaluation")
     return peer_dictionary(weights_path(args, cell), cell)
 
 
@@ -839,7 +839,7 @@ def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str,
            "Not run yet (`--report-only` wrote this report; run the command without it to measure them): "
            + ", ".join(f"`{key}`" for key in missing) + ".\n"] if missing else []),
     ]  # fmt: skip
-    path = args.docs / "fidelity.md"
+    path = Path(args.docs) / "fidelity.md"
     atomic_write_text(path, "\n".join(text))
     atomic_write_json(args.docs / "fidelity-results.json", {"command": command, "rows": rows, "skipped": skipped})
     return path

@@ -36,7 +36,7 @@ from saescope.models.sites import Site
 
 
 def saved_path(args: argparse.Namespace, site: Site) -> Path:
-    return args.out / "paired" / f"{site.id.replace('/', '-')}-w{args.width}-n{args.windows}-s{args.stride}.json"
+    return Path(args.out) / "paired" / f"{site.id.replace('/', '-')}-w{args.width}-n{args.windows}-s{args.stride}.json"
 
 
 def evaluate_missing(args: argparse.Namespace, cells: list[fidelity.Cell], saved: dict[str, Any]) -> dict[str, Any]:

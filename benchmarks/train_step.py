@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from saescope.models.sites import Site, SiteKind
-from saescope.sae import DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary
+from saescope.sae import DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary, single_layer
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -121,7 +121,7 @@ Step = Callable[[int], tuple[float, float]]
 def make_activations(batch: int, d_in: int, seed: int) -> torch.Tensor:
     """Gaussian rows scaled so that E‖x‖² = 1 (saescope trains on x / C with C = sqrt(E‖x‖²))."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, d_in, generator=generator) / d_in**0.5
+    return torch.randn(batch, d_in, generator=generator) / math.sqrt(d_in)
 
 
 def jumprelu_config(args: argparse.Namespace, width: int, kernel: str) -> DictionaryConfig:
@@ -215,7 +215,7 @@ def saescope_trainer(
     train_config = trainer_module.TrainConfig(total_tokens=10**9, batch_size=int(x_BD.shape[0]), progress=False)
     trainer = trainer_module.Trainer([spec], _OneBatchSource(site, x_BD), train_config, out_dir)
     member = trainer.members[0]
-    load_into(member.sae, weights)
+    load_into(single_layer(member.sae, "the train-step benchmark"), weights)
 
     def step(index: int) -> tuple[float, float]:
         trainer.step = index
@@ -434,7 +434,8 @@ def build_systems(
     """Every system at this width, starting from the same weights; and each one's peak memory."""
     weights = initial_weights(args, width, x_BD)
     weights_path = scratch / f"weights-{width}.npz"
-    np.savez(weights_path, **{name: tensor.numpy() for name, tensor in weights.items()})
+    arrays: dict[str, Any] = {name: tensor.numpy() for name, tensor in weights.items()}
+    np.savez(weights_path, **arrays)
     builders = saescope_builders(args, width, weights, x_BD, scratch)
     systems: dict[str, Step] = {}
     for name in args.system_list:
