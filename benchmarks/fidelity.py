@@ -403,14 +403,21 @@ def current_result(args: argparse.Namespace, cell: Cell) -> dict[str, Any] | Non
     return current_record(result_path(args, cell), cell, version=RESULT_VERSION)
 
 
-def deltas_path(args: argparse.Namespace, cell: Cell) -> Path:
-    """Every held-out prediction's delta loss of a result (float32, evaluation order), for paired differences."""
-    return Path(args.out) / "results" / f"{cell.key}.deltas.npy"
+#: What a result keeps per held-out prediction (float32, evaluation order), for paired differences: the file suffix
+#: of each, and the evaluation's key for it.
+PER_PREDICTION = {"deltas": "delta_lm_loss_per_prediction", "kls": "kl_per_prediction"}
+
+
+def per_prediction_path(args: argparse.Namespace, cell: Cell, measure: str) -> Path:
+    """Every held-out prediction's delta loss (`measure` "deltas") or KL ("kls") of a result."""
+    return Path(args.out) / "results" / f"{cell.key}.{measure}.npy"
 
 
 def needs_evaluation(args: argparse.Namespace, cell: Cell) -> bool:
-    """No current result, or one saved before results kept their per-prediction deltas (evaluated again)."""
-    return current_result(args, cell) is None or not deltas_path(args, cell).exists()
+    """No current result, or one saved before results kept their per-prediction deltas and KLs (evaluated again)."""
+    return current_result(args, cell) is None or not all(
+        per_prediction_path(args, cell, measure).exists() for measure in PER_PREDICTION
+    )
 
 
 def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
@@ -584,11 +591,12 @@ def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Ce
             "train_seconds": train_seconds(args, cell), "fingerprint": cell.system.fingerprint,
             "version": RESULT_VERSION,
         }  # fmt: skip
-        deltas = deltas_path(args, cell)
-        partial = deltas.with_suffix(".partial.npy")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        np.save(partial, np.asarray(loss["delta_lm_loss_per_prediction"], dtype=np.float32))
-        os.replace(partial, deltas)
+        for measure, key in PER_PREDICTION.items():
+            path = per_prediction_path(args, cell, measure)
+            partial = path.with_suffix(".partial.npy")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            np.save(partial, np.asarray(loss[key], dtype=np.float32))
+            os.replace(partial, path)
         atomic_write_json(result_path(args, cell), row)
 
 
@@ -613,41 +621,64 @@ def row_key(row: dict[str, Any]) -> RowKey:
     return row["site"], row["width"], row["target_l0"], row["system"]
 
 
-def results_table(rows: list[dict[str, Any]], skipped: dict[str, str], deltas: dict[RowKey, np.ndarray]) -> str:
+#: Per-prediction arrays of the results that kept them: measure ("deltas", "kls") → row → array.
+PerPrediction = dict[str, dict[RowKey, np.ndarray]]
+
+
+def paired(per_prediction: PerPrediction, measure: str, a: RowKey, b: RowKey) -> tuple[float, float] | None:
+    """Mean and paired standard error of a − b over the same held-out predictions, where both kept them."""
+    first, second = per_prediction[measure].get(a), per_prediction[measure].get(b)
+    if first is None or second is None or first.shape != second.shape:
+        return None
+    return paired_difference(first.tolist(), second.tolist())
+
+
+def results_table(rows: list[dict[str, Any]], skipped: dict[str, str], per_prediction: PerPrediction) -> str:
     lines = [
         "| site | width | target L0 | system | L0 | FVU | FVU per dimension | delta LM loss ± s.e. | ΔL − default "
-        "(paired) | KL | dead % | dense % | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "(paired) | KL | KL − default (paired) | dead % | dense % | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in sorted(rows, key=lambda r: (r["site"], r["width"], r["target_l0"], r["system"])):
-        default = deltas.get((row["site"], row["width"], row["target_l0"], DEFAULT_SYSTEM))
-        own = deltas.get(row_key(row))
-        paired = "–"
-        if row["system"] != DEFAULT_SYSTEM and default is not None and own is not None and own.shape == default.shape:
-            difference, stderr = paired_difference(own.tolist(), default.tolist())
-            paired = f"{difference:+.3f} ± {stderr:.3f}"
+        default = (row["site"], row["width"], row["target_l0"], DEFAULT_SYSTEM)
+        differences = {"deltas": "–", "kls": "–"}
+        for measure, digits in (("deltas", 3), ("kls", 4)):
+            found = paired(per_prediction, measure, row_key(row), default) if row["system"] != DEFAULT_SYSTEM else None
+            if found is not None:
+                differences[measure] = f"{found[0]:+.{digits}f} ± {found[1]:.{digits}f}"
         lines.append(
             f"| {row['site']} | {row['width']} | {row['target_l0']:g} | {row['label']} | {row['l0']:.1f} | "
             f"{row['fvu']:.3f} | {row['fvu_per_dimension']:.3f} | "
-            f"{row['delta_lm_loss']:.3f} ± {row['delta_lm_loss_stderr']:.3f} | {paired} | {row['kl']:.3f} | "
+            f"{row['delta_lm_loss']:.3f} ± {row['delta_lm_loss_stderr']:.3f} | {differences['deltas']} | "
+            f"{row['kl']:.4f} | {differences['kls']} | "
             f"{100 * row['dead_fraction']:.1f} | {100 * row['dense_fraction']:.2f} | {_fmt(row['train_seconds'])} |"
         )
     for key, reason in sorted(skipped.items()):
-        lines.append(f"| {key} | | | not run | | | | {reason} | | | | | |")
+        lines.append(f"| {key} | | | not run | | | | {reason} | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
-def paired_text(ours: dict[str, Any], other: dict[str, Any], deltas: dict[RowKey, np.ndarray]) -> str:
-    """Our delta loss minus another system's over the same held-out predictions, where both kept them."""
-    a, b = deltas.get(row_key(ours)), deltas.get(row_key(other))
-    if a is None or b is None or a.shape != b.shape:
-        return ""
-    difference, stderr = paired_difference(a.tolist(), b.tolist())
-    in_errors = f" ({difference / stderr:+.1f} s.e.)" if stderr > 0 else ""  # 0: the same predictions exactly
-    return f"; paired difference {difference:+.4f} ± {stderr:.4f} nats{in_errors}"
+def paired_text(ours: dict[str, Any], other: dict[str, Any], per_prediction: PerPrediction) -> str:
+    """Our delta loss and KL minus another system's over the same held-out predictions, where both kept them.
+
+    KL is the delta loss expected under the clean model's next-token distribution, free of the observed token's
+    noise: where delta losses are near zero (attention outputs) its paired difference still resolves margins."""
+    parts = []
+    for measure, what in (("deltas", "delta loss"), ("kls", "KL")):
+        found = paired(per_prediction, measure, row_key(ours), row_key(other))
+        if found is not None:
+            difference, stderr = found
+            in_errors = f" ({difference / stderr:+.1f} s.e.)" if stderr > 0 else ""  # 0: the same predictions
+            parts.append(f"paired {what} difference {difference:+.4f} ± {stderr:.4f} nats{in_errors}")
+    return "".join(f"; {part}" for part in parts)
 
 
-def goal_checks(rows: list[dict[str, Any]], deltas: dict[RowKey, np.ndarray]) -> str:
+def kl_margin(ours: float, peer: float) -> str:
+    gain = 1 - ours / peer if peer > 0 else 0.0
+    return f"{100 * gain:.0f}% lower" if gain >= 0 else f"{-100 * gain:.0f}% higher"
+
+
+def goal_checks(rows: list[dict[str, Any]], per_prediction: PerPrediction) -> str:
     """The issue's goals, checked on the measured rows."""
     lines = []
     off_target = [r for r in rows if r["system"].startswith(("saescope", "gemma-scope", "ablate"))
@@ -677,7 +708,8 @@ def goal_checks(rows: list[dict[str, Any]], deltas: dict[RowKey, np.ndarray]) ->
             checks.insert(
                 0,
                 f"delta loss {ours['delta_lm_loss']:.3f} vs best matched-L0 peer ({best['label']}, L0 "
-                f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: {margin}{paired_text(ours, best, deltas)}; "
+                f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: {margin}{paired_text(ours, best, per_prediction)}; "
+                f"KL {ours['kl']:.4f} vs {best['kl']:.4f} ({kl_margin(ours['kl'], best['kl'])}); "
                 f"FVU {ours['fvu']:.3f} vs {best['fvu']:.3f} "
                 f"({'no worse' if ours['fvu'] <= best['fvu'] else 'worse'}); FVU per dimension "
                 f"{ours['fvu_per_dimension']:.3f} vs {best['fvu_per_dimension']:.3f} "
@@ -810,7 +842,14 @@ def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str,
     found = [(c, row) for c in cells if (row := current_result(args, c)) is not None]
     rows = [row for _, row in found]
     missing = [c.key for c in cells if c.key not in skipped and current_result(args, c) is None]
-    deltas = {row_key(row): np.load(deltas_path(args, c)) for c, row in found if deltas_path(args, c).exists()}
+    per_prediction: PerPrediction = {
+        measure: {
+            row_key(row): np.load(per_prediction_path(args, c, measure))
+            for c, row in found
+            if per_prediction_path(args, c, measure).exists()
+        }
+        for measure in PER_PREDICTION
+    }
     args.docs.mkdir(parents=True, exist_ok=True)
     plots = write_plots(rows, args.docs) if rows else []
     stream = json.loads((args.out / "stream" / "stream.json").read_text())
@@ -828,11 +867,11 @@ def write_report(args: argparse.Namespace, cells: list[Cell], skipped: dict[str,
         "dimension). Torch threads: "
         f"{torch.get_num_threads()}.\n",
         "## Goals\n",
-        goal_checks(rows, deltas),
+        goal_checks(rows, per_prediction),
         "## The papers' qualitative results\n",
         qualitative_checks(rows),
         "## Results\n",
-        results_table(rows, skipped, deltas),
+        results_table(rows, skipped, per_prediction),
         "## Plots\n",
         *[f"![{name}]({name})\n" for name in plots],
         *(["## Cells of the grid without a result\n",
