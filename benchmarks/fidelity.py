@@ -625,6 +625,20 @@ def row_key(row: dict[str, Any]) -> RowKey:
 PerPrediction = dict[str, dict[RowKey, np.ndarray]]
 
 
+def paired_summary(difference: float, stderr: float, digits: int = 4) -> str:
+    """A paired difference with its standard error, and how many standard errors it is."""
+    in_errors = f" ({difference / stderr:+.1f} s.e.)" if stderr > 0 else ""  # 0: the same predictions exactly
+    return f"{difference:+.{digits}f} ± {stderr:.{digits}f}{in_errors}"
+
+
+def percent_lower(ours: float, other: float) -> str:
+    """How much lower `ours` is than `other`; a ratio of signed noise (a delta loss ≤ 0) means nothing."""
+    if min(ours, other) <= 0:
+        return "–"
+    gain = 1 - ours / other
+    return f"{100 * gain:.0f}% lower" if gain >= 0 else f"{-100 * gain:.0f}% higher"
+
+
 def paired(per_prediction: PerPrediction, measure: str, a: RowKey, b: RowKey) -> tuple[float, float] | None:
     """Mean and paired standard error of a − b over the same held-out predictions, where both kept them."""
     first, second = per_prediction[measure].get(a), per_prediction[measure].get(b)
@@ -645,7 +659,7 @@ def results_table(rows: list[dict[str, Any]], skipped: dict[str, str], per_predi
         for measure, digits in (("deltas", 3), ("kls", 4)):
             found = paired(per_prediction, measure, row_key(row), default) if row["system"] != DEFAULT_SYSTEM else None
             if found is not None:
-                differences[measure] = f"{found[0]:+.{digits}f} ± {found[1]:.{digits}f}"
+                differences[measure] = f"{found[0]:+.{digits}f} ± {found[1]:.{digits}f}"  # table: no s.e. count
         lines.append(
             f"| {row['site']} | {row['width']} | {row['target_l0']:g} | {row['label']} | {row['l0']:.1f} | "
             f"{row['fvu']:.3f} | {row['fvu_per_dimension']:.3f} | "
@@ -667,15 +681,8 @@ def paired_text(ours: dict[str, Any], other: dict[str, Any], per_prediction: Per
     for measure, what in (("deltas", "delta loss"), ("kls", "KL")):
         found = paired(per_prediction, measure, row_key(ours), row_key(other))
         if found is not None:
-            difference, stderr = found
-            in_errors = f" ({difference / stderr:+.1f} s.e.)" if stderr > 0 else ""  # 0: the same predictions
-            parts.append(f"paired {what} difference {difference:+.4f} ± {stderr:.4f} nats{in_errors}")
+            parts.append(f"paired {what} difference (nats) {paired_summary(*found)}")
     return "".join(f"; {part}" for part in parts)
-
-
-def kl_margin(ours: float, peer: float) -> str:
-    gain = 1 - ours / peer if peer > 0 else 0.0
-    return f"{100 * gain:.0f}% lower" if gain >= 0 else f"{-100 * gain:.0f}% higher"
 
 
 def goal_checks(rows: list[dict[str, Any]], per_prediction: PerPrediction) -> str:
@@ -709,7 +716,7 @@ def goal_checks(rows: list[dict[str, Any]], per_prediction: PerPrediction) -> st
                 0,
                 f"delta loss {ours['delta_lm_loss']:.3f} vs best matched-L0 peer ({best['label']}, L0 "
                 f"{best['l0']:.1f}) {best['delta_lm_loss']:.3f}: {margin}{paired_text(ours, best, per_prediction)}; "
-                f"KL {ours['kl']:.4f} vs {best['kl']:.4f} ({kl_margin(ours['kl'], best['kl'])}); "
+                f"KL {ours['kl']:.4f} vs {best['kl']:.4f} ({percent_lower(ours['kl'], best['kl'])}); "
                 f"FVU {ours['fvu']:.3f} vs {best['fvu']:.3f} "
                 f"({'no worse' if ours['fvu'] <= best['fvu'] else 'worse'}); FVU per dimension "
                 f"{ours['fvu_per_dimension']:.3f} vs {best['fvu_per_dimension']:.3f} "

@@ -71,20 +71,10 @@ def evaluate_missing(args: argparse.Namespace, cells: list[fidelity.Cell], saved
     return saved
 
 
-def paired_text(own: list[float], base: list[float]) -> str:
-    mean, stderr = paired_difference(own, base)
-    return f"{mean:+.4f} ± {stderr:.4f} ({mean / stderr:+.1f} s.e.)" if stderr > 0 else f"{mean:+.4f}"
-
-
-def lower_text(own: float, base: float) -> str:
-    """How much lower the reference's figure is; a ratio of signed noise means nothing, so only for positives."""
-    return f"{1 - base / own:.0%}" if min(own, base) > 0 else "–"
-
-
 def report(cells: list[fidelity.Cell], saved: dict[str, Any], reference: fidelity.System) -> str:
     lines = [
         f"| target L0 | system | predictions | delta LM loss ± s.e. | KL | delta loss − {reference.name} (paired) | "
-        f"KL − {reference.name} (paired) | {reference.name} lower by (delta loss, KL) |",
+        f"KL − {reference.name} (paired) | {reference.name}'s delta loss, KL against it |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for cell in cells:
@@ -92,10 +82,11 @@ def report(cells: list[fidelity.Cell], saved: dict[str, Any], reference: fidelit
         base = saved[fidelity.Cell(cell.site, cell.width, cell.target_l0, reference).key]
         paired_loss, paired_kl, relative = "–", "–", "–"
         if cell.system != reference:
-            paired_loss = paired_text(entry["deltas"], base["deltas"])
-            paired_kl = paired_text(entry["kls"], base["kls"])
+            paired_loss = fidelity.paired_summary(*paired_difference(entry["deltas"], base["deltas"]))
+            paired_kl = fidelity.paired_summary(*paired_difference(entry["kls"], base["kls"]))
             relative = (
-                f"{lower_text(entry['delta_lm_loss'], base['delta_lm_loss'])}, {lower_text(entry['kl'], base['kl'])}"
+                f"{fidelity.percent_lower(base['delta_lm_loss'], entry['delta_lm_loss'])}, "
+                f"{fidelity.percent_lower(base['kl'], entry['kl'])}"
             )
         lines.append(
             f"| {cell.target_l0:g} | {cell.system.name} | {entry['predictions']:,} | {entry['delta_lm_loss']:.4f} ± "

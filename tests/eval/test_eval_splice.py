@@ -128,7 +128,7 @@ def test_evaluate_writes_metrics_json(tiny_model_dir: Path, tmp_path: Path) -> N
     assert sum(zero_kl_N) / len(zero_kl_N) == pytest.approx(zero["lm_loss"]["kl_clean_to_spliced"], rel=1e-5)
     # An exact splice leaves only the bfloat16 rounding of the stored clean log-probabilities: a true KL, >= 0.
     identity_kl_N = identity["lm_loss"]["kl_per_prediction"]
-    assert min(identity_kl_N) >= 0
+    assert min(identity_kl_N) >= -1e-7
     assert max(identity_kl_N) < 0.01 * zero["lm_loss"]["kl_clean_to_spliced"]
     assert identity["reconstruction"]["fvu"] == 0.0
     assert identity["reconstruction"]["n_tokens"] == 200
@@ -152,5 +152,5 @@ def test_kl_to_clean_is_a_true_kl_after_bfloat16_rounding() -> None:
     assert measured_N.dtype == torch.float32
     assert torch.allclose(measured_N, expected_N, rtol=0.02, atol=1e-4)
     exact_N = kl_to_clean(clean_NV.to(torch.bfloat16), clean_NV)  # rounding alone: tiny and never negative
-    assert exact_N.min() >= 0
+    assert exact_N.min() >= -1e-7  # float32 summation only; unrenormalised it reaches -1e-3 here
     assert exact_N.max() < 0.01 * expected_N.mean()
