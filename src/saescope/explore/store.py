@@ -192,26 +192,99 @@ def open_read_only(path: Path) -> sqlite3.Connection:
     return db
 
 
+def rebuild_command(path: Path, source: str | None) -> str:
+    """The `saescope index` command that rebuilds the index file ``path`` from ``source`` (the run or release it
+    was built from, when known)."""
+    source_text = source or "RUN_OR_RELEASE"
+    out = "" if source is not None and Path(source) / INDEX_FILE == path.resolve() else f" --out {path}"
+    return f"saescope index {source_text}{out} --force"
+
+
+def _recorded_source(db: sqlite3.Connection) -> str | None:
+    """The folder the index was built from, as its meta table records it (None if unreadable)."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'source'").fetchone()
+        source = json.loads(row[0]) if row else None
+    except (sqlite3.DatabaseError, ValueError):
+        return None
+    path = source.get("path") if isinstance(source, dict) else None
+    return str(path) if path else None
+
+
+def _expected_columns() -> dict[str, list[str]]:
+    """Every table of :data:`SCHEMA` -> its column names, in order."""
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        return _columns(db)
+    finally:
+        db.close()
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
+    tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    return {table: [row[1] for row in db.execute(f'PRAGMA table_info("{table}")')] for table in tables}
+
+
+def integrity_problems(db: sqlite3.Connection) -> list[str]:
+    """What is wrong with the database file under ``db`` (empty when nothing is): SQLite's structural check
+    (``PRAGMA quick_check``: every page and b-tree readable and well formed, so a damaged file is refused at
+    open rather than failing page by page later), then the tables and columns of :data:`SCHEMA`."""
+    try:
+        found = [line for row in db.execute("PRAGMA quick_check(5)") for line in str(row[0]).splitlines()]
+        if found != ["ok"]:
+            return [line for line in found if not line.startswith("***")][:5]
+        columns = _columns(db)
+    except sqlite3.DatabaseError as error:
+        return [str(error)]
+    problems = []
+    for table, expected in _expected_columns().items():
+        if table not in columns:
+            problems.append(f"table {table!r} is missing")
+        elif columns[table] != expected:
+            problems.append(f"table {table!r} has columns {columns[table]}, expected {expected}")
+    return problems
+
+
 class IndexReader:
-    """Everything the pages show, read from one index file opened read-only (one connection per thread)."""
+    """Everything the pages show, read from one index file opened read-only (one connection per thread).
+
+    Opening checks the whole file (format, schema version, SQLite's structural check, the tables and columns of
+    the schema) and raises :class:`FeatureIndexError` naming the file and the command that rebuilds it, so a
+    damaged index stops `saescope serve` at startup instead of failing request by request.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        db = self._db()
         try:
-            rows = self._db().execute("SELECT key, value FROM meta").fetchall()
-        except sqlite3.DatabaseError as error:
-            raise FeatureIndexError(f"{self.path} is not a readable feature index ({error}); rebuild it") from error
-        self.meta: dict[str, Any] = {key: json.loads(value) for key, value in rows}
+            rows = db.execute("SELECT key, value FROM meta").fetchall()
+            self.meta: dict[str, Any] = {key: json.loads(value) for key, value in rows}
+        except (sqlite3.DatabaseError, ValueError) as error:
+            raise self._damaged([f"its meta table cannot be read: {error}"]) from error
         if self.meta.get("format") != FORMAT:
             raise FeatureIndexError(f"{self.path} is not a saescope feature index (format {self.meta.get('format')!r})")
         if self.meta.get("schema_version") != SCHEMA_VERSION:
             raise FeatureIndexError(
                 f"{self.path} has index schema version {self.meta.get('schema_version')}, this saescope reads "
-                f"version {SCHEMA_VERSION}: rebuild it with `saescope index`"
+                f"version {SCHEMA_VERSION}: rebuild it with `{rebuild_command(self.path, _recorded_source(db))}`"
             )
-        self._saes = [self._sae_row(row) for row in self._db().execute("SELECT * FROM saes ORDER BY sae_id")]
+        problems = integrity_problems(db)
+        if problems:
+            raise self._damaged(problems)
+        try:
+            self._saes = [self._sae_row(row) for row in db.execute("SELECT * FROM saes ORDER BY sae_id")]
+        except (sqlite3.DatabaseError, ValueError) as error:
+            raise self._damaged([f"its saes table cannot be read: {error}"]) from error
         self._by_name = {sae.name: sae for sae in self._saes}
+
+    def _damaged(self, problems: list[str]) -> FeatureIndexError:
+        source = _recorded_source(self._db())
+        return FeatureIndexError(
+            f"{self.path} is damaged and cannot be served ({'; '.join(problems)}). It is a cache of the "
+            f"dictionaries' features: rebuild it with `{rebuild_command(self.path, source)}`"
+        )
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
