@@ -8,9 +8,11 @@ from collections.abc import Iterator
 import pytest
 from explore_fixtures import DETECTED, ExploreRun, shared_run
 from fastapi.testclient import TestClient
+from starlette.routing import Match
 
 from saescope.explore import IndexReader
-from saescope.explore.live import MAX_PROMPT_TOKENS, LiveModel
+from saescope.explore import server as server_module
+from saescope.explore.live import MAX_PROMPT_TOKENS, LiveModel, search_answer_bytes
 from saescope.explore.server import MAX_BODY_BYTES, create_app
 
 #: One valid intervention.
@@ -27,6 +29,16 @@ def client(explore_run: ExploreRun) -> Iterator[TestClient]:
     live = LiveModel(str(explore_run.model_dir), explore_run.run)
     with TestClient(create_app(explore_run.index, live=live), raise_server_exceptions=False) as test_client:
         yield test_client
+
+
+def documented_4xx(client: TestClient, method: str, path: str) -> set[int]:
+    """The 4xx statuses the OpenAPI schema documents for the route that answers ``method path``."""
+    scope = {"type": "http", "method": method.upper(), "path": path.split("?")[0]}
+    routes = [r for r in client.app.routes if r.matches(scope)[0] == Match.FULL]  # type: ignore[attr-defined]
+    assert routes, f"no route answers {method} {path}"
+    template = routes[0].path
+    responses = client.get("/openapi.json").json()["paths"][template][method.lower()]["responses"]
+    return {int(code) for code in responses if code.startswith("4")}
 
 
 def no_traceback(response: object) -> None:
@@ -136,6 +148,7 @@ def test_assets_and_static_files_come_only_from_the_index_and_the_package(client
 def test_bad_reads_are_4xx(client: TestClient, path: str, status: int) -> None:
     response = client.get(path)
     assert response.status_code == status, response.text
+    assert status in documented_4xx(client, "get", path)
     assert "detail" in response.json()
     no_traceback(response)
 
@@ -198,6 +211,9 @@ def test_steering(client: TestClient) -> None:
 def test_bad_live_requests_are_4xx(client: TestClient, path: str, body: dict, status: int) -> None:
     response = client.post(path, json=body)
     assert response.status_code == status, response.text
+    assert status in documented_4xx(client, "post", path)
+    if status == 422:  # every 422 has the shape the schema gives it: a list of located problems
+        assert all({"loc", "msg", "type"} <= set(problem) for problem in response.json()["detail"])
     no_traceback(response)
     assert len(response.text) < 10_000  # the error does not echo a huge input back
 
@@ -216,6 +232,10 @@ def test_malformed_oversized_and_unframed_bodies(client: TestClient) -> None:
 
     unframed = client.post("/api/search", content=chunks(), headers={"content-type": "application/json"})
     assert unframed.status_code == 411
+    for path in ("/api/search", "/api/steer"):
+        not_utf8 = client.post(path, content=b'{"text": "\xff"}', headers={"content-type": "application/json"})
+        assert not_utf8.status_code == 400
+        assert {400, 411, 413} <= documented_4xx(client, "post", path)
     assert client.get("/api/search").status_code == 405
 
 
@@ -251,3 +271,54 @@ def test_the_openapi_schema_lists_every_endpoint(client: TestClient) -> None:
         "/api/suite", "/api/saes/{name}", "/api/saes/{name}/latents", "/api/saes/{name}/latents/{latent}",
         "/api/saes/{name}/latents/{latent}/neuronpedia", "/api/assets/{name}", "/api/search", "/api/steer",
     }  # fmt: skip
+
+
+def test_the_openapi_schema_documents_the_4xx_answers_of_every_route(client: TestClient) -> None:
+    reads = {404, 422}
+    expected = {
+        ("get", "/api/suite"): set(), ("get", "/api/saes/{name}"): reads, ("get", "/api/saes/{name}/latents"): reads,
+        ("get", "/api/saes/{name}/latents/{latent}"): reads,
+        ("get", "/api/saes/{name}/latents/{latent}/neuronpedia"): reads, ("get", "/api/assets/{name}"): reads,
+        ("post", "/api/search"): {400, 404, 411, 413, 422}, ("post", "/api/steer"): {400, 404, 411, 413, 422},
+    }  # fmt: skip
+    schema = client.get("/openapi.json").json()
+    found = {
+        (method, path): {int(code) for code in operation["responses"] if code.startswith("4")}
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+    }
+    assert found == expected
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            for code, response in operation["responses"].items():
+                assert response.get("description"), (path, code)
+                if code in ("400", "404", "411", "413", "503"):
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorMessage"
+                    }
+    assert all("503" in operations["post"]["responses"] for path, operations in schema["paths"].items()
+               if path in ("/api/search", "/api/steer"))  # fmt: skip
+
+
+def test_search_names_each_dictionary_once_however_often_it_is_asked_for(client: TestClient) -> None:
+    once = client.post("/api/search", json={"text": "w1 w2", "saes": ["random-res"]})
+    repeated = client.post("/api/search", json={"text": "w1 w2", "saes": ["random-res", "detector"] * 256})
+    assert repeated.status_code == 200
+    assert [sae["sae"] for sae in repeated.json()["saes"]] == ["random-res", "detector"]
+    assert repeated.json()["saes"][0] == once.json()["saes"][0]
+
+
+def test_search_is_refused_before_running_when_its_answer_could_exceed_the_bound(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = {"text": "w1 w2 w3 w4", "per_token": 20, "features": 50}  # 5 tokens with BOS
+    bound = search_answer_bytes(1, 5, 20, 50)
+    monkeypatch.setattr(server_module, "MAX_SEARCH_ANSWER_BYTES", bound)
+    one = client.post("/api/search", json={**request, "saes": ["random-res"]})
+    assert one.status_code == 200
+    assert len(json.dumps(one.json()["saes"])) <= bound
+    every = client.post("/api/search", json=request)  # all 3 dictionaries
+    assert every.status_code == 400
+    assert "limit" in every.json()["detail"]
+    assert "fewer dictionaries" in every.json()["detail"]
+    assert 400 in documented_4xx(client, "post", "/api/search")

@@ -17,12 +17,19 @@ import torch
 
 from saescope.data.corpus import special_token_ids, special_token_mask
 from saescope.explore.sources import Dictionary, read_dictionaries
+from saescope.explore.store import short_float
 from saescope.models.hooks import capture, splice
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site
 
 #: Longest prompt (in tokens, BOS included) that search and steering accept.
 MAX_PROMPT_TOKENS = 256
+#: Most bytes a search answer may take in JSON, bounded before the model runs (:func:`search_answer_bytes`).
+MAX_SEARCH_ANSWER_BYTES = 16 * 1024 * 1024
+#: Upper bounds of one JSON entry of a search answer: a per-token latent (``{"latent": 2147483647, "value":
+#: -1.234567e-05}, ``) and one activation value of a listed latent (``-1.234567e-05, ``).
+_PER_TOKEN_ENTRY_BYTES = 50
+_VALUE_BYTES = 15
 
 
 class LiveUnavailableError(RuntimeError):
@@ -31,6 +38,16 @@ class LiveUnavailableError(RuntimeError):
 
 class PromptTooLongError(ValueError):
     """The prompt has more tokens than :data:`MAX_PROMPT_TOKENS`."""
+
+
+class SearchTooLargeError(ValueError):
+    """A search would answer with more than its byte bound; the message says what to ask for instead."""
+
+
+def search_answer_bytes(n_dictionaries: int, n_tokens: int, per_token: int, features: int) -> int:
+    """An upper bound of the JSON size of a search answer's latents: per dictionary and token, ``per_token``
+    entries and one activation value for each of its ``features`` listed latents."""
+    return n_dictionaries * n_tokens * (per_token * _PER_TOKEN_ENTRY_BYTES + features * _VALUE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -95,13 +112,26 @@ class LiveModel:
         return [dictionaries[name] for name in names] if names else list(dictionaries.values())
 
     @torch.no_grad()
-    def search(self, text: str, names: Sequence[str], *, per_token: int, features: int) -> dict[str, Any]:
-        """Per token, the top latents of every chosen dictionary; per dictionary, its most active latents with
-        their activation on every token. BOS and other special tokens never activate anything here."""
+    def search(
+        self, text: str, names: Sequence[str], *, per_token: int, features: int,
+        max_bytes: int = MAX_SEARCH_ANSWER_BYTES,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Per token, the top latents of every chosen dictionary (each named once however often it is asked
+        for; all when ``names`` is empty); per dictionary, its most active latents with their activation on
+        every token. BOS and other special tokens never activate anything here. Raises
+        :class:`SearchTooLargeError`, before running the model, when the answer could exceed ``max_bytes``."""
         with self._lock:
             loaded, dictionaries = self._ensure_loaded()
-            chosen = self._chosen(dictionaries, names)
+            chosen = self._chosen(dictionaries, list(dict.fromkeys(names)))
             ids_BT = self._prompt(loaded, text)
+            bound = search_answer_bytes(len(chosen), ids_BT.shape[1], per_token, features)
+            if bound > max_bytes:
+                raise SearchTooLargeError(
+                    f"searching {len(chosen)} dictionaries over {ids_BT.shape[1]} tokens with per_token={per_token} "
+                    f"and features={features} could answer with {bound / 1e6:.1f} MB; the limit is "
+                    f"{max_bytes / 1e6:.1f} MB: choose fewer dictionaries (saes), lower per_token or features, or "
+                    "shorten the prompt"
+                )
             acts = capture(loaded.model, sorted({d.site for d in chosen}), ids_BT)
             keep_T1 = special_token_mask(ids_BT, special_token_ids(loaded.tokenizer))[0].unsqueeze(1)
             results = []
@@ -153,7 +183,7 @@ def _token_texts(loaded: LoadedModel, token_ids: list[int]) -> list[str]:
 def _search_result(codes_TF: torch.Tensor, per_token: int, features: int) -> dict[str, Any]:
     top = codes_TF.topk(min(per_token, codes_TF.shape[1]), dim=1)
     per_token_lists = [
-        [{"latent": int(j), "value": float(v)} for v, j in zip(values, latents, strict=True) if v > 0]
+        [{"latent": int(j), "value": short_float(v)} for v, j in zip(values, latents, strict=True) if v > 0]
         for values, latents in zip(top.values, top.indices, strict=True)
     ]
     max_F, argmax_F = codes_TF.max(dim=0)
@@ -162,8 +192,8 @@ def _search_result(codes_TF: torch.Tensor, per_token: int, features: int) -> dic
         "per_token": per_token_lists,
         "features": [
             {
-                "latent": int(j), "max_value": float(v), "max_index": int(argmax_F[j]),
-                "values": [float(a) for a in codes_TF[:, j]],
+                "latent": int(j), "max_value": short_float(v), "max_index": int(argmax_F[j]),
+                "values": [short_float(a) for a in codes_TF[:, j].tolist()],
             }
             for v, j in zip(best.values, best.indices, strict=True)
             if v > 0

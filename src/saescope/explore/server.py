@@ -6,7 +6,10 @@ Safety, because the server runs on a researcher's machine next to their files:
 * every input is bounded and validated (names by pattern, latent indices by the dictionary's width, prompt
   length in characters and tokens, the number of dictionaries and interventions, strengths, token counts);
   a bad input is a 4xx JSON error, and an unexpected failure is a 500 without a traceback (logged here);
-* request bodies are limited to :data:`MAX_BODY_BYTES` (and must declare their length);
+* request bodies are limited to :data:`MAX_BODY_BYTES` (and must declare their length), and answers are bounded
+  too: a search names each dictionary once however often it is asked for, and is refused (400) before the model
+  runs when its answer could exceed :data:`saescope.explore.live.MAX_SEARCH_ANSWER_BYTES`;
+* every 4xx a route can answer is documented in the OpenAPI schema (:data:`ERRORS`);
 * the database is opened read-only, static files come only from the package, and no endpoint takes a path:
   dictionaries and plots are looked up by name in the index.
 
@@ -34,7 +37,14 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saescope.explore.export import STATIC_FOLDER, STATIC_PACKAGE, neuronpedia_feature
-from saescope.explore.live import Intervention, LiveModel, LiveUnavailableError, PromptTooLongError
+from saescope.explore.live import (
+    MAX_SEARCH_ANSWER_BYTES,
+    Intervention,
+    LiveModel,
+    LiveUnavailableError,
+    PromptTooLongError,
+    SearchTooLargeError,
+)
 from saescope.explore.sources import NAME_PATTERN
 from saescope.explore.store import IndexReader, SaeRow
 
@@ -85,6 +95,29 @@ class SteerRequest(BaseModel):
     max_new_tokens: int = Field(24, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False, description="0 = greedy")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class ErrorMessage(BaseModel):
+    """A 4xx answer other than a validation error (422, whose ``detail`` is a list of problems)."""
+
+    detail: str
+
+
+#: The 4xx answers the routes document besides FastAPI's own 422 (status -> what it means).
+ERRORS: dict[int, str] = {
+    400: "the body cannot be parsed (e.g. it is not UTF-8), or the answer would exceed its size bound",
+    404: "no dictionary, latent or asset of that name in this index",
+    411: "the request body does not declare its length (Content-Length)",
+    413: f"the request body is over {MAX_BODY_BYTES} bytes",
+    503: "live search and steering are off (no model), or the model or dictionaries cannot be loaded",
+}
+_READ_ERRORS = (404,)
+_LIVE_ERRORS = (400, 404, 411, 413, 503)
+
+
+def _documented(codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that answers ``codes`` (FastAPI adds 422 for routes with parameters)."""
+    return {code: {"model": ErrorMessage, "description": ERRORS[code]} for code in codes}
 
 
 ASGIApp = Callable[[MutableMapping[str, Any], Any, Any], Awaitable[None]]
@@ -184,11 +217,19 @@ def create_app(index: Path | IndexReader, *, live: LiveModel | None = None) -> F
     def suite() -> dict[str, Any]:
         return {**reader.suite(), "live": live is not None}
 
-    @app.get("/api/saes/{name}", summary="One dictionary: sites, parent, widths, index summary, evaluation metrics")
+    @app.get(
+        "/api/saes/{name}",
+        summary="One dictionary: sites, parent, widths, index summary, evaluation metrics",
+        responses=_documented(_READ_ERRORS),
+    )
     def sae_page(name: NamePath) -> dict[str, Any]:
         return {"sae": sae_or_404(name).to_dict()}
 
-    @app.get("/api/saes/{name}/latents", summary="A page of a dictionary's latents, sorted and filtered")
+    @app.get(
+        "/api/saes/{name}/latents",
+        summary="A page of a dictionary's latents, sorted and filtered",
+        responses=_documented(_READ_ERRORS),
+    )
     def latents(
         name: NamePath,
         sort: Annotated[Literal["index", "density", "max_activation", "mean_activation"], Query()] = "index",
@@ -201,33 +242,57 @@ def create_app(index: Path | IndexReader, *, live: LiveModel | None = None) -> F
         total, rows = reader.latents(sae, sort=sort, descending=order == "desc", dead=dead, offset=offset, limit=limit)
         return {"total": total, "offset": offset, "limit": limit, "latents": rows}
 
-    @app.get("/api/saes/{name}/latents/{latent}", summary="The feature page of one latent, with where it writes")
+    @app.get(
+        "/api/saes/{name}/latents/{latent}",
+        summary="The feature page of one latent, with where it writes",
+        responses=_documented(_READ_ERRORS),
+    )
     def feature(name: NamePath, latent: LatentPath) -> dict[str, Any]:
         return latent_or_404(sae_or_404(name), latent)
 
-    @app.get("/api/saes/{name}/latents/{latent}/neuronpedia", summary="One latent as Neuronpedia feature JSON")
+    @app.get(
+        "/api/saes/{name}/latents/{latent}/neuronpedia",
+        summary="One latent as Neuronpedia feature JSON",
+        responses=_documented(_READ_ERRORS),
+    )
     def neuronpedia(name: NamePath, latent: LatentPath) -> dict[str, Any]:
         sae = sae_or_404(name)
         return neuronpedia_feature(reader, sae, latent_or_404(sae, latent))
 
-    @app.get("/api/assets/{name}", summary="A plot of the run's evaluation report (by name, from the index)")
+    @app.get(
+        "/api/assets/{name}",
+        summary="A plot of the run's evaluation report (by name, from the index)",
+        responses=_documented(_READ_ERRORS),
+    )
     def asset(name: NamePath) -> Response:
         found = reader.asset(name)
         if found is None:
             raise HTTPException(404, f"no asset named {name!r}")
         return Response(found[1], media_type=found[0])
 
-    @app.post("/api/search", summary="Run a prompt: per token its top latents, per latent its activations")
+    @app.post(
+        "/api/search",
+        summary="Run a prompt: per token its top latents, per latent its activations",
+        responses=_documented(_LIVE_ERRORS),
+    )
     def search(request: SearchRequest) -> dict[str, Any]:
         model = live_or_503()
-        for name in request.saes:
+        names = list(dict.fromkeys(request.saes))  # each dictionary once, however often it is named
+        for name in names:
             sae_or_404(name)
         try:
-            return model.search(request.text, request.saes, per_token=request.per_token, features=request.features)
-        except (PromptTooLongError, LiveUnavailableError, KeyError) as error:
+            return model.search(
+                request.text, names, per_token=request.per_token, features=request.features,
+                max_bytes=MAX_SEARCH_ANSWER_BYTES,
+            )  # fmt: skip
+        except (PromptTooLongError, SearchTooLargeError, LiveUnavailableError, KeyError) as error:
             raise _live_error(error) from error
 
-    @app.post("/api/steer", summary="Default and steered continuations of a prompt, side by side")
+    @app.post(
+        "/api/steer",
+        summary="Default and steered continuations of a prompt, side by side",
+        responses=_documented(_LIVE_ERRORS),
+    )
     def steer(request: SteerRequest) -> dict[str, Any]:
         model = live_or_503()
         interventions = []
@@ -257,8 +322,10 @@ def create_app(index: Path | IndexReader, *, live: LiveModel | None = None) -> F
 def _live_error(error: Exception) -> HTTPException:
     """The HTTP error for a failure of the live model: a too-long prompt, a model that cannot load, or a
     dictionary of the index that the live model does not have."""
-    if isinstance(error, PromptTooLongError):
-        return HTTPException(422, str(error))
+    if isinstance(error, PromptTooLongError):  # shaped as a validation error, as the schema's 422 says
+        return HTTPException(422, [{"loc": ["body", "text"], "msg": str(error), "type": "too_many_tokens"}])
+    if isinstance(error, SearchTooLargeError):
+        return HTTPException(400, str(error))
     if isinstance(error, LiveUnavailableError):
         return HTTPException(503, str(error))
     return HTTPException(404, str(error.args[0]) if error.args else "not found")
