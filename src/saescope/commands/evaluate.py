@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saescope.commands.common import add_corpus_arguments, add_model_arguments, corpus_from_args, load_from_args
+from saescope.commands.common import (
+    DTYPES,
+    add_corpus_arguments,
+    add_model_arguments,
+    corpus_from_args,
+    online_from_args,
+)
 from saescope.eval import EvalConfig, EvalTarget, evaluate
+from saescope.eval.evaluate import check_targets_fit
 from saescope.eval.report import markdown_table, suite_rows, write_report
-from saescope.models.sites import Site
+from saescope.models.loading import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
+from saescope.models.sites import Site, SiteKind
 from saescope.release import load_sae
 from saescope.release.suite import read_suite
+
+RUN_CONFIG = "run_config.json"
+
+
+@dataclass(frozen=True)
+class Named:
+    """A dictionary to evaluate, the path it was read from, and the model its files say it was made for."""
+
+    target: EvalTarget
+    path: str
+    model: str | None
 
 
 def register(commands: Any) -> None:
@@ -22,11 +43,14 @@ def register(commands: Any) -> None:
         "site (L0, FVU about the mean, cosine, L2 ratio, dead/dense latents, density histogram, per-position "
         "curves) and delta LM loss with shared clean and zero-ablation passes. PATH is a run folder (runs/<name>, "
         "or a training folder holding saes/), one saescope dictionary folder, or a released SAE (Gemma Scope 1/2 "
-        "or SAELens folder, or a Hub id with --online). --model lets SAEs trained on one model be evaluated on "
-        "another (e.g. base-model SAEs on the instruction-tuned model).",
+        "or SAELens folder, or a Hub id with --online). The model is the one the dictionaries' files name (a run's "
+        "run_config.json, a release's model name), else the embedded one; a dictionary the model cannot run is "
+        "refused before anything is evaluated. --model lets SAEs trained on one model be evaluated on another (e.g. "
+        "base-model SAEs on the instruction-tuned model).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder, dictionary folder or released SAE")
     add_model_arguments(parser)
+    parser.set_defaults(model=None)  # default: the model the dictionaries' files name, else the embedded one
     add_corpus_arguments(parser)
     parser.add_argument("--site", help="site of a released SAE whose files do not say it, e.g. layer_6/res")
     parser.add_argument("--tokens", type=int, default=50_000, help="held-out tokens for reconstruction (50000)")
@@ -37,15 +61,29 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run, subparser=parser)
 
 
+def _run_model(path: Path) -> str | None:
+    """The model a run folder was made with (``run_config.json``), when it says."""
+    config_path = path / RUN_CONFIG
+    if not config_path.is_file():
+        return None
+    model = json.loads(config_path.read_text(encoding="utf-8")).get("model")
+    return str(model) if model else None
+
+
 def _targets(paths: list[str], site_flag: str | None, out: Path | None, online: bool | None) -> list[EvalTarget]:
+    return [named.target for named in _named_targets(paths, site_flag, out, online)]
+
+
+def _named_targets(paths: list[str], site_flag: str | None, out: Path | None, online: bool | None) -> list[Named]:
     targets = []
     for text in paths:
         path = Path(text)
         training = path / "train" if (path / "train" / "saes").is_dir() else path
         if (training / "saes").is_dir():
+            model = _run_model(path)
             for entry in read_suite(training):
                 folder = out / entry.name if out else entry.folder
-                targets.append(EvalTarget(entry.name, entry.site, entry.raw_space(), folder))
+                targets.append(Named(EvalTarget(entry.name, entry.site, entry.raw_space(), folder), text, model))
             continue
         loaded = load_sae(text, online=online)
         site = Site.parse(site_flag) if site_flag else loaded.site
@@ -53,8 +91,47 @@ def _targets(paths: list[str], site_flag: str | None, out: Path | None, online: 
             raise ValueError(f"{text}: its files do not say which site it reads; pass --site layer_<L>/<kind>")
         name = path.name if path.exists() else text.replace("/", "_")
         folder = (out / name) if out else (path if loaded.source_format == "saescope" else Path("eval-report") / name)
-        targets.append(EvalTarget(name, site, loaded.sae, folder))
+        targets.append(Named(EvalTarget(name, site, loaded.sae, folder), text, loaded.model_name))
     return targets
+
+
+def model_to_use(targets: list[Named], model_flag: str | None) -> tuple[str, Named | None]:
+    """The model to evaluate on, and the dictionary whose files named it: ``--model`` when given (None); else the
+    model the dictionaries' files name; else the embedded default (None). Raises ValueError when the files name
+    several models."""
+    if model_flag is not None:
+        return model_flag, None
+    named = [t for t in targets if t.model]
+    models = {t.model for t in named}
+    if len(models) > 1:
+        listing = "; ".join(f"{t.path}: {t.model}" for t in named)
+        raise ValueError(
+            f"the dictionaries were made for different models ({listing}): evaluate each model's dictionaries in a "
+            "separate `saescope eval`, or pass --model to evaluate them all on one model"
+        )
+    if not named:
+        return DEFAULT_MODEL, None
+    return str(named[0].model), named[0]
+
+
+def load_named_model(model: str, named_by: Named | None, args: argparse.Namespace) -> LoadedModel:
+    """Load ``model``. When a dictionary's files named it and it cannot be loaded here (not embedded, not a local
+    folder, not in the Hugging Face cache, downloads off), the error says which model the dictionary was made
+    for, its width, and that saescope does not fall back to the embedded model, which it was not made for."""
+    try:
+        return load_model(model, dtype=DTYPES[args.dtype], device=args.device, online=online_from_args(args))
+    except ModelLoadError as error:
+        if named_by is None:
+            raise
+        site, width = named_by.target.site, named_by.target.sae.config.d_in
+        width_text = f"attention width {width} (heads x head_dim)" if site.kind == SiteKind.ATT else f"d_model {width}"
+        reason = str(error).splitlines()[0]
+        raise ModelLoadError(
+            f"{named_by.path} is a dictionary for the model {model!r} ({width_text}, read at {site.id}), which cannot "
+            f"be loaded here ({reason}). saescope evaluates a dictionary on the model its files name and does not "
+            f"fall back to {DEFAULT_MODEL}, which it was not made for. Pass --model with a local folder of {model} "
+            f"(or its Hugging Face id), or --online to let saescope download it"
+        ) from error
 
 
 def _report_dir(args: argparse.Namespace) -> Path:
@@ -66,11 +143,16 @@ def _report_dir(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     online = True if args.online else None
-    targets = _targets(args.paths, args.site, args.out, online)
+    named = _named_targets(args.paths, args.site, args.out, online)
+    model, named_by = model_to_use(named, args.model)
+    targets = [n.target for n in named]
+    loaded = load_named_model(model, named_by, args)
+    if named_by is not None:
+        print(f"Evaluating on {model}, the model {named_by.path} names (--model chooses another)")
+    check_targets_fit(loaded, targets)  # before any report folder is made
     for target in targets:
         if target.folder is not None:
             target.folder.mkdir(parents=True, exist_ok=True)
-    loaded = load_from_args(args)
     config = EvalConfig(
         tokens=args.tokens,
         loss_windows=args.loss_windows,

@@ -32,7 +32,7 @@ from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
 from saescope.eval.splice import Predictions, clean_log_probs, dictionary_taps, tapped_losses
 from saescope.models.hooks import Tap
 from saescope.models.loading import LoadedModel
-from saescope.models.sites import Site, spanned_sites
+from saescope.models.sites import Site, site_widths, spanned_sites
 from saescope.sae import AnyDictionary
 
 METRICS_FILE = "metrics.json"
@@ -266,6 +266,33 @@ def _zeroing(keep_BT1: torch.Tensor) -> Tap:
     return zero
 
 
+def check_targets_fit(loaded: LoadedModel, targets: Sequence[EvalTarget]) -> None:
+    """Refuse, before any pass, a dictionary made for another model: one whose sites the model does not have, or
+    whose input or output width differs from the model's at its sites. The error names the dictionary, the
+    site, both widths and the model, instead of a shape error from deep inside the passes."""
+    model, n_layers = loaded.info.name, loaded.info.n_layers
+    advice = "it was made for another model: evaluate it on that one (--model)"
+    for target in targets:
+        for site in (*target.input_sites, *target.output_sites):
+            if site.layer >= n_layers:
+                raise ValueError(
+                    f"dictionary {target.name} uses {site.id}, but {model} has {n_layers} layers (0-{n_layers - 1}): "
+                    f"{advice}"
+                )
+    sites = sorted({site for target in targets for site in (*target.input_sites, *target.output_sites)})
+    widths = site_widths(loaded.model, sites)
+    for target in targets:
+        config = target.sae.config
+        ends = [("reads", site, config.d_in) for site in target.input_sites]
+        ends += [("writes", site, config.d_target) for site in target.output_sites]
+        for verb, site, width in ends:
+            if widths[site] != width:
+                raise ValueError(
+                    f"dictionary {target.name} {verb} vectors of width {width} at {site.id}, but {model} has width "
+                    f"{widths[site]} there (its d_model is {loaded.info.d_model}): {advice}"
+                )
+
+
 def evaluate(
     loaded: LoadedModel,
     targets: Sequence[EvalTarget],
@@ -284,6 +311,7 @@ def evaluate(
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ValueError(f"evaluation target names must be unique; got {names}")
+    check_targets_fit(loaded, targets)
     started = time.perf_counter()
     reconstruction = reconstruction_metrics(loaded, targets, corpus, config, progress=progress, split=split)
     reconstruction_seconds = time.perf_counter() - started
