@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.release.common import DEFAULT_MODEL_TYPE, l0_label
-from saescope.release.export import CARD, FORMATS, export_release
+from saescope.release.export import CARD, FORMATS, ReleaseSummary, export_release
 
 _CHOICES = (*FORMATS, "all")
 
@@ -55,6 +55,35 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=run, subparser=parser)
 
 
+def _index_of(run: Path) -> Path | None:
+    """The feature index of a run (``RUN/index.sqlite``, or beside a run's ``train/`` folder), if there is one."""
+    from saescope.explore import INDEX_FILE
+
+    candidates = [run / INDEX_FILE] + ([run.parent / INDEX_FILE] if run.name == "train" else [])
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _write_examples(run: Path, summary: ReleaseSummary) -> None:
+    """Gemma Scope 2 folders ship their top examples (``examples.safetensors``), taken from the run's feature
+    index when it has one (`saescope index`)."""
+    from saescope.explore.shipped import write_release_examples
+    from saescope.explore.sources import safe_name
+
+    index = _index_of(run)
+    if index is None or "gemmascope2" not in summary.exported:
+        return
+    root = summary.format_dirs["gemmascope2"]
+    folders = {safe_name(item.entry.name): root / item.path for item in summary.exported["gemmascope2"]}
+    from saescope.explore import FeatureIndexError
+
+    try:
+        written = write_release_examples(index, folders)
+    except FeatureIndexError as error:  # the release itself is complete: say why it has no examples
+        print(f"\nwarning: no examples.safetensors written: {error}")
+        return
+    print(f"\nTop examples from {index}: {len(written)} examples.safetensors in {root}/")
+
+
 def run(args: argparse.Namespace) -> int:
     formats = list(FORMATS) if args.format == "all" else [args.format]
     summary = export_release(
@@ -83,4 +112,5 @@ def run(args: argparse.Namespace) -> int:
     l0_sources = sorted({item.entry.l0_source for items in summary.exported.values() for item in items})
     if l0_sources:
         print(f"\nL0 from: {'; '.join(l0_sources)}")
+    _write_examples(Path(args.run), summary)
     return 0

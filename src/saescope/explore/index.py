@@ -11,6 +11,8 @@
    at every site a latent writes (one for an SAE; its own and every later layer for a CLT block)
    (:mod:`saescope.explore.weights`).
 3. **The file.** Everything goes into one SQLite file (:mod:`saescope.explore.store`), written atomically.
+   A dictionary folder that ships its own top examples (a Gemma Scope 2 ``examples.safetensors``) adds them
+   too, shown next to the pass's (:mod:`saescope.explore.shipped`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from saescope.data.corpus import (
     windows_for_tokens,
 )
 from saescope.explore import store
+from saescope.explore.shipped import read_shipped, shipped_example_rows
 from saescope.explore.sources import Dictionary, safe_name
 from saescope.explore.statistics import ExampleSettings, LatentStatistics, StatisticsAccumulator
 from saescope.explore.store import short_float
@@ -55,6 +58,7 @@ from saescope.explore.weights import (
 )
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import site_widths
+from saescope.release.examples import EXAMPLES_FILE, ReleaseExamples
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +134,18 @@ def _check_widths(loaded: LoadedModel, dictionaries: Sequence[Dictionary]) -> No
             raise ValueError(
                 f"dictionary {d.name} reads width {config.d_in} at {d.site}, but {loaded.info.name} has width "
                 f"{widths[d.site]} there: index it with the model it was trained on (--model)"
+            )
+
+
+def _check_shipped_tokens(
+    loaded: LoadedModel, dictionaries: Sequence[Dictionary], shipped: Sequence[ReleaseExamples | None]
+) -> None:
+    vocab = loaded.info.vocab_size
+    for d, examples in zip(dictionaries, shipped, strict=True):
+        if examples is not None and examples.tokens_SL.size and int(examples.tokens_SL.max()) >= vocab:
+            raise ValueError(
+                f"{d.folder / EXAMPLES_FILE} holds token ids up to {int(examples.tokens_SL.max())}, but "
+                f"{loaded.info.name} has {vocab} tokens: index it with the model it was made for (--model)"
             )
 
 
@@ -361,8 +377,11 @@ def build_index(
     weights_seconds = time.perf_counter() - started - pass_seconds
     root = Path(source["path"]) if source and source.get("path") else None
     n_tokens = all_stats[0].n_tokens
+    shipped = [read_shipped(d.folder, d.sae.config.width) if d.parent is None else None for d in dictionaries]
+    _check_shipped_tokens(loaded, dictionaries, shipped)
     with store.atomic_database(out) as db:
         used_windows: set[int] = set()
+        shipped_windows: dict[int, np.ndarray] = {}
         for sae_id, (d, stats) in enumerate(zip(dictionaries, all_stats, strict=True)):
             db.execute(f"INSERT INTO saes VALUES ({','.join('?' * 15)})", _sae_row(sae_id, d, stats, root))
             db.executemany(
@@ -373,11 +392,25 @@ def build_index(
             rows = list(_example_rows(sae_id, stats))
             used_windows.update(row[4] for row in rows)
             db.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            release_examples = shipped[sae_id]
+            if release_examples is not None:
+                found = shipped_example_rows(
+                    release_examples, sae_id, top_k=config.examples.top_k,
+                    first_window=len(windows) + len(shipped_windows),
+                    context_before=config.examples.context_before, context_after=config.examples.context_after,
+                )  # fmt: skip
+                shipped_windows.update(found.windows)
+                db.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", found.examples)
         db.executemany(
             "INSERT INTO windows VALUES (?, ?)",
             ((w, windows[w].numpy().astype("<i4").tobytes()) for w in sorted(used_windows)),
         )
+        db.executemany(
+            "INSERT INTO windows VALUES (?, ?)",
+            ((w, tokens.astype("<i4").tobytes()) for w, tokens in sorted(shipped_windows.items())),
+        )
         token_ids = {int(i) for w in used_windows for i in windows[w].tolist()}
+        token_ids.update(int(i) for tokens in shipped_windows.values() for i in np.unique(tokens).tolist())
         for e in effects:
             token_ids.update(e.top_ids_Fk.reshape(-1).tolist())
             token_ids.update(e.bottom_ids_Fk.reshape(-1).tolist())

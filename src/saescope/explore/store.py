@@ -10,8 +10,10 @@ Tables (``SCHEMA_VERSION`` 2)::
                histogram scale and counts, top/bottom logit tokens, decoder neighbours, and its decoder-row
                norm at each site its dictionary writes (parallel to ``saes.write_sites``)
     intervals  the activation interval bins of each latent: [lo, hi) (the last closed), firings inside
-    examples   top examples (interval -1) and interval samples: window, position, value, and the latent's
-               activations on the context tokens (sparse: offsets + float32 values)
+    examples   top examples (interval -1), interval samples, and the top examples a release ships in its
+               ``examples.safetensors`` (interval -2; only the example's own activation is known): window,
+               position, value, and the latent's activations on the context tokens (sparse: offsets + float32
+               values)
     windows    token ids of every window an example comes from
     tokens     display text of every token id used by windows and logit tables
     assets     PNG plots of the run's evaluation report, shown on the overview
@@ -80,6 +82,8 @@ CREATE TABLE assets (name TEXT PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NU
 
 #: ``interval`` of the top examples in the examples table.
 TOP = -1
+#: ``interval`` of the top examples shipped with a release (a Gemma Scope 2 ``examples.safetensors``).
+SHIPPED = -2
 #: Sort keys of the latents list -> their column.
 LATENT_SORTS = {"index": "latent", "density": "density", "max_activation": "max_act", "mean_activation": "mean_act"}
 
@@ -392,7 +396,9 @@ class IndexReader:
         texts = self.token_texts(
             [i for ids in windows.values() for i in ids] + [p[0] for p in top_logits + bottom_logits]
         )
-        documents: dict[int, list[dict[str, Any]]] = {interval: [] for interval in [TOP] + [e[0] for e in examples]}
+        documents: dict[int, list[dict[str, Any]]] = {
+            interval: [] for interval in [TOP, SHIPPED] + [e[0] for e in examples]
+        }
         for interval, _rank, window, position, value, context in examples:
             documents[interval].append(self._example(windows[window], texts, window, position, value, context))
         counts = json.loads(histogram)
@@ -411,6 +417,7 @@ class IndexReader:
                 "counts": counts,
             },
             "top_examples": documents[TOP],
+            "shipped_examples": documents[SHIPPED],
             "intervals": [
                 {
                     "interval": k, "lo": lo, "hi": hi, "closed": k == settings["intervals"] - 1,
@@ -425,6 +432,26 @@ class IndexReader:
                 {"site": site, "norm": norm} for site, norm in zip(sae.write_sites, json.loads(norms), strict=True)
             ],
         }  # fmt: skip
+
+    def top_example_rows(self, sae: SaeRow) -> list[tuple[int, int, int, int, float]]:
+        """(latent, rank, window, position, value) of every top example of ``sae``, by latent then rank."""
+        rows = self._db().execute(
+            "SELECT latent, rank, window, position, value FROM examples WHERE sae_id = ? AND interval = ? "
+            "ORDER BY latent, rank",
+            (sae.sae_id, TOP),
+        )
+        return [(int(f), int(r), int(w), int(p), float(v)) for f, r, w, p, v in rows]
+
+    def latent_summaries(self, sae: SaeRow) -> list[tuple[float, list[list[float]], list[list[float]]]]:
+        """Per latent of ``sae`` (in order): density, top and bottom logit effects ([token id, value] pairs)."""
+        rows = self._db().execute(
+            "SELECT density, top_logits, bottom_logits FROM latents WHERE sae_id = ? ORDER BY latent", (sae.sae_id,)
+        )
+        return [(float(density), json.loads(top), json.loads(bottom)) for density, top, bottom in rows]
+
+    def window_tokens(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        """The token ids of the windows ``ids`` (those the index holds)."""
+        return self._windows({int(i) for i in ids})
 
     def _windows(self, ids: set[int]) -> dict[int, np.ndarray]:
         found: dict[int, np.ndarray] = {}

@@ -345,6 +345,12 @@
         (n.sae === name ? "" : n.sae + " / ") + n.latent), " " + fmt(n.cosine, 3)))));
     const groups = [el("section", { class: "group", id: "top-examples" }, el("h3", {}, "Top activations"),
       doc.top_examples.length ? doc.top_examples.map((e) => exampleRow(e, maxValue)) : el("p", { class: "muted" }, "No firing in the index."))];
+    if (doc.shipped_examples && doc.shipped_examples.length) {
+      groups.push(el("section", { class: "group", id: "shipped-examples" },
+        el("h3", {}, "Top activations shipped with the release"),
+        el("p", { class: "muted" }, "From the dictionary's examples.safetensors, on the release's own text; only the highlighted token's activation is known."),
+        doc.shipped_examples.map((e) => exampleRow(e, Math.max(maxValue, e.value)))));
+    }
     for (const interval of doc.intervals) {
       if (!interval.examples.length) continue;
       groups.push(el("section", { class: "group interval" },
