@@ -15,7 +15,8 @@ Safety, because the server runs on a researcher's machine next to their files:
 
 Endpoints: ``GET /api/suite``, ``GET /api/saes/{name}`` (with ``write_sites`` and, for a CLT or crosscoder
 block, ``parent``), ``GET /api/saes/{name}/latents`` (sortable, paged), ``GET /api/saes/{name}/latents/{latent}``
-(the feature page, with ``writes``: the latent's decoder norm at each site it writes), ``.../neuronpedia``
+(the feature page, with ``writes``: the latent's decoder norm at each site it writes, and ``shipped_examples``:
+the top examples a Gemma Scope 2 release ships in its ``examples.safetensors``), ``.../neuronpedia``
 (Neuronpedia JSON), ``GET /api/assets/{name}`` (report plots), ``POST /api/search``, ``POST /api/steer``;
 ``GET /`` is the page and ``/openapi.json`` the schema.
 """
