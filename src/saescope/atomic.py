@@ -3,7 +3,9 @@
 Every file saescope writes goes through here: a temporary sibling is written, flushed to disk, then
 renamed over the target (rename is atomic on POSIX within one filesystem). Directories that must be
 complete as a whole (a converted model, a release folder) carry a manifest of sizes and SHA-256
-checksums, written last, so that a truncated or corrupted file is detected and named.
+checksums, written last, so that a truncated or corrupted file is detected and named. A single weight
+or checkpoint file records its SHA-256 beside it instead (`atomic_write_checksummed`), and every reader
+checks it with `verify_checksum`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,7 +23,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 MANIFEST_NAME = "SAESCOPE_MANIFEST.json"
+#: Suffix of the file beside a weight or checkpoint file that records its SHA-256 (`checksum_path`).
+CHECKSUM_SUFFIX = ".sha256"
 _HASH_BLOCK_BYTES = 1 << 24
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+#: Files already reported as unverified in this process (the note is printed once per file).
+_NOTED_UNVERIFIED: set[Path] = set()
+
+log = logging.getLogger(__name__)
 
 
 def _read_umask() -> int:
@@ -50,6 +61,13 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
     Readers see either the old file or the complete new one, never a partial write.
     """
+    _write_then_replace(path, write, before_replace=None)
+
+
+def _write_then_replace(
+    path: Path, write: Callable[[BinaryIO], object], before_replace: Callable[[Path], None] | None
+) -> None:
+    """`atomic_write_with`, calling `before_replace(temporary file)` once it is complete on disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -59,6 +77,8 @@ def atomic_write_with(path: Path, write: Callable[[BinaryIO], object]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace(Path(tmp_name))
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -76,6 +96,100 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# One file's checksum, recorded beside it (weights, checkpoints)
+# ------------------------------------------------------------------------------------------------
+
+
+def checksum_path(path: Path) -> Path:
+    """Where the SHA-256 of `path` is recorded: ``<name>.sha256`` beside it, in the format of the
+    ``sha256sum`` tool (so ``sha256sum -c <name>.sha256`` checks it by hand too)."""
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def atomic_write_checksummed(path: Path, write: Callable[[BinaryIO], object]) -> str:
+    """`atomic_write_with`, recording the new file's SHA-256 beside it (`checksum_path`); returns the digest.
+
+    Every reader checks the file with `verify_checksum`. A kill at any moment leaves a record that
+    matches whichever file is on disk: before the rename the record lists the new digest and the current
+    file's, after it only the new one.
+    """
+    record = checksum_path(path)
+    digest = ""
+
+    def record_before_replace(temporary: Path) -> None:
+        nonlocal digest
+        digest = sha256_file(temporary)
+        atomic_write_text(record, _checksum_lines(path.name, [digest, *_digests_of_current_file(path)]))
+
+    _write_then_replace(path, write, record_before_replace)
+    atomic_write_text(record, _checksum_lines(path.name, [digest]))
+    return digest
+
+
+def verify_checksum(path: Path, remedy: str) -> bool:
+    """Check `path` against the SHA-256 recorded beside it by `atomic_write_checksummed`.
+
+    True when it matches. False, with a one-line note (once per file and process), when no checksum is
+    recorded: a file written before saescope recorded them, or by another tool. `CorruptFileError` naming
+    the file, the expected and the actual checksum, then `remedy` (what to do), when it does not match or
+    is missing.
+    """
+    if not path.is_file():
+        raise CorruptFileError(f"{path} is missing. {remedy}")
+    expected = _recorded_digests(path, remedy)
+    if expected is None:
+        if path.resolve() not in _NOTED_UNVERIFIED:
+            _NOTED_UNVERIFIED.add(path.resolve())
+            log.warning("%s has no recorded checksum (written before saescope recorded them): read unverified", path)
+        return False
+    actual = sha256_file(path)
+    if actual not in expected:
+        raise CorruptFileError(
+            f"{path} is corrupted: its SHA-256 is {actual}, but {checksum_path(path).name} beside it records "
+            f"{' or '.join(expected)}. {remedy}"
+        )
+    return True
+
+
+def remove_checksummed(path: Path) -> None:
+    """Delete a file written by `atomic_write_checksummed` and its checksum record (either may be absent)."""
+    path.unlink(missing_ok=True)
+    checksum_path(path).unlink(missing_ok=True)
+
+
+def _checksum_lines(name: str, digests: list[str]) -> str:
+    return "".join(f"{digest}  {name}\n" for digest in dict.fromkeys(digests))
+
+
+def _recorded_digests(path: Path, remedy: str) -> list[str] | None:
+    """The digests recorded for `path`, None when there is no record; CorruptFileError for a damaged record."""
+    record = checksum_path(path)
+    if not record.is_file():
+        return None
+    try:
+        digests = [line.split()[0] for line in record.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise CorruptFileError(f"{record} (the checksum of {path.name}) is unreadable: {error}. {remedy}") from error
+    if not digests or not all(_HEX_DIGEST.fullmatch(digest) for digest in digests):
+        raise CorruptFileError(
+            f"{record} is damaged: it should hold lines '<64 hex digits>  {path.name}', so {path} cannot be "
+            f"checked. {remedy}"
+        )
+    return digests
+
+
+def _digests_of_current_file(path: Path) -> list[str]:
+    """The digest of the file now at `path` ([] when there is none), from its record when that is unambiguous."""
+    if not path.is_file():
+        return []
+    try:
+        recorded = _recorded_digests(path, "")
+    except CorruptFileError:
+        recorded = None
+    return recorded if recorded is not None and len(recorded) == 1 else [sha256_file(path)]
 
 
 def write_manifest(directory: Path, extra: dict[str, Any] | None = None) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -92,6 +93,57 @@ def test_corrupted_shard_is_named(tmp_path: Path) -> None:
     shard.write_bytes(bytes(data[:-4]))
     with pytest.raises(CorruptFileError, match=r"shard_00001\.bin has .* bytes"):
         ActivationCache(tmp_path)
+
+
+def flip_a_byte(path: Path, offset: int = 17) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_rerun_rewrites_a_corrupt_shard_and_the_shards_after_it(tmp_path: Path, damage: str) -> None:
+    build(tmp_path, budget=45)  # 3 shards of 3 windows
+    shard = tmp_path / "layer_1" / "att" / "shard_00001.bin"
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-4])
+    else:
+        flip_a_byte(shard)
+    writer = build(tmp_path, budget=45)  # what `saescope cache` does when rerun
+    assert writer.tokens_done == 45
+    cache = ActivationCache(tmp_path, verify="full")
+    for site_index in range(2):
+        torch.testing.assert_close(all_rows(cache, site_index), expected_rows(site_index, 45), rtol=0, atol=0)
+
+
+def test_a_rerun_on_a_sound_cache_writes_nothing(tmp_path: Path) -> None:
+    build(tmp_path, budget=45)
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.bin")}
+    assert build(tmp_path, budget=45).windows_done == 9
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*.bin")} == before
+
+
+@pytest.mark.parametrize("key", ["shards", "settings"])
+def test_a_manifest_without_a_key_is_named_by_reader_and_writer(tmp_path: Path, key: str) -> None:
+    build(tmp_path, budget=10)
+    manifest_path = tmp_path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest[key]
+    damaged = json.dumps(manifest)
+    manifest_path.write_text(damaged)
+    expected = rf"manifest\.json has no '{key}' key.*saescope cache --out"
+    with pytest.raises(CorruptFileError, match=expected):
+        ActivationCache(tmp_path)
+    with pytest.raises(CorruptFileError, match=expected):
+        CacheWriter(tmp_path, settings())
+    assert manifest_path.read_text() == damaged  # left as it was
+
+
+def test_a_manifest_that_is_not_json_is_named_by_the_writer(tmp_path: Path) -> None:
+    build(tmp_path, budget=10)
+    (tmp_path / "manifest.json").write_text('{"settings": ')
+    with pytest.raises(CorruptFileError, match=r"manifest\.json is not valid JSON"):
+        CacheWriter(tmp_path, settings())
 
 
 def test_other_settings_are_refused_with_a_way_forward(tmp_path: Path) -> None:

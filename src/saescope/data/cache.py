@@ -12,7 +12,8 @@ site's activations for the same tokens -- one stream feeds every SAE. A shard co
 whole windows. Shard files are written to temporary names and renamed; the manifest, rewritten
 atomically after each shard, lists only complete shards. After a kill -9, a rerun skips exactly the
 windows of the listed shards (the window stream is deterministic) and continues: no token is lost or
-duplicated.
+duplicated. A rerun first checks every listed shard against its size and SHA-256; from the first bad one
+on, the shards are dropped from the manifest and written again.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -44,6 +46,11 @@ STORAGE_DTYPES: dict[str, tuple[torch.dtype, type[np.generic]]] = {
     "float32": (torch.float32, np.float32),
 }
 _TOKEN_COLUMNS = 3  # token id, window index, position in window
+#: Keys every reader of a cache manifest relies on, in "settings" and in each entry of "shards".
+_SETTINGS_KEYS = ("sites", "widths", "dtype")
+_SHARD_KEYS = ("index", "windows", "tokens", "tokens_file", "files", "sum_sq")
+
+log = logging.getLogger(__name__)
 
 
 class CacheMismatchError(ValueError):
@@ -88,6 +95,60 @@ def _site_dir(site: Site) -> Path:
 
 def _shard_name(index: int) -> str:
     return f"shard_{index:05d}.bin"
+
+
+def read_cache_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of an activation cache, with the keys every reader relies on; `CorruptFileError` naming the
+    file and what is wrong when it is not valid JSON or lacks one of them."""
+    rebuild = (
+        f"It is damaged or was not written by `saescope cache`: build the cache again into a new folder "
+        f"(`saescope cache --out NEW_FOLDER`); nothing in {path.parent} was changed."
+    )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptFileError(f"{path} is not valid JSON ({error}). {rebuild}") from error
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(f"{path} holds a JSON {type(manifest).__name__}, not an object. {rebuild}")
+    for key, kind, json_name in (("settings", dict, "an object"), ("shards", list, "a list")):
+        if key not in manifest:
+            raise CorruptFileError(f"{path} has no '{key}' key. {rebuild}")
+        if not isinstance(manifest[key], kind):
+            raise CorruptFileError(f"{path}: '{key}' must be {json_name}, not {manifest[key]!r:.60}. {rebuild}")
+    missing = [key for key in _SETTINGS_KEYS if key not in manifest["settings"]]
+    if missing:
+        raise CorruptFileError(f"{path}: 'settings' has no {missing} key(s). {rebuild}")
+    for position, shard in enumerate(manifest["shards"]):
+        missing = [key for key in _SHARD_KEYS if not isinstance(shard, dict) or key not in shard]
+        if missing:
+            raise CorruptFileError(f"{path}: shard {position} of 'shards' has no {missing} key(s). {rebuild}")
+    return manifest
+
+
+def check_shard_file(path: Path, record: Mapping[str, Any], folder: Path, *, hash_it: bool) -> None:
+    """`CorruptFileError` naming `path` when it is missing or differs from its manifest `record` in size (or,
+    with `hash_it`, in SHA-256)."""
+    if not path.is_file():
+        raise CorruptFileError(f"{path} is missing from the activation cache {folder}")
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        raise CorruptFileError(f"{path} has {size} bytes, the manifest says {record['bytes']} (truncated?)")
+    if hash_it:
+        actual = sha256_file(path)
+        if actual != record["sha256"]:
+            raise CorruptFileError(
+                f"{path} does not match its SHA-256 checksum in {folder / MANIFEST} (expected {record['sha256']}, "
+                f"actual {actual})"
+            )
+
+
+def _shard_files(
+    folder: Path, sites: Sequence[Site], shard: Mapping[str, Any]
+) -> Iterator[tuple[Path, Mapping[str, Any]]]:
+    """(path, manifest record) of each file of one shard: its tokens, then each site's rows."""
+    yield folder / "tokens" / _shard_name(int(shard["index"])), shard["tokens_file"]
+    for site in sites:
+        yield folder / _site_dir(site) / _shard_name(int(shard["index"])), shard["files"][site.id]
 
 
 class _ShardFile:
@@ -139,7 +200,7 @@ class CacheWriter:
         path = self.folder / MANIFEST
         identity = self.settings.identity()
         if path.exists():
-            manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            manifest = read_cache_manifest(path)
             differences = [
                 f"{key}: cache has {manifest['settings'].get(key)!r}, asked for {value!r}"
                 for key, value in identity.items()
@@ -151,11 +212,29 @@ class CacheWriter:
                     + "; ".join(differences)
                     + "). Choose another output folder, or delete this one to rebuild it."
                 )
-            return manifest
+            return self._without_corrupt_shards(manifest)
         self.folder.mkdir(parents=True, exist_ok=True)
         policy = mask_policy(self.settings.corpus.get("chat_template"))  # which positions were dropped
         manifest = {"format": FORMAT_VERSION, "settings": identity, "mask_policy": policy, "shards": [], **dict(extra)}
         atomic_write_json(path, manifest)
+        return manifest
+
+    def _without_corrupt_shards(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Check every listed shard file (size and SHA-256); from the first bad shard on, drop the shards from
+        the manifest so that `write` produces them again (the window stream is deterministic)."""
+        shards = manifest["shards"]
+        for position, shard in enumerate(shards):
+            try:
+                for path, record in _shard_files(self.folder, self.settings.sites, shard):
+                    check_shard_file(path, record, self.folder, hash_it=True)
+            except CorruptFileError as error:
+                log.warning(
+                    "%s; shard %d and the %d shard(s) after it are written again", error, position,
+                    len(shards) - position - 1,
+                )  # fmt: skip
+                manifest = {**manifest, "shards": shards[:position]}
+                atomic_write_json(self.folder / MANIFEST, manifest)
+                break
         return manifest
 
     @property
@@ -233,10 +312,7 @@ class ActivationCache:
             raise FileNotFoundError(
                 f"{folder} is not an activation cache (no {MANIFEST}); create one with `saescope cache`"
             )
-        try:
-            self.manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise CorruptFileError(f"{path} is not valid JSON: {error}") from error
+        self.manifest = read_cache_manifest(path)
         settings = self.manifest["settings"]
         self._sites = [Site.parse(site_id) for site_id in settings["sites"]]
         self._widths = {site: int(settings["widths"][site.id]) for site in self._sites}
@@ -246,7 +322,7 @@ class ActivationCache:
         self._verify = verify
         self._norm_tokens = norm_tokens
         for shard in self.shards:
-            for path_, record in self._shard_files(shard):
+            for path_, record in _shard_files(folder, self._sites, shard):
                 self._check(path_, record, hash_it=verify == "full")
 
     @property
@@ -276,22 +352,11 @@ class ActivationCache:
                 break
         return {site: math.sqrt(total / count) for site, total in totals.items()}
 
-    def _shard_files(self, shard: Mapping[str, Any]) -> Iterator[tuple[Path, Mapping[str, Any]]]:
-        yield self.folder / "tokens" / _shard_name(int(shard["index"])), shard["tokens_file"]
-        for site in self._sites:
-            yield self.folder / _site_dir(site) / _shard_name(int(shard["index"])), shard["files"][site.id]
-
     def _check(self, path: Path, record: Mapping[str, Any], *, hash_it: bool) -> None:
         if path in self._verified:
             return
-        if not path.is_file():
-            raise CorruptFileError(f"{path} is missing from the activation cache {self.folder}")
-        size = path.stat().st_size
-        if size != record["bytes"]:
-            raise CorruptFileError(f"{path} has {size} bytes, the manifest says {record['bytes']} (truncated?)")
+        check_shard_file(path, record, self.folder, hash_it=hash_it)
         if hash_it:
-            if sha256_file(path) != record["sha256"]:
-                raise CorruptFileError(f"{path} does not match its SHA-256 checksum in {self.folder / MANIFEST}")
             self._verified.add(path)
 
     def _open_rows(self, site: Site | None, shard: Mapping[str, Any]) -> np.memmap[Any, Any]:

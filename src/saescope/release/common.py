@@ -338,12 +338,14 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_against_manifest(files: Iterable[Path], *, check_hashes: bool = True, max_levels: int = 6) -> None:
+def check_against_manifest(files: Iterable[Path], *, check_hashes: bool = True, max_levels: int = 6) -> set[Path]:
     """If a saescope release manifest lies in a parent folder, check these files' sizes (and SHA-256)
-    against it, so a truncated or corrupted file is named even when its format would not notice."""
+    against it, so a truncated or corrupted file is named even when its format would not notice.
+    Returns the (resolved) files whose SHA-256 it checked."""
     files = [Path(f).resolve() for f in files]
+    checked: set[Path] = set()
     if not files:
-        return
+        return checked
     folder = files[0].parent
     for _ in range(max_levels):
         manifest_path = folder / MANIFEST_NAME
@@ -363,7 +365,10 @@ def check_against_manifest(files: Iterable[Path], *, check_hashes: bool = True, 
                     raise ReleaseFormatError(
                         f"{file_path} does not match the SHA-256 checksum recorded in {manifest_path} (corrupted)"
                     )
-            return
+                if check_hashes:
+                    checked.add(file_path)
+            return checked
         if folder.parent == folder:
-            return
+            return checked
         folder = folder.parent
+    return checked

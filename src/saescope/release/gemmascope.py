@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from saescope.atomic import atomic_write_json, atomic_write_with
+from saescope.atomic import atomic_write_checksummed, atomic_write_json
 from saescope.models.sites import Site, SiteKind
 from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
@@ -115,7 +115,7 @@ def write_gemmascope_npz(path: Path, params: ReleaseParams) -> None:
             f"{path}: Gemma Scope 1's params.npz has no skip connection; write skip transcoders in the GS2 layout"
         )
     arrays = {key: getattr(params, key).numpy() for key in _GS1_KEYS}
-    atomic_write_with(path, lambda handle: np.savez(handle, **arrays))
+    atomic_write_checksummed(path, lambda handle: np.savez(handle, **arrays))
 
 
 def read_gemmascope_npz(path: Path) -> ReleaseParams:
@@ -232,7 +232,7 @@ def write_gemmascope2_folder(folder: Path, params: ReleaseParams, config: dict[s
     if params.W_skip is not None:
         tensors[_GS2_SKIP] = params.W_skip
     data = safetensors_bytes({key: value.contiguous() for key, value in tensors.items()})
-    atomic_write_with(folder / GS2_PARAMS, lambda handle: handle.write(data))
+    atomic_write_checksummed(folder / GS2_PARAMS, lambda handle: handle.write(data))
     atomic_write_json(folder / GS2_CONFIG, config)
 
 

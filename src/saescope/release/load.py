@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saescope.atomic import verify_checksum
 from saescope.models.loading import ONLINE_ENV, online_by_default
 from saescope.models.sites import Site, spanned_sites
 from saescope.release.common import ReadSAE, ReleaseFormatError, check_against_manifest
@@ -43,6 +44,13 @@ from saescope.release.suite import read_trained_sae
 from saescope.sae import AnyDictionary
 
 log = logging.getLogger(__name__)
+
+#: Weight files, whose SHA-256 is recorded beside them (``<name>.sha256``) by saescope's writers.
+WEIGHT_SUFFIXES = (".safetensors", ".npz")
+_EXPORT_AGAIN = (
+    "If saescope exported it, export the release again from the training run (`saescope export`); otherwise "
+    "download or copy the folder again."
+)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)+/?$")
 
@@ -128,7 +136,12 @@ def load_folder(folder: Path, *, check_hashes: bool = True, repo_name: str | Non
         )
     multi_layer = source_format == "gemmascope2" and is_multi_layer_folder(folder)
     files = multi_layer_files(folder) if multi_layer else [folder / name for name in _FILES[source_format]]
-    check_against_manifest([path for path in files if path.exists()], check_hashes=check_hashes)
+    present = [path for path in files if path.exists()]
+    checked_by_manifest = check_against_manifest(present, check_hashes=check_hashes)
+    if check_hashes and source_format != "saescope":  # a saescope folder's weights are checked as they are read
+        for path in present:
+            if path.suffix in WEIGHT_SUFFIXES and path.resolve() not in checked_by_manifest:
+                verify_checksum(path, _EXPORT_AGAIN)
     if multi_layer:
         read = read_multi_layer_folder(folder)
         model = read.config.get("model_name")
@@ -190,7 +203,9 @@ def load_sae(path_or_hub_id: str | Path, *, online: bool | None = None, check_ha
     folded into raw space with its ``norm_scale``). Hub: ``owner/repo/path``, e.g.
     ``google/gemma-scope-2b-pt-res/layer_20/width_16k/average_l0_71``; downloads only with ``online=True``
     or ``SAESCOPE_ONLINE=1``. Inside a saescope release, file sizes (and with ``check_hashes`` SHA-256
-    sums) are checked against its manifest. Problems raise :class:`ReleaseFormatError` naming the file.
+    sums) are checked against its manifest; elsewhere (with ``check_hashes``) each weight file against the
+    SHA-256 recorded beside it, when there is one. Problems raise :class:`ReleaseFormatError` naming the file,
+    or :class:`~saescope.atomic.CorruptFileError` for a weight file that does not match its recorded SHA-256.
     """
     path = Path(path_or_hub_id)
     if path.is_file():

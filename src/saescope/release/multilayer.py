@@ -44,7 +44,7 @@ from typing import Any, BinaryIO
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from saescope.atomic import atomic_write_json, atomic_write_with
+from saescope.atomic import atomic_write_checksummed, atomic_write_json
 from saescope.models.sites import Site
 from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
@@ -148,7 +148,7 @@ def multi_layer_config(entry: TrainedSAE, *, model_name: str, model_type: str = 
 def write_multi_layer_folder(folder: Path, sae: CrossLayerDictionary, config: dict[str, Any]) -> None:
     """Write ``params_layer_{0..n-1}.safetensors`` and ``config.json`` (each file atomically)."""
     for i in range(sae.n_layers):
-        atomic_write_with(folder / block_file_name(i), _writer(safetensors_bytes(block_tensors(sae, i))))
+        atomic_write_checksummed(folder / block_file_name(i), _writer(safetensors_bytes(block_tensors(sae, i))))
     atomic_write_json(folder / MULTI_LAYER_CONFIG, config)
 
 

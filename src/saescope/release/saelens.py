@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from saescope.atomic import atomic_write_json, atomic_write_with
+from saescope.atomic import atomic_write_checksummed, atomic_write_json
 from saescope.models.sites import Site, SiteKind
 from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
@@ -114,7 +114,7 @@ def write_saelens_folder(folder: Path, params: ReleaseParams, config: dict[str, 
     if params.W_skip is not None:
         tensors["W_skip"] = params.W_skip.T.contiguous()
     data = safetensors_bytes({key: value.contiguous() for key, value in tensors.items()})
-    atomic_write_with(folder / SAELENS_WEIGHTS, lambda handle: handle.write(data))
+    atomic_write_checksummed(folder / SAELENS_WEIGHTS, lambda handle: handle.write(data))
     atomic_write_json(folder / SAELENS_CONFIG, config)
 
 

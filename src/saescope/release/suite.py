@@ -1,7 +1,8 @@
 """Read what the trainer wrote: ``<run>/saes/<name>/{sae.safetensors, config.json[, metrics.json]}``.
 
 ``sae.safetensors`` is the dictionary's state dict in training space (activations divided by the site's
-scale C, pre-encoder bias on); ``config.json`` (format ``saescope-dictionary-v1``) holds the site, the
+scale C, pre-encoder bias on), its SHA-256 recorded beside it in ``sae.safetensors.sha256`` and checked on
+every read; ``config.json`` (format ``saescope-dictionary-v1``) holds the site, the
 :class:`~saescope.sae.DictionaryConfig`, ``norm_scale`` (C), the training settings and the metrics of the
 last training batch. Evaluation writes ``metrics.json`` next to them.
 
@@ -22,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from saescope.atomic import verify_checksum
 from saescope.models.sites import Site, SiteKind, spanned_sites
 from saescope.release.common import ReleaseFormatError, read_json_object
 from saescope.sae import AnyDictionary, CrossLayerDictionary, DictionaryConfig, build_any_dictionary
@@ -30,6 +32,12 @@ DICTIONARY_FORMAT = "saescope-dictionary-v1"
 WEIGHTS = "sae.safetensors"
 CONFIG = "config.json"
 METRICS = "metrics.json"
+
+#: What to do about a corrupted weights file of a trained dictionary.
+_WRITE_AGAIN = (
+    "Write it again: rerun the training command that wrote it (it resumes from the run's checkpoint.pt, when that "
+    f"is still there, and rewrites {WEIGHTS}), or train the dictionary again into a new folder."
+)
 
 L0_FROM_METRICS = "held-out evaluation (metrics.json)"
 L0_FROM_TRAINING = "last training batch (config.json final_batch_metrics; no metrics.json)"
@@ -88,10 +96,11 @@ class TrainedSAE:
         return self.dictionary.total_width
 
     def training_space(self) -> AnyDictionary:
-        """The dictionary as trained (inputs divided by C)."""
+        """The dictionary as trained (inputs divided by C), checked against its recorded checksum."""
         path = self.folder / WEIGHTS
         if not path.is_file():
             raise ReleaseFormatError(f"{path} is missing")
+        verify_checksum(path, _WRITE_AGAIN)
         try:
             state = load_file(path)
         except (SafetensorError, OSError, ValueError) as error:

@@ -69,7 +69,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from saescope.atomic import atomic_write_text, atomic_write_with
+from saescope.atomic import atomic_write_checksummed, atomic_write_text, remove_checksummed
 from saescope.data.activations import (
     ActivationSource,
     SiteBatch,
@@ -508,11 +508,11 @@ class ShardedTrainer(Trainer):
 
     def save_checkpoint(self) -> None:
         state = self._checkpoint_state()
-        atomic_write_with(self._checkpoint_path(self.step), lambda handle: torch.save(state, handle))
+        atomic_write_checksummed(self._checkpoint_path(self.step), lambda handle: torch.save(state, handle))
         self.ctx.barrier()  # every rank now holds this step: older checkpoints can go
         for step, path in self._own_checkpoints().items():
             if step < self.step:
-                path.unlink(missing_ok=True)
+                remove_checksummed(path)
 
     def load_checkpoint(self) -> bool:
         check_checkpoint_layout(self.out_dir, self.ctx.world_size)
@@ -520,7 +520,7 @@ class ShardedTrainer(Trainer):
         common = self.ctx.min_int(max(own, default=-1))  # the newest step every rank holds
         for step, path in own.items():
             if step > common:
-                path.unlink(missing_ok=True)  # written by this rank only, before a kill
+                remove_checksummed(path)  # written by this rank only, before a kill
         if common < 0:  # some rank has no checkpoint: all start again, without the rows logged before
             self._truncate_metrics()
             return False
@@ -529,9 +529,12 @@ class ShardedTrainer(Trainer):
                 f"rank {self.ctx.rank} has no checkpoint of step {common} in {self.out_dir} although the other "
                 "ranks agree on it: the checkpoints are inconsistent; delete them to restart training"
             )
-        self._restore_checkpoint(
-            torch.load(own[common], weights_only=False, map_location=self.config.device), own[common]
+        path = own[common]
+        start_over = (
+            f"To start this training over from step 0, move it aside (for example `mv {path} {path}.unusable`) and "
+            "rerun the same torchrun command: every rank then starts again. Or train into a new output folder."
         )
+        self._restore_checkpoint(self._read_checkpoint(path, start_over=start_over), path)
         return True
 
     def _agreed_pass_count(self, passes: int) -> int:

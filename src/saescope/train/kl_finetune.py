@@ -28,9 +28,15 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
-from saescope.atomic import atomic_write_json, atomic_write_with
+from saescope.atomic import atomic_write_checksummed, atomic_write_json
 from saescope.data.activations import stack_windows
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids, special_token_mask
+from saescope.data.corpus import (
+    CorpusConfig,
+    corpus_windows,
+    special_token_ids,
+    special_token_mask,
+    window_token_ids,
+)
 from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
@@ -94,9 +100,11 @@ def spliced_kl_step(
     coefficient_scale: float = 1.0,
 ) -> tuple[torch.Tensor, KLStep]:
     """The KL-finetune loss (with its graph) of `sae`, trained on activations divided by `norm_scale`, on
-    one batch of windows; the caller backpropagates it."""
+    one batch of windows as the corpus yields them (a chat corpus's excluded positions flagged in the ids);
+    the caller backpropagates it."""
     model = loaded.model
-    keep_BT = special_token_mask(ids_BT, special_token_ids(loaded.tokenizer))
+    keep_BT = special_token_mask(ids_BT, special_token_ids(loaded.tokenizer))  # also drops chat-masked positions
+    ids_BT = window_token_ids(ids_BT)  # what the model reads: the chat-mask flag cleared
     predictions = Predictions.select(ids_BT, keep_BT, position_stride)
     with torch.no_grad():
         _, clean_NV = clean_log_probs(model, ids_BT, predictions, chunk=max(1, predictions.targets_N.numel()))
@@ -217,6 +225,6 @@ def finetune_trained_folder(
     }
     destination.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in sae.state_dict().items()}
-    atomic_write_with(destination / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
+    atomic_write_checksummed(destination / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
     atomic_write_json(destination / "config.json", {**entry.config, "kl_finetune": summary})
     return summary

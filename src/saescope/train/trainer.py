@@ -23,7 +23,13 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
-from saescope.atomic import atomic_write_json, atomic_write_text, atomic_write_with
+from saescope.atomic import (
+    CorruptFileError,
+    atomic_write_checksummed,
+    atomic_write_json,
+    atomic_write_text,
+    verify_checksum,
+)
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.models.sites import Site, spanned_sites
 from saescope.sae import (
@@ -450,7 +456,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         state = self._checkpoint_state()
-        atomic_write_with(self.out_dir / CHECKPOINT, lambda handle: torch.save(state, handle))
+        atomic_write_checksummed(self.out_dir / CHECKPOINT, lambda handle: torch.save(state, handle))
 
     def _checkpoint_state(self) -> dict[str, Any]:
         return {
@@ -481,8 +487,22 @@ class Trainer:
         if not path.exists():
             self._truncate_metrics()  # a run killed before its first checkpoint starts its log afresh
             return False
-        self._restore_checkpoint(torch.load(path, weights_only=False, map_location=self.config.device), path)
+        self._restore_checkpoint(self._read_checkpoint(path, start_over=_start_over_hint(path)), path)
         return True
+
+    def _read_checkpoint(self, path: Path, *, start_over: str) -> dict[str, Any]:
+        """The state in `path`, checked against its recorded checksum; `CorruptFileError` naming the file and
+        saying how to start over (`start_over`) when it is corrupted or unreadable."""
+        verify_checksum(path, start_over)
+        try:
+            state = torch.load(path, weights_only=False, map_location=self.config.device)
+        except Exception as error:  # a damaged file fails in torch's zip, pickle or storage readers alike
+            raise CorruptFileError(
+                f"{path} is unreadable: it is truncated or not a saescope checkpoint ({error}). {start_over}"
+            ) from error
+        if not isinstance(state, dict) or "identity" not in state:
+            raise CorruptFileError(f"{path} is not a saescope training checkpoint. {start_over}")
+        return state
 
     def _restore_checkpoint(self, state: dict[str, Any], path: Path) -> None:
         if state["identity"] != self._identity():
@@ -851,7 +871,7 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         sae = self._saved_dictionary(member)
         tensors = {key: value.detach().contiguous() for key, value in sae.state_dict().items()}
-        atomic_write_with(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
+        atomic_write_checksummed(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
         scales = [self.norm_scales[site] for site in member.spec.input_sites]
         scale = scales[0]
         scales_out = [self.norm_scales[site] for site in member.spec.output_sites]
@@ -873,3 +893,11 @@ class Trainer:
             },
         )
         return TrainedDictionary(member.spec.name, member.spec.site, sae, scale, folder, dict(member.last))
+
+
+def _start_over_hint(path: Path) -> str:
+    """What to do about an unusable checkpoint, without deleting anything."""
+    return (
+        f"To start this training over from step 0, move it aside (for example `mv {path} {path}.unusable`) and "
+        "rerun the same command, or train into a new output folder."
+    )
