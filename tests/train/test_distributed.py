@@ -168,9 +168,12 @@ def jobs(root: Path) -> Path:
     torchrun(2, __file__, "before", str(root))
     # As if rank 0 had written its step-14 checkpoint and the job died before rank 1 wrote its own.
     killed = root / "array_killed"
-    shutil.copy(killed / "checkpoint.rank0-of-2.step000000010.pt", killed / "checkpoint.rank0-of-2.step000000014.pt")
+    for suffix in ("", ".sha256"):  # the checkpoint and its checksum record
+        step_10, step_14 = (killed / f"checkpoint.rank0-of-2.step{step:09d}.pt{suffix}" for step in (10, 14))
+        shutil.copy(step_10, step_14)
     # As if the job had died during the very first checkpoint, after rank 0 wrote it and before rank 1 did.
-    (root / "array_killed_early" / "checkpoint.rank1-of-2.step000000006.pt").unlink()
+    for suffix in ("", ".sha256"):
+        (root / "array_killed_early" / f"checkpoint.rank1-of-2.step000000006.pt{suffix}").unlink()
     torchrun(2, __file__, "after", str(root))
     return root
 
@@ -216,7 +219,8 @@ def test_two_ranks_train_five_dictionaries_exactly_as_one_process(jobs: Path, tm
     assert_same_weights(tmp_path, jobs / "array")
     assert (jobs / "array" / "metrics.jsonl").read_text() == (tmp_path / "metrics.jsonl").read_text()
     assert sorted(p.name for p in (jobs / "array").glob("checkpoint*")) == [
-        "checkpoint.rank0-of-2.step000000024.pt", "checkpoint.rank1-of-2.step000000024.pt",
+        "checkpoint.rank0-of-2.step000000024.pt", "checkpoint.rank0-of-2.step000000024.pt.sha256",
+        "checkpoint.rank1-of-2.step000000024.pt", "checkpoint.rank1-of-2.step000000024.pt.sha256",
     ]  # fmt: skip
 
 
@@ -227,7 +231,8 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(jobs: Path, f
     assert_same_weights(jobs / "array", jobs / folder)
     assert (jobs / folder / "metrics.jsonl").read_text() == (jobs / "array" / "metrics.jsonl").read_text()
     assert sorted(p.name for p in (jobs / folder).glob("checkpoint*")) == [
-        "checkpoint.rank0-of-2.step000000024.pt", "checkpoint.rank1-of-2.step000000024.pt",
+        "checkpoint.rank0-of-2.step000000024.pt", "checkpoint.rank0-of-2.step000000024.pt.sha256",
+        "checkpoint.rank1-of-2.step000000024.pt", "checkpoint.rank1-of-2.step000000024.pt.sha256",
     ]  # fmt: skip
 
 

@@ -7,13 +7,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from saescope.data.corpus import CorpusConfig
+from saescope.atomic import verify_checksum
+from saescope.data.arrays import ArrayActivations
+from saescope.data.corpus import EXCLUDED_POSITION_BIT, CorpusConfig, special_token_ids, special_token_mask
+from saescope.models.hooks import capture
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
+from saescope.release.suite import read_suite
 from saescope.sae import DictionaryConfig, JumpReLU, build_dictionary
+from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.kl_finetune import (
     ALPHA_EPSILON,
     KLFinetuneConfig,
+    finetune_trained_folder,
     kl_finetune,
     kl_finetune_loss,
     spliced_kl_step,
@@ -107,3 +113,47 @@ def test_the_threshold_controller_keeps_steering_theta_during_the_kl_phase(
     assert len(history) >= 4
     assert thetas[False] == pytest.approx(0.5, abs=0.01)
     assert thetas[True] == pytest.approx(0.5 * 0.5 ** len(history), rel=0.05)
+
+
+def test_positions_a_chat_corpus_excludes_are_masked_and_the_model_reads_plain_ids(tiny_model_dir: Path) -> None:
+    """A chat corpus flags excluded positions with EXCLUDED_POSITION_BIT in the ids: the step must drop them and
+    clear the flag before the ids reach the model."""
+    loaded = load_model(str(tiny_model_dir))
+    site = Site(1, SiteKind.RES)
+    sae = build_dictionary(
+        DictionaryConfig(d_in=32, width=64, threshold_parameterisation="raw", lambda_warmup_steps=0),
+        generator=torch.Generator().manual_seed(0),
+    )
+    ids_BT = torch.randint(3, 90, (2, 16), generator=torch.Generator().manual_seed(1))
+    ids_BT[:, 0] = loaded.tokenizer.bos_token_id
+    flagged_BT = ids_BT.clone()
+    flagged_BT[:, 1:5] |= EXCLUDED_POSITION_BIT  # e.g. a user-turn prefix
+    total, measured = spliced_kl_step(loaded, sae, site, norm_scale=1.0, ids_BT=flagged_BT, beta=0.0)
+    assert measured.kl >= 0
+    keep_BT = special_token_mask(flagged_BT, special_token_ids(loaded.tokenizer))
+    assert int(keep_BT.sum()) == 2 * (16 - 5)
+    acts_BTD = capture(loaded.model, [site], ids_BT)[site]
+    expected = sae.loss(acts_BTD[keep_BT].float()).total
+    assert float(total.detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
+
+
+def test_a_finetuned_folder_is_written_with_its_checksum(
+    tiny_model_dir: Path, text_corpus: Path, tmp_path: Path
+) -> None:
+    loaded = load_model(str(tiny_model_dir))
+    site = Site(1, SiteKind.RES)
+    x_ND = capture(loaded.model, [site], torch.randint(3, 90, (16, 16), generator=torch.Generator().manual_seed(2)))
+    dictionary = DictionaryConfig(d_in=32, width=64, threshold_parameterisation="raw", lambda_warmup_steps=0)
+    spec = SAESpec("res", site, dictionary)
+    run = tmp_path / "run"
+    train = TrainConfig(total_tokens=512, batch_size=128, lr_warmup_steps=1, progress=False)
+    Trainer([spec], ArrayActivations({site: x_ND[site].reshape(-1, 32)}), train, run).run()
+    folder = run / "saes" / "res"
+    before = (folder / "sae.safetensors").read_bytes()
+    corpus = CorpusConfig(source=str(text_corpus), context_size=16)
+    kl_config = KLFinetuneConfig(tokens=40, batch_windows=2, progress=False)
+    finetune_trained_folder(loaded, folder, folder, corpus, kl_config)
+    assert (folder / "sae.safetensors").read_bytes() != before
+    assert verify_checksum(folder / "sae.safetensors", "") is True
+    (entry,) = read_suite(run)
+    entry.raw_space()  # read back without a checksum error

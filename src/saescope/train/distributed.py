@@ -29,9 +29,9 @@ How the work is split
 
 Checkpoints, outputs, logs
 --------------------------
-Each rank writes its own dictionaries' state to ``checkpoint.rank{r}-of-{N}.step{S}.pt`` (atomically)
-and deletes its older checkpoints only after every rank has written step S (a barrier). A kill between
-two ranks' writes therefore leaves every rank holding at least the previous step; on resume the ranks
+Each rank writes its own dictionaries' state to ``checkpoint.rank{r}-of-{N}.step{S}.pt`` (atomically, its
+SHA-256 beside it) and deletes its older checkpoints only after every rank has written step S (a barrier).
+A kill between two ranks' writes therefore leaves every rank holding at least the previous step; on resume the ranks
 agree (all-reduce MIN) on the newest step all of them hold and continue from it, so a resumed run is
 bit-identical to an uninterrupted one. Resuming needs the same number of ranks (else a clear error).
 ``saes/<name>/`` is written by the rank that trained the dictionary. Each rank logs to

@@ -7,6 +7,7 @@ gradients orthogonal to the rows, Adam(β1=0, β2=0.999), renormalise decoder ro
 
 Checkpoints hold weights, optimiser states, controller states, dead-latent counters, the data position
 and the RNG state, written atomically; a resumed run gives bit-identical weights to an uninterrupted one.
+Checkpoints and saved dictionaries record their SHA-256 beside them (``<name>.sha256``), checked when read.
 """
 
 from __future__ import annotations
