@@ -99,3 +99,29 @@ def test_topk_without_k_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureF
     np.save(tmp_path / "acts.npy", np.ones((10, 4), dtype=np.float32))
     assert main(["train", "--activations", str(tmp_path / "acts.npy"), "--architectures", "topk"]) == 2
     assert "topk needs a target L0" in capsys.readouterr().err
+
+
+def test_a_cache_rerun_rewrites_a_corrupt_shard(
+    tiny_model_dir: Path, text_corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache_dir = tmp_path / "cache"
+    assert main(cache_args(tiny_model_dir, text_corpus, cache_dir)) == 0
+    shard = cache_dir / "layer_1" / "res" / "shard_00001.bin"
+    original = shard.read_bytes()
+    damaged = bytearray(original)
+    damaged[100] ^= 0x01
+    shard.write_bytes(bytes(damaged))
+    assert main(cache_args(tiny_model_dir, text_corpus, cache_dir)) == 0
+    assert "shard_00001.bin does not match its SHA-256" in caplog.text
+    assert ActivationCache(cache_dir, verify="full").n_tokens == 300
+    assert shard.read_bytes() == original  # the window stream is deterministic: the same rows again
+
+
+def test_a_cache_manifest_without_shards_is_a_named_error(
+    tiny_model_dir: Path, text_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / "manifest.json").write_text(json.dumps({"format": 1, "settings": {}}))
+    assert main(cache_args(tiny_model_dir, text_corpus, cache_dir)) == 2
+    assert "manifest.json has no 'shards' key" in capsys.readouterr().err
