@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from explore_fixtures import CONFIG, DETECTED, ExploreRun, shared_run
 
+from saescope.atomic import CorruptFileError
 from saescope.cli import main
 from saescope.explore import IndexReader, build_index, read_dictionaries
 from saescope.models.loading import load_model
@@ -125,3 +126,13 @@ def test_a_file_without_its_tables_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(ReleaseFormatError, match="not a readable safetensors file"):
         read_examples(path)
+
+
+def test_a_flipped_byte_in_an_examples_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / EXAMPLES_FILE
+    write_examples(path, small_examples())
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # an activation's bits: the file still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=r"examples\.safetensors is corrupted: its SHA-256 is"):
+        read_examples(path, width=2)

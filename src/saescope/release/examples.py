@@ -29,10 +29,14 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from saescope.atomic import atomic_write_with
+from saescope.atomic import atomic_write_checksummed, verify_checksum
 from saescope.release.common import ReleaseFormatError
 
 EXAMPLES_FILE = "examples.safetensors"
+_WRITE_AGAIN = (
+    "If saescope wrote it, export the release again from the run with its feature index (`saescope export`); "
+    "otherwise download or copy the folder again."
+)
 #: Tensors a readable examples file must have; the logit tables and frequencies are optional.
 REQUIRED = ("tokens", "seq_ids", "positions", "activations")
 
@@ -75,7 +79,7 @@ _OPTIONAL = {
 
 
 def write_examples(path: Path, examples: ReleaseExamples) -> None:
-    """Write ``examples`` as ``path`` (an ``examples.safetensors``), atomically."""
+    """Write ``examples`` as ``path`` (an ``examples.safetensors``), atomically, its SHA-256 recorded beside it."""
     tensors = {
         "tokens": examples.tokens_SL.astype(np.int32), "seq_ids": examples.seq_ids_FK.astype(np.int32),
         "positions": examples.positions_FK.astype(np.int32), "activations": examples.activations_FK.astype(np.float32),
@@ -85,7 +89,7 @@ def write_examples(path: Path, examples: ReleaseExamples) -> None:
         if value is not None:
             tensors[key] = np.asarray(value, dtype=dtype)
     data = safetensors_bytes({key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in tensors.items()})
-    atomic_write_with(path, lambda handle: handle.write(data))
+    atomic_write_checksummed(path, lambda handle: handle.write(data))
 
 
 def _as_numpy(tensor: torch.Tensor, dtype: str) -> np.ndarray:
@@ -102,6 +106,7 @@ def read_examples(path: Path, *, width: int | None = None) -> ReleaseExamples:
 
     if not path.is_file():
         raise ReleaseFormatError(f"{path} is missing")
+    verify_checksum(path, _WRITE_AGAIN)
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
