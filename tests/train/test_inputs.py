@@ -242,3 +242,17 @@ def test_a_bad_device_is_refused_before_anything_is_created(
     assert main([*npy_train_args(tmp_path, tmp_path / "run"), "--device", device]) == 2
     assert f"--device {device!r}" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("value", "shown"), [(float("nan"), "nan: .*not finite"), (0.0, "0.0: .*all zero")])
+def test_a_scale_estimated_from_bad_data_is_refused_before_training(tmp_path: Path, value: float, shown: str) -> None:
+    class BadScale(ArrayActivations):
+        @property
+        def norm_scales(self) -> dict[Site, float]:
+            return {RES: value}
+
+    with pytest.raises(
+        BadActivationsError, match=rf"the normalisation scale of layer_0/res is {shown}.*data is at fault"
+    ):
+        Trainer([spec()], BadScale({RES: tokens()}), config(), tmp_path)
+    assert not list(tmp_path.iterdir())

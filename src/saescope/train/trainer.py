@@ -434,6 +434,13 @@ class Trainer:
         self.norm_scales = {
             site: source.norm_scales[site] for spec in specs for site in (*spec.input_sites, *spec.output_sites)
         }
+        for site, scale in self.norm_scales.items():
+            if not (math.isfinite(scale) and scale > 0):
+                raise BadActivationsError(
+                    f"the normalisation scale of {site} is {scale}: the activations it was estimated from are "
+                    f"{'all zero' if scale == 0 else 'not finite (NaN or infinity)'}. The data is at fault, not the "
+                    "training settings; fix the activation source (cache, file or model dtype)."
+                )
         indices = list(range(len(self.specs))) if owned is None else sorted(owned)
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
             raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
@@ -721,7 +728,7 @@ class Trainer:
         """Refuse a batch holding NaN or infinity, naming the step, the site and the value: the data is at fault
         (a cache, a live model overflowing in its dtype), not the training settings. One reduction per site and
         one host sync per step."""
-        if bool(torch.stack([torch.isfinite(x_BD).all() for x_BD in batch.values()]).all()):
+        if not batch or bool(torch.stack([torch.isfinite(x_BD).all() for x_BD in batch.values()]).all()):
             return
         for site, x_BD in batch.items():
             found = _first_non_finite(x_BD)
