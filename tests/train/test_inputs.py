@@ -18,6 +18,7 @@ from saescope.data.activations import SiteBatch, TokenActivations
 from saescope.data.arrays import ArrayActivations, load_activation_file
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
 from saescope.models.sites import Site, SiteKind
+from saescope.release import export_release
 from saescope.sae import DictionaryConfig
 from saescope.train import BadActivationsError, SAESpec, TrainConfig, Trainer, TrainingDivergedError, verdict
 from saescope.train.distributed import train_suite
@@ -172,6 +173,8 @@ def test_a_npy_file_trains_at_the_site_given_and_needs_one(tmp_path: Path, capsy
     (folder,) = (out / "saes").iterdir()
     assert folder.name == "layer_3-mlp-jumprelu-32-l0_4"
     assert json.loads((folder / "config.json").read_text())["site"] == "layer_3/mlp"
+    export_release(out, tmp_path / "release", formats=["saelens"])
+    assert [p.parent.parent.parent.name for p in (tmp_path / "release").rglob("cfg.json")] == ["layer_3"]
 
 
 def test_a_bad_file_is_refused_before_anything_is_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

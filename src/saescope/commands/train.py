@@ -56,7 +56,11 @@ def register(commands: Any) -> None:
     source.add_argument("--activations", type=Path, help="a .npy (tokens x d) or .safetensors activation file")
     add_model_arguments(parser)
     add_corpus_arguments(parser, training=True)
-    parser.add_argument("--sites", default=None, help="sites to train on (default: every site of the source)")
+    parser.add_argument(
+        "--sites", default=None,
+        help="sites to train on (default: every site of the source); required for a .npy file (or a lone safetensors "
+        "tensor not named by a site id): the one site it was read at, e.g. layer_6/res",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (runs/train)")
     sae = parser.add_argument_group("dictionaries (comma lists make one dictionary per combination)")
     sae.add_argument("--widths", default="4096", help="latents per dictionary, e.g. 4096 or 16k,65k (4096)")
