@@ -856,6 +856,7 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            self._step_batch = {}
         if self.step == self.config.total_steps and self.config.decoder_refit_tokens > 0 and not self.decoders_refit:
             self._refit_decoders()
             self.decoders_refit = True
