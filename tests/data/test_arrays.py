@@ -70,8 +70,13 @@ def test_a_value_float32_cannot_hold_is_named(tmp_path: Path) -> None:
 
 def test_rows_far_above_the_median_norm_are_named(tmp_path: Path) -> None:
     array = tokens()
-    array[30:40] = 1e30
-    with pytest.raises(ActivationFileError, match=r"10 row\(s\) have a norm over 1e\+04 times the median .* row 30"):
+    array[30:40] = 1.0
+    array[30:40, 11] = 1e30
+    with pytest.raises(
+        ActivationFileError,
+        match=r"10 row\(s\) have a norm over 1e\+04 times the median .*; the first is row 30 \(norm 1e\+30\), whose "
+        r"column 11 holds 1e\+30",
+    ):
         load_activation_file(saved(tmp_path, array), SITE)
 
 

@@ -242,7 +242,7 @@ def check_activation_array(array: AnyArray, name: str) -> None:
             "one row per token; a (width, tokens) array must be transposed"
         )
     norms_N = _checked_row_norms(array, name)
-    _check_magnitudes(norms_N, name)
+    _check_magnitudes(array, norms_N, name)
 
 
 def _check_dtype(dtype: np.dtype[Any] | torch.dtype, name: str) -> None:
@@ -297,7 +297,7 @@ def _checked_row_norms(array: AnyArray, name: str) -> np.ndarray[Any, Any]:
     return np.concatenate(norms)
 
 
-def _check_magnitudes(norms_N: np.ndarray[Any, Any], name: str) -> None:
+def _check_magnitudes(array: AnyArray, norms_N: np.ndarray[Any, Any], name: str) -> None:
     """Refuse all-zero data, and rows whose norm is more than `OUTLIER_NORM_RATIO` times the median."""
     if not float(norms_N.max()) > 0:
         raise ActivationFileError(f"{name}: every row is zero; there is nothing to learn from these activations")
@@ -306,12 +306,14 @@ def _check_magnitudes(norms_N: np.ndarray[Any, Any], name: str) -> None:
         return
     outliers = np.flatnonzero(norms_N > OUTLIER_NORM_RATIO * median)
     if outliers.size:
-        row = int(outliers[np.argmax(norms_N[outliers])])
+        first = int(outliers[0])
+        row_D = np.asarray(_float_rows(array, slice(first, first + 1))[0].double())
+        column = int(np.argmax(np.abs(row_D)))
         raise ActivationFileError(
             f"{name}: {outliers.size} row(s) have a norm over {OUTLIER_NORM_RATIO:.0e} times the median row norm "
-            f"{median:.4g} (first: row {int(outliers[0])}, norm {float(norms_N[outliers[0]]):.4g}; largest: row {row}, "
-            f"norm {float(norms_N[row]):.4g}); such rows are corrupt or not token activations (e.g. a summed or "
-            "special-token row) and would decide the training loss: drop them from the file"
+            f"{median:.4g}; the first is row {first} (norm {float(norms_N[first]):.4g}), whose column {column} holds "
+            f"{row_D[column]:.6g}. Such rows are corrupt or no token activations (e.g. a summed or special-token row) "
+            "and would decide the training loss: drop them from the file"
         )
 
 
