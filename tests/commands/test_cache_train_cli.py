@@ -10,6 +10,10 @@ import pytest
 
 from saescope.cli import main
 from saescope.data.cache import ActivationCache
+from saescope.train.verdict import IMPLAUSIBLE_EXIT_CODE
+
+#: Exit statuses of a finished `saescope train`: these tiny runs may end with implausible metrics (exit 3).
+TRAINED = (0, IMPLAUSIBLE_EXIT_CODE)
 
 
 def cache_args(model: Path, corpus: Path, out: Path, *extra: str) -> list[str]:
@@ -46,7 +50,7 @@ def test_cache_then_train(
         "train", "--cache", str(cache_dir), "--sites", "1/res+att", "--widths", "16,32", "--target-l0", "3",
         "--tokens", "640", "--batch-size", "64", "--lr", "1e-3", "--lr-warmup-steps", "2", "--out", str(run_dir),
     ]  # fmt: skip
-    assert main(train) == 0
+    assert main(train) in TRAINED
     names = sorted(p.name for p in (run_dir / "saes").iterdir())
     assert names == [
         "layer_1-att-jumprelu-16-l0_3", "layer_1-att-jumprelu-32-l0_3",
@@ -64,9 +68,9 @@ def test_eval_a_trained_run(
     rng = np.random.default_rng(0)
     np.save(tmp_path / "acts.npy", rng.normal(size=(1000, 32)).astype(np.float32))
     run_dir = tmp_path / "run"
-    train = ["train", "--activations", str(tmp_path / "acts.npy"), "--widths", "16", "--target-l0", "4",
-             "--tokens", "256", "--batch-size", "64", "--out", str(run_dir)]  # fmt: skip
-    assert main(train) == 0
+    train = ["train", "--activations", str(tmp_path / "acts.npy"), "--sites", "layer_0/res", "--widths", "16",
+             "--target-l0", "4", "--tokens", "256", "--batch-size", "64", "--out", str(run_dir)]  # fmt: skip
+    assert main(train) in TRAINED
     report = tmp_path / "report"
     evaluate = ["eval", str(run_dir), "--model", str(tiny_model_dir), "--corpus", str(jsonl_corpus),
                 "--context-size", "16", "--tokens", "100", "--loss-windows", "2", "--out", str(report)]  # fmt: skip
@@ -85,8 +89,9 @@ def test_train_from_a_npy_file_with_a_toml_config(tmp_path: Path) -> None:
         'widths = [16]\narchitectures = "topk,jumprelu"\ntarget-l0 = 4\ntokens = 512\nbatch_size = 128\n'
     )
     out = tmp_path / "run"
-    argv = ["train", "--activations", str(tmp_path / "acts.npy"), "--config", str(tmp_path / "train.toml")]
-    assert main([*argv, "--out", str(out)]) == 0
+    argv = ["train", "--activations", str(tmp_path / "acts.npy"), "--sites", "0/res",
+            "--config", str(tmp_path / "train.toml")]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) in TRAINED
     assert sorted(p.name for p in (out / "saes").iterdir()) == [
         "layer_0-res-jumprelu-16-l0_4",
         "layer_0-res-topk-16-l0_4",
@@ -97,7 +102,8 @@ def test_train_from_a_npy_file_with_a_toml_config(tmp_path: Path) -> None:
 
 def test_topk_without_k_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     np.save(tmp_path / "acts.npy", np.ones((10, 4), dtype=np.float32))
-    assert main(["train", "--activations", str(tmp_path / "acts.npy"), "--architectures", "topk"]) == 2
+    argv = ["train", "--activations", str(tmp_path / "acts.npy"), "--sites", "layer_0/res", "--architectures", "topk"]
+    assert main(argv) == 2
     assert "topk needs a target L0" in capsys.readouterr().err
 
 

@@ -11,6 +11,10 @@ import pytest
 from chat_fixtures import chat_model_dir, write_prompts
 from saescope.cli import main
 from saescope.data import rollouts as rollouts_module
+from saescope.train.verdict import IMPLAUSIBLE_EXIT_CODE
+
+#: Exit statuses of a finished `saescope train`: tiny runs may end with implausible metrics (exit 3).
+TRAINED = (0, IMPLAUSIBLE_EXIT_CODE)
 
 
 def rollouts_args(model: Path, prompts: Path, out: Path, *extra: str) -> list[str]:
@@ -68,7 +72,7 @@ def test_train_on_rollouts_with_the_chat_mask(tmp_path: Path, capsys: pytest.Cap
     train = ["train", "--model", str(model), "--corpus", str(tmp_path / "r" / "rollouts.jsonl"), "--text-field",
              "messages", "--chat", "--context-size", "8", "--sites", "1/res", "--widths", "16", "--target-l0", "3",
              "--tokens", "256", "--batch-size", "64", "--out", str(tmp_path / "run")]  # fmt: skip
-    assert main(train) == 0
+    assert main(train) in TRAINED
     assert (tmp_path / "run" / "saes" / "layer_1-res-jumprelu-16-l0_3" / "config.json").is_file()
     plain = [arg for arg in train if arg != "--chat"]
     assert main([*plain[:-1], str(tmp_path / "plain")]) == 2  # conversations cannot be read as plain text

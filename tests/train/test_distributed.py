@@ -46,6 +46,7 @@ from saescope.train.distributed import (
     torchrun_session,
     train_suite,
 )
+from saescope.train.verdict import IMPLAUSIBLE_EXIT_CODE
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 TESTS = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def _worker(phase: str, root_text: str) -> None:
             build_cache_split(root / "cache", loaded, [RES0, MLP1], corpus, ctx, **CACHE_OPTIONS)
             # One dictionary on two ranks: rank 1 trains nothing, but it computed half the cache's forwards.
             train_suite(model_specs([MLP1]), ActivationCache(root / "cache"), train_config(20), root / "cache_train")
-            assert main(train_cli(root, root / "cli")) == 0
+            assert main(train_cli(root, root / "cli")) in (0, IMPLAUSIBLE_EXIT_CODE)  # tiny runs may end implausible
         elif phase == "after":
             train_suite(five_specs(), array_source(), train_config(24), root / "array_killed")
             train_suite(five_specs(), array_source(), train_config(24), root / "array_killed_early")
@@ -282,7 +283,7 @@ def test_a_streamed_two_rank_run_killed_and_resumed_equals_one_process(jobs: Pat
 
 
 def test_saescope_train_under_torchrun_equals_one_process(jobs: Path, tmp_path: Path) -> None:
-    assert main(train_cli(jobs, tmp_path)) == 0
+    assert main(train_cli(jobs, tmp_path)) in (0, IMPLAUSIBLE_EXIT_CODE)
     assert_same_weights(tmp_path, jobs / "cli")
     assert (jobs / "cli" / "metrics.jsonl").read_text() == (tmp_path / "metrics.jsonl").read_text()
 

@@ -21,6 +21,7 @@ from saescope.release.gemmascope import write_gemmascope_npz
 from saescope.sae import DictionaryConfig, JumpReLU, build_dictionary
 from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.init_from import unfold_into_
+from saescope.train.verdict import IMPLAUSIBLE_EXIT_CODE
 
 SITE = Site(0, SiteKind.RES)
 D, WIDTH, BATCH = 16, 32, 256
@@ -119,7 +120,7 @@ def test_init_from_cli_records_the_parent_for_saescope_and_gemma_scope_parents(
     assert main([*train, "--init-from", str(gs_folder), "--out", str(tmp_path / "x")]) == 2
     assert "do not say which site" in capsys.readouterr().err
     assert main([*train, "--init-from", str(parent_folder), "--init-from", str(gs_folder), "--sites",
-                 "layer_0/res", "--out", str(tmp_path / "it")]) == 0  # fmt: skip
+                 "layer_0/res", "--out", str(tmp_path / "it")]) in (0, IMPLAUSIBLE_EXIT_CODE)  # fmt: skip
     assert "pt starts from" in capsys.readouterr().out
     for name, parent in (("pt", parent_folder), ("average_l0_5", gs_folder)):
         loaded = load_sae(tmp_path / "it" / "saes" / name)
@@ -129,7 +130,10 @@ def test_init_from_cli_records_the_parent_for_saescope_and_gemma_scope_parents(
     export_release(tmp_path / "it", tmp_path / "release", formats=["saelens"])
     card = (tmp_path / "release" / "README.md").read_text()
     assert f"`pt` from `{parent_folder.resolve()}`" in card
-    assert main([*train, "--init-from", str(tmp_path / "pt"), "--out", str(tmp_path / "whole-run")]) == 0
+    # The parent's site is the file's site; a short finetune on shifted data may end implausible (exit 3).
+    assert main([*train, "--init-from", str(tmp_path / "pt"), "--out", str(tmp_path / "whole-run")]) in (
+        0, IMPLAUSIBLE_EXIT_CODE,
+    )  # fmt: skip
     assert (tmp_path / "whole-run" / "saes" / "pt" / "config.json").is_file()  # a run folder: all of its SAEs
 
 

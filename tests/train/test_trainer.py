@@ -109,9 +109,9 @@ class PoisonedSource(ArrayActivations):
                 yield {site: x * float("nan") for site, x in batch.items()} if index >= 27 else batch
 
 
-def test_a_nan_names_the_dictionary_and_step_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+def test_nan_activations_name_the_step_and_site_and_keep_the_checkpoint(tmp_path: Path) -> None:
     source = PoisonedSource({RES: sparse_data(256 * 40)[0]})
-    with pytest.raises(TrainingDivergedError, match=r"jr \(layer_0/res\): the loss is nan at step 27"):
+    with pytest.raises(TrainingDivergedError, match=r"step 27: the activations of layer_0/res hold nan"):
         Trainer([jumprelu_spec()], source, config(60), tmp_path).run()
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert checkpoint["step"] == 25

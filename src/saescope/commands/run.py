@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS
 from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
 from saescope.train import distributed
+from saescope.train.devices import check_device
+from saescope.train.verdict import implausible_dictionaries, implausible_warning, read_final_metrics
 
 _OVERRIDES = {
     "model": "model name, local folder or Hugging Face id",
@@ -71,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
     log = print if main else _quiet
     if args.resume is not None:
         suite = SuiteRun.resume(args.resume, log=log)
+        check_device(suite.config.device)
     else:
         names = [*_OVERRIDES, *_INT_OVERRIDES, "lr"]
         config = load_preset(args.preset, {name: getattr(args, name) for name in names})
+        check_device(config.device)  # before the run folder is created
         suite = SuiteRun.create(args.runs_dir / (args.name or args.preset), config, log=log)
     if main:
         print(f"Run folder: {suite.folder}  (preset {suite.config.preset})")
@@ -84,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print("\nStage times: " + ", ".join(f"{stage} {info['seconds']:.0f} s" for stage, info in stages.items()))
     print("\n" + suite.suite_table())
+    implausible = implausible_dictionaries(read_final_metrics(suite.folder / "train"))
+    if implausible:
+        print(implausible_warning(implausible, suite.folder / "train" / "saes"), file=sys.stderr)
     print(f"Report:  {suite.folder / 'report' / 'report.html'}")
     print(f"Release: {suite.folder / 'release'}/")
     if (suite.folder / "index.sqlite").is_file():

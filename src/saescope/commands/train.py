@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,14 @@ from saescope.release import load_sae
 from saescope.release.suite import read_suite
 from saescope.sae import ARCHITECTURES, SparseDictionary, single_layer
 from saescope.train import SAESpec, TrainConfig, distributed
+from saescope.train.devices import check_device
 from saescope.train.specs import SuiteOptions, dictionary_specs, parse_target_l0, parse_width
+from saescope.train.verdict import (
+    IMPLAUSIBLE_EXIT_CODE,
+    FinalMetrics,
+    implausible_dictionaries,
+    implausible_warning,
+)
 
 
 def _csv(value: str) -> list[str]:
@@ -39,13 +47,20 @@ def register(commands: Any) -> None:
         description="Train one dictionary per (site, width, architecture, sparsity) combination, all from the "
         "same batches. Activations come from a cache (--cache), a .npy/.safetensors file (--activations), or a "
         "live model run over the corpus (default). Rerunning the same command resumes from the checkpoint.",
+        epilog="Exit status: 0 trained; 2 bad input or settings (nothing trained); 3 trained and weights kept, but "
+        "some dictionaries ended with implausible metrics (FVU > 1, or L0 outside 0.5-2x its target), listed in a "
+        "warning.",
     )
     source = parser.add_argument_group("activation source (pick one; default: run --model live on --corpus)")
     source.add_argument("--cache", type=Path, help="an activation cache folder made by `saescope cache`")
     source.add_argument("--activations", type=Path, help="a .npy (tokens x d) or .safetensors activation file")
     add_model_arguments(parser)
     add_corpus_arguments(parser, training=True)
-    parser.add_argument("--sites", default=None, help="sites to train on (default: every site of the source)")
+    parser.add_argument(
+        "--sites", default=None,
+        help="sites to train on (default: every site of the source); required for a .npy file (or a lone safetensors "
+        "tensor not named by a site id): the one site it was read at, e.g. layer_6/res",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder (runs/train)")
     sae = parser.add_argument_group("dictionaries (comma lists make one dictionary per combination)")
     sae.add_argument("--widths", default="4096", help="latents per dictionary, e.g. 4096 or 16k,65k (4096)")
@@ -197,8 +212,11 @@ def open_source(args: argparse.Namespace, default_sites: Sequence[Site] | None =
         raise ValueError("give either --cache or --activations, not both")
     if args.cache is not None:
         return ActivationCache(args.cache)
-    if args.activations is not None:
-        return load_activation_file(args.activations)
+    if args.activations is not None:  # a lone array's site: --sites, else that of the --init-from parents
+        parent_sites = sorted({site.id for site in default_sites or []})
+        return load_activation_file(
+            args.activations, args.sites or (parent_sites[0] if len(parent_sites) == 1 else None)
+        )
     loaded = load_from_args(args)
     if default_sites and not args.sites:  # --init-from: only the parents' sites
         sites = sorted(set(default_sites))
@@ -238,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    check_device(args.device)
     main = distributed.is_main_process()
     parents = load_parents(args) if args.init_from else []
     source = open_source(args, [parent.site for parent in parents])
@@ -279,4 +298,9 @@ def _train(args: argparse.Namespace) -> int:
     for name, m in results:
         print(f"{name:<44} {m['l0']:>7.1f} {m['fvu']:>7.3f} {m['dead_fraction']:>6.1%}")
     print(f"\nWeights and configs: {args.out / 'saes'}/<dictionary>/; metrics log: {args.out / 'metrics.jsonl'}")
+    targets = {spec.name: spec.target_l0 for spec in specs}
+    implausible = implausible_dictionaries(FinalMetrics.from_metrics(n, m, targets[n]) for n, m in results)
+    if implausible:
+        print(implausible_warning(implausible, args.out / "saes"), file=sys.stderr)
+        return IMPLAUSIBLE_EXIT_CODE
     return 0

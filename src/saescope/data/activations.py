@@ -119,12 +119,43 @@ def stream_token_activations(
         yield from prefetched
 
 
+#: A row whose norm is more than this many times the median row norm is no token activation of a healthy model
+#: (a corrupt row, a sum over tokens, an overflow): the normalisation scale leaves such rows out, and a user's
+#: activation file holding one is refused (`saescope.data.arrays`).
+OUTLIER_NORM_RATIO = 1e4
+
+
+def outlier_free_rows(sq_norms_N: torch.Tensor) -> torch.Tensor | None:
+    """The rows (a bool mask) whose squared norm is at most `OUTLIER_NORM_RATIO`² times the median squared norm,
+    or None when every row is (or there is no positive median to compare with)."""
+    if sq_norms_N.numel() == 0:
+        return None
+    median = float(sq_norms_N.median())
+    if not median > 0:
+        return None
+    keep_N = sq_norms_N <= OUTLIER_NORM_RATIO**2 * median
+    return None if bool(keep_N.all()) else keep_N
+
+
+def robust_mean_square(sq_norms_N: torch.Tensor) -> torch.Tensor:
+    """E‖x‖² over the rows, leaving out rows far above the median norm (`outlier_free_rows`).
+
+    Ten rows of norm 1e30 among 200,000 would otherwise set the scale C near 1e28 and divide every real token
+    to nothing. On rows without such outliers this is exactly ``sq_norms_N.mean()``, bit for bit.
+    """
+    keep_N = outlier_free_rows(sq_norms_N)
+    return sq_norms_N.mean() if keep_N is None else sq_norms_N[keep_N].mean()
+
+
 class NormScaleEstimator:
-    """Accumulates E‖x‖² per site in float64; `scales()` gives C = sqrt(E‖x‖²) (SPEC §2.2)."""
+    """Accumulates E‖x‖² per site in float64; `scales()` gives C = sqrt(E‖x‖²) (SPEC §2.2), leaving out rows far
+    above the median norm (`outlier_free_rows`; on data without them, the plain mean, bit for bit)."""
 
     def __init__(self, sites: Sequence[Site]) -> None:
         self.sum_sq: dict[Site, float] = {site: 0.0 for site in sites}
         self.n_tokens = 0
+        #: Each update's per-row squared norms (float32, on the CPU), to find outlier rows at the end.
+        self._sq_norms: dict[Site, list[torch.Tensor]] = {site: [] for site in sites}
 
     def update(self, acts: Mapping[Site, torch.Tensor]) -> None:
         counts = {int(x.shape[0]) for x in acts.values()}
@@ -132,15 +163,23 @@ class NormScaleEstimator:
             raise ValueError(f"all sites must hold the same tokens, got row counts {sorted(counts)}")
         for site, x_ND in acts.items():
             # Per-row squared norms in float32 (exact enough for d of a few thousand); the sum in float64.
-            self.sum_sq[site] += float(
-                torch.linalg.vector_norm(x_ND, dim=-1, dtype=torch.float32).square().double().sum()
-            )
+            sq_N = torch.linalg.vector_norm(x_ND, dim=-1, dtype=torch.float32).square()
+            self.sum_sq[site] += float(sq_N.double().sum())
+            self._sq_norms.setdefault(site, []).append(sq_N.cpu())
         self.n_tokens += counts.pop()
 
     def scales(self) -> dict[Site, float]:
         if self.n_tokens == 0:
             raise ValueError("cannot estimate normalisation scales from zero tokens")
-        return {site: math.sqrt(total / self.n_tokens) for site, total in self.sum_sq.items()}
+        return {site: self._scale(site, total) for site, total in self.sum_sq.items()}
+
+    def _scale(self, site: Site, total: float) -> float:
+        chunks = self._sq_norms.get(site, [])
+        keep_N = outlier_free_rows(torch.cat(chunks)) if chunks else None
+        if keep_N is None:
+            return math.sqrt(total / self.n_tokens)
+        kept = torch.cat(chunks)[keep_N]
+        return math.sqrt(float(kept.double().sum()) / kept.numel())
 
 
 def shuffled_batches(

@@ -6,16 +6,25 @@ every site at once) and the two activation sources the trainer reads.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from saescope.data.activations import StreamedActivations, stack_windows, stream_token_activations
+from saescope.data.activations import (
+    ActivationSource,
+    StreamedActivations,
+    stack_windows,
+    stream_token_activations,
+)
+from saescope.data.arrays import ArrayActivations
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
 from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
 from saescope.models.loading import LoadedModel
@@ -111,3 +120,47 @@ def streamed_source(
         norm_tokens=norm_tokens,
         buffer_tokens=buffer_tokens,
     )
+
+
+# --- which data a training run reads -----------------------------------------------------------------
+def source_identity(source: ActivationSource) -> dict[str, Any] | None:
+    """What identifies the data a source yields, as JSON (None for a live stream or arrays built in memory, whose
+    settings the run's own configuration records).
+
+    An activation file: per array its shape, dtype and a fingerprint of its first and last rows. A cache: its
+    settings, token count and the SHA-256 of its shard list (which holds every shard file's checksum). The
+    ``path`` is recorded to name the source in messages; it is not part of the comparison.
+    """
+    if isinstance(source, ArrayActivations):
+        return dict(source.identity) if source.identity is not None else None
+    if isinstance(source, ActivationCache):
+        shards = json.dumps(source.shards, sort_keys=True).encode()
+        return {
+            "kind": "activation cache",
+            "path": str(source.folder.resolve()),
+            "settings": source.manifest["settings"],
+            "tokens": source.n_tokens,
+            "shards_sha256": hashlib.sha256(shards).hexdigest(),
+        }
+    return None
+
+
+def same_source(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """Whether two `source_identity` records describe the same data (wherever it lies now)."""
+
+    def content(identity: Mapping[str, Any]) -> Any:
+        return json.loads(json.dumps({key: value for key, value in identity.items() if key != "path"}))
+
+    return bool(content(recorded) == content(current))
+
+
+def describe_source(identity: Mapping[str, Any]) -> str:
+    """A source identity in words, for messages."""
+    if identity.get("kind") == "activation cache":
+        return f"the activation cache {identity.get('path')} ({identity.get('tokens')} tokens)"
+    arrays = identity.get("arrays", {})
+    parts = [
+        f"{site}: shape {tuple(info['shape'])} {info['dtype']}, fingerprint {str(info['sha256'])[:12]}"
+        for site, info in arrays.items()
+    ]
+    return f"the {identity.get('kind', 'source')} {identity.get('path')} ({'; '.join(parts)})"

@@ -1,9 +1,17 @@
 """Training: many sparse dictionaries from one activation stream, with schedules, checkpoints and resume."""
 
 from saescope.train.schedules import TargetL0Controller, learning_rate
-from saescope.train.trainer import SAESpec, TrainConfig, TrainedDictionary, Trainer, TrainingDivergedError
+from saescope.train.trainer import (
+    BadActivationsError,
+    SAESpec,
+    TrainConfig,
+    TrainedDictionary,
+    Trainer,
+    TrainingDivergedError,
+)
 
 __all__ = [
+    "BadActivationsError",
     "SAESpec",
     "TargetL0Controller",
     "TrainConfig",

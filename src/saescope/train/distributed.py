@@ -69,7 +69,12 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from saescope.atomic import atomic_write_checksummed, atomic_write_text, remove_checksummed
+from saescope.atomic import (
+    atomic_write_checksummed,
+    atomic_write_json,
+    atomic_write_text,
+    remove_checksummed,
+)
 from saescope.data.activations import (
     ActivationSource,
     SiteBatch,
@@ -81,11 +86,19 @@ from saescope.data.activations import (
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
 from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
 from saescope.data.prefetch import Prefetcher
-from saescope.data.sources import CacheReport, training_window_batches
+from saescope.data.sources import (
+    CacheReport,
+    describe_source,
+    same_source,
+    source_identity,
+    training_window_batches,
+)
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
 from saescope.train.trainer import CHECKPOINT, METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
 
+#: The identity of the activation source a run started on (`saescope.data.sources.source_identity`).
+SOURCE_RECORD = "source.json"
 _RANK_CHECKPOINT = re.compile(r"checkpoint\.rank(\d+)-of-(\d+)\.step(\d+)\.pt")
 
 
@@ -575,9 +588,41 @@ def train_suite(
     """
     ctx = current()
     check_checkpoint_layout(out_dir, 1 if ctx is None else ctx.world_size)
-    if ctx is None:
-        return Trainer(specs, source, config, out_dir).run(max_steps=max_steps)
-    return ShardedTrainer(specs, source, config, out_dir, ctx).run(max_steps=max_steps)
+    trainer = (
+        Trainer(specs, source, config, out_dir) if ctx is None else ShardedTrainer(specs, source, config, out_dir, ctx)
+    )
+    check_source_record(out_dir, source, write=ctx is None or ctx.is_main)
+    return trainer.run(max_steps=max_steps)
+
+
+def _has_checkpoint(out_dir: Path) -> bool:
+    return (out_dir / CHECKPOINT).exists() or any(out_dir.glob("checkpoint.rank*-of-*.step*.pt"))
+
+
+def check_source_record(out_dir: Path, source: ActivationSource, *, write: bool = True) -> None:
+    """Refuse to resume a run from data other than what it started on; record the data of a fresh start.
+
+    The record (`SOURCE_RECORD`, from `source_identity`) is compared only when the folder holds a checkpoint to
+    resume; a run without one starts afresh and (when `write`) records its source. A live stream has no record:
+    its model and corpus are part of the run's own settings.
+    """
+    identity = source_identity(source)
+    if identity is None:
+        return
+    path = out_dir / SOURCE_RECORD
+    resuming = _has_checkpoint(out_dir)
+    if resuming and path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if not same_source(recorded, identity):
+            raise ValueError(
+                f"{out_dir} holds a training run started on {describe_source(recorded)}, and this run reads "
+                f"{describe_source(identity)}: resuming would train on other data than it started with. Resume "
+                "with the source it started on, or train into another folder"
+            )
+        return
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, identity)
 
 
 def gather_final_metrics(

@@ -57,6 +57,24 @@ class TrainingDivergedError(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class BadActivationsError(TrainingDivergedError):
+    """The training data, not a dictionary, holds a non-finite value (or one too large for float32 arithmetic);
+    the last good checkpoint is kept."""
+
+
+#: A normalised row whose squared norm exceeds this overflows float32, the dtype dictionaries compute in.
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _first_non_finite(x_BD: torch.Tensor) -> tuple[int, int, float] | None:
+    """(row, column, value) of the first non-finite entry of a batch, or None."""
+    bad = (~torch.isfinite(x_BD)).nonzero()
+    if bad.shape[0] == 0:
+        return None
+    row, column = (int(i) for i in bad[0])
+    return row, column, float(x_BD[row, column])
+
+
 @dataclass(frozen=True)
 class SAESpec:
     """One dictionary to train: where it reads and writes, what it is, and its optimiser settings.
@@ -423,6 +441,13 @@ class Trainer:
         self.norm_scales = {
             site: source.norm_scales[site] for spec in specs for site in (*spec.input_sites, *spec.output_sites)
         }
+        for site, scale in self.norm_scales.items():
+            if not (math.isfinite(scale) and scale > 0):
+                raise BadActivationsError(
+                    f"the normalisation scale of {site} is {scale}: the activations it was estimated from are "
+                    f"{'all zero' if scale == 0 else 'not finite (NaN or infinity)'}. The data is at fault, not the "
+                    "training settings; fix the activation source (cache, file or model dtype)."
+                )
         indices = list(range(len(self.specs))) if owned is None else sorted(owned)
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
             raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
@@ -430,6 +455,8 @@ class Trainer:
         #: Per-site gains of `TrainConfig.dimension_gain_power`, set from the first batch ({} when off).
         self.dimension_gains: dict[Site, torch.Tensor] = {}
         self.decoders_refit = False
+        #: The raw (unnormalised) batch of the current step, site by site (read when a loss is not finite).
+        self._step_batch: dict[Site, torch.Tensor] = {}
         self.metrics_path = out_dir / METRICS
         self.step = 0
         self.tokens_seen = 0
@@ -718,6 +745,41 @@ class Trainer:
                 block.set_threshold_(theta_F)
             offset += width
 
+    def _check_batch_finite(self, batch: dict[Site, torch.Tensor]) -> None:
+        """Refuse a batch holding NaN or infinity, naming the step, the site and the value: the data is at fault
+        (a cache, a live model overflowing in its dtype), not the training settings. One reduction per site and
+        one host sync per step."""
+        if not batch or bool(torch.stack([torch.isfinite(x_BD).all() for x_BD in batch.values()]).all()):
+            return
+        for site, x_BD in batch.items():
+            found = _first_non_finite(x_BD)
+            if found is not None:
+                row, column, value = found
+                raise BadActivationsError(
+                    f"step {self.step}: the activations of {site} hold {value} (batch row {row}, column {column}): "
+                    "the data is at fault, not the training settings (a corrupt cache or file, or a model that "
+                    f"overflows in its dtype). The last good checkpoint in {self.out_dir} is kept; fix the "
+                    "activation source, then resume."
+                )
+
+    def _check_batch_magnitudes(self, member: _Member) -> None:
+        """After a non-finite loss: refuse, as the data's fault, a row of the member's sites so large once divided
+        by its scale C that its squared norm overflows float32. Otherwise the dictionary itself diverged."""
+        spec = member.spec
+        for site in dict.fromkeys((*spec.input_sites, *spec.output_sites)):
+            x_BD = self._step_batch[site]
+            sq_B = (x_BD.double() / self.norm_scales[site]).square().sum(-1)
+            row = int(sq_B.argmax())
+            if float(sq_B[row]) > _FLOAT32_MAX:
+                value = float(x_BD[row].abs().max())
+                raise BadActivationsError(
+                    f"{spec.name} ({spec.site}): the loss is not finite at step {self.step} because batch row {row} "
+                    f"of {site} holds a value of magnitude {value:.4g}, about {math.sqrt(float(sq_B[row])):.3g} times "
+                    "the site's typical norm: too large for float32 arithmetic. The data is at fault, not the "
+                    f"training settings; the last good checkpoint in {self.out_dir} is kept. Fix or drop those rows "
+                    "of the activation source, then resume."
+                )
+
     def _train_member(self, member: _Member, x_BD: torch.Tensor, y_BD: torch.Tensor) -> None:
         spec, config = member.spec, self.config
         lr = learning_rate(
@@ -733,6 +795,7 @@ class Trainer:
         scale = member.controller.scale if member.controller else 1.0
         out = member.sae.loss(x_BD, y_BD, step=self.step, coefficient_scale=scale)
         if not torch.isfinite(out.total):
+            self._check_batch_magnitudes(member)
             raise TrainingDivergedError(
                 f"{spec.name} ({spec.site}): the loss is {out.total.item()} at step {self.step}; "
                 f"the last good checkpoint in {self.out_dir} is kept. Lower its learning rate "
@@ -791,6 +854,8 @@ class Trainer:
             while self.step < stop_at:
                 raw = next(batches)
                 on_device = {site: raw[site].to(self.config.device) for site in sites}
+                self._check_batch_finite(on_device)
+                self._step_batch = on_device
                 if self.step == 0 and not resumed and self.config.dimension_gain_power > 0:
                     power, share = self.config.dimension_gain_power, self.config.plain_error_share
                     self.dimension_gains = {
@@ -812,6 +877,7 @@ class Trainer:
                     self.save_checkpoint()
         finally:
             bar.close()
+            self._step_batch = {}
         if self.step == self.config.total_steps and self.config.decoder_refit_tokens > 0 and not self.decoders_refit:
             self._refit_decoders()
             self.decoders_refit = True
