@@ -253,7 +253,7 @@ def export_release(
     staging.mkdir()  # not mkdtemp: its 0700 would become the release's mode when it is renamed into place
     try:
         _write_formats(staging, entries, dirs, summary, model_type=model_type, training_data=training_data)
-        if existing is None and len(formats) > 1:
+        if len(formats) > 1 and "" not in dirs.values():  # the root is no single format's folder: a card of all
             write_model_card(staging / CARD, summary.exported, model_name=name, training_data=training_data)
         relative_files = [path.relative_to(staging).as_posix() for path in _files_under(staging)]
         replaced, blocked = _conflicts(out, relative_files)
