@@ -209,7 +209,11 @@ def test_crosscoder_folder_names_its_layers_and_round_trips(tmp_path: Path) -> N
                             extra_config={"layers": [5, 9, 12], "norm_scales": list(SCALES)})  # fmt: skip
     export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
     folder = tmp_path / "out" / "crosscoder" / "layer_5_9_12_width_60_l0_medium"
-    assert json.loads((folder / "config.json").read_text())["type"] == "crosscoder"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["type"] == "crosscoder"
+    # as GS2's crosscoder/layer_5_9_12_15_width_1m_l0_big: the layers listed, files by block index
+    assert config["hf_hook_point_in"] == config["hf_hook_point_out"] == "model.layers.{5,9,12}.output"
+    assert sorted(p.name for p in folder.glob("params_layer_*")) == [f"params_layer_{i}.safetensors" for i in range(3)]
     loaded = load_sae(folder)
     assert loaded.layers == (5, 9, 12)
     assert loaded.site == Site.parse("layer_5/res")

@@ -121,11 +121,13 @@ def hf_hook_point(site: Site, model_type: str = DEFAULT_MODEL_TYPE) -> str:
     return _hf_hook(site.kind, str(site.layer), model_type)
 
 
-def hf_hook_template(kind: SiteKind, layers: Sequence[int], model_type: str = DEFAULT_MODEL_TYPE) -> str:
+def hf_hook_template(
+    kind: SiteKind, layers: Sequence[int], model_type: str = DEFAULT_MODEL_TYPE, *, every_layer: bool = False
+) -> str:
     """The GS2 hook string of a multi-layer dictionary: ``model.layers.{all}.pre_feedforward_layernorm.output``
-    when ``layers`` are 0 .. n-1 (GS2's CLTs span every layer), else ``model.layers.{5,9,12,15}.output`` (GS2's
+    with ``every_layer`` (GS2's CLTs), else the layers listed, ``model.layers.{5,9,12,15}.output`` (GS2's
     crosscoders)."""
-    token = "all" if list(layers) == list(range(len(layers))) else ",".join(str(layer) for layer in layers)
+    token = "all" if every_layer else ",".join(str(layer) for layer in layers)
     return _hf_hook(kind, "{" + token + "}", model_type)
 
 

@@ -15,10 +15,11 @@
             [affine_skip_connection (d_in, d_out)]   input i -> output i (CLTs with ``_affine``)
         config.json   type ("clt" | "crosscoder"), architecture "jump_relu", width (latents over all
                       layers), width_per_layer, layers, n_layers, hf_hook_point_in / hf_hook_point_out
-                      (GS2's template strings: ``model.layers.{all}.pre_feedforward_layernorm.output`` for
-                      layers 0 .. n-1, else ``model.layers.{5,9,12,15}.output``), model_name (the official id,
-                      as for single-layer folders), l0 (the integer target per layer, as GS2 writes it),
-                      l0_measured (over all layers), l0_per_layer (measured), affine_connection
+                      (GS2's template strings: ``model.layers.{all}.pre_feedforward_layernorm.output`` for a
+                      CLT over layers 0 .. n-1, else the layers listed: ``model.layers.{5,9,12,15}.output``),
+                      model_name (the official id, as for single-layer folders), l0 (the integer target
+                      per layer, as GS2 writes it), l0_measured (over all layers), l0_per_layer (measured),
+                      affine_connection
 
 ``W`` is the total width (GS2 names a 270M CLT of 18 × 14,560 latents ``262k``; saescope writes
 :func:`~saescope.sae.widths.width_name` of the exact total), ``label`` the GS2 label of the L0 *per layer*
@@ -153,6 +154,9 @@ def block_tensors(sae: CrossLayerDictionary, i: int) -> dict[str, torch.Tensor]:
 
 def multi_layer_config(entry: TrainedSAE, *, model_name: str, model_type: str = DEFAULT_MODEL_TYPE) -> dict[str, Any]:
     n = entry.dictionary.n_layers
+    # "{all}" for a CLT over layers 0 .. n-1 (a GS2 CLT spans every layer; saescope does not know the model's
+    # depth here, and `layers` lists them); other layer sets are listed, as GS2 lists a crosscoder's.
+    every_layer = multi_layer_type(entry) == "clt" and list(entry.layers) == list(range(n))
     target = entry.config.get("target_l0")
     target_per_layer = target / n if isinstance(target, (int, float)) and not isinstance(target, bool) else None
     return {
@@ -162,8 +166,10 @@ def multi_layer_config(entry: TrainedSAE, *, model_name: str, model_type: str = 
         "width_per_layer": entry.dictionary.width,
         "n_layers": n,
         "layers": list(entry.layers),
-        "hf_hook_point_in": hf_hook_template(entry.site.kind, entry.layers, model_type),
-        "hf_hook_point_out": hf_hook_template((entry.site_out or entry.site).kind, entry.layers, model_type),
+        "hf_hook_point_in": hf_hook_template(entry.site.kind, entry.layers, model_type, every_layer=every_layer),
+        "hf_hook_point_out": hf_hook_template(
+            (entry.site_out or entry.site).kind, entry.layers, model_type, every_layer=every_layer
+        ),
         "model_name": gemma_scope_model_id(model_name),
         "l0": gs2_l0_value(entry.l0 / n, target_per_layer),
         "l0_measured": round(entry.l0, 2),
