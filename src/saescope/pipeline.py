@@ -372,10 +372,11 @@ class SuiteRun:
     def stage_release(self) -> dict[str, Any]:
         from saescope.release.export import export_release
 
+        # The run's own release folder: a rerun of this stage replaces the files it wrote before.
         summary = export_release(
             self.folder / "train", self.folder / "release", list(self.config.export_formats),
             model_name=self.config.model, model_type=self.loaded.info.model_type,
-            training_data=f"corpus {self.config.corpus}, {self.config.tokens} tokens per dictionary",
+            training_data=f"corpus {self.config.corpus}, {self.config.tokens} tokens per dictionary", overwrite=True,
         )  # fmt: skip
         return {"formats": list(summary.exported)}
 

@@ -70,3 +70,54 @@ def test_damaged_or_half_written_cache_is_rebuilt(tmp_path: Path, monkeypatch: p
     assert source == "embedded (GGUF, converted now)"
     assert len(conversions) == 2
     assert weights.read_bytes() == b"weights" * 100
+
+
+def _embedded_from(folder: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the embedded model load from ``folder`` (a tiny model) and record each time it is asked for."""
+    asked: list[str] = []
+
+    def fake_converted(embedded: loading.EmbeddedModel) -> tuple[Path, str]:
+        asked.append(embedded.name)
+        return folder, "embedded (converted cache)"
+
+    monkeypatch.setattr(loading, "ensure_embedded_converted", fake_converted)
+    return asked
+
+
+@pytest.mark.parametrize(
+    "name", ["google/gemma-3-270m-pt", "google/gemma-3-270m", "gemma-3-270m-pt", "Google/Gemma-3-270M"]
+)
+def test_official_ids_of_the_embedded_model_load_it_offline_and_say_so(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """A Gemma Scope 2 config names the model google/gemma-3-270m-pt: index/serve must not stop at it."""
+    monkeypatch.delenv(loading.ONLINE_ENV, raising=False)
+    asked = _embedded_from(tiny_model_dir, monkeypatch)
+    with caplog.at_level("WARNING", logger=loading.__name__):
+        loaded = load_model(name)
+    assert asked == ["gemma-3-270m"]
+    assert loaded.info.source == "embedded (converted cache)"
+    assert loaded.info.name == name
+    assert f"model {name!r} is the original of the embedded 'gemma-3-270m'" in caplog.text
+
+
+def test_other_models_and_online_loads_are_not_mapped(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(loading.ONLINE_ENV, raising=False)
+    asked = _embedded_from(tiny_model_dir, monkeypatch)
+    requested: list[tuple[str, bool]] = []
+
+    def fake_from_pretrained(name: str, *, dtype: object, local_only: bool) -> tuple[object, object]:
+        requested.append((name, local_only))
+        raise ModelLoadError(name)
+
+    monkeypatch.setattr(loading, "_from_pretrained", fake_from_pretrained)
+    for name, online in (("google/gemma-3-270m-it", False), ("google/gemma-3-1b-pt", False),
+                         ("google/gemma-3-270m-pt", True)):  # fmt: skip
+        with pytest.raises(ModelLoadError):
+            load_model(name, online=online)
+    assert asked == []
+    assert requested == [("google/gemma-3-270m-it", True), ("google/gemma-3-1b-pt", True),
+                         ("google/gemma-3-270m-pt", False)]  # fmt: skip
+    assert loading.embedded_model_named("gemma-3-270m-it") is None
+    assert loading.gemma_scope_model_id("gemma-3-270m") == "google/gemma-3-270m-pt"
+    assert loading.gemma_scope_model_id("google/gemma-2-2b") == "google/gemma-2-2b"

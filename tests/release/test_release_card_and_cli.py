@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from saescope.commands import export as export_command
-from saescope.release import export_release, load_sae
+from saescope.release import ReleaseExportError, export_release, load_sae
 
 
 def test_card_lists_contents_metrics_training_recipe_and_licences(suite_run: Path, tmp_path: Path) -> None:
@@ -72,3 +72,22 @@ def test_export_command_single_format(suite_run: Path, tmp_path: Path, capsys: p
     assert (out / "res/layer_1/width_48/average_l0_14/cfg.json").is_file()
     assert not (out / "saelens").exists()
     assert f"saelens -> {out}/" in capsys.readouterr().out
+
+
+def test_export_command_adds_a_format_then_needs_overwrite_to_replace(
+    suite_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "release"
+    for fmt in ("saelens", "gemmascope2"):
+        args = _parser().parse_args(["export", str(suite_run), "--format", fmt, "--out", str(out)])
+        assert args.handler(args) == 0
+    assert "added to the earlier release" in capsys.readouterr().out
+    assert (out / "res/layer_1/width_48/average_l0_14/cfg.json").is_file()
+    assert (out / "gemmascope2/resid_post_all/layer_1_width_48_l0_small_1/config.json").is_file()
+    again = ["export", str(suite_run), "--format", "gemmascope2", "--out", str(out)]
+    args = _parser().parse_args(again)
+    with pytest.raises(ReleaseExportError, match=r"gemmascope2/README\.md"):
+        args.handler(args)
+    args = _parser().parse_args([*again, "--overwrite"])
+    assert args.handler(args) == 0
+    assert "replaced 9 file(s) of the earlier export (--overwrite)" in capsys.readouterr().out

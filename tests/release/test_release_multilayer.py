@@ -42,12 +42,21 @@ def random_multi_layer(n_layers: int, *, skip: bool, seed: int, d_out: int = D_O
 
 
 def write_clt(
-    run: Path, name: str = "clt", *, skip: bool = False, l0: float = 90.0
+    run: Path,
+    name: str = "clt",
+    *,
+    skip: bool = False,
+    l0: float = 90.0,
+    first_layer: int = 0,
+    seed: int = 3,
+    target_l0: float | None = None,
 ) -> tuple[Path, CrossLayerDictionary]:
-    sae = random_multi_layer(3, skip=skip, seed=3)
+    sae = random_multi_layer(3, skip=skip, seed=seed)
+    layers = [first_layer + i for i in range(3)]
     folder = write_dictionary_folder(
-        run, name, sae, site="layer_0/mlp_in", l0=l0,  # type: ignore[arg-type]
-        extra_config={"site_out": "layer_0/mlp", "layers": [0, 1, 2], "norm_scales": list(SCALES)},
+        run, name, sae, site=f"layer_{first_layer}/mlp_in", l0=l0,  # type: ignore[arg-type]
+        extra_config={"site_out": f"layer_{first_layer}/mlp", "layers": layers, "norm_scales": list(SCALES),
+                      "target_l0": target_l0},
     )  # fmt: skip
     return folder, sae
 
@@ -83,8 +92,89 @@ def test_clt_layout_shapes_and_config(tmp_path: Path, skip: bool) -> None:
     assert config["width"] == 3 * WIDTH
     assert config["width_per_layer"] == WIDTH
     assert config["layers"] == [0, 1, 2]
-    assert config["hf_hook_point_in"][2] == "model.layers.2.pre_feedforward_layernorm.output"
-    assert config["hf_hook_point_out"][0] == "model.layers.0.post_feedforward_layernorm.output"
+    # as google/gemma-scope-2-270m-pt clt/width_262k_l0_big/config.json writes them
+    assert config["hf_hook_point_in"] == "model.layers.{all}.pre_feedforward_layernorm.output"
+    assert config["hf_hook_point_out"] == "model.layers.{all}.post_feedforward_layernorm.output"
+    assert config["model_name"] == "google/gemma-3-270m-pt"
+    assert (config["l0"], config["l0_measured"], config["l0_per_layer"]) == (60, 90.0, 30.0)  # no target: "medium"
+
+
+def test_clt_config_l0_is_the_target_per_layer(tmp_path: Path) -> None:
+    write_clt(tmp_path / "run", l0=93.0, target_l0=90.0)
+    export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
+    config = json.loads((tmp_path / "out/clt/width_60_l0_medium/config.json").read_text())
+    assert (config["l0"], config["l0_measured"]) == (30, 93.0)
+
+
+def test_a_clt_and_a_skip_clt_of_one_label_are_plain_and_affine(tmp_path: Path) -> None:
+    """GS2 names them clt/width_W_l0_L and clt/width_W_l0_L_affine; numbers are only for true collisions."""
+    write_clt(tmp_path / "run", "plain", l0=95.0)
+    write_clt(tmp_path / "run", "skip", skip=True, l0=80.0)
+    summary = export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
+    paths = {item.entry.name: item.path.as_posix() for item in summary.exported["gemmascope2"]}
+    assert paths == {"plain": "clt/width_60_l0_medium", "skip": "clt/width_60_l0_medium_affine"}
+
+
+def test_a_clt_over_later_layers_names_its_files_by_model_layer_and_round_trips(tmp_path: Path) -> None:
+    folder, _ = write_clt(tmp_path / "run", first_layer=3)
+    export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
+    release = tmp_path / "out/clt/width_60_l0_medium"
+    assert sorted(p.name for p in release.glob("params_layer_*")) == [
+        f"params_layer_{k}.safetensors" for k in (3, 4, 5)
+    ]
+    config = json.loads((release / "config.json").read_text())
+    assert config["hf_hook_point_in"] == "model.layers.{3,4,5}.pre_feedforward_layernorm.output"
+    loaded = load_sae(release)
+    assert loaded.layers == (3, 4, 5)
+    assert loaded.input_sites == tuple(Site.parse(f"layer_{i}/mlp_in") for i in (3, 4, 5))
+    assert loaded.output_sites == tuple(Site.parse(f"layer_{i}/mlp") for i in (3, 4, 5))
+    x = raw_inputs()
+    with torch.no_grad():
+        expected = read_trained_sae(folder).raw_space()(x)
+        assert (expected.codes != 0).any()
+        torch.testing.assert_close(loaded.sae(x).reconstruction, expected.reconstruction, rtol=1e-6, atol=1e-6)
+
+
+def test_a_gs2_clt_folder_with_only_official_keys_loads(tmp_path: Path) -> None:
+    """Google's CLT config has no layers/n_layers: the {all} template and the files say which layers."""
+    write_clt(tmp_path / "run")
+    export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
+    release = tmp_path / "out/clt/width_60_l0_medium"
+    official = tmp_path / "official" / "clt" / release.name
+    official.mkdir(parents=True)
+    for path in release.glob("params_layer_*"):
+        (official / path.name).write_bytes(path.read_bytes())
+    config = json.loads((release / "config.json").read_text())
+    keys = ("hf_hook_point_in", "hf_hook_point_out", "width", "model_name", "architecture", "l0", "affine_connection",
+            "type")  # fmt: skip
+    (official / "config.json").write_text(json.dumps({key: config[key] for key in keys}))
+    loaded = load_sae(official)
+    assert loaded.layers == (0, 1, 2)
+    assert loaded.site == Site.parse("layer_0/mlp_in")
+    assert loaded.model_name == "google/gemma-3-270m-pt"
+    x = raw_inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.sae(x).reconstruction, load_sae(release).sae(x).reconstruction)
+
+
+def test_a_clt_over_later_layers_written_by_block_index_still_loads(tmp_path: Path) -> None:
+    """saescope once numbered a partial CLT's files from 0; the reader still takes them (config layers 3-5)."""
+    write_clt(tmp_path / "run", first_layer=3)
+    export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
+    release = tmp_path / "out/clt/width_60_l0_medium"
+    older = tmp_path / "older"
+    older.mkdir()
+    for k in (3, 4, 5):
+        (older / f"params_layer_{k - 3}.safetensors").write_bytes(
+            (release / f"params_layer_{k}.safetensors").read_bytes()
+        )
+    config = json.loads((release / "config.json").read_text())
+    (older / "config.json").write_text(json.dumps({**config, "hf_hook_point_in": [], "hf_hook_point_out": []}))
+    loaded = load_sae(older)
+    assert loaded.layers == (3, 4, 5)
+    x = raw_inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded.sae(x).reconstruction, load_sae(release).sae(x).reconstruction)
 
 
 @pytest.mark.parametrize("skip", [False, True])
@@ -119,7 +209,11 @@ def test_crosscoder_folder_names_its_layers_and_round_trips(tmp_path: Path) -> N
                             extra_config={"layers": [5, 9, 12], "norm_scales": list(SCALES)})  # fmt: skip
     export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
     folder = tmp_path / "out" / "crosscoder" / "layer_5_9_12_width_60_l0_medium"
-    assert json.loads((folder / "config.json").read_text())["type"] == "crosscoder"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["type"] == "crosscoder"
+    # as GS2's crosscoder/layer_5_9_12_15_width_1m_l0_big: the layers listed, files by block index
+    assert config["hf_hook_point_in"] == config["hf_hook_point_out"] == "model.layers.{5,9,12}.output"
+    assert sorted(p.name for p in folder.glob("params_layer_*")) == [f"params_layer_{i}.safetensors" for i in range(3)]
     loaded = load_sae(folder)
     assert loaded.layers == (5, 9, 12)
     assert loaded.site == Site.parse("layer_5/res")

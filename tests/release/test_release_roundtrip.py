@@ -105,15 +105,63 @@ def test_gs2_files_have_lowercase_keys_and_config(suite_run: Path, tmp_path: Pat
         "hf_hook_point_in": "model.layers.2.pre_feedforward_layernorm.output",
         "hf_hook_point_out": "model.layers.2.post_feedforward_layernorm.output",
         "width": WIDTH,
-        "model_name": "gemma-3-270m",
+        "model_name": "google/gemma-3-270m-pt",  # the official id, as GS2 writes it
         "architecture": "jump_relu",
-        "l0": 33,
+        "l0": 60,  # GS2's integer target: no target_l0 recorded, so the "medium" label's
+        "l0_measured": 33.3,
         "affine_connection": True,
         "type": "transcoder",
     }
     att = json.loads((tmp_path / "out/attn_out_all/layer_0_width_48_l0_big/config.json").read_text())
     assert att["hf_hook_point_in"] == att["hf_hook_point_out"] == "model.layers.0.self_attn.o_proj.input"
-    assert (att["type"], att["affine_connection"], att["l0"]) == ("sae", False, 75)
+    assert (att["type"], att["affine_connection"], att["l0"], att["l0_measured"]) == ("sae", False, 150, 75.4)
+
+
+def test_gs2_config_l0_is_the_recorded_target(tmp_path: Path) -> None:
+    sae = random_jumprelu(DictionaryConfig(d_in=D, width=WIDTH), 0)
+    write_dictionary_folder(tmp_path / "run", "a", sae, l0=41.7, extra_config={"target_l0": 40.0})
+    export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"], model_name="google/gemma-2-2b")
+    config = json.loads((tmp_path / "out/resid_post_all/layer_1_width_48_l0_medium/config.json").read_text())
+    assert (config["l0"], config["l0_measured"], config["model_name"]) == (40, 41.7, "google/gemma-2-2b")
+    loaded = load_sae(tmp_path / "out/resid_post_all/layer_1_width_48_l0_medium")
+    assert loaded.model_name == "google/gemma-2-2b"
+
+
+def _write_transcoder_pair(run: Path, layer: int, l0_plain: float, l0_skip: float) -> None:
+    for name, skip, l0 in (("tc", False, l0_plain), ("stc", True, l0_skip)):
+        config = DictionaryConfig(d_in=D, width=WIDTH, apply_pre_encoder_bias=False, skip=skip)
+        sae = random_jumprelu(config, layer + 10 * skip)
+        extra = {"site_out": f"layer_{layer}/mlp"}
+        write_dictionary_folder(run, f"{name}{layer}", sae, site=f"layer_{layer}/mlp_in", l0=l0, extra_config=extra)
+
+
+def test_transcoder_and_skip_transcoder_of_one_label_get_the_official_names(tmp_path: Path) -> None:
+    """GS2: ``..._l0_small`` and ``..._l0_small_affine`` at every layer, whichever has the lower L0."""
+    _write_transcoder_pair(tmp_path / "run", 1, l0_plain=12.0, l0_skip=15.0)
+    _write_transcoder_pair(tmp_path / "run", 2, l0_plain=15.0, l0_skip=12.0)
+    summary = export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
+    paths = {item.entry.name: item.path.as_posix() for item in summary.exported["gemmascope2"]}
+    assert paths == {
+        "tc1": "transcoder_all/layer_1_width_48_l0_small",
+        "stc1": "transcoder_all/layer_1_width_48_l0_small_affine",
+        "tc2": "transcoder_all/layer_2_width_48_l0_small",
+        "stc2": "transcoder_all/layer_2_width_48_l0_small_affine",
+    }
+    loaded = load_sae(tmp_path / "out/transcoder_all/layer_2_width_48_l0_small_affine")
+    assert loaded.sae.config.skip
+    assert loaded.site_out == Site(2, SiteKind.MLP)
+
+
+def test_gs1_transcoders_go_in_the_plural_repository(tmp_path: Path) -> None:
+    """Google's repository is google/gemma-scope-2b-pt-transcoders."""
+    _write_transcoder_pair(tmp_path / "run", 3, l0_plain=70.6, l0_skip=70.0)
+    summary = export_release(tmp_path / "run", tmp_path / "out", ["gemmascope"], model_name="gemma-2-2b")
+    assert [item.path.as_posix() for item in summary.exported["gemmascope"]] == [
+        "gemma-2-2b-transcoders/layer_3/width_48/average_l0_71"
+    ]
+    loaded = load_sae(tmp_path / "out/gemma-2-2b-transcoders/layer_3/width_48/average_l0_71")
+    assert (loaded.site, loaded.site_out, loaded.model_name) == (Site(3, SiteKind.MLP_IN), Site(3, SiteKind.MLP),
+                                                                 "gemma-2-2b")  # fmt: skip
 
 
 # --- round trips -------------------------------------------------------------------------------------
@@ -134,7 +182,8 @@ def test_export_then_load_gives_identical_codes(
     loaded = load_sae(tmp_path / "out" / folder)
     assert loaded.source_format == format_id
     assert loaded.site == RES1
-    assert loaded.model_name == "gemma-3-270m"
+    # GS2 records the original's official id, which load_model maps back to the embedded model
+    assert loaded.model_name == ("google/gemma-3-270m-pt" if format_id == "gemmascope2" else "gemma-3-270m")
     assert loaded.site_out is None
     reference = _entry(suite_run, "res-a").raw_space()
     codes = loaded.sae.encode(activations)
@@ -243,12 +292,86 @@ def test_export_refuses_to_replace_a_folder_that_is_not_a_release(suite_run: Pat
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
-def test_reexport_replaces_an_earlier_release(suite_run: Path, tmp_path: Path) -> None:
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_format_is_added_beside_the_first(suite_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     export_release(suite_run, out, ["saelens"])
-    export_release(suite_run, out, ["gemmascope"], model_name="other")
-    assert not (out / "res").exists()
-    assert (out / "other-res").is_dir()
+    first = _snapshot(out)
+    summary = export_release(suite_run, out, ["gemmascope"], model_name="other")
+    assert summary.added_to
+    assert summary.format_dirs == {"gemmascope": out / "gemmascope"}
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if k in first and k != "SAESCOPE_MANIFEST.json"} == {
+        k: v for k, v in first.items() if k != "SAESCOPE_MANIFEST.json"
+    }
+    assert "gemmascope/other-res/layer_1/width_48/average_l0_14/params.npz" in after
+    manifest = json.loads((out / "SAESCOPE_MANIFEST.json").read_text())
+    assert manifest["formats"] == ["saelens", "gemmascope"]
+    assert manifest["format_dirs"] == {"saelens": "", "gemmascope": "gemmascope"}
+    assert set(manifest["files"]) == set(after) - {"SAESCOPE_MANIFEST.json"}
+    # both load, each checked against the merged manifest
+    assert load_sae(out / "res/layer_1/width_48/average_l0_14").source_format == "saelens"
+    assert load_sae(out / "gemmascope/other-res/layer_1/width_48/average_l0_14").source_format == "gemmascope"
+
+
+def test_an_export_that_would_replace_files_names_them_and_changes_nothing(suite_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_release(suite_run, out)
+    (out / "my notes.txt").write_text("keep me")
+    (out / "gemmascope2" / "mine.md").write_text("mine too")
+    (out / "saelens/res/layer_1/width_48/average_l0_14/cfg.json").unlink()  # would be written again: not recreated
+    before = _snapshot(out)
+    with pytest.raises(ReleaseExportError, match="would replace") as error:
+        export_release(suite_run, out)
+    message = str(error.value)
+    assert "gemmascope2/resid_post_all/layer_1_width_48_l0_small_1/params.safetensors" in message
+    assert "\n  README.md\n" in message
+    assert "saelens/res/layer_1/width_48/average_l0_14/cfg.json" not in message
+    assert "--overwrite" in message
+    assert _snapshot(out) == before
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left behind
+
+
+def test_overwrite_replaces_what_it_writes_and_keeps_everything_else(suite_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_release(suite_run, out)
+    (out / "my notes.txt").write_text("keep me")
+    (out / "gemmascope2" / "mine.md").write_text("mine too")
+    old_folder = out / "saelens/res/layer_9/width_48/average_l0_3"  # as if from an earlier run
+    old_folder.mkdir(parents=True)
+    (old_folder / "cfg.json").write_text("{}")
+    card = out / "gemmascope/README.md"
+    card.write_text("edited")
+    summary = export_release(suite_run, out, overwrite=True)
+    assert "gemmascope/README.md" in summary.replaced
+    assert card.read_text().startswith("# Sparse autoencoders")
+    assert (out / "my notes.txt").read_text() == "keep me"
+    assert (out / "gemmascope2" / "mine.md").read_text() == "mine too"
+    assert (old_folder / "cfg.json").read_text() == "{}"
+    loaded = load_sae(out / "gemmascope2/resid_post_all/layer_1_width_48_l0_small_1")  # manifest up to date
+    assert loaded.source_format == "gemmascope2"
+
+
+def test_a_file_in_the_way_of_a_folder_stops_the_export_even_with_overwrite(suite_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    export_release(suite_run, out, ["saelens"])
+    (out / "gemmascope2").write_text("a file where the new format's folder goes")
+    before = _snapshot(out)
+    with pytest.raises(ReleaseExportError, match=r"in the way.*\n  gemmascope2 \(a file where"):
+        export_release(suite_run, out, ["gemmascope2"], overwrite=True)
+    assert _snapshot(out) == before
+
+
+def test_an_empty_folder_becomes_the_release(suite_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    summary = export_release(suite_run, out, ["saelens"])
+    assert not summary.added_to
+    assert (out / "res/layer_1/width_48/average_l0_14/cfg.json").is_file()
+    assert json.loads((out / "SAESCOPE_MANIFEST.json").read_text())["format_dirs"] == {"saelens": ""}
 
 
 def test_model_name_defaults_to_the_recorded_model_then_the_embedded_one(tmp_path: Path) -> None:

@@ -70,6 +70,44 @@ def test_sae_lens_loads_our_skip_transcoder(suite_run: Path, tmp_path: Path) -> 
         torch.testing.assert_close(theirs(x), original(x).reconstruction, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("gs2_folder", "saelens_folder"),
+    [
+        ("transcoder_all/layer_2_width_48_l0_medium_affine", "transcoder/layer_2/width_48/average_l0_33"),
+        ("resid_post_all/layer_1_width_48_l0_small_1", "res/layer_1/width_48/average_l0_14"),
+        ("attn_out_all/layer_0_width_48_l0_big", "att/layer_0/width_48/average_l0_75"),
+    ],
+)
+def test_our_saelens_hooks_are_those_sae_lens_gives_our_gs2_export(
+    suite_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gs2_folder: str, saelens_folder: str
+) -> None:
+    """SAELens' own Gemma Scope 2 loader, reading our GS2 folder (its downloads pointed at it), names the hooks
+    and holds the tensors of our SAELens folder: a transcoder reads ``blocks.L.hook_mlp_in``."""
+    from sae_lens.loading import pretrained_sae_loaders as loaders
+    from safetensors import safe_open
+
+    export_release(suite_run, tmp_path / "out", ["gemmascope2", "saelens"], model_name="gemma-3-270m")
+    gs2 = tmp_path / "out/gemmascope2"
+
+    def local_download(repo_id: str, filename: str, subfolder: str | None = None, **_: object) -> str:
+        assert repo_id == "google/gemma-scope-2-270m-pt"
+        return str(gs2 / subfolder / filename) if subfolder else str(gs2 / filename)
+
+    def local_shapes(_repo_id: str, filename: str) -> dict[str, list[int]]:
+        with safe_open(str(gs2 / filename), framework="pt") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+
+    monkeypatch.setattr(loaders, "hf_hub_download", local_download)
+    monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", local_shapes)
+    cfg, state, _ = loaders.gemma_3_sae_huggingface_loader("google/gemma-scope-2-270m-pt", gs2_folder)
+    ours = SAE.load_from_disk(tmp_path / "out/saelens" / saelens_folder)
+    assert ours.cfg.metadata.hook_name == cfg["hook_name"]
+    assert getattr(ours.cfg.metadata, "hook_name_out", None) == cfg.get("hook_name_out")
+    assert ours.cfg.architecture() == cfg["architecture"]
+    for key, value in state.items():
+        assert torch.equal(getattr(ours, key).detach(), value), key
+
+
 def test_sae_lens_loads_our_plain_transcoder(tmp_path: Path) -> None:
     """A transcoder without skip (mlp_in -> mlp, d_out != d_in) is SAELens' JumpReLUTranscoder with our outputs."""
     config = DictionaryConfig(d_in=D, width=40, d_out=D + 4, apply_pre_encoder_bias=False)

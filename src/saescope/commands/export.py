@@ -18,12 +18,14 @@ def register(commands: Any) -> None:
         help="write trained SAEs in the Gemma Scope 1/2 and SAELens formats, with a model card",
         description="Export every dictionary of a training run (RUN/saes/*/) with raw-space weights "
         "(the normalisation scale C and b_dec folded in, SPEC §2.7) as a release folder: "
-        "gemmascope = Gemma Scope 1 layout <model>-<res|att|mlp>/layer_L/width_W/average_l0_N/params.npz; "
+        "gemmascope = Gemma Scope 1 layout <model>-<res|att|mlp|transcoders>/layer_L/width_W/average_l0_N/params.npz; "
         "gemmascope2 = Gemma Scope 2 layout <resid_post|attn_out|mlp_out>_all/layer_L_width_W_l0_<small|medium|big>/"
         "{params.safetensors,config.json}; saelens = cfg.json + sae_weights.safetensors per SAE, loadable with "
         "sae_lens.SAE.load_from_disk. Folder names use the held-out L0 from metrics.json (written by evaluation) "
         "when present, else the last training batch's L0. A README.md model card and a checksum manifest are "
-        "written too; load any exported folder with saescope.release.load_sae.",
+        "written too; load any exported folder with saescope.release.load_sae. An earlier release as OUT keeps "
+        "everything in it: new formats are added beside its formats (OUT/<format>/), and files it already has "
+        "stop the export, listed, unless --overwrite is given.",
     )
     parser.add_argument("run", type=Path, metavar="RUN", help="a training run folder (made by `saescope train`)")
     parser.add_argument(
@@ -36,7 +38,13 @@ def register(commands: Any) -> None:
         "--out",
         type=Path,
         required=True,
-        help="release folder to create (a new or empty folder, or an earlier release)",
+        help="release folder: a new or empty folder, or an earlier saescope release to add formats to",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier export that this export writes again (default: stop and list them); "
+        "nothing else in OUT is touched",
     )
     parser.add_argument(
         "--model-name",
@@ -93,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         model_type=args.model_type,
         training_data=args.training_data,
+        overwrite=args.overwrite,
     )
     total = sum(len(items) for items in summary.exported.values())
     print(f"Exported {total} dictionar{'y' if total == 1 else 'ies'} of {args.run} for {summary.model_name}:")
@@ -109,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  model card: {folder / CARD}")
     for name, format_id, reason in summary.skipped:
         print(f"\nskipped {name} in {format_id}: {reason}")
+    if summary.added_to:
+        print(f"\nadded to the earlier release in {args.out} (its other files are unchanged)")
+    if summary.replaced:
+        print(f"replaced {len(summary.replaced)} file(s) of the earlier export (--overwrite)")
     l0_sources = sorted({item.entry.l0_source for items in summary.exported.values() for item in items})
     if l0_sources:
         print(f"\nL0 from: {'; '.join(l0_sources)}")

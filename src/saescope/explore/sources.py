@@ -31,7 +31,7 @@ from saescope.models.sites import Site
 from saescope.release import load_sae, read_suite
 from saescope.release.common import ReleaseFormatError
 from saescope.release.gemmascope import GS1_PARAMS, GS2_PARAMS
-from saescope.release.multilayer import block_file_name
+from saescope.release.multilayer import BLOCK_FILE_GLOB
 from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS
 from saescope.release.suite import CONFIG as SAESCOPE_CONFIG
 from saescope.release.suite import WEIGHTS as SAESCOPE_WEIGHTS
@@ -41,7 +41,7 @@ from saescope.sae import AnyDictionary, CrossLayerDictionary, SparseDictionary
 RELEASE_FORMAT_PREFERENCE = ("gemmascope2", "saelens", "gemmascope")
 #: Files whose presence makes a folder a dictionary folder for :func:`saescope.release.load_sae`.
 _DICTIONARY_MARKERS = (
-    GS1_PARAMS, GS2_PARAMS, block_file_name(0), SAELENS_CONFIG, SAELENS_WEIGHTS, SAESCOPE_WEIGHTS,
+    GS1_PARAMS, GS2_PARAMS, BLOCK_FILE_GLOB, SAELENS_CONFIG, SAELENS_WEIGHTS, SAESCOPE_WEIGHTS,
 )  # fmt: skip
 #: What a dictionary name may contain: it is part of every feature page's URL.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")

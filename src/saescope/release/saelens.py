@@ -8,13 +8,20 @@ JumpReLU transcoder or JumpReLU skip transcoder:
   "none"`` (weights are raw-space with b_dec folded, SPEC §2.7), ``reshape_activations`` (``"hook_z"``
   for attention sites: TransformerLens' ``attn.hook_z`` is (…, heads, head_dim) and our site is its
   flattening), ``architecture`` (``jumprelu`` / ``jumprelu_transcoder`` / ``jumprelu_skip_transcoder``),
-  and ``metadata`` with ``hook_name`` in TransformerLens style (:attr:`Site.tl_hook_name`, e.g.
+  and ``metadata`` with ``hook_name`` in TransformerLens style (:func:`saelens_hook_name`, e.g.
   ``blocks.6.hook_resid_post``), the HF hook string (``hf_hook_name``), ``model_name`` and
   ``sae_lens_version: "6.0.0"``. That version marks the config *layout* (SAELens reads configs without
   one as pre-6.0 and renames their keys); it does not claim a SAELens install wrote the file.
 * ``sae_weights.safetensors``: float32 ``W_enc`` (d_in, M), ``W_dec`` (M, d_out), ``b_enc``, ``b_dec``,
   ``threshold`` and, for skip transcoders, ``W_skip`` stored (d_out, d_in) as SAELens expects (it
   computes ``x @ W_skip.T``; Gemma Scope 2 stores the transpose).
+
+A transcoder's input is named ``blocks.L.hook_mlp_in``, as SAELens' own Gemma Scope 2 loader names it
+(``get_gemma_3_config_from_hf``), not ``blocks.L.ln2.hook_normalized``: the transcoder reads the output of
+``pre_feedforward_layernorm`` *with* its gain (``hf_hook_name`` names that module exactly), and TransformerLens'
+``ln2.hook_normalized`` fires before the gain. No TransformerLens hook holds exactly that value
+(``HookedTransformer``'s ``hook_mlp_in``, when ``use_hook_mlp_in`` is on, is ln2's input); the name marks the
+MLP input as SAELens does for Google's own transcoders.
 
 The reader also accepts SAELens folders not written by us: pre-6.0 configs (top-level ``hook_name`` /
 ``hook_point``), ``apply_b_dec_to_input: true`` (folded into ``b_enc`` on load) and any float dtype.
@@ -56,6 +63,17 @@ SAELENS_LAYOUT_VERSION = "6.0.0"
 _ARCHITECTURES = ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder")
 
 
+#: TransformerLens hook names SAELens gives sites where saescope's own table (:attr:`Site.tl_hook_name`) differs.
+_SAELENS_TL_HOOKS: dict[SiteKind, str] = {SiteKind.MLP_IN: "blocks.{layer}.hook_mlp_in"}
+
+
+def saelens_hook_name(site: Site) -> str:
+    """The ``hook_name`` SAELens uses for a site: ``blocks.L.hook_mlp_in`` for a transcoder's input (as its
+    Gemma Scope 2 loader writes it), else :attr:`Site.tl_hook_name`."""
+    template = _SAELENS_TL_HOOKS.get(site.kind)
+    return template.format(layer=site.layer) if template is not None else site.tl_hook_name
+
+
 def saelens_config(
     params: ReleaseParams,
     *,
@@ -76,7 +94,7 @@ def saelens_config(
         "sae_lens_version": SAELENS_LAYOUT_VERSION,
         "sae_lens_training_version": None,
         "model_name": model_name,
-        "hook_name": site.tl_hook_name,
+        "hook_name": saelens_hook_name(site),
         "hook_head_index": None,
         "hf_hook_name": hf_hook_point(site, model_type),
         "prepend_bos": True,
@@ -94,7 +112,7 @@ def saelens_config(
     }
     if transcoder:
         config["d_out"] = params.d_out
-        metadata["hook_name_out"] = site_out.tl_hook_name
+        metadata["hook_name_out"] = saelens_hook_name(site_out)
         metadata["hook_head_index_out"] = None
         metadata["hf_hook_name_out"] = hf_hook_point(site_out, model_type)
     metadata.update(extra_metadata or {})
