@@ -90,4 +90,5 @@ def test_export_command_adds_a_format_then_needs_overwrite_to_replace(
         args.handler(args)
     args = _parser().parse_args([*again, "--overwrite"])
     assert args.handler(args) == 0
-    assert "replaced 9 file(s) of the earlier export (--overwrite)" in capsys.readouterr().out
+    # 9 files of the format and the checksum record of each of the 4 weight files
+    assert "replaced 13 file(s) of the earlier export (--overwrite)" in capsys.readouterr().out

@@ -119,7 +119,7 @@ def test_a_clt_over_later_layers_names_its_files_by_model_layer_and_round_trips(
     folder, _ = write_clt(tmp_path / "run", first_layer=3)
     export_release(tmp_path / "run", tmp_path / "out", ["gemmascope2"])
     release = tmp_path / "out/clt/width_60_l0_medium"
-    assert sorted(p.name for p in release.glob("params_layer_*")) == [
+    assert sorted(p.name for p in release.glob("params_layer_*.safetensors")) == [
         f"params_layer_{k}.safetensors" for k in (3, 4, 5)
     ]
     config = json.loads((release / "config.json").read_text())
@@ -213,7 +213,9 @@ def test_crosscoder_folder_names_its_layers_and_round_trips(tmp_path: Path) -> N
     assert config["type"] == "crosscoder"
     # as GS2's crosscoder/layer_5_9_12_15_width_1m_l0_big: the layers listed, files by block index
     assert config["hf_hook_point_in"] == config["hf_hook_point_out"] == "model.layers.{5,9,12}.output"
-    assert sorted(p.name for p in folder.glob("params_layer_*")) == [f"params_layer_{i}.safetensors" for i in range(3)]
+    assert sorted(p.name for p in folder.glob("params_layer_*.safetensors")) == [
+        f"params_layer_{i}.safetensors" for i in range(3)
+    ]
     loaded = load_sae(folder)
     assert loaded.layers == (5, 9, 12)
     assert loaded.site == Site.parse("layer_5/res")
