@@ -265,7 +265,7 @@ def prepare_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Si
     embedded corpus, neighbouring 8,192-token blocks of a pooled 131k-token stream differ in their att mean by about
     what iid blocks do, except across a pool boundary, where the difference is ~200× that. At L0 150 the global
     shuffle lowered sparsify's res delta loss from 0.70 to 0.52 and halved the default recipe's dense att latents
-    (7.5% → 3.8%); see docs/benchmarks/README.md.
+    (7.5% → 3.8%); see docs/results/README.md.
     """
     cache_dir = args.out / "cache"
     # The cache always holds the layer's three sites, so that --sites picks from it without rebuilding.
@@ -932,7 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-loss-stride", type=int, default=2, help="count every n-th prediction (2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/fidelity"), help="work folder (runs/fidelity)")
-    parser.add_argument("--docs", type=Path, default=Path("docs/benchmarks"), help="report folder (docs/benchmarks)")
+    parser.add_argument("--docs", type=Path, default=Path("docs/results"), help="report folder (docs/results)")
     parser.add_argument("--saelens-python", default=os.environ.get("SAELENS_PYTHON", "/tmp/bench_saelens/bin/python"))
     parser.add_argument(
         "--sparsify-python", default=os.environ.get("SPARSIFY_PYTHON", "/tmp/bench_sparsify/bin/python")
