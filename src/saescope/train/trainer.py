@@ -36,7 +36,7 @@ from saescope.sae import (
     dictionary_blocks,
 )
 from saescope.train.init_from import initialise_from_parent_
-from saescope.train.recipes import DECODER_BIAS_INITS, geometric_median
+from saescope.train.inits import DECODER_BIAS_INITS, geometric_median
 from saescope.train.refit import DecoderRefit, refit_passes, refittable
 from saescope.train.schedules import TargetL0Controller, learning_rate
 
@@ -213,37 +213,46 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        """Every run-wide setting is checked here, once (a recipe's run-wide settings by building one)."""
         for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)!r}")
-        if not 0.0 <= self.threshold_controller_gain <= 1.0:
+                raise ValueError(f"training setting {name} must be >= 1; got {getattr(self, name)!r}")
+        if self.total_tokens < self.batch_size:
             raise ValueError(
-                f"TrainConfig.threshold_controller_gain must be in [0, 1]; got {self.threshold_controller_gain!r}"
+                f"training tokens ({self.total_tokens}) are fewer than one batch ({self.batch_size} tokens), which "
+                "would train a single step; give at least one batch of tokens (--tokens) or a smaller --batch-size"
             )
+        in_unit_interval = {
+            "threshold_controller_gain": 0.0 <= self.threshold_controller_gain <= 1.0,
+            "lr_decay_fraction": 0.0 <= self.lr_decay_fraction <= 1.0,
+            "lr_warmup_start_fraction": 0.0 <= self.lr_warmup_start_fraction <= 1.0,
+            "dimension_gain_power": 0.0 <= self.dimension_gain_power <= 1.0,
+        }
+        for name, valid in in_unit_interval.items():
+            if not valid:
+                raise ValueError(f"training setting {name} must be in [0, 1]; got {getattr(self, name)!r}")
+        below_one = {
+            "max_firing_rate": 0.0 <= self.max_firing_rate < 1.0,
+            "plain_error_share": 0.0 <= self.plain_error_share < 1.0,
+        }
+        for name, valid in below_one.items():
+            if not valid:
+                raise ValueError(f"training setting {name} must be in [0, 1); got {getattr(self, name)!r}")
         if self.target_scale not in TARGET_SCALES:
-            raise ValueError(f"TrainConfig.target_scale must be one of {TARGET_SCALES}; got {self.target_scale!r}")
+            raise ValueError(f"training setting target_scale must be one of {TARGET_SCALES}; got {self.target_scale!r}")
         if not 0.0 < self.revive_rate_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.revive_rate_fraction must be in (0, 1]; got {self.revive_rate_fraction!r}")
-        if self.revive_dead_after_tokens < 0:
             raise ValueError(
-                f"TrainConfig.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}"
+                f"training setting revive_rate_fraction must be in (0, 1]; got {self.revive_rate_fraction!r}"
             )
-        if not 0.0 <= self.adam_betas[0] < 1.0 or not 0.0 <= self.adam_betas[1] < 1.0:
-            raise ValueError(f"TrainConfig.adam_betas must be in [0, 1); got {self.adam_betas!r}")
-        if not 0.0 <= self.lr_decay_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction!r}")
-        if not 0.0 <= self.max_firing_rate < 1.0:
-            raise ValueError(f"TrainConfig.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
+        for name in ("revive_dead_after_tokens", "decoder_refit_tokens", "lr_warmup_steps", "controller_gain"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"training setting {name} must be >= 0; got {getattr(self, name)!r}")
+        if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
+            raise ValueError(f"training settings adam_beta1 and adam_beta2 must be in [0, 1); got {self.adam_betas!r}")
         if not self.firing_cap_mean_multiple >= 1.0:
             raise ValueError(
-                f"TrainConfig.firing_cap_mean_multiple must be >= 1; got {self.firing_cap_mean_multiple!r}"
+                f"training setting firing_cap_mean_multiple must be >= 1; got {self.firing_cap_mean_multiple!r}"
             )
-        if not 0.0 <= self.dimension_gain_power <= 1.0:
-            raise ValueError(f"TrainConfig.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
-        if not 0.0 <= self.plain_error_share < 1.0:
-            raise ValueError(f"TrainConfig.plain_error_share must be in [0, 1); got {self.plain_error_share!r}")
-        if self.decoder_refit_tokens < 0:
-            raise ValueError(f"TrainConfig.decoder_refit_tokens must be >= 0; got {self.decoder_refit_tokens!r}")
 
     @property
     def total_steps(self) -> int:
