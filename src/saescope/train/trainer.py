@@ -148,7 +148,10 @@ class SAESpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings shared by every dictionary of a training run."""
+    """Settings shared by every dictionary of a training run: the one place of the run-wide training settings.
+
+    A recipe fills the fields it has a setting of the same name for (`Recipe.train_config`); the others say
+    what a run is rather than how it trains (token budget, batch size, seed, checkpoints, device)."""
 
     total_tokens: int
     batch_size: int = 4096  # SPEC §2.1
@@ -163,8 +166,8 @@ class TrainConfig:
     dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
     #: What a transcoder's target (or a CLT's targets) is divided by: "input" -- the scale C of the input it is
     #: paired with (GS1, SPEC §2.2) -- or "own" -- its own site's scale, folded back at release like the
-    #: input's. On Gemma 3 270M, layer 6's MLP output is 73× larger than its normalised input, so under
-    #: "input" a short run spends its steps growing the encoder; "own" puts every target at norm ≈ 1.
+    #: input's. A site whose scale is far from its input's (Gemma 3's MLP outputs) makes a short run under
+    #: "input" spend its steps growing the encoder; "own" puts every target at norm ≈ 1.
     target_scale: str = "input"
     #: After the data-driven inits, scale every code by the least-squares factor on the first batch (saescope
     #: addition; see `least_squares_code_scale`).
@@ -186,7 +189,7 @@ class TrainConfig:
     #: Divide each dimension of a site's normalised activations by its first-batch standard deviation to this
     #: power (with one common factor that keeps the mean squared norm), and absorb the gains into the saved
     #: dictionary (0 = off: only the scalar C). Why: the plain squared error weighs dimensions by their variance,
-    #: and a massive activation (Gemma 3 270M's layer-6 residual: one dimension holds 80% of the variance)
+    #: and a massive activation (Gemma 3's residual stream has a dimension holding most of the variance)
     #: then decides the loss while the model reads the others. The logged FVU is in the weighted space.
     dimension_gain_power: float = 0.0
     #: With dimension gains on, this share of the loss is the plain squared error and the rest the gain-weighted
