@@ -80,7 +80,7 @@ from saescope.release.suite import read_trained_sae
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary, single_layer
 from saescope.train import SAESpec, Trainer
 from saescope.train.recipes import GEMMA_SCOPE, SAESCOPE, Recipe
-from saescope.train.specs import SuiteOptions, recipe_train_config
+from saescope.train.specs import recipe_train_config
 
 HERE = Path(__file__).resolve().parent
 SAELENS_WORKER = HERE / "fidelity_saelens_worker.py"
@@ -424,7 +424,7 @@ def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
     from saescope.train.specs import dictionary_specs
 
     assert cell.system.recipe is not None
-    options = SuiteOptions.from_recipe(cell.system.recipe)
+    options = cell.system.recipe
     (spec,) = dictionary_specs(
         [cell.site], {cell.site: d_in}, [cell.width], [cell.system.architecture], [cell.target_l0], options
     )
@@ -436,7 +436,7 @@ def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
 
 def _schedule_key(recipe: Recipe) -> str:
     """Recipes with the same run-wide settings (`TrainConfig`) can share one Trainer."""
-    return json.dumps(recipe_train_config(recipe, total_tokens=1).to_dict(), sort_keys=True)
+    return json.dumps(recipe_train_config(recipe, total_tokens=1, batch_size=1).to_dict(), sort_keys=True)
 
 
 def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[Cell]) -> dict[str, float]:

@@ -10,7 +10,8 @@ A run lives in one folder::
     release/            gemmascope/, gemmascope2/, saelens/ with model cards
     index.sqlite        the feature index that `saescope serve` browses (saescope.explore)
 
-Presets are TOML files shipped in `saescope/presets/`; every key is a `RunConfig` field.
+Presets are TOML files shipped in `saescope/presets/`; every key is a `RunConfig` field or a setting of the
+run's recipe (`saescope.train.recipes.RECIPE_KEYS`, e.g. ``lr = 2e-3``), which goes to `RunConfig.recipe_settings`.
 """
 
 from __future__ import annotations
@@ -34,19 +35,17 @@ from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, all_sites, select_sites, site_widths
 from saescope.train import distributed
-from saescope.train.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from saescope.train.recipes import DEFAULT_RECIPE, RECIPE_KEYS, Recipe, with_settings
 from saescope.train.specs import (
     MULTI_LAYER_KINDS,
-    SuiteOptions,
     default_crosscoder_layers,
     dictionary_specs,
     family_specs,
     parse_kinds,
     parse_target_l0,
     parse_width,
-    recipe_train_config,
 )
-from saescope.train.trainer import SAESpec
+from saescope.train.trainer import SAESpec, TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,17 +85,12 @@ class RunConfig:
     architectures: str = "jumprelu"
     target_l0: Any = None  # 50, "20,50", or {res = 40, att = 60, mlp = 60}
     #: How the dictionaries train (`saescope.train.recipes`): "saescope" (short budgets) or "gemma-scope"
-    #: (the papers'). The settings below left at None come from it.
+    #: (the papers'), with single settings changed by `recipe_settings` ({key: value}, keys of RECIPE_KEYS).
     recipe: str = DEFAULT_RECIPE
-    l0_coefficient: float | None = None
-    threshold: str | None = None
-    decoder_bias_init: str | None = None
+    recipe_settings: dict[str, Any] = field(default_factory=dict)
     # training
     tokens: int = 1_000_000
     batch_size: int = 4096
-    lr: float | None = None
-    lr_warmup_steps: int | None = None
-    lr_decay_fraction: float | None = None
     seed: int = 0
     checkpoint_every_steps: int = 200
     # activations
@@ -131,17 +125,26 @@ class RunConfig:
         self.corpus_config()  # CorpusConfig validates the corpus settings (window_shuffle_tokens among them)
         parse_target_l0(self.target_l0)  # validates the form early
         parse_kinds(self.kinds)
-        get_recipe(self.recipe)
         for width in f"{self.widths},{self.multi_layer_widths or self.widths}".split(","):
             parse_width(width)
+        self.train_config()  # the recipe, its settings and the token budget, validated before anything is created
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """A config from a preset, a record or overrides: recipe keys at the top level (``lr = 2e-3``) are
+        recipe settings; top-level ones win over those of a ``recipe_settings`` table; None means unset."""
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - known - set(RECIPE_KEYS))
         if unknown:
-            raise ValueError(f"unknown run setting(s) {unknown}; known: {sorted(known)}")
-        values = dict(data)
+            raise ValueError(
+                f"unknown run setting(s) {unknown}; run settings: {sorted(known)}; recipe settings: "
+                f"{', '.join(RECIPE_KEYS)}"
+            )
+        values = {key: value for key, value in data.items() if key not in RECIPE_KEYS}
+        values["recipe_settings"] = {
+            **dict(values.get("recipe_settings") or {}),
+            **{key: value for key, value in data.items() if key in RECIPE_KEYS and value is not None},
+        }
         if isinstance(values.get("widths"), list):
             values["widths"] = ",".join(str(w) for w in values["widths"])
         if isinstance(values.get("export_formats"), list):
@@ -156,6 +159,17 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def training_recipe(self) -> Recipe:
+        """The named recipe with this run's settings applied."""
+        return with_settings(self.recipe, self.recipe_settings, origin=f"run settings (preset {self.preset!r})")
+
+    def train_config(self) -> TrainConfig:
+        """The run-wide training settings: the recipe's, with this run's budget, seed and device."""
+        return self.training_recipe().train_config(
+            total_tokens=self.tokens, batch_size=self.batch_size, seed=self.seed,
+            checkpoint_every_steps=self.checkpoint_every_steps, device=self.device,
+        )  # fmt: skip
 
     def corpus_config(self) -> CorpusConfig:
         return CorpusConfig(
@@ -188,6 +202,47 @@ def load_preset(name: str, overrides: Mapping[str, Any] | None = None) -> RunCon
     return RunConfig.from_dict(data)
 
 
+def suite_sites(config: RunConfig, n_layers: int) -> list[Site]:
+    """The SAE sites of `config` on a model of `n_layers` layers (`sites`, kept to `layers` if given)."""
+    sites = select_sites(config.sites, n_layers)
+    if config.layers:
+        keep = {site.layer for site in select_sites(f"{config.layers}/*", n_layers)}
+        sites = [site for site in sites if site.layer in keep]
+    if not sites:
+        raise ValueError(f"sites {config.sites!r} with layers {config.layers!r} select nothing")
+    return sites
+
+
+def suite_specs(config: RunConfig, n_layers: int, site_width: Mapping[Site, int]) -> list[SAESpec]:
+    """One spec per dictionary of the suite, every kind of `kinds`, on a model of `n_layers` layers whose site
+    widths `site_width` gives (every site of every layer)."""
+    c = config
+    recipe = c.training_recipe()
+    widths = [parse_width(w) for w in str(c.widths).split(",")]
+    architectures = [a.strip() for a in c.architectures.split(",")]
+    targets = parse_target_l0(c.target_l0)
+    sites = suite_sites(c, n_layers)
+    layers = sorted({site.layer for site in sites})
+    crosscoder = (
+        [int(layer) for layer in str(c.crosscoder_layers).split(",")]
+        if c.crosscoder_layers
+        else default_crosscoder_layers(n_layers)
+    )
+    specs: list[SAESpec] = []
+    for kind in parse_kinds(c.kinds):
+        if kind == "sae":
+            specs += dictionary_specs(sites, site_width, widths, architectures, targets, recipe)
+        else:
+            span = crosscoder if kind == "crosscoder" else layers
+            kind_widths = widths
+            if kind in MULTI_LAYER_KINDS and c.multi_layer_widths:
+                kind_widths = [parse_width(w) for w in str(c.multi_layer_widths).split(",")]
+            specs += family_specs(
+                kind, span, site_width, kind_widths, architectures, targets, recipe, sae_widths=widths
+            )
+    return specs
+
+
 @dataclass
 class SuiteRun:
     """One run folder; `execute()` runs the stages that are not finished yet."""
@@ -200,6 +255,7 @@ class SuiteRun:
     @classmethod
     def create(cls, folder: Path, config: RunConfig, log: Callable[[str], None] = print) -> SuiteRun:
         path = folder / CONFIG_FILE
+        run = cls(folder, config, log)
         if path.exists():
             # Read back as a record, so settings added since the run began compare as what the run did.
             existing = RunConfig.from_record(json.loads(path.read_text(encoding="utf-8"))).to_dict()
@@ -209,9 +265,10 @@ class SuiteRun:
                     f"`saescope run --resume {folder}` or choose another --name"
                 )
         else:
+            run.specs()  # every dictionary validated on the model before the folder exists
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, config.to_dict())
-        return cls(folder, config, log)
+        return run
 
     @classmethod
     def resume(cls, folder: Path, log: Callable[[str], None] = print) -> SuiteRun:
@@ -242,45 +299,12 @@ class SuiteRun:
         return self._loaded
 
     def sites(self) -> list[Site]:
-        n_layers = self.loaded.info.n_layers
-        sites = select_sites(self.config.sites, n_layers)
-        if self.config.layers:
-            keep = {site.layer for site in select_sites(f"{self.config.layers}/*", n_layers)}
-            sites = [site for site in sites if site.layer in keep]
-        if not sites:
-            raise ValueError(f"sites {self.config.sites!r} with layers {self.config.layers!r} select nothing")
-        return sites
+        return suite_sites(self.config, self.loaded.info.n_layers)
 
     def specs(self) -> list[SAESpec]:
         """One spec per dictionary of the suite, every kind of `kinds`."""
-        c = self.config
         n_layers = self.loaded.info.n_layers
-        options = SuiteOptions.from_recipe(
-            get_recipe(c.recipe), lr=c.lr, l0_coefficient=c.l0_coefficient, threshold=c.threshold,
-            decoder_bias_init=c.decoder_bias_init,
-        )  # fmt: skip
-        widths = [parse_width(w) for w in str(c.widths).split(",")]
-        architectures = [a.strip() for a in c.architectures.split(",")]
-        targets = parse_target_l0(c.target_l0)
-        layers = sorted({site.layer for site in self.sites()})
-        crosscoder = (
-            [int(layer) for layer in str(c.crosscoder_layers).split(",")]
-            if c.crosscoder_layers
-            else default_crosscoder_layers(n_layers)
-        )
-        candidates = {*self.sites(), *all_sites(n_layers)}
-        site_width = site_widths(self.loaded.model, sorted(candidates))
-        specs: list[SAESpec] = []
-        for kind in parse_kinds(c.kinds):
-            if kind == "sae":
-                specs += dictionary_specs(self.sites(), site_width, widths, architectures, targets, options)
-            else:
-                span = crosscoder if kind == "crosscoder" else layers
-                kind_widths = widths
-                if kind in MULTI_LAYER_KINDS and c.multi_layer_widths:
-                    kind_widths = [parse_width(w) for w in str(c.multi_layer_widths).split(",")]
-                specs += family_specs(kind, span, site_width, kind_widths, architectures, targets, options)
-        return specs
+        return suite_specs(self.config, n_layers, site_widths(self.loaded.model, all_sites(n_layers)))
 
     def source_sites(self) -> list[Site]:
         """Every site a dictionary of the suite reads or writes."""
@@ -325,13 +349,9 @@ class SuiteRun:
     def stage_train(self) -> dict[str, Any]:
         c = self.config
         source = self._source()
-        recipe = get_recipe(c.recipe)
+        recipe = c.training_recipe()
         specs = self.specs()
-        train_config = recipe_train_config(
-            recipe, total_tokens=c.tokens, batch_size=c.batch_size, lr_warmup_steps=c.lr_warmup_steps,
-            lr_decay_fraction=c.lr_decay_fraction, seed=c.seed, checkpoint_every_steps=c.checkpoint_every_steps,
-            device=c.device,
-        )  # fmt: skip
+        train_config = c.train_config()
         self.log(f"training {len(specs)} dictionaries for {train_config.total_steps} steps of {c.batch_size} tokens")
         distributed.train_suite(specs, source, train_config, self.folder / "train")  # sharded under torchrun
         details: dict[str, Any] = {"dictionaries": len(specs), "steps": train_config.total_steps}

@@ -48,7 +48,8 @@ def test_cache_then_train(
     run_dir = tmp_path / "run"
     train = [
         "train", "--cache", str(cache_dir), "--sites", "1/res+att", "--widths", "16,32", "--target-l0", "3",
-        "--tokens", "640", "--batch-size", "64", "--lr", "1e-3", "--lr-warmup-steps", "2", "--out", str(run_dir),
+        "--tokens", "640", "--batch-size", "64", "--set", "lr=1e-3", "--set", "lr_warmup_steps=2",
+        "--out", str(run_dir),
     ]  # fmt: skip
     assert main(train) in TRAINED
     names = sorted(p.name for p in (run_dir / "saes").iterdir())

@@ -44,7 +44,7 @@ def tiny_setup(tmp_path: Path) -> dict[str, Path]:
         "pt_run": tmp_path / "pt-run",
         "it_run": tmp_path / "it-run",
     }
-    common = ["--context-size", "16", "--batch-size", "64", "--lr", "1e-3", "--lr-warmup-steps", "1"]
+    common = ["--context-size", "16", "--batch-size", "64", "--set", "lr=1e-3", "--set", "lr_warmup_steps=1"]
     assert main(["train", "--model", str(paths["pt_model"]), "--corpus", str(paths["text"]), "--sites", "1/res",
                  "--widths", "16", "--target-l0", "3", "--tokens", "512", "--out", str(paths["pt_run"]),
                  *common]) in TRAINED  # fmt: skip
@@ -120,7 +120,7 @@ def test_the_whole_pt_to_it_path_on_the_embedded_model(tmp_path: Path) -> None:
     assert all(r["messages"][1]["content"] for r in records)
     cache = ["--sites", "layer_6/res", "--context-size", "64", "--tokens", "1024", "--out", str(tmp_path / "cache")]
     assert main(["cache", *cache]) == 0
-    train = ["--batch-size", "256", "--lr", "1e-3", "--lr-warmup-steps", "1"]
+    train = ["--batch-size", "256", "--set", "lr=1e-3", "--set", "lr_warmup_steps=1"]
     assert main(["train", "--cache", str(tmp_path / "cache"), "--tokens", "1024", "--widths", "256", "--target-l0",
                  "20", "--out", str(tmp_path / "pt"), *train]) in TRAINED  # fmt: skip
     # The rollouts are a few dozen tokens: short windows for everything that reads them.

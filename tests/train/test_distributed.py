@@ -92,7 +92,7 @@ def train_cli(root: Path, out: Path) -> list[str]:
     return [
         "train", "--model", str(root / "model"), "--corpus", str(root / "small.jsonl"), "--context-size", "16",
         "--sites", "0-1/res", "--widths", "16,32", "--target-l0", "4", "--tokens", "1536", "--batch-size", "128",
-        "--lr", "1e-3", "--lr-warmup-steps", "2", "--checkpoint-every", "4", "--out", str(out),
+        "--set", "lr=1e-3", "--set", "lr_warmup_steps=2", "--checkpoint-every", "4", "--out", str(out),
     ]  # fmt: skip
 
 

@@ -115,7 +115,7 @@ def test_init_from_cli_records_the_parent_for_saescope_and_gemma_scope_parents(
         raw.threshold_F.detach(),
     ))  # fmt: skip
     train = ["train", "--activations", str(tmp_path / "it.npy"), "--tokens", "512", "--batch-size", "128",
-             "--lr", "1e-3", "--lr-warmup-steps", "1"]  # fmt: skip
+             "--set", "lr=1e-3", "--set", "lr_warmup_steps=1"]  # fmt: skip
 
     assert main([*train, "--init-from", str(gs_folder), "--out", str(tmp_path / "x")]) == 2
     assert "do not say which site" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,22 @@ from saescope.models.sites import Site, SiteKind
 from saescope.release.suite import read_trained_sae
 from saescope.sae import CrossLayerDictionary, DictionaryConfig, JumpReLU
 from saescope.train import SAESpec, TrainConfig, Trainer
-from saescope.train.recipes import GEMMA_SCOPE, RECIPES, SAESCOPE, geometric_median, get_recipe
-from saescope.train.specs import SuiteOptions, dictionary_specs, recipe_train_config
+from saescope.train.recipes import (
+    GEMMA_SCOPE,
+    RECIPE_KEYS,
+    RECIPES,
+    SAESCOPE,
+    describe_settings,
+    geometric_median,
+    get_recipe,
+    parse_set_options,
+    with_settings,
+)
+from saescope.train.specs import dictionary_specs, recipe_train_config
 from saescope.train.trainer import MIN_CODE_SCALE, dimension_gains, least_squares_code_scale, linear_map_decoders
 
 RES = Site(0, SiteKind.RES)
+ONE_BATCH = 4096  # TrainConfig's default batch size: the fewest tokens a run may have
 D, WIDTH = 32, 256
 
 
@@ -256,7 +268,12 @@ def test_threshold_controller_scales_theta_towards_the_target_l0(tmp_path: Path)
     torch.testing.assert_close(sae.threshold_F.detach(), theta_F)
     trainer._steer_thresholds(member, _counts(16.0 * 100, width), 100)  # clamped at 2x per step
     torch.testing.assert_close(sae.threshold_F.detach(), 2.0 * theta_F)
-    off = Trainer([spec], ArrayActivations({RES: sparse_tokens(64, 0)}), TrainConfig(total_tokens=10), tmp_path / "o")
+    off = Trainer(
+        [spec],
+        ArrayActivations({RES: sparse_tokens(64, 0)}),
+        TrainConfig(total_tokens=10, batch_size=10),
+        tmp_path / "o",
+    )
     before_F = off.members[0].sae.threshold_F.detach().clone()
     off._steer_thresholds(off.members[0], _counts(64.0, width), 100)
     torch.testing.assert_close(off.members[0].sae.threshold_F.detach(), before_F, rtol=0, atol=0)
@@ -286,28 +303,30 @@ def test_threshold_controller_steers_each_block_of_a_clt_to_its_share_of_the_tar
 
 
 def test_revival_is_off_by_default_and_recipes_pass_it_and_adam_beta1_to_the_trainer() -> None:
-    assert TrainConfig(total_tokens=1).revive_dead_after_tokens == 0
-    config = recipe_train_config(SAESCOPE.replace(revive_dead_after_tokens=4096, adam_beta1=0.9), total_tokens=1)
+    assert TrainConfig(total_tokens=ONE_BATCH).revive_dead_after_tokens == 0
+    config = recipe_train_config(
+        SAESCOPE.replace(revive_dead_after_tokens=4096, adam_beta1=0.9), total_tokens=ONE_BATCH
+    )
     assert (config.revive_dead_after_tokens, config.adam_betas) == (4096, (0.9, 0.999))
-    assert not TrainConfig(total_tokens=1).code_scale_init
-    assert recipe_train_config(SAESCOPE.replace(code_scale_init=True), total_tokens=1).code_scale_init
-    assert not TrainConfig(total_tokens=1).linear_map_decoder_init
-    assert recipe_train_config(SAESCOPE, total_tokens=1).linear_map_decoder_init
+    assert not TrainConfig(total_tokens=ONE_BATCH).code_scale_init
+    assert recipe_train_config(SAESCOPE.replace(code_scale_init=True), total_tokens=ONE_BATCH).code_scale_init
+    assert not TrainConfig(total_tokens=ONE_BATCH).linear_map_decoder_init
+    assert recipe_train_config(SAESCOPE, total_tokens=ONE_BATCH).linear_map_decoder_init
     with pytest.raises(ValueError, match="adam_beta1"):
         SAESCOPE.replace(adam_beta1=1.0)
-    assert TrainConfig(total_tokens=1).revive_rate_fraction == 1.0
-    assert recipe_train_config(SAESCOPE, total_tokens=1).revive_rate_fraction == SAESCOPE.revive_rate_fraction < 1
+    assert TrainConfig(total_tokens=ONE_BATCH).revive_rate_fraction == 1.0
+    assert (
+        recipe_train_config(SAESCOPE, total_tokens=ONE_BATCH).revive_rate_fraction == SAESCOPE.revive_rate_fraction < 1
+    )
     for fraction in (0.0, 1.5):
         with pytest.raises(ValueError, match="revive_rate_fraction"):
             SAESCOPE.replace(revive_rate_fraction=fraction)
         with pytest.raises(ValueError, match="revive_rate_fraction"):
-            TrainConfig(total_tokens=1, revive_rate_fraction=fraction)
+            TrainConfig(total_tokens=ONE_BATCH, revive_rate_fraction=fraction)
 
 
 def test_the_faithful_recipe_is_the_papers() -> None:
-    (spec,) = dictionary_specs(
-        [RES], {RES: D}, [WIDTH], ["jumprelu"], [20.0], SuiteOptions.from_recipe(get_recipe("gemma-scope"))
-    )
+    (spec,) = dictionary_specs([RES], {RES: D}, [WIDTH], ["jumprelu"], [20.0], get_recipe("gemma-scope"))
     c = spec.dictionary
     assert (spec.lr, c.threshold_parameterisation, c.threshold_init, c.bandwidth) == (7e-5, "log", 0.001, 0.001)
     assert (c.lambda_warmup_steps, spec.decoder_bias_init) == (10_000, "zeros")
@@ -322,7 +341,7 @@ def test_the_faithful_recipe_is_the_papers() -> None:
 
 
 def test_the_default_recipe_steers_l0_from_a_data_driven_start() -> None:
-    options = SuiteOptions.from_recipe(SAESCOPE, lr=2e-3)
+    options = SAESCOPE.replace(lr=2e-3)
     jr, relu, topk = dictionary_specs([RES], {RES: D}, [WIDTH], ["jumprelu", "relu", "topk"], [20.0], options)
     assert (jr.lr, jr.target_l0, jr.init_thresholds_from_data, jr.decoder_bias_init) == (2e-3, 20.0, True, "mean")
     assert (jr.dictionary.sparsity, jr.dictionary.threshold_parameterisation) == ("l0", "raw")
@@ -338,7 +357,7 @@ def test_unknown_recipe_and_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="decoder_bias_init"):
         SAESCOPE.replace(decoder_bias_init="median")
     with pytest.raises(ValueError, match="l0_steering"):
-        SuiteOptions(l0_steering="pid")
+        SAESCOPE.replace(l0_steering="pid")
     assert set(RECIPES) == {"gemma-scope", "saescope"}
 
 
@@ -352,7 +371,7 @@ def test_default_recipe_reconstructs_better_than_the_faithful_one_on_a_tiny_mode
     d_in = source.widths[site]
     specs = []
     for recipe in (GEMMA_SCOPE, SAESCOPE):
-        (spec,) = dictionary_specs([site], {site: d_in}, [64], ["jumprelu"], [8.0], SuiteOptions.from_recipe(recipe))
+        (spec,) = dictionary_specs([site], {site: d_in}, [64], ["jumprelu"], [8.0], recipe)
         specs.append(SAESpec(recipe.name, site, spec.dictionary, spec.lr, spec.target_l0,
                              spec.threshold_init_from_data, spec.decoder_bias_init))  # fmt: skip
     final = {}
@@ -385,8 +404,11 @@ def test_dimension_gains_keep_the_mean_squared_norm_and_equalise_dimensions_at_p
     ratio = float(half_D[0] / half_D[1:].mean())
     assert ratio == pytest.approx(float(x_ND[:, 0].std() / x_ND[:, 1:].std(0).mean()) ** 0.5, rel=0.2)
     with pytest.raises(ValueError, match="dimension_gain_power"):
-        TrainConfig(total_tokens=1, dimension_gain_power=1.5)
-    assert recipe_train_config(SAESCOPE.replace(dimension_gain_power=0.25), total_tokens=1).dimension_gain_power == 0.25
+        TrainConfig(total_tokens=ONE_BATCH, dimension_gain_power=1.5)
+    assert (
+        recipe_train_config(SAESCOPE.replace(dimension_gain_power=0.25), total_tokens=ONE_BATCH).dimension_gain_power
+        == 0.25
+    )
 
 
 def test_plain_error_share_makes_the_loss_the_stated_mix_of_the_weighted_and_plain_fvu() -> None:
@@ -403,10 +425,10 @@ def test_plain_error_share_makes_the_loss_the_stated_mix_of_the_weighted_and_pla
         assert loss / scale == pytest.approx((1 - share) * fvu_weighted + share * fvu_plain, rel=1e-3)
     assert dimension_gains(x_ND, 0.5, 0.9)[0] < dimension_gains(x_ND, 0.5, 0.0)[0]  # the massive one weighs more
     with pytest.raises(ValueError, match="plain_error_share"):
-        TrainConfig(total_tokens=1, plain_error_share=1.0)
+        TrainConfig(total_tokens=ONE_BATCH, plain_error_share=1.0)
     # At 0 the field stays out of a run's identity, so checkpoints written before it existed still resume.
-    assert "plain_error_share" not in TrainConfig(total_tokens=1).to_dict()
-    assert TrainConfig(total_tokens=1, plain_error_share=0.25).to_dict()["plain_error_share"] == 0.25
+    assert "plain_error_share" not in TrainConfig(total_tokens=ONE_BATCH).to_dict()
+    assert TrainConfig(total_tokens=ONE_BATCH, plain_error_share=0.25).to_dict()["plain_error_share"] == 0.25
 
 
 def test_the_trainer_builds_its_gains_with_the_plain_error_share(tmp_path: Path) -> None:
@@ -515,10 +537,46 @@ def test_the_firing_rate_cap_floor_is_the_stated_multiple_of_the_mean_rate(
 
 def test_the_firing_cap_mean_multiple_is_validated_and_kept_out_of_older_identities() -> None:
     with pytest.raises(ValueError, match="firing_cap_mean_multiple"):
-        TrainConfig(total_tokens=1, firing_cap_mean_multiple=0.5)
+        TrainConfig(total_tokens=ONE_BATCH, firing_cap_mean_multiple=0.5)
     with pytest.raises(ValueError, match="firing_cap_mean_multiple"):
         SAESCOPE.replace(firing_cap_mean_multiple=0.9)
-    assert "firing_cap_mean_multiple" not in TrainConfig(total_tokens=1).to_dict()
-    assert TrainConfig(total_tokens=1, firing_cap_mean_multiple=1.25).to_dict()["firing_cap_mean_multiple"] == 1.25
-    config = recipe_train_config(SAESCOPE.replace(firing_cap_mean_multiple=1.25), total_tokens=1)
+    assert "firing_cap_mean_multiple" not in TrainConfig(total_tokens=ONE_BATCH).to_dict()
+    assert (
+        TrainConfig(total_tokens=ONE_BATCH, firing_cap_mean_multiple=1.25).to_dict()["firing_cap_mean_multiple"] == 1.25
+    )
+    config = recipe_train_config(SAESCOPE.replace(firing_cap_mean_multiple=1.25), total_tokens=ONE_BATCH)
     assert config.firing_cap_mean_multiple == 1.25
+
+
+def test_a_run_of_fewer_tokens_than_one_batch_is_refused_not_trained_for_one_step() -> None:
+    with pytest.raises(ValueError, match=r"training tokens \(100\) are fewer than one batch \(128 tokens\)"):
+        SAESCOPE.train_config(total_tokens=100, batch_size=128)
+    assert SAESCOPE.train_config(total_tokens=128, batch_size=128).total_steps == 1
+
+
+def test_the_recipe_fills_every_train_config_field_it_names_and_nothing_else() -> None:
+    config = SAESCOPE.replace(max_firing_rate=0.1, lr_warmup_steps=3).train_config(total_tokens=512, batch_size=256)
+    run_wide = {f.name for f in dataclasses.fields(TrainConfig)} & set(RECIPE_KEYS)
+    assert run_wide  # the run-wide settings: schedules, controllers, the short-budget elements
+    for name in run_wide:
+        assert getattr(config, name) == getattr(SAESCOPE.replace(max_firing_rate=0.1, lr_warmup_steps=3), name)
+    assert config.adam_betas == (SAESCOPE.adam_beta1, SAESCOPE.adam_beta2)
+    assert (config.total_tokens, config.batch_size, config.seed) == (512, 256, 0)
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['lr'\]"):
+        SAESCOPE.train_config(total_tokens=512, lr=1.0)
+
+
+def test_settings_by_key_are_typed_validated_and_unknown_keys_list_the_valid_ones() -> None:
+    changed = with_settings("saescope", parse_set_options(["lr=1e-3", "code_scale_init=false", "threshold=log"]))
+    assert (changed.lr, changed.code_scale_init, changed.threshold) == (1e-3, False, "log")
+    assert with_settings(GEMMA_SCOPE, {"revive_dead_after_tokens": "4_096"}).revive_dead_after_tokens == 4096
+    with pytest.raises(ValueError, match=r"unknown recipe setting\(s\) \['lrate'\]; valid keys: lr, threshold"):
+        with_settings("saescope", {"lrate": 1})
+    with pytest.raises(ValueError, match="code_scale_init takes true or false; got 'maybe'"):
+        with_settings("saescope", {"code_scale_init": "maybe"})
+    with pytest.raises(ValueError, match=r"revive_dead_after_tokens takes a whole number; got 1\.5"):
+        with_settings("saescope", {"revive_dead_after_tokens": 1.5})
+    with pytest.raises(ValueError, match="--set takes key=value"):
+        parse_set_options(["lr"])
+    described = describe_settings(SAESCOPE)
+    assert all(f"  {key} = " in described for key in RECIPE_KEYS)

@@ -11,6 +11,15 @@ import torch
 
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, load_model
+from saescope.train.recipes import (
+    DEFAULT_RECIPE,
+    RECIPE_KEYS,
+    RECIPES,
+    Recipe,
+    check_recipe_keys,
+    describe_settings,
+    parse_set_options,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -97,6 +106,40 @@ def corpus_from_args(args: argparse.Namespace) -> CorpusConfig:
     )
 
 
+#: What `--set help` asks for: the list of recipe keys instead of a run.
+SET_HELP = "help"
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, *, recipe_default: str | None) -> None:
+    """`--recipe NAME` and repeatable `--set key=value`: how the dictionaries train, as data."""
+    group = parser.add_argument_group("recipe (how the dictionaries train; `--set help` lists every key)")
+    default_text = recipe_default or f"the preset's, {DEFAULT_RECIPE} unless it names another"
+    group.add_argument(
+        "--recipe", default=recipe_default, choices=sorted(RECIPES),
+        help=f"training recipe: {DEFAULT_RECIPE} (short budgets) or gemma-scope (the papers'); default: {default_text}",
+    )  # fmt: skip
+    group.add_argument(
+        "--set", dest="set", action="append", default=None, metavar="KEY=VALUE",
+        help="change one recipe setting, e.g. --set lr=1e-3 --set threshold=log (repeatable; a TOML --config or "
+        "preset takes the same keys); `--set help` lists the keys with their values and exits",
+    )  # fmt: skip
+
+
+def recipe_settings_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """The `--set key=value` settings, later ones winning (`--set help` is handled by `wants_recipe_help`)."""
+    settings = parse_set_options([item for item in (args.set or []) if item != SET_HELP])
+    check_recipe_keys(settings, origin="--set")
+    return settings
+
+
+def wants_recipe_help(args: argparse.Namespace) -> bool:
+    return SET_HELP in (args.set or [])
+
+
+def print_recipe_help(recipe: Recipe) -> None:
+    print(describe_settings(recipe))
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -119,7 +162,18 @@ def read_option_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, A
         key.replace("-", "_"): ",".join(map(str, value)) if isinstance(value, list) else value
         for key, value in data.items()
     }
+    if "set" in known:  # recipe keys at the top level are `--set key=value`; flags given later win
+        recipe_keys = [key for key in values if key in RECIPE_KEYS]
+        values["set"] = [f"{key}={_toml_text(values.pop(key))}" for key in recipe_keys] or None
     unknown = sorted(set(values) - known - {"config"})
     if unknown:
-        raise ValueError(f"config file {path}: unknown option(s) {unknown}; see --help for the options")
+        hint = f"; recipe settings: {', '.join(RECIPE_KEYS)}" if "set" in known else ""
+        raise ValueError(f"config file {path}: unknown option(s) {unknown}; see --help for the options{hint}")
     return values
+
+
+def _toml_text(value: Any) -> str:
+    """A TOML value as `--set` text (booleans as true/false)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

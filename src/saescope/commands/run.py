@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from saescope.commands.common import (
+    add_recipe_arguments,
+    print_recipe_help,
+    recipe_settings_from_args,
+    wants_recipe_help,
+)
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS
 from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
 from saescope.train import distributed
@@ -27,7 +33,6 @@ _OVERRIDES = {
     "device": "torch device for the model and SAEs (cpu, cuda)",
     "dtype": "model dtype: float32, bfloat16, float16",
     "activations": "stream (no disk) or cache (written under the run, then read)",
-    "recipe": "training recipe: saescope (short budgets, the default) or gemma-scope (the papers')",
 }
 _INT_OVERRIDES = {
     "tokens": "training tokens per dictionary",
@@ -47,7 +52,8 @@ def register(commands: Any) -> None:
         "run",
         help="run a whole suite: activations, training, evaluation (report), release -- resumable",
         description="Train, evaluate and release a suite of SAEs for every requested site of a model, from one "
-        "activation stream. A preset gives every setting (see --list-presets); flags override single settings. "
+        "activation stream. A preset gives every setting (see --list-presets); flags override single settings "
+        "and --set key=value single recipe settings (--set help lists them). "
         f"Stages: {', '.join(STAGES)}; a killed run continues with --resume RUN_DIR, skipping finished stages "
         "and resuming training from its last checkpoint.",
     )
@@ -61,7 +67,7 @@ def register(commands: Any) -> None:
         overrides.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=help_text)
     for name, help_text in _INT_OVERRIDES.items():
         overrides.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None, help=help_text)
-    overrides.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    add_recipe_arguments(parser, recipe_default=None)
     parser.set_defaults(handler=run, subparser=parser)
 
 
@@ -73,11 +79,16 @@ def run(args: argparse.Namespace) -> int:
     main = distributed.is_main_process()  # under torchrun, only rank 0 prints
     log = print if main else _quiet
     if args.resume is not None:
+        if args.set or args.recipe:
+            raise ValueError("--resume continues a run with its recorded settings; --recipe and --set do not apply")
         suite = SuiteRun.resume(args.resume, log=log)
         check_device(suite.config.device)
     else:
-        names = [*_OVERRIDES, *_INT_OVERRIDES, "lr"]
-        config = load_preset(args.preset, {name: getattr(args, name) for name in names})
+        overrides = {name: getattr(args, name) for name in [*_OVERRIDES, *_INT_OVERRIDES, "recipe"]}
+        config = load_preset(args.preset, {**overrides, **recipe_settings_from_args(args)})
+        if wants_recipe_help(args):
+            print_recipe_help(config.training_recipe())
+            return 0
         check_device(config.device)  # before the run folder is created
         suite = SuiteRun.create(args.runs_dir / (args.name or args.preset), config, log=log)
     if main:

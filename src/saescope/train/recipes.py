@@ -1,4 +1,11 @@
-"""Named training recipes: every setting that decides *how* a JumpReLU dictionary is trained, as data.
+"""Named training recipes: every setting that decides *how* a dictionary is trained, as data.
+
+A recipe is the one place where training settings live. Its per-dictionary settings (learning rate, threshold
+parameter and start, λ, b_dec init, ...) become each dictionary's `SAESpec` (:mod:`saescope.train.specs`); its
+run-wide settings are the fields of :class:`~saescope.train.trainer.TrainConfig` of the same name, which the recipe
+fills (:func:`saescope.train.specs.recipe_train_config`). Every entry point (`saescope train`, `saescope run`, a
+preset or a TOML config) picks a recipe by name and changes single settings by key (:func:`with_settings`);
+`saescope train --set help` lists the keys.
 
 Two recipes ship:
 
@@ -8,143 +15,165 @@ Two recipes ship:
   (SPEC §7.2), the papers' own way to aim at an L0. It is built for ~10⁶ steps.
 * ``saescope`` -- the default, for the few hundred to few thousand steps a CPU or a small GPU budget
   gives. Same architecture, same θ-only straight-through estimator, same released format; what changes
-  is where training starts, how fast it may move and how L0 is held, each change measured by an ablation in
-  ``docs/benchmarks/fidelity.md``:
+  is where training starts, how fast it may move and how L0 is held (each element's ablation is in
+  ``docs/benchmarks/`` and ``docs/results/``):
 
   - each activation dimension is divided by the square root of its standard deviation (the gains are absorbed
-    into the saved weights), so the squared error no longer spends the dictionary on a massive dimension: on
-    Gemma 3 270M's layer-6 residual stream one dimension holds 80% of the variance, and without the gains
-    delta LM loss was 4x higher (1.26 vs 0.31 nats in the ablation; the largest single change measured);
-  - b_dec starts at the data mean, so the SAE does not spend its first steps learning the mean (Gemma 3's
-    residual stream has a massive dimension whose mean dwarfs everything else);
+    into the saved weights), so the squared error no longer spends the dictionary on a massive dimension (Gemma
+    3's residual stream has one that holds most of the variance);
+  - b_dec starts at the data mean, so the SAE does not spend its first steps learning the mean;
   - thresholds start at the per-latent quantile of the first batch that gives the target L0 (instead of
     θ = 0.001, where every latent fires on about half the tokens), and all codes are then scaled by their
-    least-squares factor on that batch (random directions at those thresholds overshoot: first FVU 3–6 on
-    Gemma 3 270M's layer 6, 0.4–0.7 after the scale);
+    least-squares factor on that batch (random directions at those thresholds overshoot the target);
   - a raw θ parameter (log θ moves by ~lr per step under Adam, SPEC §8.6) and Adam with momentum
     (β1 = 0.9 instead of the papers' 0: a latent that fires rarely otherwise gets steps of many times lr
-    whenever it fires) at a 40× larger learning rate, with a short warm-up and a linear decay at the end;
+    whenever it fires) at a larger learning rate, with a short warm-up and a linear decay at the end;
   - L0 held on the target by two controllers: θ scaled each step by (L0/target)^0.5, which moves L0 at
     once, and an integral controller on λ (no λ warm-up: the θ start already has the right L0);
-  - a latent silent for 8,192 tokens gets its θ back at the quantile of a tenth of the target rate (a latent
+  - a latent silent for a while gets its θ back at the quantile of a fraction of the target rate (a latent
     above all its pre-activations gets no gradient at all, so it would otherwise stay dead; revived at the full
-    rate it fired on tokens it reconstructs badly: attention-output FVU 0.463 vs 0.440 at L0 20), and a latent
-    firing on more than 5% of a batch (or 1.5× the mean rate the target L0 asks for, if that is more) gets θ
-    raised to the quantile where it fires on that rate (dense latents: 0.22% → 0.02% of the residual SAE's,
-    1.9% → 0.2% of the MLP SAE's, at the same delta loss; at L0 150 of 4,096 the floor of 1.5×, not 2×, the
-    mean rate took the latents on > 10% of held-out tokens from 2 to 0–1 (res), 1 to 0 (mlp) and 41 to 7–12
-    (att) over two initialisations, delta loss and KL within noise, FVU 2–9% higher);
-  - the ReLU baseline starts with b_enc at its target-rate quantile and its L1 λ low (0.003), which the
-    controller raises: at λ 1 the first steps silenced every latent (L0 0 in the benchmark);
-  - after the last step, each decoder is refit to its final codes by ridge least squares over the first 131,072
-    training tokens (:mod:`saescope.train.refit`): the codes and L0 stay as trained, and a few hundred Adam steps
-    leave the decoder well short of the best read-out of its codes.
+    rate it fires on tokens it reconstructs badly), and a latent firing on much more than the mean rate the
+    target asks for gets θ raised to where it fires on the cap (against dense latents);
+  - the ReLU baseline starts with b_enc at its target-rate quantile and its L1 λ low, which the controller
+    raises (a high start silences every latent in the first steps);
+  - after the last step, each decoder is refit to its final codes by ridge least squares over the first
+    training tokens (:mod:`saescope.train.refit`): the codes and L0 stay as trained, and a few hundred Adam
+    steps leave the decoder short of the best read-out of its codes.
 
   Gemma Scope 2's end-to-end KL finetuning (SPEC §7.6, :mod:`saescope.train.kl_finetune`) is an
   optional final phase of any recipe (``kl_finetune_tokens`` > 0).
-
-A recipe fills :class:`~saescope.train.specs.SuiteOptions` (per dictionary) and
-:class:`~saescope.train.trainer.TrainConfig` (per run); explicit settings override single fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from saescope.train.inits import DECODER_BIAS_INITS
+from saescope.train.inits import geometric_median as geometric_median  # re-exported: it used to live here
+from saescope.train.trainer import TrainConfig
 
 #: How a recipe aims at a requested L0: "controller" (saescope's integral control of λ, with θ started at
 #: the matching quantile), "quadratic" (GS2's quadratic penalty around the target, SPEC §7.2) or "none"
 #: (fixed λ: the target only names the dictionary; GS1).
 L0_STEERING = ("controller", "quadratic", "none")
-DECODER_BIAS_INITS = ("zeros", "mean", "geometric_median")
+
+
+def _setting(help_text: str, default: Any = dataclasses.MISSING) -> Any:
+    """A recipe field with the one-line help `saescope train --set help` prints."""
+    if default is dataclasses.MISSING:
+        return field(metadata={"help": help_text})
+    return field(default=default, metadata={"help": help_text})
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train a JumpReLU dictionary (and the TopK/BatchTopK/ReLU baselines next to it)."""
+    """How to train a JumpReLU dictionary (and the TopK/BatchTopK/ReLU baselines next to it).
+
+    Every field but ``name`` and ``description`` is a setting a user may change by key (:data:`RECIPE_KEYS`). The
+    run-wide ones carry the name of the `TrainConfig` field they fill; construction validates every setting.
+    """
 
     name: str
     description: str
-    lr: float
-    threshold: str  # "log" (the paper) or "raw"
-    threshold_init: float  # θ at init, normalised units, when it is not taken from the data
-    threshold_init_from_data: bool  # θ starts at the quantile giving the target L0 (needs a target)
-    bandwidth: float  # ε of the rectangle-kernel STE, normalised units
-    l0_coefficient: float  # λ (the starting λ when a controller steers it)
-    lambda_warmup_steps: int
-    l0_steering: str
-    decoder_bias_init: str
-    lr_warmup_steps: int
-    lr_warmup_start_fraction: float
-    lr_decay_fraction: float
-    controller_gain: float
-    #: The ReLU baseline's L1 λ (its start when a controller steers it: the controller raises a low start within a
-    #: few dozen steps, while a high one silences every ReLU latent first, and a silent ReLU latent gets no gradient).
-    l1_coefficient: float = 1.0
-    #: Adam's β1 and β2 (the papers: 0 and 0.999).
-    adam_beta1: float = 0.0
-    adam_beta2: float = 0.999
-    #: A transcoder's target divided by its input's scale ("input", GS1) or its own ("own"; see the trainer).
-    target_scale: str = "input"
-    #: Multiply θ by (batch L0 / target) ** this after every step (0 = off; see the trainer).
-    threshold_controller_gain: float = 0.0
-    #: Scale the initial codes by their least-squares factor on the first batch (see the trainer).
-    code_scale_init: bool = False
-    #: Start transcoder decoder rows along the batch's least-squares linear map of their encoder directions.
-    linear_map_decoder_init: bool = False
-    #: Revive a JumpReLU latent silent for this many tokens (θ back at a batch quantile); 0 = never.
-    revive_dead_after_tokens: int = 0
-    #: A revived latent starts firing on this fraction of the target rate (see the trainer).
-    revive_rate_fraction: float = 1.0
-    #: Divide each activation dimension by its standard deviation to this power (0 = off; see the trainer).
-    dimension_gain_power: float = 0.0
-    #: Share of the loss that is the plain squared error, with dimension gains on (see the trainer).
-    plain_error_share: float = 0.0
-    #: Cap each JumpReLU latent's firing rate on a training batch at this fraction via θ (0 = off; see the trainer).
-    max_firing_rate: float = 0.0
-    #: The cap never falls below this multiple of the mean rate the target L0 asks for (see the trainer).
-    firing_cap_mean_multiple: float = 2.0
-    #: Tokens of the final least-squares decoder refit (see `saescope.train.refit`), at most the run's tokens; 0 = none.
-    decoder_refit_tokens: int = 0
-    #: Tokens of end-to-end KL finetuning after training (SPEC §7.6); 0 = none.
-    kl_finetune_tokens: int = 0
-    kl_beta: float = 1.0
+    lr: float = _setting("Adam learning rate of every dictionary")
+    threshold: str = _setting("JumpReLU threshold parameter: 'log' (the papers') or 'raw'")
+    threshold_init: float = _setting("θ at init, normalised units, when it is not taken from the data")
+    threshold_init_from_data: bool = _setting(
+        "θ starts at the quantile of the first batch giving the target L0 (needs l0_steering 'controller')"
+    )
+    bandwidth: float = _setting("ε of the rectangle-kernel straight-through estimator, normalised units")
+    l0_coefficient: float = _setting("λ of the L0 penalty (the starting λ when a controller steers it)")
+    lambda_warmup_steps: int = _setting("steps over which λ is warmed up from 0")
+    l0_steering: str = _setting(
+        "how a target L0 is aimed at: 'controller' (integral control of λ), 'quadratic' (GS2's penalty around "
+        "the target) or 'none' (fixed λ)"
+    )
+    decoder_bias_init: str = _setting("b_dec at init: 'zeros', 'mean' or 'geometric_median' of the first batch")
+    lr_warmup_steps: int = _setting("cosine learning-rate warm-up steps")
+    lr_warmup_start_fraction: float = _setting("the warm-up starts at this fraction of lr")
+    lr_decay_fraction: float = _setting("linear learning-rate decay to 0 over this last fraction of the steps")
+    controller_gain: float = _setting("gain of the integral controller on λ")
+    l1_coefficient: float = _setting(
+        "the ReLU baseline's L1 λ (its start when a controller steers it: a high start silences every latent)", 1.0
+    )
+    adam_beta1: float = _setting("Adam β1 (the papers': 0)", 0.0)
+    adam_beta2: float = _setting("Adam β2 (the papers': 0.999)", 0.999)
+    target_scale: str = _setting(
+        "a transcoder's target is divided by its input's scale ('input', GS1) or its own ('own')", "input"
+    )
+    threshold_controller_gain: float = _setting(
+        "multiply JumpReLU θ by (batch L0 / target) ** this after every step (0 = off)", 0.0
+    )
+    code_scale_init: bool = _setting("scale the initial codes by their least-squares factor on the first batch", False)
+    linear_map_decoder_init: bool = _setting(
+        "start transcoder decoder rows along the first batch's least-squares linear map of their encoder directions",
+        False,
+    )
+    revive_dead_after_tokens: int = _setting(
+        "a JumpReLU latent silent for this many tokens gets θ back at a batch quantile (0 = never)", 0
+    )
+    revive_rate_fraction: float = _setting("a revived latent starts firing on this fraction of the target rate", 1.0)
+    dimension_gain_power: float = _setting(
+        "divide each activation dimension by its standard deviation ** this, absorbed into the saved weights (0 = off)",
+        0.0,
+    )
+    plain_error_share: float = _setting(
+        "with dimension gains on, this share of the loss is the plain squared error (0 = the weighted error alone)",
+        0.0,
+    )
+    max_firing_rate: float = _setting(
+        "raise the θ of a JumpReLU latent firing on more than this fraction of a batch (0 = off)", 0.0
+    )
+    firing_cap_mean_multiple: float = _setting(
+        "the firing-rate cap never falls below this multiple of the mean rate the target L0 asks for", 2.0
+    )
+    decoder_refit_tokens: int = _setting(
+        "after the last step, refit each decoder to its final codes by least squares over this many tokens "
+        "(at most the run's; 0 = off)",
+        0,
+    )
+    kl_finetune_tokens: int = _setting("tokens of end-to-end KL finetuning after training (SPEC §7.6; 0 = none)", 0)
+    kl_beta: float = _setting("weight of the KL term in the KL finetuning phase", 1.0)
 
     def __post_init__(self) -> None:
         if self.threshold not in ("log", "raw"):
-            raise ValueError(f"Recipe.threshold must be 'log' or 'raw'; got {self.threshold!r}")
+            raise ValueError(f"recipe setting threshold must be 'log' or 'raw'; got {self.threshold!r}")
         if self.l0_steering not in L0_STEERING:
-            raise ValueError(f"Recipe.l0_steering must be one of {L0_STEERING}; got {self.l0_steering!r}")
+            raise ValueError(f"recipe setting l0_steering must be one of {L0_STEERING}; got {self.l0_steering!r}")
         if self.decoder_bias_init not in DECODER_BIAS_INITS:
             raise ValueError(
-                f"Recipe.decoder_bias_init must be one of {DECODER_BIAS_INITS}; got {self.decoder_bias_init!r}"
+                f"recipe setting decoder_bias_init must be one of {DECODER_BIAS_INITS}; got {self.decoder_bias_init!r}"
             )
         if self.threshold_init_from_data and self.l0_steering != "controller":
-            raise ValueError("Recipe.threshold_init_from_data goes with l0_steering='controller'")
+            raise ValueError("recipe setting threshold_init_from_data = true goes with l0_steering = 'controller'")
         for name in ("lr", "threshold_init", "bandwidth"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"Recipe.{name} must be > 0; got {getattr(self, name)!r}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"Recipe.{name} must be in [0, 1); got {getattr(self, name)!r}")
-        if not 0.0 <= self.dimension_gain_power <= 1.0:
-            raise ValueError(f"Recipe.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
-        if not 0.0 <= self.plain_error_share < 1.0:
-            raise ValueError(f"Recipe.plain_error_share must be in [0, 1); got {self.plain_error_share!r}")
-        if not 0.0 < self.revive_rate_fraction <= 1.0:
-            raise ValueError(f"Recipe.revive_rate_fraction must be in (0, 1]; got {self.revive_rate_fraction!r}")
-        if not 0.0 <= self.max_firing_rate < 1.0:
-            raise ValueError(f"Recipe.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
-        if not self.firing_cap_mean_multiple >= 1.0:
-            raise ValueError(f"Recipe.firing_cap_mean_multiple must be >= 1; got {self.firing_cap_mean_multiple!r}")
-        for name in ("revive_dead_after_tokens", "decoder_refit_tokens"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Recipe.{name} must be >= 0; got {getattr(self, name)!r}")
-        if self.kl_finetune_tokens < 0 or self.kl_beta < 0:
-            raise ValueError("Recipe.kl_finetune_tokens and Recipe.kl_beta must be >= 0")
+                raise ValueError(f"recipe setting {name} must be > 0; got {getattr(self, name)!r}")
+        for name in ("l0_coefficient", "l1_coefficient", "lambda_warmup_steps", "kl_finetune_tokens", "kl_beta"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"recipe setting {name} must be >= 0; got {getattr(self, name)!r}")
+        self.train_config(total_tokens=1, batch_size=1)  # the run-wide settings, by TrainConfig's own checks
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        """Adam's (β1, β2), as `TrainConfig.adam_betas` takes them."""
+        return (self.adam_beta1, self.adam_beta2)
+
+    def train_config(self, *, total_tokens: int, **run_settings: Any) -> TrainConfig:
+        """The `TrainConfig` this recipe fills: every `TrainConfig` field the recipe has a setting of that name
+        for (schedules, controllers, the short-budget elements), then `run_settings` that are not None (batch
+        size, seed, device, checkpoint interval: what a run says, not how it trains)."""
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(run_settings) - names)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; TrainConfig has: {', '.join(sorted(names))}")
+        values = {name: getattr(self, name) for name in names if hasattr(self, name)}
+        values.update({key: value for key, value in run_settings.items() if value is not None})
+        values["total_tokens"] = total_tokens
+        return TrainConfig(**values)
 
     def replace(self, **changes: Any) -> Recipe:
         """A validated copy with some settings changed (an ablation of this recipe)."""
@@ -152,6 +181,16 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting by key (the fields but name and description)."""
+        return {key: getattr(self, key) for key in RECIPE_KEYS}
+
+
+#: The keys of a recipe's settings, as `--set key=value`, a preset or a TOML config names them.
+RECIPE_KEYS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(Recipe) if f.name not in ("name", "description")
+)
 
 
 GEMMA_SCOPE = Recipe(
@@ -217,18 +256,82 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def geometric_median(x_ND: torch.Tensor, *, iterations: int = 50, tolerance: float = 1e-7) -> torch.Tensor:
-    """The point minimising Σ_n ‖x_n − m‖ (Weiszfeld's iteration, in float64), shape (D,).
+def with_settings(recipe: Recipe | str, settings: Mapping[str, Any], *, origin: str = "recipe settings") -> Recipe:
+    """`recipe` (or the recipe of that name) with single settings changed, validated once.
 
-    A starting b_dec that, unlike the mean, is not dragged by a few outlier tokens.
+    Values may be typed (a TOML file, a preset) or text (``--set key=value``); text is read as the setting's
+    type. An unknown key is an error that lists the valid ones; `origin` says where the settings came from.
     """
-    x = x_ND.double()
-    median_D = x.mean(0)
-    for _ in range(iterations):
-        weights_N = 1.0 / (x - median_D).norm(dim=-1).clamp_min(1e-12)
-        updated_D = (weights_N[:, None] * x).sum(0) / weights_N.sum()
-        moved = float((updated_D - median_D).norm())
-        median_D = updated_D
-        if moved <= tolerance * float(median_D.norm().clamp_min(1e-12)):
-            break
-    return median_D.to(x_ND.dtype)
+    base = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    check_recipe_keys(settings, origin=origin)
+    if not settings:
+        return base
+    changes = {key: _setting_value(key, value, getattr(base, key), origin) for key, value in settings.items()}
+    try:
+        return base.replace(**changes)
+    except ValueError as error:
+        raise ValueError(f"{origin}: {error}") from error
+
+
+def check_recipe_keys(keys: Iterable[str], *, origin: str) -> None:
+    """An error listing the valid keys if any of `keys` is not a recipe setting."""
+    unknown = sorted(set(keys) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"{origin}: unknown recipe setting(s) {unknown}; valid keys: {', '.join(RECIPE_KEYS)}")
+
+
+def parse_set_options(items: Sequence[str]) -> dict[str, str]:
+    """['lr=1e-3', 'threshold=log'] (repeated ``--set``) -> {'lr': '1e-3', 'threshold': 'log'}; later wins."""
+    settings = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes key=value (e.g. --set lr=1e-3; --set help lists the keys); got {item!r}")
+        settings[key.strip().replace("-", "_")] = value.strip()
+    return settings
+
+
+def describe_settings(recipe: Recipe) -> str:
+    """Every recipe key with its value in `recipe` and what it does (what ``--set help`` prints)."""
+    helps = {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(Recipe)}
+    lines = [f"Recipe {recipe.name!r} ({recipe.description}).", "Keys for --set key=value (or a TOML config):"]
+    for key, value in recipe.settings().items():
+        lines.append(f"  {key} = {_format_value(value)}\n      {helps[key]}")
+    lines.append(
+        f"Other recipes: {', '.join(name for name in RECIPES if name != recipe.name) or 'none'} (--recipe NAME)"
+    )
+    return "\n".join(lines)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_KIND_NAMES: dict[type, str] = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def _setting_value(key: str, value: Any, current: Any, origin: str) -> Any:
+    """`value` as the type of the setting's `current` value (bool, int, float or str)."""
+    kind = type(current)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE + _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except ValueError:
+        raise ValueError(f"{origin}: recipe setting {key} takes {_KIND_NAMES[kind]}; got {value!r}") from None

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig
 from saescope.sae.widths import parse_width_name
-from saescope.train.recipes import L0_STEERING, Recipe
+from saescope.train.recipes import Recipe
 from saescope.train.trainer import SAESpec, TrainConfig
 
 
@@ -69,53 +68,13 @@ def parse_target_l0(text: str | float | Mapping[str, Any] | None) -> dict[str, l
     return [float(part) for part in parts]
 
 
-@dataclass(frozen=True)
-class SuiteOptions:
-    """The knobs shared by every dictionary of a suite (see `saescope train --help`); a `Recipe` fills
-    them all (`from_recipe`)."""
-
-    lr: float = 7e-5
-    l0_coefficient: float = 6e-4
-    l1_coefficient: float = 1.0
-    threshold: str = "raw"
-    lambda_warmup_steps: int | None = None  # None: 10,000 (the paper), or 0 with a target L0
-    decoder_bias_init: str = "zeros"
-    threshold_init: float = 0.001
-    #: None: from the data exactly when a controller steers λ to a target L0.
-    threshold_init_from_data: bool | None = None
-    bandwidth: float = 0.001
-    l0_steering: str = "controller"  # one of recipes.L0_STEERING
-
-    def __post_init__(self) -> None:
-        if self.l0_steering not in L0_STEERING:
-            raise ValueError(f"SuiteOptions.l0_steering must be one of {L0_STEERING}; got {self.l0_steering!r}")
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe, **overrides: Any) -> SuiteOptions:
-        """The recipe's settings; `overrides` that are not None replace single fields."""
-        values: dict[str, Any] = {
-            "lr": recipe.lr,
-            "l0_coefficient": recipe.l0_coefficient,
-            "l1_coefficient": recipe.l1_coefficient,
-            "threshold": recipe.threshold,
-            "lambda_warmup_steps": recipe.lambda_warmup_steps,
-            "decoder_bias_init": recipe.decoder_bias_init,
-            "threshold_init": recipe.threshold_init,
-            "threshold_init_from_data": recipe.threshold_init_from_data,
-            "bandwidth": recipe.bandwidth,
-            "l0_steering": recipe.l0_steering,
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
-
-
 def dictionary_specs(
     sites: Sequence[Site],
     site_widths: Mapping[Site, int],
     widths: Sequence[int],
     architectures: Sequence[str],
     targets: dict[str, list[float]] | list[float] | None,
-    options: SuiteOptions,
+    recipe: Recipe,
 ) -> list[SAESpec]:
     """One spec per (site, width, architecture, target L0), named `layer_L-kind-arch-width-l0_T`."""
     specs = []
@@ -130,16 +89,36 @@ def dictionary_specs(
             site_targets = list(targets) if targets else [None]
         for target in site_targets:
             name = f"layer_{site.layer}-{site.kind.value}-{architecture}-{width}"
-            specs.append(_spec(name, site, site_widths[site], width, architecture, target, options))
+            specs.append(_spec(name, site, site_widths[site], width, architecture, target, recipe))
     return specs
 
 
-def _targets_for(key: str, targets: dict[str, list[float]] | list[float] | None) -> list[float | None]:
-    if isinstance(targets, dict):
-        if key not in targets:
-            raise ValueError(f"no target L0 for {key!r} (targets given for {sorted(targets)})")
-        return list(targets[key])
-    return list(targets) if targets else [None]
+#: The site kind whose target L0 a dictionary kind takes first when per-kind targets do not name it: a
+#: transcoder writes the MLP output, a crosscoder reads the residual stream. Failing that, the first of
+#: res, mlp, att that has one (a target is a share of latents, meaningful at any site).
+DEFAULT_TARGET_SITE_KIND: dict[str, str] = {
+    "transcoder": "mlp", "skip_transcoder": "mlp", "clt": "mlp", "skip_clt": "mlp", "crosscoder": "res",
+}  # fmt: skip
+
+
+def _targets_for(
+    kind: str, targets: dict[str, list[float]] | list[float] | None, scale: float = 1.0
+) -> list[float | None]:
+    """`kind`'s target L0s: its own, else (per-kind targets without it) a site kind's times `scale`, else an
+    error naming what to give. `scale` is a multi-layer dictionary's total width over the width of the SAEs of
+    its site kind, so that it fires on the same share of its latents as they do."""
+    if not isinstance(targets, dict):
+        return list(targets) if targets else [None]
+    if kind in targets:
+        return list(targets[kind])
+    candidates = [DEFAULT_TARGET_SITE_KIND[kind], "res", "mlp", "att"]
+    site_kind = next((candidate for candidate in candidates if candidate in targets), None)
+    if site_kind is None:
+        raise ValueError(
+            f"no target L0 for {kind!r} (targets given for {sorted(targets)}); give one as {kind}=N, or a "
+            f"{DEFAULT_TARGET_SITE_KIND[kind]}=N target that it can take"
+        )
+    return [target * scale for target in targets[site_kind]]
 
 
 def family_specs(
@@ -149,10 +128,16 @@ def family_specs(
     widths: Sequence[int],
     architectures: Sequence[str],
     targets: dict[str, list[float]] | list[float] | None,
-    options: SuiteOptions,
+    recipe: Recipe,
+    *,
+    sae_widths: Sequence[int] | None = None,
 ) -> list[SAESpec]:
     """The specs of one non-SAE dictionary kind over `layers` (see the module docstring); `site_widths`
-    must hold the widths of the sites they read and write."""
+    must hold the widths of the sites they read and write.
+
+    With per-kind targets that do not name `kind`, it takes its site kind's target (`DEFAULT_TARGET_SITE_KIND`):
+    a transcoder as is, a multi-layer dictionary scaled by its total width over the SAE width at the same
+    position of `sae_widths` (default: `widths`), i.e. on the same share of its latents as those SAEs."""
     if kind not in DICTIONARY_KINDS or kind == "sae":
         raise ValueError(f"family_specs takes one of {DICTIONARY_KINDS[1:]}; got {kind!r}")
     layers = sorted(set(layers))
@@ -164,14 +149,18 @@ def family_specs(
     if kind in MULTI_LAYER_KINDS:
         first, first_out = Site(layers[0], kind_in), Site(layers[0], kind_out)
         span = "_".join(str(layer) for layer in layers) if kind == "crosscoder" else f"{layers[0]}-{layers[-1]}"
-        for width, target in itertools.product(widths, _targets_for(kind, targets)):
+        reference = list(sae_widths or widths)
+        paired = reference if len(reference) == len(widths) else [reference[0]] * len(widths)
+        scaled = [(width, target) for width, sae_width in zip(widths, paired, strict=True)
+                  for target in _targets_for(kind, targets, width / sae_width)]  # fmt: skip
+        for width, target in scaled:
             per_layer = width // len(layers)
             if per_layer < 1:
                 raise ValueError(f"{kind}: width {width} is less than one latent per layer over {len(layers)} layers")
             specs.append(
                 _spec(
                     f"{kind}-layers_{span}-jumprelu-{per_layer * len(layers)}", first, site_widths[first], per_layer,
-                    "jumprelu", target, options, site_out=first_out, d_out=site_widths[first_out], skip=skip,
+                    "jumprelu", target, recipe, site_out=first_out, d_out=site_widths[first_out], skip=skip,
                     layers=tuple(layers),
                 )
             )  # fmt: skip
@@ -182,7 +171,7 @@ def family_specs(
             specs.append(
                 _spec(
                     f"layer_{layer}-{kind}-{architecture}-{width}", site, site_widths[site], width, architecture,
-                    target, options, site_out=site_out, d_out=site_widths[site_out], skip=skip,
+                    target, recipe, site_out=site_out, d_out=site_widths[site_out], skip=skip,
                 )
             )  # fmt: skip
     return specs
@@ -195,23 +184,21 @@ def _spec(
     width: int,
     architecture: str,
     target: float | None,
-    options: SuiteOptions,
+    recipe: Recipe,
     *,
     site_out: Site | None = None,
     d_out: int | None = None,
     skip: bool = False,
     layers: tuple[int, ...] = (),
 ) -> SAESpec:
-    controlled = target is not None and options.l0_steering == "controller"
-    warmup = options.lambda_warmup_steps
-    if warmup is None:
-        warmup = 0 if controlled else 10_000
+    controlled = target is not None and recipe.l0_steering == "controller"
+    warmup = recipe.lambda_warmup_steps
     fields: dict[str, Any] = {"d_in": d_in, "width": width, "architecture": architecture}
     if site_out is not None:  # a transcoder: no pre-encoder bias (SPEC §2.6)
         fields.update(d_out=d_out, apply_pre_encoder_bias=False, skip=skip)
     if layers:
         fields["n_layers"] = len(layers)
-        if target is not None and options.l0_steering == "quadratic":
+        if target is not None and recipe.l0_steering == "quadratic":
             raise ValueError(
                 f"{name}: multi-layer dictionaries aim at an L0 with the controller (l0_steering 'controller'), "
                 "not the quadratic penalty; use the saescope recipe or l0_steering 'controller'"
@@ -222,53 +209,33 @@ def _spec(
         fields["k"] = round(target)
     elif architecture == "jumprelu":
         fields.update(
-            threshold_parameterisation=options.threshold,
-            threshold_init=options.threshold_init,
-            bandwidth=options.bandwidth,
-            l0_coefficient=options.l0_coefficient,
+            threshold_parameterisation=recipe.threshold,
+            threshold_init=recipe.threshold_init,
+            bandwidth=recipe.bandwidth,
+            l0_coefficient=recipe.l0_coefficient,
             lambda_warmup_steps=warmup,
         )
-        if target is not None and options.l0_steering == "quadratic":  # GS2 eq. 5 (SPEC §7.2)
+        if target is not None and recipe.l0_steering == "quadratic":  # GS2 eq. 5 (SPEC §7.2)
             fields.update(sparsity="quadratic_l0", target_l0=target)
     else:
-        fields.update(l1_coefficient=options.l1_coefficient, lambda_warmup_steps=warmup)
-    tag = f"l0_{target:g}" if target is not None else f"lambda_{options.l0_coefficient:g}"
+        fields.update(l1_coefficient=recipe.l1_coefficient, lambda_warmup_steps=warmup)
+    tag = f"l0_{target:g}" if target is not None else f"lambda_{recipe.l0_coefficient:g}"
     steered = controlled and architecture in ("jumprelu", "relu")
     return SAESpec(
         name=f"{name}-{tag}",
         site=site,
         dictionary=DictionaryConfig(**fields),
-        lr=options.lr,
+        lr=recipe.lr,
         target_l0=target if steered else None,
         threshold_init_from_data=(
-            options.threshold_init_from_data if steered and architecture in ("jumprelu", "relu") else None
+            recipe.threshold_init_from_data if steered and architecture in ("jumprelu", "relu") else None
         ),
-        decoder_bias_init=options.decoder_bias_init,
+        decoder_bias_init=recipe.decoder_bias_init,
         site_out=site_out,
         layers=layers,
     )
 
 
-def recipe_train_config(recipe: Recipe, *, total_tokens: int, **settings: Any) -> TrainConfig:
-    """The run-wide settings of `recipe` (schedules, controller gain); `settings` that are not None
-    (batch size, seed, device, or an explicit schedule value) override them."""
-    values: dict[str, Any] = {
-        "lr_warmup_steps": recipe.lr_warmup_steps,
-        "lr_warmup_start_fraction": recipe.lr_warmup_start_fraction,
-        "lr_decay_fraction": recipe.lr_decay_fraction,
-        "controller_gain": recipe.controller_gain,
-        "adam_betas": (recipe.adam_beta1, recipe.adam_beta2),
-        "revive_dead_after_tokens": recipe.revive_dead_after_tokens,
-        "revive_rate_fraction": recipe.revive_rate_fraction,
-        "code_scale_init": recipe.code_scale_init,
-        "linear_map_decoder_init": recipe.linear_map_decoder_init,
-        "target_scale": recipe.target_scale,
-        "threshold_controller_gain": recipe.threshold_controller_gain,
-        "dimension_gain_power": recipe.dimension_gain_power,
-        "plain_error_share": recipe.plain_error_share,
-        "max_firing_rate": recipe.max_firing_rate,
-        "firing_cap_mean_multiple": recipe.firing_cap_mean_multiple,
-        "decoder_refit_tokens": recipe.decoder_refit_tokens,
-    }
-    values.update({key: value for key, value in settings.items() if value is not None})
-    return TrainConfig(total_tokens=total_tokens, **values)
+def recipe_train_config(recipe: Recipe, *, total_tokens: int, **run_settings: Any) -> TrainConfig:
+    """The `TrainConfig` that `recipe` fills (`Recipe.train_config`)."""
+    return recipe.train_config(total_tokens=total_tokens, **run_settings)

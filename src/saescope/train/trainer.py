@@ -43,7 +43,7 @@ from saescope.sae import (
     dictionary_blocks,
 )
 from saescope.train.init_from import initialise_from_parent_
-from saescope.train.recipes import DECODER_BIAS_INITS, geometric_median
+from saescope.train.inits import DECODER_BIAS_INITS, geometric_median
 from saescope.train.refit import DecoderRefit, refit_passes, refittable
 from saescope.train.schedules import TargetL0Controller, learning_rate
 
@@ -173,7 +173,10 @@ class SAESpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings shared by every dictionary of a training run."""
+    """Settings shared by every dictionary of a training run: the one place of the run-wide training settings.
+
+    A recipe fills the fields it has a setting of the same name for (`Recipe.train_config`); the others say
+    what a run is rather than how it trains (token budget, batch size, seed, checkpoints, device)."""
 
     total_tokens: int
     batch_size: int = 4096  # SPEC §2.1
@@ -188,8 +191,8 @@ class TrainConfig:
     dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
     #: What a transcoder's target (or a CLT's targets) is divided by: "input" -- the scale C of the input it is
     #: paired with (GS1, SPEC §2.2) -- or "own" -- its own site's scale, folded back at release like the
-    #: input's. On Gemma 3 270M, layer 6's MLP output is 73× larger than its normalised input, so under
-    #: "input" a short run spends its steps growing the encoder; "own" puts every target at norm ≈ 1.
+    #: input's. A site whose scale is far from its input's (Gemma 3's MLP outputs) makes a short run under
+    #: "input" spend its steps growing the encoder; "own" puts every target at norm ≈ 1.
     target_scale: str = "input"
     #: After the data-driven inits, scale every code by the least-squares factor on the first batch (saescope
     #: addition; see `least_squares_code_scale`).
@@ -211,7 +214,7 @@ class TrainConfig:
     #: Divide each dimension of a site's normalised activations by its first-batch standard deviation to this
     #: power (with one common factor that keeps the mean squared norm), and absorb the gains into the saved
     #: dictionary (0 = off: only the scalar C). Why: the plain squared error weighs dimensions by their variance,
-    #: and a massive activation (Gemma 3 270M's layer-6 residual: one dimension holds 80% of the variance)
+    #: and a massive activation (Gemma 3's residual stream has a dimension holding most of the variance)
     #: then decides the loss while the model reads the others. The logged FVU is in the weighted space.
     dimension_gain_power: float = 0.0
     #: With dimension gains on, this share of the loss is the plain squared error and the rest the gain-weighted
@@ -238,37 +241,46 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        """Every run-wide setting is checked here, once (a recipe's run-wide settings by building one)."""
         for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)!r}")
-        if not 0.0 <= self.threshold_controller_gain <= 1.0:
+                raise ValueError(f"training setting {name} must be >= 1; got {getattr(self, name)!r}")
+        if self.total_tokens < self.batch_size:
             raise ValueError(
-                f"TrainConfig.threshold_controller_gain must be in [0, 1]; got {self.threshold_controller_gain!r}"
+                f"training tokens ({self.total_tokens}) are fewer than one batch ({self.batch_size} tokens), which "
+                "would train a single step; give at least one batch of tokens (--tokens) or a smaller --batch-size"
             )
+        in_unit_interval = {
+            "threshold_controller_gain": 0.0 <= self.threshold_controller_gain <= 1.0,
+            "lr_decay_fraction": 0.0 <= self.lr_decay_fraction <= 1.0,
+            "lr_warmup_start_fraction": 0.0 <= self.lr_warmup_start_fraction <= 1.0,
+            "dimension_gain_power": 0.0 <= self.dimension_gain_power <= 1.0,
+        }
+        for name, valid in in_unit_interval.items():
+            if not valid:
+                raise ValueError(f"training setting {name} must be in [0, 1]; got {getattr(self, name)!r}")
+        below_one = {
+            "max_firing_rate": 0.0 <= self.max_firing_rate < 1.0,
+            "plain_error_share": 0.0 <= self.plain_error_share < 1.0,
+        }
+        for name, valid in below_one.items():
+            if not valid:
+                raise ValueError(f"training setting {name} must be in [0, 1); got {getattr(self, name)!r}")
         if self.target_scale not in TARGET_SCALES:
-            raise ValueError(f"TrainConfig.target_scale must be one of {TARGET_SCALES}; got {self.target_scale!r}")
+            raise ValueError(f"training setting target_scale must be one of {TARGET_SCALES}; got {self.target_scale!r}")
         if not 0.0 < self.revive_rate_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.revive_rate_fraction must be in (0, 1]; got {self.revive_rate_fraction!r}")
-        if self.revive_dead_after_tokens < 0:
             raise ValueError(
-                f"TrainConfig.revive_dead_after_tokens must be >= 0; got {self.revive_dead_after_tokens!r}"
+                f"training setting revive_rate_fraction must be in (0, 1]; got {self.revive_rate_fraction!r}"
             )
-        if not 0.0 <= self.adam_betas[0] < 1.0 or not 0.0 <= self.adam_betas[1] < 1.0:
-            raise ValueError(f"TrainConfig.adam_betas must be in [0, 1); got {self.adam_betas!r}")
-        if not 0.0 <= self.lr_decay_fraction <= 1.0:
-            raise ValueError(f"TrainConfig.lr_decay_fraction must be in [0, 1]; got {self.lr_decay_fraction!r}")
-        if not 0.0 <= self.max_firing_rate < 1.0:
-            raise ValueError(f"TrainConfig.max_firing_rate must be in [0, 1); got {self.max_firing_rate!r}")
+        for name in ("revive_dead_after_tokens", "decoder_refit_tokens", "lr_warmup_steps", "controller_gain"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"training setting {name} must be >= 0; got {getattr(self, name)!r}")
+        if not all(0.0 <= beta < 1.0 for beta in self.adam_betas):
+            raise ValueError(f"training settings adam_beta1 and adam_beta2 must be in [0, 1); got {self.adam_betas!r}")
         if not self.firing_cap_mean_multiple >= 1.0:
             raise ValueError(
-                f"TrainConfig.firing_cap_mean_multiple must be >= 1; got {self.firing_cap_mean_multiple!r}"
+                f"training setting firing_cap_mean_multiple must be >= 1; got {self.firing_cap_mean_multiple!r}"
             )
-        if not 0.0 <= self.dimension_gain_power <= 1.0:
-            raise ValueError(f"TrainConfig.dimension_gain_power must be in [0, 1]; got {self.dimension_gain_power!r}")
-        if not 0.0 <= self.plain_error_share < 1.0:
-            raise ValueError(f"TrainConfig.plain_error_share must be in [0, 1); got {self.plain_error_share!r}")
-        if self.decoder_refit_tokens < 0:
-            raise ValueError(f"TrainConfig.decoder_refit_tokens must be >= 0; got {self.decoder_refit_tokens!r}")
 
     @property
     def total_steps(self) -> int:
