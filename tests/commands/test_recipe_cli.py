@@ -21,8 +21,8 @@ def acts(tmp_path: Path) -> Path:
 
 
 def train_args(acts: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", "--activations", str(acts), "--widths", "32", "--target-l0", "4", "--tokens", "256",
-            "--batch-size", "64", "--out", str(out), *extra]  # fmt: skip
+    return ["train", "--activations", str(acts), "--sites", "layer_0/res", "--widths", "32", "--target-l0", "4",
+            "--tokens", "256", "--batch-size", "64", "--out", str(out), *extra]  # fmt: skip
 
 
 def saved_config(out: Path) -> dict[str, object]:
