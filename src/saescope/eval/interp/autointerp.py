@@ -100,6 +100,7 @@ class HuggingFaceLM:
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.name = name
+        self._answers: dict[str, list[int]] = {}
 
     def _input_ids(self, prompt: str) -> Any:
         import torch
@@ -138,12 +139,16 @@ class HuggingFaceLM:
         return float(log_probs_V[self._answer_ids("yes")].max() - log_probs_V[self._answer_ids("no")].max())
 
     def _answer_ids(self, word: str) -> list[int]:
+        """The first token of each spelling of ``word`` (computed once per word)."""
+        if word in self._answers:
+            return self._answers[word]
         ids = set()
         for spelling in (word, word.capitalize(), " " + word, " " + word.capitalize()):
             encoded = self.tokenizer(spelling, add_special_tokens=False)["input_ids"]
             if encoded:
                 ids.add(int(encoded[0]))
-        return sorted(ids)
+        self._answers[word] = sorted(ids)
+        return self._answers[word]
 
 
 def load_local_lm(model: str, *, device: str = "cpu", online: bool | None = None) -> HuggingFaceLM:
@@ -238,11 +243,12 @@ def _context(example: dict[str, Any]) -> Context:
 
 def latent_contexts(
     reader: IndexReader, sae: SaeRow, latent: int, *, n_explain_top: int, n_explain_random: int, n_score: int,
-    rng: random.Random,
+    rng: random.Random, candidates: Sequence[tuple[int, int, int]] | None = None,
 ) -> LatentContexts:  # fmt: skip
     """The contexts of one latent: the explainer gets up to ``n_explain_top`` top examples and
     ``n_explain_random`` random interval samples; the scorer gets up to ``n_score`` other firing contexts and as
-    many non-activating ones (see the module docstring), balanced."""
+    many non-activating ones (see the module docstring), balanced. ``candidates`` are the dictionary's
+    :func:`negative_candidates` (read here when not given; pass them when scoring many latents)."""
     feature = reader.feature(sae, latent)
     if feature is None:
         raise ValueError(f"{sae.name} has no latent {latent}")
@@ -256,7 +262,9 @@ def latent_contexts(
     held_out = [c for c in sampled + top[n_explain_top:] if (c.window, c.position) not in seen]
     activating = held_out[:n_score]
     own_windows = {c.window for c in top + sampled}
-    non_activating = _non_activating(reader, sae, latent, own_windows, len(activating), rng)
+    if candidates is None:
+        candidates = negative_candidates(reader, sae)
+    non_activating = _non_activating(reader, latent, own_windows, len(activating), rng, candidates)
     activating = activating[: len(non_activating)]
     return LatentContexts(latent, float(feature["density"]), tuple(explain + random_shown), tuple(activating),
                           tuple(non_activating))  # fmt: skip
@@ -269,14 +277,19 @@ def _unique(contexts: list[Context]) -> list[Context]:
     return list(found.values())
 
 
+def negative_candidates(reader: IndexReader, sae: SaeRow) -> list[tuple[int, int, int]]:
+    """(latent, window, position) of every top example of ``sae``: where non-activating contexts are drawn from."""
+    return sorted({(latent, window, position) for latent, _r, window, position, _v in reader.top_example_rows(sae)})
+
+
 def _non_activating(
-    reader: IndexReader, sae: SaeRow, latent: int, own_windows: set[int], n: int, rng: random.Random
-) -> list[Context]:
+    reader: IndexReader, latent: int, own_windows: set[int], n: int, rng: random.Random,
+    candidates: Sequence[tuple[int, int, int]],
+) -> list[Context]:  # fmt: skip
     """Up to ``n`` contexts of other latents' top examples, from windows without a recorded firing of ``latent``."""
-    candidates = [(w, p) for f, _r, w, p, _v in reader.top_example_rows(sae) if f != latent and w not in own_windows]
-    candidates = sorted(set(candidates))
-    rng.shuffle(candidates)
-    chosen = candidates[:n]
+    allowed = sorted({(w, p) for f, w, p in candidates if f != latent and w not in own_windows})
+    rng.shuffle(allowed)
+    chosen = allowed[:n]
     windows = reader.window_tokens(w for w, _ in chosen)
     settings = reader.meta["settings"]
     before, after = int(settings["context_before"]), int(settings["context_after"])
@@ -502,12 +515,12 @@ def detection_score(
 
 def _score_latent(
     db: sqlite3.Connection, reader: IndexReader, sae: SaeRow, latent: int, explainer: LanguageModel,
-    scorer: LanguageModel, settings: AutointerpSettings,
+    scorer: LanguageModel, settings: AutointerpSettings, candidates: Sequence[tuple[int, int, int]],
 ) -> LatentScore | None:  # fmt: skip
     rng = random.Random(f"{settings.seed}/{sae.name}/{latent}")
     contexts = latent_contexts(
         reader, sae, latent, n_explain_top=settings.n_explain_top, n_explain_random=settings.n_explain_random,
-        n_score=settings.n_score, rng=rng,
+        n_score=settings.n_score, rng=rng, candidates=candidates,
     )  # fmt: skip
     if not contexts.activating or not contexts.explain:
         return None
@@ -558,11 +571,13 @@ def run_autointerp(
         results = []
         for sae, latents in plans:
             scores, skipped = [], 0
+            candidates: list[tuple[int, int, int]] | None = None  # read once, when a latent needs scoring
             for latent, density in latents:
                 bar.set_postfix_str(f"{sae.name}/{latent}")
                 score = cached_score(db, sae, latent, density, explainer.name, scorer.name)
                 if score is None:
-                    score = _score_latent(db, reader, sae, latent, explainer, scorer, settings)
+                    candidates = negative_candidates(reader, sae) if candidates is None else candidates
+                    score = _score_latent(db, reader, sae, latent, explainer, scorer, settings, candidates)
                 if score is None:
                     skipped += 1
                 else:
