@@ -54,8 +54,9 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--explainer-api-model",
         metavar="NAME",
-        default="gpt-4o-mini",
-        help="model name sent to --explainer-url / --scorer-url (gpt-4o-mini)",
+        default=None,
+        help="the model an endpoint serves, sent with every request to --explainer-url / --scorer-url (required "
+        "with them)",
     )
     parser.add_argument(
         "--explainer-key-env",
@@ -106,6 +107,10 @@ def _language_model(args: argparse.Namespace, model: str | None, url: str | None
 def run(args: argparse.Namespace) -> int:
     index = _index_file(args.index)
     IndexReader(index)  # an unusable index is refused before any model loads
+    if (args.explainer_url or args.scorer_url) and not args.explainer_api_model:
+        raise ValueError(
+            "--explainer-url and --scorer-url need --explainer-api-model NAME: the model the endpoint serves"
+        )
     settings = AutointerpSettings(n_score=args.score_contexts, seed=args.seed)
     loaded: dict[str, LanguageModel] = {}
     explainer = _language_model(args, args.explainer, args.explainer_url, loaded)

@@ -332,8 +332,10 @@ def test_the_command_scores_through_an_endpoint_and_caches(
 ) -> None:
     monkeypatch.setenv("TOY_KEY", "k")
     summary = index.parent / "summary.json"
-    args = ["autointerp", str(index), "--explainer-url", endpoint, "--explainer-key-env", "TOY_KEY",
-            "--latents", "3", "--score-contexts", "4", "--json", str(summary)]  # fmt: skip
+    args = [
+        "autointerp", str(index), "--explainer-url", endpoint, "--explainer-api-model", "fake-model",
+        "--explainer-key-env", "TOY_KEY", "--latents", "3", "--score-contexts", "4", "--json", str(summary),
+    ]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| toy | 3 | 0 | 1.000 | 1.000 |" in out
@@ -347,6 +349,12 @@ def test_the_command_scores_through_an_endpoint_and_caches(
 def test_the_command_refuses_a_missing_index(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["autointerp", str(tmp_path / "none.sqlite"), "--explainer-url", "http://127.0.0.1:9/v1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_command_needs_the_endpoints_model_name(index: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["autointerp", str(index), "--explainer-url", "http://127.0.0.1:9/v1"]) == 2
+    assert "need --explainer-api-model" in capsys.readouterr().err
+    assert not IndexReader(index).has_autointerp()
 
 
 @pytest.mark.slow
