@@ -376,3 +376,13 @@ def test_contexts_mark_firing_tokens() -> None:
     context = Context(0, 1, (" a", " b", "\nc"), (0.0, 2.0, 0.0))
     assert context.marked() == " a<< b>> c"
     assert context.text() == " a b c"
+
+
+def test_the_command_runs_a_local_model_as_explainer_and_scorer(
+    index: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["autointerp", str(index), "--explainer", str(tiny_model_dir), "--latents", "2"]) == 0
+    assert f"explainer {tiny_model_dir}, scorer {tiny_model_dir}" in capsys.readouterr().out
+    with sqlite3.connect(index) as db:
+        rows = db.execute("SELECT explainer, scorer, n_activating, n_non_activating FROM detection_scores").fetchall()
+    assert rows == [(str(tiny_model_dir), str(tiny_model_dir), 7, 7)] * 2
