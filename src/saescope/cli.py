@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import saescope
 from saescope.atomic import CorruptFileError
-from saescope.commands import cache, compare, evaluate, export, index, info, rollouts, run, serve, train
+from saescope.commands import autointerp, cache, compare, evaluate, export, index, info, rollouts, run, serve, train
 from saescope.commands.common import read_option_file
 from saescope.data.corpus import CorpusError
 from saescope.explore.store import FeatureIndexError
@@ -17,7 +17,7 @@ from saescope.models.loading import ModelLoadError
 from saescope.models.sites import UnsupportedArchitectureError
 from saescope.train import TrainingDivergedError
 
-_COMMANDS = (run, info, cache, train, evaluate, export, rollouts, compare, index, serve)
+_COMMANDS = (run, info, cache, train, evaluate, export, rollouts, compare, index, serve, autointerp)
 #: Errors whose message already says what went wrong and what to do: printed without a traceback.
 _USER_ERRORS = (
     ModelLoadError,

@@ -10,6 +10,8 @@ examples (``binMin`` = -1, Neuronpedia's mark of the top group) then the interva
 source id (``layer``) is ``<layer>-<dictionary name without its layer prefix>``. Neuronpedia has no field for
 where a latent writes, so its decoder norm per output site (``writes``; several sites for a CLT block) and the
 multi-layer dictionary it belongs to (``parent``) go into the ``saescope`` object with the other extras.
+A latent explained by ``saescope autointerp`` also gets Neuronpedia's ``explanations``: each description, its
+explainer model and its detection score (accuracy of the scorer model on balanced contexts).
 
 **Static site.** The explorer's own page and scripts, plus every document the server would send, written as
 ``data/<key>.js`` files that register themselves (``__saescope_put(key, value)``), because browsers do not
@@ -75,6 +77,27 @@ def neuronpedia_feature(reader: IndexReader, sae: SaeRow, feature: dict[str, Any
             "n_tokens": feature["n_tokens"], "dead": feature["dead"], "corpus": reader.meta.get("corpus"),
             "parent": feature["parent"], "writes": feature["writes"],
         },
+        **_neuronpedia_explanations(feature.get("autointerp", [])),
+    }  # fmt: skip
+
+
+def _neuronpedia_explanations(autointerp: list[dict[str, Any]]) -> dict[str, Any]:
+    """Neuronpedia's ``explanations`` (description, explainer model, detection score), when the latent has any
+    (``saescope autointerp``); nothing otherwise, so a record without them keeps its old shape."""
+    if not autointerp:
+        return {}
+    return {
+        "explanations": [
+            {
+                "description": row["explanation"], "explanationModelName": row["explainer"],
+                "typeName": "saescope-detection",
+                "scores": [] if row["detection"] is None else [
+                    {"value": row["detection"], "explanationScoreModelName": row["scorer"],
+                     "explanationScoreTypeName": "detection"},
+                ],
+            }
+            for row in autointerp
+        ]
     }  # fmt: skip
 
 

@@ -15,8 +15,9 @@ Safety, because the server runs on a researcher's machine next to their files:
 
 Endpoints: ``GET /api/suite``, ``GET /api/saes/{name}`` (with ``write_sites`` and, for a CLT or crosscoder
 block, ``parent``), ``GET /api/saes/{name}/latents`` (sortable, paged), ``GET /api/saes/{name}/latents/{latent}``
-(the feature page, with ``writes``: the latent's decoder norm at each site it writes, and ``shipped_examples``:
-the top examples a Gemma Scope 2 release ships in its ``examples.safetensors``), ``.../neuronpedia``
+(the feature page, with ``writes``: the latent's decoder norm at each site it writes, ``shipped_examples``:
+the top examples a Gemma Scope 2 release ships in its ``examples.safetensors``, and ``autointerp``: its
+explanations and detection scores from ``saescope autointerp``, empty without), ``.../neuronpedia``
 (Neuronpedia JSON), ``GET /api/assets/{name}`` (report plots), ``POST /api/search``, ``POST /api/steer``;
 ``GET /`` is the page and ``/openapi.json`` the schema.
 """
@@ -233,7 +234,9 @@ def create_app(index: Path | IndexReader, *, live: LiveModel | None = None) -> F
     )
     def latents(
         name: NamePath,
-        sort: Annotated[Literal["index", "density", "max_activation", "mean_activation"], Query()] = "index",
+        sort: Annotated[
+            Literal["index", "density", "max_activation", "mean_activation", "detection"], Query()
+        ] = "index",
         order: Annotated[Literal["asc", "desc"], Query()] = "asc",
         dead: Annotated[Literal["show", "hide", "only"], Query()] = "show",
         offset: Annotated[int, Query(ge=0, le=MAX_LATENT_INDEX)] = 0,

@@ -26,6 +26,13 @@ an index.
 
 Version 2 added ``saes.write_sites``, ``saes.parent`` and ``latents.write_norms``: a reader refuses a
 version-1 file (``saescope index`` rebuilds it) rather than show a CLT block's latents without where they write.
+
+Optional tables (:data:`AUTOINTERP_SCHEMA`), added in place by ``saescope autointerp`` (a migration that only
+creates missing tables, so an index without them stays readable and reads as having no explanations)::
+
+    explanations      (dictionary, latent, explainer) -> the explainer LLM's explanation of the latent
+    detection_scores  (dictionary, latent, explainer, scorer) -> detection accuracy of the scorer LLM given that
+                      explanation, on balanced activating and non-activating contexts, with the counts
 """
 
 from __future__ import annotations
@@ -80,12 +87,39 @@ CREATE TABLE tokens (token_id INTEGER PRIMARY KEY, text TEXT NOT NULL);
 CREATE TABLE assets (name TEXT PRIMARY KEY, mime TEXT NOT NULL, data BLOB NOT NULL);
 """
 
+#: The automated-interpretability tables (see the module docstring): created when missing, never required.
+AUTOINTERP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS explanations (
+    sae_id INTEGER NOT NULL, latent INTEGER NOT NULL, explainer TEXT NOT NULL, explanation TEXT NOT NULL,
+    created TEXT NOT NULL, PRIMARY KEY (sae_id, latent, explainer)
+);
+CREATE TABLE IF NOT EXISTS detection_scores (
+    sae_id INTEGER NOT NULL, latent INTEGER NOT NULL, explainer TEXT NOT NULL, scorer TEXT NOT NULL,
+    accuracy REAL NOT NULL, n_activating INTEGER NOT NULL, n_non_activating INTEGER NOT NULL,
+    true_positives INTEGER NOT NULL, true_negatives INTEGER NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (sae_id, latent, explainer, scorer)
+);
+"""
+
 #: ``interval`` of the top examples in the examples table.
 TOP = -1
 #: ``interval`` of the top examples shipped with a release (a Gemma Scope 2 ``examples.safetensors``).
 SHIPPED = -2
 #: Sort keys of the latents list -> their column.
-LATENT_SORTS = {"index": "latent", "density": "density", "max_activation": "max_act", "mean_activation": "mean_act"}
+LATENT_SORTS = {
+    "index": "latent", "density": "density", "max_activation": "max_act", "mean_activation": "mean_act",
+    "detection": "detection",
+}  # fmt: skip
+
+
+#: Per latent of one dictionary (bound to its sae_id): the detection score most recently written and the
+#: explanation it scored. SQLite gives the bare columns of a MAX() aggregate the values of the row holding the max.
+_LATEST_SCORES = (
+    "SELECT d.latent AS latent, d.accuracy AS detection, e.explanation AS explanation, MAX(d.rowid) "
+    "FROM detection_scores AS d JOIN explanations AS e "
+    "ON e.sae_id = d.sae_id AND e.latent = d.latent AND e.explainer = d.explainer "
+    "WHERE d.sae_id = ? GROUP BY d.latent"
+)
 
 
 class FeatureIndexError(RuntimeError):
@@ -359,10 +393,18 @@ class IndexReader:
         db = self._db()
         total = int(db.execute(f"SELECT COUNT(*) FROM latents WHERE {where}", (sae.sae_id,)).fetchone()[0])
         order = f"{column} {direction}" if column == "latent" else f"{column} {direction}, latent {direction}"
+        if column == "detection":  # latents without a score last, whichever the direction
+            order = f"detection IS NULL, {order}"
+        scored = self.has_autointerp()
+        scores = (
+            f"LEFT JOIN ({_LATEST_SCORES}) AS scores USING (latent)"
+            if scored
+            else "LEFT JOIN (SELECT NULL AS latent, NULL AS detection, NULL AS explanation) AS scores USING (latent)"
+        )
         rows = db.execute(
-            f"SELECT latent, fire_count, density, max_act, mean_act, dead, top_logits FROM latents "
-            f"WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-            (sae.sae_id, limit, offset),
+            f"SELECT latent, fire_count, density, max_act, mean_act, dead, top_logits, detection, explanation "
+            f"FROM latents {scores} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            ((sae.sae_id,) if scored else ()) + (sae.sae_id, limit, offset),
         ).fetchall()
         top_ids = {row[0]: [pair[0] for pair in json.loads(row[6])[:3]] for row in rows}
         texts = self.token_texts(i for ids in top_ids.values() for i in ids)
@@ -371,8 +413,45 @@ class IndexReader:
                 "latent": row[0], "fire_count": row[1], "density": row[2], "max_activation": row[3],
                 "mean_activation": row[4], "dead": bool(row[5]),
                 "top_tokens": [texts.get(i, "") for i in top_ids[row[0]]],
+                "detection": row[7], "explanation": row[8],
             }
             for row in rows
+        ]  # fmt: skip
+
+    def has_autointerp(self) -> bool:
+        """Whether the index holds the automated-interpretability tables (added by ``saescope autointerp``)."""
+        found = (
+            self._db()
+            .execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
+                "AND name IN ('explanations', 'detection_scores')"
+            )
+            .fetchone()
+        )
+        return int(found[0]) == 2
+
+    def autointerp(self, sae: SaeRow, latent: int) -> list[dict[str, Any]]:
+        """Every explanation of one latent with its detection scores, the most recently scored first (empty when
+        the index has none)."""
+        if not self.has_autointerp():
+            return []
+        rows = (
+            self._db()
+            .execute(
+                "SELECT e.explainer, e.explanation, d.scorer, d.accuracy, d.n_activating, d.n_non_activating, "
+                "d.true_positives, d.true_negatives FROM explanations AS e LEFT JOIN detection_scores AS d "
+                "ON d.sae_id = e.sae_id AND d.latent = e.latent AND d.explainer = e.explainer "
+                "WHERE e.sae_id = ? AND e.latent = ? ORDER BY d.rowid IS NULL, d.rowid DESC, e.rowid DESC",
+                (sae.sae_id, latent),
+            )
+            .fetchall()
+        )
+        return [
+            {
+                "explainer": explainer, "explanation": explanation, "scorer": scorer, "detection": accuracy,
+                "n_activating": n_pos, "n_non_activating": n_neg, "true_positives": tp, "true_negatives": tn,
+            }
+            for explainer, explanation, scorer, accuracy, n_pos, n_neg, tp, tn in rows
         ]  # fmt: skip
 
     def feature(self, sae: SaeRow, latent: int) -> dict[str, Any] | None:
@@ -431,6 +510,7 @@ class IndexReader:
             "writes": [
                 {"site": site, "norm": norm} for site, norm in zip(sae.write_sites, json.loads(norms), strict=True)
             ],
+            "autointerp": self.autointerp(sae, latent),
         }  # fmt: skip
 
     def top_example_rows(self, sae: SaeRow) -> list[tuple[int, int, int, int, float]]:

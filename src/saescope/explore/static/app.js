@@ -177,6 +177,18 @@
         (parent ? " (a block of " + parent + ")" : "") + "; bars relative to the largest."));
   }
 
+  // Explanations written by an LLM (saescope autointerp), the most recently scored first, with their detection
+  // score: the scorer LLM's accuracy on balanced activating and non-activating contexts (0.5 = chance).
+  function autointerpCard(rows) {
+    return el("div", { class: "card", id: "autointerp" }, el("h3", {}, "Explanation"),
+      rows.map((r, i) => el("div", { class: i ? "explanation muted" : "explanation" },
+        el("p", { class: "explanation-text" }, r.explanation || "(empty)"),
+        el("p", { class: "muted" }, "detection " + (r.detection === null ? "–" : fmt(r.detection, 3)) +
+          (r.detection === null ? "" : " (" + (r.true_positives + r.true_negatives) + " of " + (r.n_activating + r.n_non_activating) + " contexts)") +
+          " · explainer " + r.explainer + (r.scorer ? " · scorer " + r.scorer : "")))),
+      el("p", { class: "muted" }, "Written and scored by language models (saescope autointerp); 0.5 is chance."));
+  }
+
   // --- pages ----------------------------------------------------------------------------------------------
   let suiteCache = null;
   function suite() {
@@ -254,7 +266,7 @@
     const jump = el("input", { type: "number", min: 0, max: sae.width - 1, placeholder: "latent", id: "jump" });
     const controls = el("div", { class: "controls" },
       el("label", {}, "sort ", el("select", { onchange: (e) => go({ sort: e.target.value, page: "0", order: e.target.value === "index" ? "asc" : "desc" }) },
-        ["index", "density", "max_activation", "mean_activation"].map((k) => el("option", { value: k, selected: k === sort }, k.replace("_", " "))))),
+        ["index", "density", "max_activation", "mean_activation", "detection"].map((k) => el("option", { value: k, selected: k === sort }, k.replace("_", " "))))),
       el("label", {}, " order ", el("select", { onchange: (e) => go({ order: e.target.value, page: "0" }) },
         ["asc", "desc"].map((k) => el("option", { value: k, selected: k === order }, k)))),
       el("label", {}, " dead latents ", el("select", { onchange: (e) => go({ dead: e.target.value, page: "0" }) },
@@ -270,12 +282,18 @@
       el("button", { disabled: page === 0, onclick: () => go({ page: String(page - 1) }) }, "‹ previous"),
       " page " + (page + 1) + " of " + pages + " (" + listing.total + " latents) ",
       el("button", { disabled: page + 1 >= pages, onclick: () => go({ page: String(page + 1) }) }, "next ›"));
+    // Columns that sort the listing: clicking one sorts by it (again: reverses the order).
+    const sortBy = { density: "density", "max act.": "max_activation", "mean act.": "mean_activation", detection: "detection" };
+    const header = (t) => sortBy[t] ? el("th", { class: "sortable", title: "sort by " + t,
+      onclick: () => go({ sort: sortBy[t], page: "0", order: sort === sortBy[t] && order === "desc" ? "asc" : "desc" }) },
+    t + (sort === sortBy[t] ? (order === "desc" ? " ▼" : " ▲") : "")) : el("th", {}, t);
     const table = el("table", { class: "grid", id: "latents-table" },
-      el("thead", {}, el("tr", {}, ["latent", "density", "firings", "max act.", "mean act.", "top logit tokens"].map((t) => el("th", {}, t)))),
+      el("thead", {}, el("tr", {}, ["latent", "density", "firings", "max act.", "mean act.", "detection", "top logit tokens"].map(header))),
       el("tbody", {}, listing.latents.map((row) => el("tr", { class: row.dead ? "dead" : "" },
         el("td", {}, el("a", { href: featureHref(name, row.latent) }, String(row.latent)), row.dead ? el("span", { class: "badge" }, "dead") : null),
         el("td", { class: "num" }, pct(row.density)), el("td", { class: "num" }, fmt(row.fire_count)),
         el("td", { class: "num" }, fmt(row.max_activation)), el("td", { class: "num" }, fmt(row.mean_activation)),
+        el("td", { class: "num detection", title: row.explanation || "not explained (saescope autointerp)" }, fmt(row.detection, 3)),
         el("td", {}, row.top_tokens.map((t) => el("code", { class: "logit" }, shown(t))))))));
     const later = sae.write_sites.slice(1); // a CLT block also writes every later layer
     const evaluation = sae.metrics ? el("p", { class: "muted" }, "evaluation: " + EVAL_COLUMNS.map(([k, t]) => {
@@ -303,10 +321,13 @@
       return load("saes/" + name + "/latents?" + query.toString());
     }
     const all = await load("saes/" + name + "/latents");
-    const key = { index: "latent", density: "density", max_activation: "max_activation", mean_activation: "mean_activation" }[sort] || "latent";
+    const key = { index: "latent", density: "density", max_activation: "max_activation", mean_activation: "mean_activation", detection: "detection" }[sort] || "latent";
     let rows = all.filter((r) => (dead === "hide" ? !r.dead : dead === "only" ? r.dead : true));
     rows = rows.slice().sort((a, b) => (a[key] - b[key]) || (a.latent - b.latent));
     if (order === "desc") rows.reverse();
+    // Unscored latents (no detection score) last, whichever the order, as the server sorts them.
+    if (key === "detection") rows = rows.filter((r) => r.detection !== null && r.detection !== undefined)
+      .concat(rows.filter((r) => r.detection === null || r.detection === undefined));
     return { total: rows.length, latents: rows.slice(page * PAGE, (page + 1) * PAGE) };
   }
 
@@ -338,6 +359,7 @@
       hist.counts.length ? barChart(bars, { left: "0", right: fmt(hist.counts.length * hist.bin_width) }) : null,
       hist.counts.length ? el("p", { class: "muted" }, "Histogram of non-zero activations; shading alternates by interval.") : null);
     const writes = doc.writes.length > 1 ? writesCard(doc.writes, doc.parent) : null;
+    const explained = doc.autointerp && doc.autointerp.length ? autointerpCard(doc.autointerp) : null;
     const logits = el("div", { class: "card" }, el("h3", {}, "Logit effects"),
       el("div", { class: "two" }, logitTable("promoted", doc.top_logits, "pos"), logitTable("suppressed", doc.bottom_logits, "neg")));
     const neighbours = el("div", { class: "card" }, el("h3", {}, "Nearest latents (decoder cosine)"),
@@ -367,7 +389,7 @@
     main.replaceChildren(
       el("p", { class: "crumbs" }, el("a", { href: "#/" }, "suite"), " / ", el("a", { href: saeHref(name) }, name), " / " + latent),
       el("h1", {}, name + " · latent " + latent), el("p", { class: "links" }, links),
-      el("div", { class: "feature" }, el("div", { class: "side" }, stats, writes, logits, neighbours), el("div", { class: "examples" }, groups)));
+      el("div", { class: "feature" }, el("div", { class: "side" }, explained, stats, writes, logits, neighbours), el("div", { class: "examples" }, groups)));
   }
 
   function saeSelect(saes, selected, attrs) {
