@@ -76,7 +76,8 @@ def load_average() -> str:
 
 
 def _windows_from_corpus(tokenizer: Any, n_windows: int, context: int) -> torch.Tensor:
-    from saescope.data.corpus import iter_documents, iter_token_windows
+    from saescope.data.corpus import iter_documents
+    from saescope.data.windows import iter_token_windows
 
     windows = list(itertools.islice(iter_token_windows(iter_documents("embedded"), tokenizer, context), n_windows))
     if len(windows) < n_windows:

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fidelity  # the sibling script: its cells, work folder layout and loaders
 
 from saescope.data.activations import stack_windows, stream_token_activations
-from saescope.data.corpus import corpus_windows, special_token_ids
+from saescope.data.corpus import corpus_windows
+from saescope.data.windows import special_token_ids
 from saescope.eval.evaluate import EvalConfig, heldout_batches
 from saescope.eval.metrics import DENSE_THRESHOLDS
 from saescope.models.loading import LoadedModel, load_model

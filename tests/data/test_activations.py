@@ -16,8 +16,8 @@ from saescope.data.activations import (
     stream_token_activations,
     window_activations,
 )
-from saescope.data.corpus import special_token_mask
 from saescope.data.prefetch import Prefetcher
+from saescope.data.windows import special_token_mask
 from saescope.models.hooks import capture
 from saescope.models.sites import Site, SiteKind, site_widths
 

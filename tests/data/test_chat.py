@@ -22,19 +22,17 @@ from saescope.data.chat import (
     document_chat,
     parse_messages,
 )
-from saescope.data.corpus import (
+from saescope.data.corpus import CorpusConfig, corpus_windows, iter_documents
+from saescope.data.documents import Document
+from saescope.data.sources import build_cache
+from saescope.data.windows import (
     EXCLUDED_POSITION_BIT,
     SAMPLE_POOL_FACTOR,
-    CorpusConfig,
-    Document,
-    corpus_windows,
-    iter_documents,
     iter_token_windows,
     special_token_mask,
     spread_order,
     window_token_ids,
 )
-from saescope.data.sources import build_cache
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.models.hooks import capture
 from saescope.models.loading import load_model

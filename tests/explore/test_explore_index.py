@@ -10,13 +10,8 @@ import pytest
 import torch
 from explore_fixtures import CONFIG, DETECTED, SETTINGS, ExploreRun, shared_run
 
-from saescope.data.corpus import (
-    corpus_windows,
-    special_token_ids,
-    special_token_mask,
-    spread_windows,
-    windows_for_tokens,
-)
+from saescope.data.corpus import corpus_windows
+from saescope.data.windows import special_token_ids, special_token_mask, spread_windows, windows_for_tokens
 from saescope.explore import IndexReader, build_index, read_dictionaries
 from saescope.explore import index as index_module
 from saescope.explore.weights import unembedding

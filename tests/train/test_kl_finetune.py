@@ -9,7 +9,8 @@ import torch
 
 from saescope.atomic import verify_checksum
 from saescope.data.arrays import ArrayActivations
-from saescope.data.corpus import EXCLUDED_POSITION_BIT, CorpusConfig, special_token_ids, special_token_mask
+from saescope.data.corpus import CorpusConfig
+from saescope.data.windows import EXCLUDED_POSITION_BIT, special_token_ids, special_token_mask
 from saescope.models.hooks import capture
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
@@ -82,7 +83,7 @@ def test_the_kl_reaches_the_dictionary_through_the_frozen_model(tiny_model_dir: 
 
 
 def _site_tokens(loaded: object, site: Site, ids_BT: torch.Tensor) -> torch.Tensor:
-    from saescope.data.corpus import special_token_ids, special_token_mask
+    from saescope.data.windows import special_token_ids, special_token_mask
     from saescope.models.hooks import capture
 
     acts = capture(loaded.model, [site], ids_BT)[site]  # type: ignore[attr-defined]

@@ -19,8 +19,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from saescope.data.corpus import special_token_mask, window_token_ids
 from saescope.data.prefetch import Prefetcher
+from saescope.data.windows import special_token_mask, window_token_ids
 from saescope.models.hooks import capture
 from saescope.models.sites import Site
 

@@ -26,7 +26,8 @@ from saescope.data.activations import (
 )
 from saescope.data.arrays import ArrayActivations
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
+from saescope.data.corpus import CorpusConfig, corpus_windows
+from saescope.data.windows import special_token_ids
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
 

@@ -16,12 +16,10 @@ from tqdm import tqdm
 from saescope.atomic import atomic_write_json
 from saescope.data.activations import stack_windows, stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
-from saescope.data.corpus import (
+from saescope.data.corpus import CorpusConfig, corpus_windows, mask_policy
+from saescope.data.split import Split
+from saescope.data.windows import (
     SAMPLE_POOL_FACTOR,
-    CorpusConfig,
-    Split,
-    corpus_windows,
-    mask_policy,
     special_token_ids,
     special_token_mask,
     spread_windows,

@@ -33,14 +33,8 @@ from tqdm import tqdm
 
 import saescope
 from saescope.data.activations import stack_windows, stream_token_activations
-from saescope.data.corpus import (
-    CorpusConfig,
-    corpus_windows,
-    special_token_ids,
-    spread_windows,
-    window_token_ids,
-    windows_for_tokens,
-)
+from saescope.data.corpus import CorpusConfig, corpus_windows
+from saescope.data.windows import special_token_ids, spread_windows, window_token_ids, windows_for_tokens
 from saescope.explore import store
 from saescope.explore.shipped import read_shipped, shipped_example_rows
 from saescope.explore.sources import Dictionary, safe_name

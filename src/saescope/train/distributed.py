@@ -84,7 +84,7 @@ from saescope.data.activations import (
     window_activations,
 )
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
+from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.prefetch import Prefetcher
 from saescope.data.sources import (
     CacheReport,
@@ -93,6 +93,7 @@ from saescope.data.sources import (
     source_identity,
     training_window_batches,
 )
+from saescope.data.windows import special_token_ids
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
 from saescope.train.trainer import CHECKPOINT, METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer

@@ -30,13 +30,8 @@ from tqdm import tqdm
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json
 from saescope.data.activations import stack_windows
-from saescope.data.corpus import (
-    CorpusConfig,
-    corpus_windows,
-    special_token_ids,
-    special_token_mask,
-    window_token_ids,
-)
+from saescope.data.corpus import CorpusConfig, corpus_windows
+from saescope.data.windows import special_token_ids, special_token_mask, window_token_ids
 from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
