@@ -9,7 +9,7 @@ import sys
 import time
 import types
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from saescope.data.documents import CorpusError, Document, split_long_text
 from saescope.data.embedded import GENRE_CAP_BYTES, SOURCES, CorpusSource, build_embedded_corpus, embedded_corpus_stats
 from saescope.data.split import is_heldout
 from saescope.data.windows import (
+    TokenWindow,
     iter_token_batches,
     iter_token_windows,
     special_token_ids,
@@ -47,6 +48,13 @@ def random_documents(n: int, seed: int = 0, max_words: int = 40) -> list[Documen
     ]
 
 
+def window_ids(windows: Iterable[TokenWindow]) -> list[torch.Tensor]:
+    """The (T,) ids of plain-text windows, checking that their chat mask keeps every position."""
+    every = list(windows)
+    assert all(bool(window.chat_keep_T.all()) for window in every)
+    return [window.ids_T for window in every]
+
+
 def token_ids(text: str) -> list[int]:
     return [int(word[1:]) + 4 for word in text.split()]  # the tiny vocabulary: w<i> has id i + 4
 
@@ -60,7 +68,7 @@ def tokenizer() -> Any:
 
 
 def test_every_window_has_context_size_tokens_and_starts_with_bos(tokenizer: Any) -> None:
-    windows = list(iter_token_windows(random_documents(60), tokenizer, context_size=16, seed=0))
+    windows = window_ids(iter_token_windows(random_documents(60), tokenizer, context_size=16, seed=0))
     assert len(windows) > 10
     for window in windows:
         assert window.shape == (16,)
@@ -71,7 +79,7 @@ def test_every_window_has_context_size_tokens_and_starts_with_bos(tokenizer: Any
 
 def test_windows_without_bos_are_the_documents_joined_by_eos(tokenizer: Any) -> None:
     documents = random_documents(50)
-    windows = list(iter_token_windows(documents, tokenizer, context_size=12, seed=0, shuffle_buffer=0))
+    windows = window_ids(iter_token_windows(documents, tokenizer, context_size=12, seed=0, shuffle_buffer=0))
     stream = torch.cat([window[1:] for window in windows]).tolist()
     expected = [token for document in documents for token in [*token_ids(document.text), EOS]]
     # Only the incomplete last window is dropped: fewer than context_size - 1 tokens.
@@ -81,7 +89,7 @@ def test_windows_without_bos_are_the_documents_joined_by_eos(tokenizer: Any) -> 
 
 def test_full_shuffle_is_a_permutation_of_the_documents(tokenizer: Any) -> None:
     documents = random_documents(80)
-    windows = list(iter_token_windows(documents, tokenizer, context_size=9, seed=3))
+    windows = window_ids(iter_token_windows(documents, tokenizer, context_size=9, seed=3))
     stream = torch.cat([window[1:] for window in windows]).tolist()
     segments: list[list[int]] = [[]]
     for token in stream:
@@ -103,13 +111,18 @@ def test_same_seed_gives_the_same_windows_and_another_seed_another_order(tokeniz
     documents = random_documents(60)
 
     def run(seed: int, **options: Any) -> list[list[int]]:
-        return [w.tolist() for w in iter_token_windows(documents, tokenizer, context_size=16, seed=seed, **options)]
+        return [
+            w.tolist()
+            for w in window_ids(iter_token_windows(documents, tokenizer, context_size=16, seed=seed, **options))
+        ]
 
     assert run(0) == run(0)
     assert run(0) != run(1)
     assert run(0, epoch=1) not in (run(0), run(1))
     # The full shuffle depends on document ids, not on the order they arrive in.
-    reversed_run = [w.tolist() for w in iter_token_windows(documents[::-1], tokenizer, context_size=16, seed=0)]
+    reversed_run = [
+        w.tolist() for w in window_ids(iter_token_windows(documents[::-1], tokenizer, context_size=16, seed=0))
+    ]
     assert reversed_run == run(0)
     assert run(0, shuffle_buffer=8) == run(0, shuffle_buffer=8)
     assert run(0, shuffle_buffer=8) != run(1, shuffle_buffer=8)
@@ -117,7 +130,7 @@ def test_same_seed_gives_the_same_windows_and_another_seed_another_order(tokeniz
 
 def test_buffered_shuffle_keeps_every_document(tokenizer: Any) -> None:
     documents = [Document(f"d{i}", "s", "g", f"w{i}") for i in range(40)]
-    windows = list(iter_token_windows(documents, tokenizer, context_size=3, seed=5, shuffle_buffer=7))
+    windows = window_ids(iter_token_windows(documents, tokenizer, context_size=3, seed=5, shuffle_buffer=7))
     words = [w[1].item() for w in windows]  # each window: BOS, one word, its EOS
     assert all(w[2].item() == EOS for w in windows)
     assert sorted(words) == [i + 4 for i in range(40)]
@@ -137,7 +150,7 @@ def test_window_shuffle_mixes_long_documents_and_keeps_every_window(tokenizer: A
     documents = long_documents(12, words=60)  # 61 tokens each with EOS: ~8 windows of 7 stream tokens
 
     def run(window_shuffle: int, **options: Any) -> list[torch.Tensor]:
-        return list(
+        return window_ids(
             iter_token_windows(
                 documents, tokenizer, context_size=8, seed=0, shuffle_buffer=0, window_shuffle=window_shuffle, **options
             )
@@ -164,7 +177,7 @@ def test_corpus_config_shuffles_training_windows_only(tmp_path: Path, tokenizer:
     assert shuffled.window_shuffle_windows == 32
 
     def stream(config: CorpusConfig, split: Any) -> list[list[int]]:
-        return [w.tolist() for w in corpus_windows(config, tokenizer, split)]
+        return [w.tolist() for w in window_ids(corpus_windows(config, tokenizer, split))]
 
     assert stream(shuffled, "train") != stream(in_order, "train")
     assert sorted(stream(shuffled, "train")) == sorted(stream(in_order, "train"))
@@ -182,20 +195,21 @@ def test_window_shuffle_field_keeps_the_identity_of_configs_made_before_it() -> 
 
 def test_batches_stack_windows(tokenizer: Any) -> None:
     documents = random_documents(40)
-    windows = list(iter_token_windows(documents, tokenizer, context_size=10, seed=1))
+    windows = window_ids(iter_token_windows(documents, tokenizer, context_size=10, seed=1))
     batches = list(iter_token_batches(documents, tokenizer, batch_size=4, context_size=10, seed=1))
-    assert all(batch.shape[1:] == (10,) and batch.dtype == torch.long for batch in batches)
-    assert torch.equal(torch.cat(batches), torch.stack(windows))
+    assert all(batch.ids_BT.shape[1:] == (10,) and batch.ids_BT.dtype == torch.long for batch in batches)
+    assert torch.equal(torch.cat([batch.ids_BT for batch in batches]), torch.stack(windows))
+    assert all(bool(batch.chat_keep_BT.all()) for batch in batches)
     full = list(iter_token_batches(documents, tokenizer, batch_size=4, context_size=10, seed=1, drop_last=True))
-    assert all(batch.shape[0] == 4 for batch in full)
+    assert all(batch.n_windows == 4 for batch in full)
     assert len(full) == len(windows) // 4
 
 
 def test_tokenizer_saved_in_a_model_folder_gives_the_same_windows(tiny_model_dir: Path, tokenizer: Any) -> None:
     loaded = AutoTokenizer.from_pretrained(tiny_model_dir)
     documents = random_documents(20)
-    ours = list(iter_token_windows(documents, tokenizer, context_size=8))
-    theirs = list(iter_token_windows(documents, loaded, context_size=8))
+    ours = window_ids(iter_token_windows(documents, tokenizer, context_size=8))
+    theirs = window_ids(iter_token_windows(documents, loaded, context_size=8))
     assert torch.equal(torch.stack(ours), torch.stack(theirs))
 
 
@@ -391,14 +405,14 @@ def test_config_round_trips_and_drives_the_windows(tmp_path: Path, tokenizer: An
     assert CorpusConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="no field"):
         CorpusConfig.from_dict({"sources": "x"})
-    windows = list(corpus_windows(config, tokenizer))
+    windows = window_ids(corpus_windows(config, tokenizer))
     documents = list(iter_documents(str(path), "train", text_field="t", max_documents=100))
     assert len(documents) == 100
-    expected = list(
+    expected = window_ids(
         iter_token_windows(documents, tokenizer, context_size=8, seed=4, window_shuffle=config.window_shuffle_windows)
     )
     assert torch.equal(torch.stack(windows), torch.stack(expected))
-    heldout = list(corpus_windows(config, tokenizer, "heldout"))
+    heldout = window_ids(corpus_windows(config, tokenizer, "heldout"))
     assert heldout
     assert not any(torch.equal(h, w) for h in heldout for w in windows)
 

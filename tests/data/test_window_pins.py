@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from conftest import build_tiny_tokenizer
 from saescope.data.chat import ChatFormat
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.documents import Document
-from saescope.data.windows import iter_token_windows, special_token_mask, window_token_ids
+from saescope.data.windows import TokenWindow, WindowBatch, iter_token_windows
 
 
 def windows_digest(windows_WT: torch.Tensor, keep_WT: torch.Tensor) -> str:
@@ -26,10 +27,12 @@ def windows_digest(windows_WT: torch.Tensor, keep_WT: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def read_windows(windows: object, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def read_windows(
+    windows: Iterable[TokenWindow], n: int, special: Collection[int] = SPECIAL
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` windows' model ids and kept positions (special tokens and chat-masked positions dropped)."""
-    stacked = torch.stack(list(itertools.islice(windows, n)))  # type: ignore[call-overload]
-    return window_token_ids(stacked), special_token_mask(stacked, SPECIAL)
+    batch = WindowBatch.stack(list(itertools.islice(windows, n)))
+    return batch.ids_BT, batch.kept_positions(special)
 
 
 def word_documents(n: int, seed: int) -> list[Document]:
@@ -77,10 +80,8 @@ def test_embedded_corpus_windows_are_unchanged() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     special = sorted(int(i) for i in tokenizer.all_special_ids)
     for split, digest in (("train", EMBEDDED_TRAIN_DIGEST), ("heldout", EMBEDDED_HELDOUT_DIGEST)):
-        stacked = torch.stack(
-            list(itertools.islice(corpus_windows(CorpusConfig(context_size=128), tokenizer, split), 24))
-        )  # type: ignore[arg-type]
-        assert windows_digest(window_token_ids(stacked), special_token_mask(stacked, special)) == digest, split
+        windows = corpus_windows(CorpusConfig(context_size=128), tokenizer, split)
+        assert windows_digest(*read_windows(windows, 24, special)) == digest, split
 
 
 PLAIN_DIGEST = "97f8c9b987f22b241fe8144f38db7676224631aa261e94b7be0b500fd24ed646"

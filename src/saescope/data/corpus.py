@@ -26,18 +26,17 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
 from saescope.data.chat import CHAT_MASK_POLICY, ChatFormat
 from saescope.data.documents import Document
 from saescope.data.embedded import EMBEDDED_NAME, EMBEDDED_SOURCE, iter_embedded_documents
 from saescope.data.readers import read_user_source
 from saescope.data.split import DEFAULT_HELDOUT_FRACTION, SPLITS, Split, in_split
-from saescope.data.windows import iter_token_windows
+from saescope.data.windows import TokenWindow, iter_token_windows
 
 #: Training windows are drawn at random from a buffer of this many tokens of the packed document stream. A long
 #: document fills dozens of consecutive windows (a book of the embedded corpus ~12k tokens, 50 windows of 256), so
-#: without it a short run trains on a few documents one after another. The buffer costs 8 bytes a token.
+#: without it a short run trains on a few documents one after another. The buffer costs 9 bytes a token (id and
+#: chat mask).
 DEFAULT_WINDOW_SHUFFLE_TOKENS = 1_048_576
 #: The mask policy of plain-text corpora: only special tokens are dropped (chat corpora: ``CHAT_MASK_POLICY``).
 SPECIAL_TOKENS_POLICY = "exclude-special"
@@ -156,8 +155,8 @@ def iter_documents(
 
 def corpus_windows(
     config: CorpusConfig, tokenizer: Any, split: Split = "train", *, epoch: int = 0, online: bool | None = None
-) -> Iterator[torch.Tensor]:
-    """The (T,) token windows that ``config`` describes, for one pass (``epoch``) over ``split``; training
+) -> Iterator[TokenWindow]:
+    """The token windows that ``config`` describes, for one pass (``epoch``) over ``split``; training
     windows through a shuffle buffer of ``config.window_shuffle_tokens``.
 
     With ``config.chat_template`` set, the template is resolved now: a tokenizer without one raises

@@ -7,8 +7,9 @@ other special tokens).
 
 Chat formatting (:mod:`saescope.data.chat`): each document is wrapped in the chat template as a user turn
 followed by the model-turn prefix (a conversation is rendered as it is), and the user-turn prefix positions are
-dropped too. Those positions hold ordinary tokens, so their ids carry ``EXCLUDED_POSITION_BIT`` through packing
-and batching; ``special_token_mask`` reads the bit and ``window_token_ids`` clears it before the ids reach a model.
+dropped too. Those positions hold ordinary tokens, so a window carries its own boolean ``chat_keep`` mask beside
+its ids (``TokenWindow``, ``WindowBatch``) through packing, shuffling and batching;
+``WindowBatch.kept_positions`` combines it with the special tokens. The ids are always the model's own.
 """
 
 from __future__ import annotations
@@ -16,18 +17,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 
 from saescope.data.chat import ChatFormat, ChatTemplateError, conversation_chat, document_chat
 from saescope.data.documents import Document
-
-#: Set on the id of a window position that a chat corpus's mask policy drops although it is an ordinary
-#: token (the user-turn prefix). A window stays one int64 tensor through packing, batching, caching and
-#: rank splitting, with its mask inside; real vocabularies are far below 2^40.
-EXCLUDED_POSITION_BIT = 1 << 40
 
 _ORDER_SALT = "saescope-order:"
 
@@ -43,8 +40,8 @@ def special_token_ids(tokenizer: Any) -> frozenset[int]:
 
 
 def special_token_mask(ids_BT: torch.Tensor, tokenizer_or_ids: Any) -> torch.Tensor:
-    """Bool tensor shaped like ``ids_BT``: True at the positions to KEEP, False at special tokens and at
-    positions a chat corpus's mask policy drops (ids carrying ``EXCLUDED_POSITION_BIT``).
+    """Bool tensor shaped like ``ids_BT``: True at the positions to KEEP, False at special tokens. (A chat
+    corpus drops more positions: ``WindowBatch.kept_positions`` adds its mask.)
 
     ``tokenizer_or_ids`` is a tokenizer (its ``special_token_ids``) or a collection of token ids.
     """
@@ -53,12 +50,78 @@ def special_token_mask(ids_BT: torch.Tensor, tokenizer_or_ids: Any) -> torch.Ten
     else:
         special = frozenset(int(i) for i in tokenizer_or_ids)
     special_ids = torch.tensor(sorted(special), dtype=ids_BT.dtype, device=ids_BT.device)
-    return ~torch.isin(ids_BT, special_ids) & (ids_BT < EXCLUDED_POSITION_BIT)
+    return ~torch.isin(ids_BT, special_ids)
 
 
-def window_token_ids(ids_BT: torch.Tensor) -> torch.Tensor:
-    """The token ids of windows with ``EXCLUDED_POSITION_BIT`` cleared: what the model reads."""
-    return ids_BT & (EXCLUDED_POSITION_BIT - 1)
+@dataclass(frozen=True)
+class TokenWindow:
+    """One token window: the ids the model reads, and which positions the corpus's mask policy keeps."""
+
+    ids_T: torch.Tensor  # (T,) int64, BOS first
+    #: (T,) bool: False where a chat mask policy drops an ordinary token (the user-turn prefix) or a turn token;
+    #: True everywhere for plain text. Special tokens are dropped by ``special_token_mask`` on top of it.
+    chat_keep_T: torch.Tensor
+
+    @classmethod
+    def of_ids(cls, ids_T: torch.Tensor) -> TokenWindow:
+        """A plain-text window: the mask policy keeps every position (special tokens aside)."""
+        return cls(ids_T, torch.ones_like(ids_T, dtype=torch.bool))
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """(B, T) token windows and their chat mask: what an activation stream, an evaluation or a fine-tuning step
+    reads. ``ids_BT`` are the model's own ids; ``kept_positions`` says whose activations count."""
+
+    ids_BT: torch.Tensor  # (B, T) int64
+    chat_keep_BT: torch.Tensor  # (B, T) bool, as ``TokenWindow.chat_keep_T``
+
+    def __post_init__(self) -> None:
+        if self.ids_BT.dim() != 2 or self.chat_keep_BT.shape != self.ids_BT.shape:
+            raise ValueError(
+                f"WindowBatch needs (B, T) ids and a mask of the same shape; got {tuple(self.ids_BT.shape)} and "
+                f"{tuple(self.chat_keep_BT.shape)}"
+            )
+        if self.chat_keep_BT.dtype != torch.bool:
+            raise ValueError(f"WindowBatch.chat_keep_BT must be a bool tensor; got {self.chat_keep_BT.dtype}")
+
+    @classmethod
+    def stack(cls, windows: Sequence[TokenWindow]) -> WindowBatch:
+        """Windows of one length stacked into a batch."""
+        return cls(torch.stack([w.ids_T for w in windows]), torch.stack([w.chat_keep_T for w in windows]))
+
+    @classmethod
+    def of_ids(cls, ids_BT: torch.Tensor) -> WindowBatch:
+        """Plain-text windows: the mask policy keeps every position (special tokens aside)."""
+        return cls(ids_BT, torch.ones_like(ids_BT, dtype=torch.bool))
+
+    @property
+    def n_windows(self) -> int:
+        return int(self.ids_BT.shape[0])
+
+    def to(self, device: torch.device | str) -> WindowBatch:
+        return WindowBatch(self.ids_BT.to(device), self.chat_keep_BT.to(device))
+
+    def kept_positions(self, special_ids: Collection[int]) -> torch.Tensor:
+        """(B, T) bool: True at the positions whose activations are used (no special token, kept by the chat
+        mask policy)."""
+        return special_token_mask(self.ids_BT, special_ids) & self.chat_keep_BT
+
+
+def stack_windows(
+    windows: Iterable[TokenWindow], batch_windows: int, *, drop_last: bool = False
+) -> Iterator[WindowBatch]:
+    """Group windows into batches of ``batch_windows``; the last one may be smaller unless ``drop_last``."""
+    if batch_windows < 1:
+        raise ValueError(f"batch_windows must be >= 1; got {batch_windows}")
+    batch: list[TokenWindow] = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_windows:
+            yield WindowBatch.stack(batch)
+            batch = []
+    if batch and not drop_last:
+        yield WindowBatch.stack(batch)
 
 
 def _required_id(tokenizer: Any, attribute: str, override: int | None) -> int:
@@ -108,9 +171,13 @@ def _buffer_shuffled(items: Iterable[_Item], size: int, rng: random.Random) -> I
     yield from buffer
 
 
+#: A document's token ids and, for a chat corpus, which of them its mask policy keeps (None: all of them).
+_Tokens = tuple[list[int], list[bool] | None]
+
+
 def _token_lists(
     documents: Iterable[Document | str], tokenizer: Any, batch_size: int, chat: ChatFormat | None, bos: int
-) -> Iterator[list[int]]:
+) -> Iterator[_Tokens]:
     batch: list[Document | str] = []
     for document in documents:
         batch.append(document)
@@ -121,20 +188,19 @@ def _token_lists(
         yield from _encode(tokenizer, batch, chat, bos)
 
 
-def _encode(tokenizer: Any, documents: list[Document | str], chat: ChatFormat | None, bos: int) -> list[list[int]]:
+def _encode(tokenizer: Any, documents: list[Document | str], chat: ChatFormat | None, bos: int) -> list[_Tokens]:
     if chat is not None:
         chats = [
             conversation_chat(d.messages) if isinstance(d, Document) and d.messages is not None
             else document_chat(d.text if isinstance(d, Document) else d)
             for d in documents
         ]  # fmt: skip
-        flagged = []
+        masked: list[_Tokens] = []
         for encoded in chat.encode(chats):
             # The window's own BOS starts each window; inside a window documents follow an EOS, as in plain text.
             start = 1 if encoded.ids[:1] == [bos] else 0
-            ids, keep = encoded.ids[start:], encoded.keep[start:]
-            flagged.append([t if k else t | EXCLUDED_POSITION_BIT for t, k in zip(ids, keep, strict=True)])
-        return flagged
+            masked.append((list(encoded.ids[start:]), list(encoded.keep[start:])))
+        return masked
     for document in documents:
         if isinstance(document, Document) and document.messages is not None:
             raise ChatTemplateError(
@@ -144,7 +210,7 @@ def _encode(tokenizer: Any, documents: list[Document | str], chat: ChatFormat | 
     texts = [d.text if isinstance(d, Document) else d for d in documents]
     # verbose=False: documents are longer than the model's context on purpose (they are packed later).
     encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)
-    return [list(ids) for ids in encoded["input_ids"]]
+    return [(list(ids), None) for ids in encoded["input_ids"]]
 
 
 def iter_token_windows(
@@ -160,8 +226,8 @@ def iter_token_windows(
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
     chat: ChatFormat | None = None,
-) -> Iterator[torch.Tensor]:
-    """(T,) LongTensor windows, T = ``context_size``: ``[BOS]`` then ``T - 1`` tokens of the stream.
+) -> Iterator[TokenWindow]:
+    """Windows of T = ``context_size`` tokens: ``[BOS]`` then ``T - 1`` tokens of the stream.
 
     The stream is the documents in a seeded order, each tokenised without special tokens and followed by
     EOS; a window may start or end inside a document. The last, incomplete window is dropped.
@@ -174,7 +240,7 @@ def iter_token_windows(
     documents; ``0`` keeps them in stream order.
 
     With ``chat``, each document is rendered as a user turn plus the model-turn prefix (a conversation as
-    it is), the template's leading BOS dropped, and positions its mask excludes carry ``EXCLUDED_POSITION_BIT``.
+    it is), the template's leading BOS dropped, and the positions its mask excludes are False in ``chat_keep_T``.
     """
     if context_size < 2:
         raise ValueError(f"context_size must be >= 2 (BOS plus at least one token); got {context_size}")
@@ -202,21 +268,28 @@ def _packed_windows(
     bos: int,
     eos: int,
     chat: ChatFormat | None,
-) -> Iterator[torch.Tensor]:
-    """The ordered documents packed into ``[BOS] + T - 1`` token windows, in stream order."""
+) -> Iterator[TokenWindow]:
+    """The ordered documents packed into ``[BOS] + T - 1`` token windows, in stream order; the chat mask is
+    packed beside the ids (BOS and the EOS after each document are special tokens: the mask keeps them)."""
     span = context_size - 1
-    pending: list[int] = []
+    pending_ids: list[int] = []
+    pending_keep: list[bool] = []
     ordered = _ordered_documents(documents, seed, epoch, shuffle_buffer)
-    for ids in _token_lists(ordered, tokenizer, tokenize_batch_size, chat, bos):
-        pending.extend(ids)
-        pending.append(eos)
-        n_windows = len(pending) // span
+    for ids, keep in _token_lists(ordered, tokenizer, tokenize_batch_size, chat, bos):
+        pending_ids.extend(ids)
+        pending_ids.append(eos)
+        pending_keep.extend(keep if keep is not None else [True] * len(ids))
+        pending_keep.append(True)
+        n_windows = len(pending_ids) // span
         if n_windows == 0:
             continue
-        body_WS = torch.tensor(pending[: n_windows * span], dtype=torch.long).view(n_windows, span)
-        del pending[: n_windows * span]
-        windows_WT = torch.cat([torch.full((n_windows, 1), bos, dtype=torch.long), body_WS], dim=1)
-        yield from windows_WT
+        body_ids_WS = torch.tensor(pending_ids[: n_windows * span], dtype=torch.long).view(n_windows, span)
+        body_keep_WS = torch.tensor(pending_keep[: n_windows * span], dtype=torch.bool).view(n_windows, span)
+        del pending_ids[: n_windows * span], pending_keep[: n_windows * span]
+        ids_WT = torch.cat([torch.full((n_windows, 1), bos, dtype=torch.long), body_ids_WS], dim=1)
+        keep_WT = torch.cat([torch.ones((n_windows, 1), dtype=torch.bool), body_keep_WS], dim=1)
+        for ids_T, keep_T in zip(ids_WT, keep_WT, strict=True):
+            yield TokenWindow(ids_T, keep_T)
 
 
 def iter_token_batches(
@@ -228,18 +301,12 @@ def iter_token_batches(
     *,
     drop_last: bool = False,
     **window_options: Any,
-) -> Iterator[torch.Tensor]:
-    """(B, T) LongTensor batches of ``iter_token_windows``; the last one may be smaller unless ``drop_last``."""
+) -> Iterator[WindowBatch]:
+    """Batches of ``iter_token_windows``; the last one may be smaller unless ``drop_last``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-    batch: list[torch.Tensor] = []
-    for window_T in iter_token_windows(documents, tokenizer, context_size, seed, **window_options):
-        batch.append(window_T)
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
-            batch = []
-    if batch and not drop_last:
-        yield torch.stack(batch)
+    windows = iter_token_windows(documents, tokenizer, context_size, seed, **window_options)
+    return stack_windows(windows, batch_size, drop_last=drop_last)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -271,11 +338,9 @@ def spread_order(n: int) -> list[int]:
     return order
 
 
-def spread_windows(
-    windows: Iterable[torch.Tensor], needed: int, pool_factor: int = SAMPLE_POOL_FACTOR
-) -> Iterator[torch.Tensor]:
+def spread_windows(windows: Iterable[_Item], needed: int, pool_factor: int = SAMPLE_POOL_FACTOR) -> Iterator[_Item]:
     """The first ``needed * pool_factor`` of ``windows``, in ``spread_order``: any prefix a caller consumes
-    samples the whole pool evenly. Deterministic; the pool is held in memory (8 bytes per token)."""
+    samples the whole pool evenly. Deterministic; the pool is held in memory (9 bytes per token: id and mask)."""
     if needed < 1 or pool_factor < 1:
         raise ValueError(f"needed and pool_factor must be >= 1; got {needed}, {pool_factor}")
     pool = list(itertools.islice(windows, needed * pool_factor))
