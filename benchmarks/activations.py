@@ -57,6 +57,7 @@ import torch
 
 from saescope.data.activations import TokenActivations, stream_token_activations, window_activations
 from saescope.data.cache import STORAGE_DTYPES, ActivationCache, CacheSettings, CacheWriter
+from saescope.data.windows import WindowBatch
 from saescope.models import load_model
 from saescope.models.sites import Site, select_sites, site_widths
 
@@ -76,12 +77,13 @@ def load_average() -> str:
 
 
 def _windows_from_corpus(tokenizer: Any, n_windows: int, context: int) -> torch.Tensor:
-    from saescope.data.corpus import iter_documents, iter_token_windows
+    from saescope.data.corpus import iter_documents
+    from saescope.data.windows import iter_token_windows
 
     windows = list(itertools.islice(iter_token_windows(iter_documents("embedded"), tokenizer, context), n_windows))
     if len(windows) < n_windows:
         raise RuntimeError(f"the embedded corpus gave only {len(windows)} windows")
-    return torch.stack(windows)
+    return torch.stack([window.ids_T for window in windows])  # plain text: the chat mask keeps every position
 
 
 def _windows_from_stdlib(tokenizer: Any, n_windows: int, context: int) -> torch.Tensor:
@@ -137,7 +139,7 @@ def main_thread_capture_seconds(
 ) -> float:
     started = time.perf_counter()
     for ids_BT in batches:
-        window_activations(model, sites, ids_BT, special)
+        window_activations(model, sites, WindowBatch.of_ids(ids_BT), special)
     return time.perf_counter() - started
 
 
@@ -146,7 +148,7 @@ def stream_seconds(
 ) -> float:
     started = time.perf_counter()
     kept = 0
-    for token_acts in stream_token_activations(model, sites, iter(batches), special):
+    for token_acts in stream_token_activations(model, sites, map(WindowBatch.of_ids, batches), special):
         kept += token_acts.n_tokens
     elapsed = time.perf_counter() - started
     assert kept > 0
@@ -446,7 +448,8 @@ def rss_probe(args: argparse.Namespace) -> None:
     try:
         writer = CacheWriter(folder, cache_settings(args, sites, site_widths(loaded.model, sites), source))
         batches = batched(windows_WT, args.batch_windows)
-        stream = stream_token_activations(loaded.model, sites, iter(batches), special_ids(loaded.tokenizer))
+        window_batches = map(WindowBatch.of_ids, batches)
+        stream = stream_token_activations(loaded.model, sites, window_batches, special_ids(loaded.tokenizer))
         hwm_reset = reset_peak_rss()
         started = time.perf_counter()
         written = sum(writer.write(stream, budget))
@@ -574,7 +577,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     )
 
     bare = section_forward(args, model, sites, batches, special)
-    chunks = [window_activations(model, sites, ids_BT, special) for ids_BT in batches[:2]]
+    chunks = [window_activations(model, sites, WindowBatch.of_ids(ids_BT), special) for ids_BT in batches[:2]]
     cache_dir = workdir / "cache"
     section_write(args, chunks, cache_settings(args, sites, widths, text_source), cache_dir, bare)
     del chunks

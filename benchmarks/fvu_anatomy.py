@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fidelity  # the sibling script: its cells, work folder layout and loaders
 
-from saescope.data.activations import stack_windows, stream_token_activations
-from saescope.data.corpus import corpus_windows, special_token_ids
+from saescope.data.activations import stream_token_activations
+from saescope.data.corpus import corpus_windows
+from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.eval.evaluate import EvalConfig, heldout_batches
 from saescope.eval.metrics import DENSE_THRESHOLDS
 from saescope.models.loading import LoadedModel, load_model
@@ -43,7 +44,7 @@ from saescope.sae import SparseDictionary
 DENSE_RATE = max(DENSE_THRESHOLDS)  # the evaluation's "dense": fires on more than 10% of tokens
 
 
-def gather(loaded: LoadedModel, site: Site, batches: Iterator[torch.Tensor], tokens: int, label: str) -> torch.Tensor:
+def gather(loaded: LoadedModel, site: Site, batches: Iterator[WindowBatch], tokens: int, label: str) -> torch.Tensor:
     """The first `tokens` activations (N, D) of `site` over `batches`, BOS/EOS/padding dropped, float32."""
     parts, seen = [], 0
     with tqdm(total=tokens, unit="tok", unit_scale=True, desc=f"{label}: {site.id} activations") as bar:

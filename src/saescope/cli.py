@@ -11,7 +11,7 @@ import saescope
 from saescope.atomic import CorruptFileError
 from saescope.commands import autointerp, cache, compare, evaluate, export, index, info, rollouts, run, serve, train
 from saescope.commands.common import read_option_file
-from saescope.data.corpus import CorpusError
+from saescope.data.documents import CorpusError
 from saescope.explore.store import FeatureIndexError
 from saescope.models.loading import ModelLoadError
 from saescope.models.sites import UnsupportedArchitectureError

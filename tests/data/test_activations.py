@@ -16,8 +16,8 @@ from saescope.data.activations import (
     stream_token_activations,
     window_activations,
 )
-from saescope.data.corpus import special_token_mask
 from saescope.data.prefetch import Prefetcher
+from saescope.data.windows import WindowBatch, special_token_mask
 from saescope.models.hooks import capture
 from saescope.models.sites import Site, SiteKind, site_widths
 
@@ -36,7 +36,7 @@ def windows_with_specials() -> torch.Tensor:
 def test_special_positions_never_appear(tiny_gemma: nn.Module) -> None:
     ids = windows_with_specials()
     sites = [Site(0, SiteKind.RES), Site(1, SiteKind.ATT)]
-    token_acts = window_activations(tiny_gemma, sites, ids, SPECIAL, first_window=7)
+    token_acts = window_activations(tiny_gemma, sites, WindowBatch.of_ids(ids), SPECIAL, first_window=7)
     keep = special_token_mask(ids, SPECIAL)
     assert token_acts.n_tokens == int(keep.sum()) == 30 - 3 - 1 - 3
     assert not torch.isin(token_acts.token_ids_N, torch.tensor(SPECIAL)).any()
@@ -97,8 +97,8 @@ def test_streamed_source_gives_trainer_batches(tiny_gemma: nn.Module) -> None:
     sites = [Site(0, SiteKind.RES), Site(2, SiteKind.MLP)]
     ids = windows_with_specials()
 
-    def window_batches(epoch: int) -> list[torch.Tensor]:
-        return [ids[:2], ids[2:]]
+    def window_batches(epoch: int) -> list[WindowBatch]:
+        return [WindowBatch.of_ids(ids[:2]), WindowBatch.of_ids(ids[2:])]
 
     source = StreamedActivations(
         tiny_gemma, sites, site_widths(tiny_gemma, sites), window_batches, SPECIAL, norm_tokens=10, buffer_tokens=8
@@ -107,6 +107,6 @@ def test_streamed_source_gives_trainer_batches(tiny_gemma: nn.Module) -> None:
     assert sum(b[sites[0]].shape[0] for b in batches) == 23
     assert batches[0][sites[1]].shape == (4, 32)
     # norm_tokens=10 is reached after the first forward batch (2 windows, 15 kept tokens).
-    first = next(stream_token_activations(tiny_gemma, sites, [ids[:2]], SPECIAL))
+    first = next(stream_token_activations(tiny_gemma, sites, [WindowBatch.of_ids(ids[:2])], SPECIAL))
     expected = first.acts[sites[0]]
     assert source.norm_scales[sites[0]] == pytest.approx(expected.norm(dim=-1).square().mean().sqrt().item(), rel=1e-5)

@@ -10,8 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from chat_fixtures import END, MODEL, SPECIAL, START, USER, build_chat_tokenizer, chat_model_dir, write_conversations
-from saescope.data.activations import window_activations
+from chat_fixtures import (
+    END,
+    MODEL,
+    SPECIAL,
+    START,
+    USER,
+    VOCAB,
+    build_chat_tokenizer,
+    chat_model_dir,
+    write_conversations,
+)
+from saescope.data.activations import stream_token_activations, window_activations
 from saescope.data.cache import ActivationCache
 from saescope.data.chat import (
     CHAT_MASK_POLICY,
@@ -22,24 +32,23 @@ from saescope.data.chat import (
     document_chat,
     parse_messages,
 )
-from saescope.data.corpus import (
-    EXCLUDED_POSITION_BIT,
+from saescope.data.corpus import CorpusConfig, corpus_windows, iter_documents
+from saescope.data.documents import Document
+from saescope.data.sources import build_cache, streamed_source
+from saescope.data.windows import (
     SAMPLE_POOL_FACTOR,
-    CorpusConfig,
-    Document,
-    corpus_windows,
-    iter_documents,
+    WindowBatch,
     iter_token_windows,
     special_token_mask,
     spread_order,
-    window_token_ids,
+    stack_windows,
 )
-from saescope.data.sources import build_cache
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.models.hooks import capture
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig, build_dictionary
+from saescope.train.kl_finetune import KLFinetuneConfig, kl_finetune
 
 TURN_TOKENS = (START, END)
 
@@ -150,11 +159,11 @@ def test_the_mask_survives_a_window_boundary_inside_the_user_prefix(chat: ChatFo
     tokenizer = build_chat_tokenizer()
     # Stream: <start_of_turn> user w1 <end_of_turn> <start_of_turn> model <eos> ...; with context 2 every window
     # is [BOS, one token], so the prefix's "user" sits alone in a window, after a window boundary.
-    windows = torch.stack(list(iter_token_windows(["w1", "w2"], tokenizer, 2, shuffle_buffer=0, chat=chat)))
-    ids = window_token_ids(windows)
+    windows = WindowBatch.stack(list(iter_token_windows(["w1", "w2"], tokenizer, 2, shuffle_buffer=0, chat=chat)))
+    ids = windows.ids_BT
     assert ids[:, 1].tolist() == [START, USER, w(1), END, START, MODEL, 1, START, USER, w(2), END, START, MODEL, 1]
-    assert windows[1, 1] == USER | EXCLUDED_POSITION_BIT
-    keep = special_token_mask(windows, SPECIAL)
+    assert not windows.chat_keep_BT[1, 1]  # the prefix's "user", alone in its window
+    keep = windows.kept_positions(SPECIAL)
     assert torch.equal(keep, expected_keep(ids))
     assert keep[:, 1].tolist() == [False, False, True, False, False, True, False] * 2
 
@@ -163,10 +172,13 @@ def test_chat_windows_drop_the_user_prefix_from_activations(chat: ChatFormat, ti
     rng = random.Random(0)
     documents = [" ".join(rng.choice(["user", "model", *(f"w{i}" for i in range(40))]) for _ in range(9))
                  for _ in range(30)]  # fmt: skip
-    windows = torch.stack(list(iter_token_windows(documents, build_chat_tokenizer(), 16, chat=chat)))
-    ids = window_token_ids(windows)
+    windows = WindowBatch.stack(list(iter_token_windows(documents, build_chat_tokenizer(), 16, chat=chat)))
+    ids = windows.ids_BT
     keep = expected_keep(ids)
-    assert torch.equal(special_token_mask(windows, SPECIAL), keep)
+    assert torch.equal(windows.kept_positions(SPECIAL), keep)
+    assert torch.equal(
+        special_token_mask(ids, SPECIAL) & ~keep, ~windows.chat_keep_BT & special_token_mask(ids, SPECIAL)
+    )
     assert (ids[keep] == USER).any()  # "user" in the text is kept...
     assert (ids[~keep] == USER).any()  # ...and dropped in the prefixes
     sites = [Site(0, SiteKind.RES), Site(1, SiteKind.MLP)]
@@ -194,7 +206,7 @@ def test_cache_and_metrics_record_the_policy_and_hold_no_prefix_token(tmp_path: 
     cache = ActivationCache(tmp_path / "cache")
     assert cache.manifest["mask_policy"] == CHAT_MASK_POLICY
     rows = torch.cat([cache.read_tokens(i) for i in range(len(cache.shards))])
-    windows = window_token_ids(torch.stack(list(corpus_windows(corpus, loaded.tokenizer))))
+    windows = torch.stack([window.ids_T for window in corpus_windows(corpus, loaded.tokenizer)])
     keep = expected_keep(windows)
     kept_rows = {(int(win), int(pos)) for win, pos in zip(*keep.nonzero(as_tuple=True), strict=True)}
     assert {(int(win), int(pos)) for _, win, pos in rows.tolist()} <= kept_rows
@@ -214,3 +226,39 @@ def test_cache_and_metrics_record_the_policy_and_hold_no_prefix_token(tmp_path: 
     loss_keep = keep[spread_order(pool)[:8]]
     counted = (loss_keep[:, :-1] & loss_keep[:, 1:]).sum()
     assert result["lm_loss"]["loss_n_predictions"] == int(counted)
+
+
+def test_a_chat_corpus_feeds_the_model_its_own_ids_and_drops_exactly_the_masked_positions(tmp_path: Path) -> None:
+    """Every path that runs the model on a chat corpus's windows (the activation stream, the cache writer, the
+    live training stream, KL finetuning) passes in-vocabulary ids, and the activations kept are exactly the
+    positions that are neither special tokens nor excluded by the chat mask policy."""
+    loaded = load_model(str(chat_model_dir(tmp_path / "tiny-it")))
+    corpus = CorpusConfig(
+        source=str(write_conversations(tmp_path / "rollouts.jsonl", 40)), text_field="messages", context_size=16,
+        heldout_fraction=0.0, chat_template="tokenizer", window_shuffle_tokens=0,
+    )  # fmt: skip
+    model_inputs: list[torch.Tensor] = []
+    embeddings = loaded.model.get_input_embeddings()
+    handle = embeddings.register_forward_pre_hook(lambda _module, args: model_inputs.append(args[0].detach().cpu()))
+    try:
+        sites = [Site(0, SiteKind.RES), Site(1, SiteKind.MLP)]
+        windows = WindowBatch.stack(list(corpus_windows(corpus, loaded.tokenizer)))
+        ids = windows.ids_BT
+        keep = expected_keep(ids)
+        assert (~keep & special_token_mask(ids, SPECIAL) & (ids == USER)).any()  # the prefixes hold ordinary tokens
+        batches = stack_windows(corpus_windows(corpus, loaded.tokenizer), 4)
+        chunks = list(stream_token_activations(loaded.model, sites, batches, SPECIAL))
+        streamed = {(int(n), int(t)) for c in chunks for n, t in zip(c.windows_N, c.positions_N, strict=True)}
+        assert streamed == {(int(n), int(t)) for n, t in zip(*keep.nonzero(as_tuple=True), strict=True)}
+        assert torch.equal(torch.cat([c.token_ids_N for c in chunks]), ids[keep])
+
+        build_cache(tmp_path / "cache", loaded, sites, corpus, tokens=200, windows_per_shard=4, progress=False)
+        live = streamed_source(loaded, sites, corpus, norm_tokens=50, buffer_tokens=64)
+        assert next(live.batches(8))[sites[0]].shape == (8, 32)
+        sae = build_dictionary(DictionaryConfig(d_in=32, width=16), generator=torch.Generator().manual_seed(0))
+        config = KLFinetuneConfig(tokens=40, beta=1.0, lr=1e-4, batch_windows=2, progress=False)
+        assert kl_finetune(loaded, sae, sites[0], 1.0, corpus, config)
+    finally:
+        handle.remove()
+    assert len(model_inputs) > len(chunks)
+    assert all(int(ids_BT.max()) < VOCAB and int(ids_BT.min()) >= 0 for ids_BT in model_inputs)

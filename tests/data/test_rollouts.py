@@ -10,7 +10,7 @@ import pytest
 from chat_fixtures import chat_model_dir, write_prompts
 from saescope.data import rollouts as rollouts_module
 from saescope.data.chat import ChatMessage
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_mask, window_token_ids
+from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.rollouts import (
     MANIFEST,
     ROLLOUTS_FILE,
@@ -19,6 +19,7 @@ from saescope.data.rollouts import (
     generate_rollouts,
     read_prompts,
 )
+from saescope.data.windows import WindowBatch, special_token_ids, special_token_mask
 from saescope.models.loading import LoadedModel, load_model
 
 N_PROMPTS = 5
@@ -112,7 +113,7 @@ def test_rollouts_are_a_chat_corpus(
     run(loaded, prompts, tmp_path / "r", max_new_tokens=16)
     corpus = CorpusConfig(source=str(tmp_path / "r" / ROLLOUTS_FILE), text_field="messages", context_size=8,
                           heldout_fraction=0.0, chat_template="tokenizer")  # fmt: skip
-    windows = list(corpus_windows(corpus, loaded.tokenizer, "all"))
-    assert windows
-    kept = sum(int(special_token_mask(w, loaded.tokenizer).sum()) for w in windows)
-    assert 0 < kept < sum(int((window_token_ids(w) > 2).sum()) for w in windows)  # the prefixes were dropped
+    windows = WindowBatch.stack(list(corpus_windows(corpus, loaded.tokenizer, "all")))
+    kept = int(windows.kept_positions(special_token_ids(loaded.tokenizer)).sum())
+    assert 0 < kept < int((windows.ids_BT > 2).sum())  # the prefixes were dropped
+    assert int(special_token_mask(windows.ids_BT, loaded.tokenizer).sum()) > kept

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from saescope.data.corpus import CorpusConfig, special_token_mask
+from saescope.data.corpus import CorpusConfig
+from saescope.data.windows import special_token_mask
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
 from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, spliced_losses

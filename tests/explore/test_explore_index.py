@@ -10,13 +10,8 @@ import pytest
 import torch
 from explore_fixtures import CONFIG, DETECTED, SETTINGS, ExploreRun, shared_run
 
-from saescope.data.corpus import (
-    corpus_windows,
-    special_token_ids,
-    special_token_mask,
-    spread_windows,
-    windows_for_tokens,
-)
+from saescope.data.corpus import corpus_windows
+from saescope.data.windows import WindowBatch, special_token_ids, spread_windows, windows_for_tokens
 from saescope.explore import IndexReader, build_index, read_dictionaries
 from saescope.explore import index as index_module
 from saescope.explore.weights import unembedding
@@ -48,8 +43,8 @@ def loaded(explore_run: ExploreRun) -> LoadedModel:
 def dense(explore_run: ExploreRun, loaded: LoadedModel) -> Dense:
     corpus = explore_run.corpus
     needed = windows_for_tokens(CONFIG.tokens, corpus.context_size)  # the index samples the split this way
-    windows = torch.stack(list(spread_windows(corpus_windows(corpus, loaded.tokenizer, "heldout"), needed)))
-    keep = special_token_mask(windows, special_token_ids(loaded.tokenizer))
+    batch = WindowBatch.stack(list(spread_windows(corpus_windows(corpus, loaded.tokenizer, "heldout"), needed)))
+    windows, keep = batch.ids_BT, batch.kept_positions(special_token_ids(loaded.tokenizer))
     dictionaries = read_dictionaries(explore_run.run).dictionaries
     acts = capture(loaded.model, sorted({d.site for d in dictionaries}), windows)
     T = windows.shape[1]

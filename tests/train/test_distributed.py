@@ -26,11 +26,12 @@ import torch
 from safetensors.torch import load_file
 
 from saescope.cli import main
-from saescope.data.activations import stack_windows, stream_token_activations
+from saescope.data.activations import stream_token_activations
 from saescope.data.arrays import ArrayActivations
 from saescope.data.cache import ActivationCache
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
+from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.sources import build_cache, streamed_source
+from saescope.data.windows import special_token_ids, stack_windows
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig

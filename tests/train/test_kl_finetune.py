@@ -9,7 +9,8 @@ import torch
 
 from saescope.atomic import verify_checksum
 from saescope.data.arrays import ArrayActivations
-from saescope.data.corpus import EXCLUDED_POSITION_BIT, CorpusConfig, special_token_ids, special_token_mask
+from saescope.data.corpus import CorpusConfig
+from saescope.data.windows import WindowBatch, special_token_ids, special_token_mask
 from saescope.models.hooks import capture
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
@@ -62,7 +63,7 @@ def test_the_kl_reaches_the_dictionary_through_the_frozen_model(tiny_model_dir: 
     )
     ids_BT = torch.randint(3, 90, (2, 16), generator=torch.Generator().manual_seed(1))
     ids_BT[:, 0] = loaded.tokenizer.bos_token_id
-    total, measured = spliced_kl_step(loaded, sae, site, norm_scale=1.0, ids_BT=ids_BT, beta=1.0)
+    total, measured = spliced_kl_step(loaded, sae, site, norm_scale=1.0, windows=WindowBatch.of_ids(ids_BT), beta=1.0)
     total.backward()  # type: ignore[no-untyped-call]
     assert measured.kl > 0
     assert measured.mse > 0
@@ -71,7 +72,7 @@ def test_the_kl_reaches_the_dictionary_through_the_frozen_model(tiny_model_dir: 
     assert all(p.grad is None for p in loaded.model.parameters())
     # β = 0 is plain reconstruction: the model's KL then sends no gradient into the encoder's KL path.
     sae.zero_grad(set_to_none=True)
-    mse_only, _ = spliced_kl_step(loaded, sae, site, norm_scale=1.0, ids_BT=ids_BT, beta=0.0)
+    mse_only, _ = spliced_kl_step(loaded, sae, site, norm_scale=1.0, windows=WindowBatch.of_ids(ids_BT), beta=0.0)
     expected = sae.loss(_site_tokens(loaded, site, ids_BT)).total
     assert float(mse_only.detach()) == pytest.approx(float(expected.detach()), rel=1e-4)
 
@@ -82,7 +83,7 @@ def test_the_kl_reaches_the_dictionary_through_the_frozen_model(tiny_model_dir: 
 
 
 def _site_tokens(loaded: object, site: Site, ids_BT: torch.Tensor) -> torch.Tensor:
-    from saescope.data.corpus import special_token_ids, special_token_mask
+    from saescope.data.windows import special_token_ids
     from saescope.models.hooks import capture
 
     acts = capture(loaded.model, [site], ids_BT)[site]  # type: ignore[attr-defined]
@@ -116,8 +117,8 @@ def test_the_threshold_controller_keeps_steering_theta_during_the_kl_phase(
 
 
 def test_positions_a_chat_corpus_excludes_are_masked_and_the_model_reads_plain_ids(tiny_model_dir: Path) -> None:
-    """A chat corpus flags excluded positions with EXCLUDED_POSITION_BIT in the ids: the step must drop them and
-    clear the flag before the ids reach the model."""
+    """A chat corpus's windows carry the positions its mask policy excludes beside the ids: the step must drop
+    them, and the model reads the ids as they are."""
     loaded = load_model(str(tiny_model_dir))
     site = Site(1, SiteKind.RES)
     sae = build_dictionary(
@@ -126,11 +127,12 @@ def test_positions_a_chat_corpus_excludes_are_masked_and_the_model_reads_plain_i
     )
     ids_BT = torch.randint(3, 90, (2, 16), generator=torch.Generator().manual_seed(1))
     ids_BT[:, 0] = loaded.tokenizer.bos_token_id
-    flagged_BT = ids_BT.clone()
-    flagged_BT[:, 1:5] |= EXCLUDED_POSITION_BIT  # e.g. a user-turn prefix
-    total, measured = spliced_kl_step(loaded, sae, site, norm_scale=1.0, ids_BT=flagged_BT, beta=0.0)
+    chat_keep_BT = torch.ones_like(ids_BT, dtype=torch.bool)
+    chat_keep_BT[:, 1:5] = False  # e.g. a user-turn prefix
+    windows = WindowBatch(ids_BT, chat_keep_BT)
+    total, measured = spliced_kl_step(loaded, sae, site, norm_scale=1.0, windows=windows, beta=0.0)
     assert measured.kl >= 0
-    keep_BT = special_token_mask(flagged_BT, special_token_ids(loaded.tokenizer))
+    keep_BT = windows.kept_positions(special_token_ids(loaded.tokenizer))
     assert int(keep_BT.sum()) == 2 * (16 - 5)
     acts_BTD = capture(loaded.model, [site], ids_BT)[site]
     expected = sae.loss(acts_BTD[keep_BT].float()).total

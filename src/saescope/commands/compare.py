@@ -8,7 +8,8 @@ from typing import Any
 
 from saescope.commands.common import CHAT_TEMPLATE_HELP, DTYPES
 from saescope.commands.evaluate import _targets as eval_targets
-from saescope.data.corpus import EMBEDDED_SOURCE, CorpusConfig
+from saescope.data.corpus import CorpusConfig
+from saescope.data.embedded import EMBEDDED_SOURCE
 from saescope.data.rollouts import ROLLOUTS_FILE
 from saescope.eval import EvalConfig
 from saescope.eval.compare import Condition, compare_pt_it, comparison_markdown

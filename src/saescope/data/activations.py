@@ -19,8 +19,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from saescope.data.corpus import special_token_mask, window_token_ids
 from saescope.data.prefetch import Prefetcher
+from saescope.data.windows import WindowBatch
 from saescope.models.hooks import capture
 from saescope.models.sites import Site
 
@@ -60,29 +60,18 @@ class TokenActivations:
         return int(self.token_ids_N.shape[0])
 
 
-def stack_windows(windows: Iterable[torch.Tensor], batch_windows: int) -> Iterator[torch.Tensor]:
-    """Group (T,) windows into (B, T) batches of `batch_windows` (the last one may be smaller)."""
-    batch: list[torch.Tensor] = []
-    for window_T in windows:
-        batch.append(window_T)
-        if len(batch) == batch_windows:
-            yield torch.stack(batch)
-            batch = []
-    if batch:
-        yield torch.stack(batch)
-
-
 def window_activations(
     model: nn.Module,
     sites: Sequence[Site],
-    ids_BT: torch.Tensor,
+    windows: WindowBatch,
     special_ids: Collection[int],
     first_window: int = 0,
 ) -> TokenActivations:
-    """One forward over a batch of full-length windows; returns every site at the kept positions."""
+    """One forward over a batch of full-length windows; returns every site at the kept positions (no special
+    token, kept by the chat mask policy)."""
     device = next(model.parameters()).device
-    keep_BT = special_token_mask(ids_BT, special_ids)  # also drops positions a chat mask policy marks
-    ids_BT = window_token_ids(ids_BT)
+    ids_BT = windows.ids_BT
+    keep_BT = windows.kept_positions(special_ids)
     captured = capture(model, sites, ids_BT.to(device))
     keep_on_device = keep_BT.to(device)
     acts = {site: captured[site][keep_on_device] for site in sites}
@@ -101,19 +90,19 @@ def window_activations(
 def stream_token_activations(
     model: nn.Module,
     sites: Sequence[Site],
-    window_batches: Iterable[torch.Tensor],
+    window_batches: Iterable[WindowBatch],
     special_ids: Collection[int],
     *,
     prefetch_depth: int = 2,
     first_window: int = 0,
 ) -> Iterator[TokenActivations]:
-    """Activations for each (B, T) batch of windows, computed one batch ahead in a background thread."""
+    """Activations for each batch of windows, computed one batch ahead in a background thread."""
 
     def produce() -> Iterator[TokenActivations]:
         window = first_window
-        for ids_BT in window_batches:
-            yield window_activations(model, sites, ids_BT, special_ids, first_window=window)
-            window += int(ids_BT.shape[0])
+        for windows in window_batches:
+            yield window_activations(model, sites, windows, special_ids, first_window=window)
+            window += windows.n_windows
 
     with Prefetcher(produce(), depth=prefetch_depth) as prefetched:
         yield from prefetched
@@ -234,7 +223,7 @@ def shuffled_batches(
 class StreamedActivations:
     """An `ActivationSource` that runs the model live: no disk, one forward per batch of windows.
 
-    `window_batches(epoch)` returns the (B, T) token windows for one pass over the corpus. The scales
+    `window_batches(epoch)` returns the batches of token windows for one pass over the corpus. The scales
     are estimated by an extra forward over the first `norm_tokens` tokens of epoch 0 (holding their
     activations for every site instead would cost far more memory than recomputing them).
     """
@@ -244,7 +233,7 @@ class StreamedActivations:
         model: nn.Module,
         sites: Sequence[Site],
         widths: Mapping[Site, int],
-        window_batches: Callable[[int], Iterable[torch.Tensor]],
+        window_batches: Callable[[int], Iterable[WindowBatch]],
         special_ids: Collection[int],
         *,
         norm_tokens: int = 20_000,

@@ -15,18 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from saescope.data.activations import (
-    ActivationSource,
-    StreamedActivations,
-    stack_windows,
-    stream_token_activations,
-)
+from saescope.data.activations import ActivationSource, StreamedActivations, stream_token_activations
 from saescope.data.arrays import ArrayActivations
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
+from saescope.data.corpus import CorpusConfig, corpus_windows
+from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
 
@@ -90,10 +85,10 @@ def build_cache(
 
 def training_window_batches(
     loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int, online: bool | None = None
-) -> Callable[[int], Iterator[torch.Tensor]]:
-    """epoch -> the (B, T) batches of training-split windows of that pass over the corpus."""
+) -> Callable[[int], Iterator[WindowBatch]]:
+    """epoch -> the batches of training-split windows of that pass over the corpus."""
 
-    def window_batches(epoch: int) -> Iterator[torch.Tensor]:
+    def window_batches(epoch: int) -> Iterator[WindowBatch]:
         windows = corpus_windows(corpus, loaded.tokenizer, "train", epoch=epoch, online=online)
         return stack_windows(windows, batch_windows)
 

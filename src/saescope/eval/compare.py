@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from saescope.atomic import atomic_write_bytes
-from saescope.data.corpus import CorpusConfig, Split, mask_policy
+from saescope.data.corpus import CorpusConfig, mask_policy
+from saescope.data.split import Split
 from saescope.eval.evaluate import EvalConfig, EvalTarget, evaluate
 from saescope.models.loading import LoadedModel, ModelInfo
 from saescope.models.sites import site_width

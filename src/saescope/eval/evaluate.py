@@ -14,18 +14,16 @@ import torch
 from tqdm import tqdm
 
 from saescope.atomic import atomic_write_json
-from saescope.data.activations import stack_windows, stream_token_activations
+from saescope.data.activations import stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
-from saescope.data.corpus import (
+from saescope.data.corpus import CorpusConfig, corpus_windows, mask_policy
+from saescope.data.split import Split
+from saescope.data.windows import (
     SAMPLE_POOL_FACTOR,
-    CorpusConfig,
-    Split,
-    corpus_windows,
-    mask_policy,
+    WindowBatch,
     special_token_ids,
-    special_token_mask,
     spread_windows,
-    window_token_ids,
+    stack_windows,
     windows_for_tokens,
 )
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
@@ -118,7 +116,7 @@ class EvalConfig:
 
 def heldout_batches(
     loaded: LoadedModel, corpus: CorpusConfig, config: EvalConfig, batch_windows: int, split: Split = "heldout"
-) -> Iterator[torch.Tensor]:
+) -> Iterator[WindowBatch]:
     """The windows (in batches of `batch_windows`) that the evaluation reads: the split's windows spread over its
     first SAMPLE_POOL_FACTOR x needed (not its first few documents)."""
     windows = corpus_windows(corpus, loaded.tokenizer, split)
@@ -227,10 +225,9 @@ def loss_metrics(
     batches = itertools.islice(heldout_batches(loaded, corpus, config, loss_batch, split), n_batches)
     passes_per_batch = 1 + len(by_sites) + len(accumulators)
     with tqdm(total=n_batches * passes_per_batch, unit="pass", disable=not progress, desc="eval: delta LM loss") as bar:
-        for batch_index, ids_BT in enumerate(batches):
-            ids_BT = ids_BT.to(device)
-            keep_BT = special_token_mask(ids_BT, special)  # also drops positions a chat mask policy marks
-            ids_BT = window_token_ids(ids_BT)
+        for batch_index, windows in enumerate(batches):
+            windows = windows.to(device)
+            ids_BT, keep_BT = windows.ids_BT, windows.kept_positions(special)
             predictions = Predictions.select(ids_BT, keep_BT, config.loss_position_stride, offset=batch_index)
             ce_clean, log_probs_clean = clean_log_probs(model, ids_BT, predictions, config.lm_head_chunk)
             bar.update(1)

@@ -32,15 +32,9 @@ import torch
 from tqdm import tqdm
 
 import saescope
-from saescope.data.activations import stack_windows, stream_token_activations
-from saescope.data.corpus import (
-    CorpusConfig,
-    corpus_windows,
-    special_token_ids,
-    spread_windows,
-    window_token_ids,
-    windows_for_tokens,
-)
+from saescope.data.activations import stream_token_activations
+from saescope.data.corpus import CorpusConfig, corpus_windows
+from saescope.data.windows import WindowBatch, special_token_ids, spread_windows, stack_windows, windows_for_tokens
 from saescope.explore import store
 from saescope.explore.shipped import read_shipped, shipped_example_rows
 from saescope.explore.sources import Dictionary, safe_name
@@ -155,15 +149,15 @@ class _RecordedWindows:
     def __init__(self) -> None:
         self.windows: list[torch.Tensor] = []
 
-    def batches(self, corpus: CorpusConfig, tokenizer: Any, tokens: int, batch_windows: int) -> Iterator[torch.Tensor]:
+    def batches(self, corpus: CorpusConfig, tokenizer: Any, tokens: int, batch_windows: int) -> Iterator[WindowBatch]:
         """The held-out windows spread over the split (as evaluation reads them), so that examples come from
         many documents rather than the first few of the shuffled order."""
         windows = spread_windows(
             corpus_windows(corpus, tokenizer, "heldout"), windows_for_tokens(tokens, corpus.context_size)
         )
-        for ids_BT in stack_windows(windows, batch_windows):
-            self.windows.extend(window_token_ids(ids_BT))  # the ids the model read (no chat-mask bit)
-            yield ids_BT
+        for batch in stack_windows(windows, batch_windows):
+            self.windows.extend(batch.ids_BT)  # the ids the model read
+            yield batch
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import torch
 
-from saescope.data.corpus import special_token_ids, special_token_mask
+from saescope.data.windows import special_token_ids, special_token_mask
 from saescope.explore.sources import Dictionary, read_dictionaries
 from saescope.explore.store import short_float
 from saescope.models.hooks import capture, splice

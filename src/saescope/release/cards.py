@@ -275,7 +275,7 @@ def _licence(model_name: str) -> list[str]:
         "",
     ]
     try:
-        from saescope.data.corpus import SOURCES
+        from saescope.data.embedded import SOURCES
     except ImportError:  # pragma: no cover - the corpus module is part of saescope
         return lines
     lines += _table(

@@ -80,11 +80,10 @@ from saescope.data.activations import (
     SiteBatch,
     StreamedActivations,
     TokenActivations,
-    stack_windows,
     window_activations,
 )
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
-from saescope.data.corpus import CorpusConfig, corpus_windows, special_token_ids
+from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.prefetch import Prefetcher
 from saescope.data.sources import (
     CacheReport,
@@ -93,6 +92,7 @@ from saescope.data.sources import (
     source_identity,
     training_window_batches,
 )
+from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
 from saescope.train.trainer import CHECKPOINT, METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
@@ -289,7 +289,7 @@ def _all_gather_rows(
 def split_token_stream(
     model: nn.Module,
     sites: Sequence[Site],
-    window_batches: Iterable[torch.Tensor],
+    window_batches: Iterable[WindowBatch],
     special_ids: Collection[int],
     ctx: RankContext,
     *,
@@ -307,10 +307,10 @@ def split_token_stream(
 
     def own_batches() -> Iterator[TokenActivations]:
         window = first_window
-        for index, ids_BT in enumerate(window_batches):
+        for index, windows in enumerate(window_batches):
             if index % ctx.world_size == ctx.rank:
-                yield window_activations(model, sites, ids_BT, special_ids, first_window=window)
-            window += int(ids_BT.shape[0])
+                yield window_activations(model, sites, windows, special_ids, first_window=window)
+            window += windows.n_windows
 
     with Prefetcher(own_batches(), depth=prefetch_depth) as prefetched:
         mine = iter(prefetched)
@@ -338,7 +338,7 @@ class RankSplitStream(StreamedActivations):
         model: nn.Module,
         sites: Sequence[Site],
         widths: Mapping[Site, int],
-        window_batches: Callable[[int], Iterable[torch.Tensor]],
+        window_batches: Callable[[int], Iterable[WindowBatch]],
         special_ids: Collection[int],
         ctx: RankContext,
         *,

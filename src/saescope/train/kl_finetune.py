@@ -29,14 +29,8 @@ from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json
-from saescope.data.activations import stack_windows
-from saescope.data.corpus import (
-    CorpusConfig,
-    corpus_windows,
-    special_token_ids,
-    special_token_mask,
-    window_token_ids,
-)
+from saescope.data.corpus import CorpusConfig, corpus_windows
+from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
@@ -92,7 +86,7 @@ def spliced_kl_step(
     sae: SparseDictionary,
     site: Site,
     norm_scale: float,
-    ids_BT: torch.Tensor,
+    windows: WindowBatch,
     beta: float,
     *,
     position_stride: int = 1,
@@ -100,11 +94,10 @@ def spliced_kl_step(
     coefficient_scale: float = 1.0,
 ) -> tuple[torch.Tensor, KLStep]:
     """The KL-finetune loss (with its graph) of `sae`, trained on activations divided by `norm_scale`, on
-    one batch of windows as the corpus yields them (a chat corpus's excluded positions flagged in the ids);
-    the caller backpropagates it."""
+    one batch of windows as the corpus yields them (special tokens and a chat corpus's excluded positions are
+    left out); the caller backpropagates it."""
     model = loaded.model
-    keep_BT = special_token_mask(ids_BT, special_token_ids(loaded.tokenizer))  # also drops chat-masked positions
-    ids_BT = window_token_ids(ids_BT)  # what the model reads: the chat-mask flag cleared
+    ids_BT, keep_BT = windows.ids_BT, windows.kept_positions(special_token_ids(loaded.tokenizer))
     predictions = Predictions.select(ids_BT, keep_BT, position_stride)
     with torch.no_grad():
         _, clean_NV = clean_log_probs(model, ids_BT, predictions, chunk=max(1, predictions.targets_N.numel()))
@@ -127,7 +120,7 @@ def spliced_kl_step(
     return total, KLStep(float(total.detach()), float(out.reconstruction.detach()), float(kl.detach()), float(out.l0))
 
 
-def _window_batches(loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int) -> Iterator[torch.Tensor]:
+def _window_batches(loaded: LoadedModel, corpus: CorpusConfig, batch_windows: int) -> Iterator[WindowBatch]:
     for epoch in itertools.count():
         yield from stack_windows(corpus_windows(corpus, loaded.tokenizer, "train", epoch=epoch), batch_windows)
 
@@ -162,12 +155,12 @@ def kl_finetune(
     history: list[KLStep] = []
     seen = 0
     with tqdm(total=config.tokens, unit="tok", unit_scale=True, disable=not config.progress, desc="KL finetune") as bar:
-        for ids_BT in _window_batches(loaded, corpus, config.batch_windows):
+        for windows in _window_batches(loaded, corpus, config.batch_windows):
             if seen >= config.tokens:
                 break
-            ids_BT = ids_BT.to(device)
+            windows = windows.to(device)
             total, measured = spliced_kl_step(
-                loaded, sae, site, norm_scale, ids_BT, config.beta,
+                loaded, sae, site, norm_scale, windows, config.beta,
                 position_stride=config.position_stride, step=sparsity_step, coefficient_scale=coefficient_scale,
             )  # fmt: skip
             if not math.isfinite(measured.loss):
@@ -180,7 +173,7 @@ def kl_finetune(
             if steer and target_l0 is not None:
                 sae.scale_thresholds_(threshold_steering_factor(measured.l0, target_l0, threshold_controller_gain))
             history.append(measured)
-            kept = int(special_token_mask(ids_BT, special).sum())
+            kept = int(windows.kept_positions(special).sum())
             seen += kept
             bar.update(kept)
             bar.set_postfix_str(f"MSE {measured.mse:.3f} KL {measured.kl:.3f} L0 {measured.l0:.1f}", refresh=False)
