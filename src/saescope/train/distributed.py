@@ -95,7 +95,8 @@ from saescope.data.sources import (
 )
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
-from saescope.train.trainer import CHECKPOINT, METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
+from saescope.train.checkpoint import CHECKPOINT
+from saescope.train.trainer import METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
 
 #: The identity of the activation source a run started on (`saescope.data.sources.source_identity`).
 SOURCE_RECORD = "source.json"
@@ -550,7 +551,7 @@ class ShardedTrainer(Trainer):
         self._restore_checkpoint(self._read_checkpoint(path, start_over=start_over), path)
         return True
 
-    def _agreed_pass_count(self, passes: int) -> int:
+    def agreed_pass_count(self, passes: int) -> int:
         # A rank-split stream runs each batch's forwards across the ranks: all must read the same batches.
         return -self.ctx.min_int(-passes)
 
