@@ -95,8 +95,7 @@ from saescope.data.sources import (
 )
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
-from saescope.train.checkpoint import CHECKPOINT
-from saescope.train.trainer import METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
+from saescope.train.trainer import CHECKPOINT, METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
 
 #: The identity of the activation source a run started on (`saescope.data.sources.source_identity`).
 SOURCE_RECORD = "source.json"

@@ -28,8 +28,8 @@ from saescope.atomic import atomic_write_checksummed, atomic_write_json, atomic_
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.models.sites import Site, spanned_sites
 from saescope.sae import AnyDictionary, DictionaryConfig, build_any_dictionary, single_layer
+from saescope.train.checkpoint import CHECKPOINT as CHECKPOINT  # where `saescope.train.distributed` finds it
 from saescope.train.checkpoint import (
-    CHECKPOINT,
     checkpoint_state,
     read_checkpoint,
     restore_checkpoint,
