@@ -21,7 +21,7 @@ from saescope.train.elements.threshold_init import ThresholdInit
 from saescope.train.elements.threshold_steering import ThresholdSteering, threshold_steering_factor
 
 if TYPE_CHECKING:
-    from saescope.train.trainer import TrainConfig
+    from saescope.train.settings import TrainConfig
 
 
 def build_elements(config: TrainConfig) -> list[RecipeElement]:

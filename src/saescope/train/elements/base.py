@@ -21,7 +21,7 @@ from saescope.sae import AnyDictionary, SparseDictionary
 from saescope.train.schedules import TargetL0Controller
 
 if TYPE_CHECKING:
-    from saescope.train.trainer import SAESpec, TrainConfig
+    from saescope.train.settings import SAESpec, TrainConfig
 
 
 @dataclass
