@@ -20,6 +20,7 @@ from saescope.release.common import ReleaseParams
 from saescope.release.gemmascope import write_gemmascope_npz
 from saescope.sae import DictionaryConfig, JumpReLU, build_dictionary
 from saescope.train import SAESpec, TrainConfig, Trainer
+from saescope.train.elements import DimensionGains
 from saescope.train.init_from import unfold_into_
 from saescope.train.verdict import IMPLAUSIBLE_EXIT_CODE
 
@@ -149,7 +150,7 @@ def test_with_dimension_gains_the_first_step_still_sees_the_parents_function(tmp
     trainer = Trainer([spec], it_source, train, tmp_path / "it")
     trainer.run(max_steps=1)
     first = json.loads((tmp_path / "it" / "metrics.jsonl").read_text().splitlines()[0])
-    gain_D = trainer.dimension_gains[SITE].double()
+    gain_D = next(e for e in trainer.elements if isinstance(e, DimensionGains)).gains[SITE].double()
     assert float(gain_D.max() / gain_D.min()) > 1.5  # the gains are not all alike
 
     x_raw = next(it_source.batches(BATCH, seed=0, epoch=0))[SITE]

@@ -12,6 +12,7 @@ from test_trainer import RES, config, jumprelu_spec, sparse_data
 from saescope.data.arrays import ArrayActivations
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
 from saescope.train import Trainer
+from saescope.train.elements import DecoderRefitAtEnd
 from saescope.train.refit import RIDGE, DecoderRefit, accumulator_bytes, refit_passes, refittable
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -139,4 +140,4 @@ def test_a_run_stopped_before_its_last_step_does_not_refit(tmp_path: Path) -> No
     source = ArrayActivations({RES: sparse_data(4_000)[0]})
     trainer = Trainer([jumprelu_spec()], source, config(30, decoder_refit_tokens=2_048), tmp_path)
     trainer.run(max_steps=10)
-    assert not trainer.decoders_refit
+    assert not next(e for e in trainer.elements if isinstance(e, DecoderRefitAtEnd)).done

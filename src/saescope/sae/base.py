@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -396,6 +397,25 @@ class SparseDictionary(nn.Module, ABC):
             norm_F = torch.linalg.vector_norm(self.W_dec_FD, dim=-1).clamp_min(1e-12)
             self.W_dec_FD.div_(norm_F.unsqueeze(-1))
             self.scale_codes_(norm_F)
+
+    # --- the same shape as a multi-layer dictionary -------------------------------------------------
+    def layer_blocks(self) -> list[SparseDictionary]:
+        """The single-layer dictionaries it is made of: itself (a multi-layer dictionary has one per layer)."""
+        return [self]
+
+    def split_inputs(self, x_BD: Tensor) -> tuple[Tensor, ...]:
+        """The input of each block, in layer order: ``(x_BD,)`` for a single layer."""
+        return (x_BD,)
+
+    def split_outputs(self, y_BD: Tensor) -> tuple[Tensor, ...]:
+        """The target of each block, in layer order: ``(y_BD,)`` for a single layer."""
+        return (y_BD,)
+
+    def absorb_layer_gains_(self, gains_in: Sequence[Tensor], gains_out: Sequence[Tensor]) -> None:
+        """:meth:`absorb_dimension_gains_` with one gain per layer, as a multi-layer dictionary takes them."""
+        if len(gains_in) != 1 or len(gains_out) != 1:
+            raise ValueError("absorb_layer_gains_ needs 1 input and 1 output gain for a single-layer dictionary")
+        self.absorb_dimension_gains_(gains_in[0], gains_out[0])
 
     def extra_repr(self) -> str:
         c = self.config

@@ -234,6 +234,14 @@ class CrossLayerDictionary(nn.Module):
                 table.div_(norm_F.unsqueeze(-1).to(table.dtype))
             block.scale_codes_(norm_F)
 
+    def absorb_layer_gains_(self, gains_in: Sequence[Tensor], gains_out: Sequence[Tensor]) -> None:
+        """:meth:`absorb_dimension_gains_`, under the name every dictionary answers to."""
+        self.absorb_dimension_gains_(gains_in, gains_out)
+
+    def layer_blocks(self) -> list[SparseDictionary]:
+        """The single-layer dictionaries it is made of, one per layer."""
+        return [self.block(i) for i in range(self.n_layers)]
+
     def _cross_or_none(self, i: int) -> Tensor | None:
         """Block i's cross decoders (n−1−i, F, d_out), None for the last block."""
         return self.W_cross[i] if i < self.n_layers - 1 else None
@@ -281,9 +289,7 @@ def build_any_dictionary(config: DictionaryConfig, *, generator: torch.Generator
 
 def dictionary_blocks(sae: AnyDictionary) -> list[SparseDictionary]:
     """The single-layer dictionaries a dictionary is made of: its blocks, or itself."""
-    if isinstance(sae, CrossLayerDictionary):
-        return [block for block in sae.blocks if isinstance(block, SparseDictionary)]
-    return [sae]
+    return sae.layer_blocks()
 
 
 def single_layer(sae: AnyDictionary, what: str) -> SparseDictionary:

@@ -550,7 +550,7 @@ class ShardedTrainer(Trainer):
         self._restore_checkpoint(self._read_checkpoint(path, start_over=start_over), path)
         return True
 
-    def _agreed_pass_count(self, passes: int) -> int:
+    def agreed_pass_count(self, passes: int) -> int:
         # A rank-split stream runs each batch's forwards across the ranks: all must read the same batches.
         return -self.ctx.min_int(-passes)
 

@@ -37,7 +37,7 @@ from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site
 from saescope.sae import JumpReLU, SparseDictionary, single_layer
 from saescope.sae.base import LossOutput
-from saescope.train.trainer import threshold_steering_factor
+from saescope.train.elements import threshold_steering_factor
 
 #: Added to KL in α = MSE / (KL + ε) so that α stays finite when the spliced model is exact (SPEC §7.6).
 ALPHA_EPSILON = 1e-8
@@ -144,7 +144,7 @@ def kl_finetune(
     `sparsity_step` is the step the dictionary's own λ warm-up is evaluated at (default: past any warm-up)
     and `coefficient_scale` multiplies λ (pass the trainer's final controller scale to keep L0 in place).
     With `target_l0` and a `threshold_controller_gain` > 0, a JumpReLU's θ is steered after every step as
-    in training (`saescope.train.trainer.threshold_steering_factor`): without it the KL term pulls L0
+    in training (`saescope.train.elements.threshold_steering_factor`): without it the KL term pulls L0
     15–25% below the target in 16k tokens (Gemma 3 270M, layer 6, res and mlp).
     """
     steer = target_l0 is not None and threshold_controller_gain > 0 and isinstance(sae, JumpReLU)
