@@ -155,3 +155,21 @@ def test_a_run_is_evaluated_into_its_eval_folder_with_each_dictionary_at_its_own
     assert sae_metrics["dictionary_kind"] == "sae"
     assert (transcoder_metrics["dictionary_kind"], transcoder_metrics["site_out"]) == ("transcoder", "layer_1/mlp")
     assert [entry.l0_source for entry in read_suite(run / "train")] == [L0_FROM_METRICS, L0_FROM_METRICS]
+
+
+def test_a_lone_transcoder_folder_is_evaluated_at_its_output_site_with_its_metrics_beside_it(
+    tmp_path: Path, tiny_model_dir: Path, jsonl_corpus: Path
+) -> None:
+    config = DictionaryConfig(d_in=TINY_D_MODEL, width=16, apply_pre_encoder_bias=False)
+    transcoder = build_dictionary(config, generator=torch.Generator().manual_seed(1))
+    folder = tmp_path / "my-transcoder"
+    recorded = {"name": "tc", "site": "layer_2/mlp_in", "site_out": "layer_2/mlp", "model": str(tiny_model_dir),
+                "dictionary": config.to_dict(), "norm_scale": 1.0, "final_batch_metrics": {"l0": 4.0}}  # fmt: skip
+    write_dictionary_folder(folder, transcoder, recorded)
+    assert main(eval_args(folder, extra=("--corpus", str(jsonl_corpus)))) == 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (metrics["dictionary_kind"], metrics["site"], metrics["site_out"]) == (
+        "transcoder",
+        "layer_2/mlp_in",
+        "layer_2/mlp",
+    )

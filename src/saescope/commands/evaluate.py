@@ -93,7 +93,8 @@ def _named_targets(paths: list[str], site_flag: str | None, out: Path | None, on
         saescope_folder = Path(str(loaded.metadata["path"])) if loaded.source_format == "saescope" else None
         own = eval_folder(saescope_folder) if saescope_folder is not None else Path("eval-report") / name
         folder = (out / name) if out else own
-        targets.append(Named(EvalTarget(name, site, loaded.sae, folder), text, loaded.model_name))
+        target = EvalTarget(name, site, loaded.sae, folder, loaded.site_out, loaded.layers)
+        targets.append(Named(target, text, loaded.model_name))
     return targets
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from saescope.atomic import verify_checksum
 from saescope.dictionaries.folder import CONFIG as SAESCOPE_CONFIG
 from saescope.dictionaries.folder import WEIGHTS as SAESCOPE_WEIGHTS
-from saescope.dictionaries.folder import read_trained_sae
+from saescope.dictionaries.folder import is_dictionary_folder, read_trained_sae
 from saescope.dictionaries.sites import DictionarySites
 from saescope.models.loading import ONLINE_ENV, online_by_default
 from saescope.models.sites import Site
@@ -100,7 +100,7 @@ class LoadedSAE:
 
 
 def _detect(folder: Path) -> str | None:
-    if (folder / SAESCOPE_WEIGHTS).is_file() and (folder / SAESCOPE_CONFIG).is_file():
+    if is_dictionary_folder(folder):
         return "saescope"
     if (folder / GS1_PARAMS).is_file():
         return "gemmascope"

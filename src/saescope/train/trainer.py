@@ -32,7 +32,8 @@ from saescope.atomic import (
 )
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.dictionaries.folder import SAES, write_dictionary_folder
-from saescope.models.sites import Site, spanned_sites
+from saescope.dictionaries.sites import DictionarySites
+from saescope.models.sites import Site
 from saescope.sae import (
     AnyDictionary,
     CrossLayerDictionary,
@@ -135,19 +136,24 @@ class SAESpec:
             raise ValueError("SAESpec.threshold_init_from_data needs target_l0 (the firing rate to start at)")
 
     @property
+    def sites(self) -> DictionarySites:
+        """Where it reads and writes."""
+        return DictionarySites(self.site, self.site_out, self.layers)
+
+    @property
     def input_sites(self) -> tuple[Site, ...]:
         """The sites it reads, one per layer."""
-        return spanned_sites(self.site, self.layers)
+        return self.sites.input_sites
 
     @property
     def output_sites(self) -> tuple[Site, ...]:
         """The sites it reconstructs, one per input site."""
-        return spanned_sites(self.site_out or self.site, self.layers)
+        return self.sites.output_sites
 
     @property
     def transcodes(self) -> bool:
         """Whether it writes sites other than those it reads (a transcoder or CLT, not an SAE or crosscoder)."""
-        return self.output_sites != self.input_sites
+        return self.sites.transcodes
 
     @property
     def init_thresholds_from_data(self) -> bool:
