@@ -48,3 +48,15 @@ def test_kinds_are_among_the_training_kinds(skip: bool) -> None:
 
     for sites in (DictionarySites(RES_1), DictionarySites(MLP_IN_1, MLP_1), DictionarySites(MLP_IN_1, MLP_1, (1, 2))):
         assert sites.kind(skip=skip) in DICTIONARY_KINDS
+
+
+def test_every_record_of_a_dictionary_gets_its_sites_from_the_one_record() -> None:
+    from saescope.dictionaries import SpansSites
+    from saescope.dictionaries.folder import TrainedSAE
+    from saescope.eval.evaluate import EvalTarget
+    from saescope.train.trainer import SAESpec
+
+    for record in (SAESpec, TrainedSAE, EvalTarget):
+        assert issubclass(record, SpansSites), record
+        for name in ("input_sites", "output_sites", "sites"):
+            assert name not in vars(record), f"{record.__name__} works out {name} itself"

@@ -14,11 +14,12 @@ from saescope.dictionaries.folder import (
     write_dictionary_folder,
     write_metrics,
 )
-from saescope.dictionaries.sites import DictionarySites
+from saescope.dictionaries.sites import DictionarySites, SpansSites
 
 __all__ = [
     "DictionaryFormatError",
     "DictionarySites",
+    "SpansSites",
     "TrainedSAE",
     "eval_folder",
     "metrics_path",

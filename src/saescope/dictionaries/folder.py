@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json, verify_checksum
-from saescope.dictionaries.sites import DictionarySites
+from saescope.dictionaries.sites import DictionarySites, SpansSites
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import AnyDictionary, CrossLayerDictionary, DictionaryConfig, build_any_dictionary
 
@@ -138,7 +138,7 @@ def _number(value: object) -> float | None:
 
 
 @dataclass(frozen=True)
-class TrainedSAE:
+class TrainedSAE(SpansSites):
     """One trained dictionary folder, read but not yet loaded."""
 
     name: str
@@ -160,19 +160,6 @@ class TrainedSAE:
     norm_scales: tuple[float, ...] = ()
     #: Each output layer's scale when the targets were divided by their own scale; () = ``norm_scales``.
     norm_scales_out: tuple[float, ...] = ()
-
-    @property
-    def sites(self) -> DictionarySites:
-        """Where it reads and writes."""
-        return DictionarySites(self.site, self.site_out, self.layers)
-
-    @property
-    def input_sites(self) -> tuple[Site, ...]:
-        return self.sites.input_sites
-
-    @property
-    def output_sites(self) -> tuple[Site, ...]:
-        return self.sites.output_sites
 
     @property
     def is_multi_layer(self) -> bool:

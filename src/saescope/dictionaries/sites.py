@@ -45,3 +45,32 @@ class DictionarySites:
             same_kind = self.site_out is None or self.site_out.kind == self.site.kind
             return "crosscoder" if same_kind else f"{prefix}clt"
         return f"{prefix}transcoder" if self.site_out not in (None, self.site) else "sae"
+
+
+class SpansSites:
+    """A record with ``site``, ``site_out`` and ``layers`` fields (a spec to train, a trained folder, an evaluation
+    target): its sites, worked out by :class:`DictionarySites` alone."""
+
+    site: Site
+    site_out: Site | None
+    layers: tuple[int, ...]
+
+    @property
+    def sites(self) -> DictionarySites:
+        """Where it reads and writes."""
+        return DictionarySites(self.site, self.site_out, self.layers)
+
+    @property
+    def input_sites(self) -> tuple[Site, ...]:
+        """The sites it reads, one per layer."""
+        return self.sites.input_sites
+
+    @property
+    def output_sites(self) -> tuple[Site, ...]:
+        """The sites it writes, one per input site."""
+        return self.sites.output_sites
+
+    @property
+    def transcodes(self) -> bool:
+        """Whether it writes sites other than those it reads (a transcoder or CLT, not an SAE or crosscoder)."""
+        return self.sites.transcodes

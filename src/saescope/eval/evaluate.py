@@ -28,7 +28,7 @@ from saescope.data.corpus import (
     windows_for_tokens,
 )
 from saescope.dictionaries.folder import METRICS, TrainedSAE, write_metrics
-from saescope.dictionaries.sites import DictionarySites
+from saescope.dictionaries.sites import SpansSites
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
 from saescope.eval.splice import Predictions, clean_log_probs, dictionary_taps, tapped_losses
 from saescope.models.hooks import Tap
@@ -50,7 +50,7 @@ _SAMPLE_TEXT = (
 
 
 @dataclass(frozen=True)
-class EvalTarget:
+class EvalTarget(SpansSites):
     """A dictionary to evaluate, in raw activation space (normalisation folded in).
 
     It reads ``site`` and writes ``site_out`` (default: ``site``, an SAE); a multi-layer dictionary reads and
@@ -65,19 +65,6 @@ class EvalTarget:
     folder: Path | None = None
     site_out: Site | None = None
     layers: tuple[int, ...] = ()
-
-    @property
-    def sites(self) -> DictionarySites:
-        """Where it reads and writes."""
-        return DictionarySites(self.site, self.site_out, self.layers)
-
-    @property
-    def input_sites(self) -> tuple[Site, ...]:
-        return self.sites.input_sites
-
-    @property
-    def output_sites(self) -> tuple[Site, ...]:
-        return self.sites.output_sites
 
     @property
     def dictionary_kind(self) -> str:

@@ -32,7 +32,7 @@ from saescope.atomic import (
 )
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.dictionaries.folder import SAES, write_dictionary_folder
-from saescope.dictionaries.sites import DictionarySites
+from saescope.dictionaries.sites import SpansSites
 from saescope.models.sites import Site
 from saescope.sae import (
     AnyDictionary,
@@ -77,7 +77,7 @@ def _first_non_finite(x_BD: torch.Tensor) -> tuple[int, int, float] | None:
 
 
 @dataclass(frozen=True)
-class SAESpec:
+class SAESpec(SpansSites):
     """One dictionary to train: where it reads and writes, what it is, and its optimiser settings.
 
     An SAE reads and writes ``site``. A transcoder reads ``site`` and writes ``site_out``. A multi-layer
@@ -134,26 +134,6 @@ class SAESpec:
             raise ValueError("SAESpec.threshold_init_from_data needs a jumprelu or relu dictionary")
         if self.init_thresholds_from_data and self.target_l0 is None:
             raise ValueError("SAESpec.threshold_init_from_data needs target_l0 (the firing rate to start at)")
-
-    @property
-    def sites(self) -> DictionarySites:
-        """Where it reads and writes."""
-        return DictionarySites(self.site, self.site_out, self.layers)
-
-    @property
-    def input_sites(self) -> tuple[Site, ...]:
-        """The sites it reads, one per layer."""
-        return self.sites.input_sites
-
-    @property
-    def output_sites(self) -> tuple[Site, ...]:
-        """The sites it reconstructs, one per input site."""
-        return self.sites.output_sites
-
-    @property
-    def transcodes(self) -> bool:
-        """Whether it writes sites other than those it reads (a transcoder or CLT, not an SAE or crosscoder)."""
-        return self.sites.transcodes
 
     @property
     def init_thresholds_from_data(self) -> bool:
