@@ -5,7 +5,8 @@ A run lives in one folder::
     run_config.json     the full resolved configuration, written first
     stages.json         finished stages with their durations (a finished stage is not redone)
     cache/              activation cache (only with activations = "cache")
-    train/              checkpoint, metrics.jsonl, saes/<dictionary>/{sae.safetensors, config.json, metrics.json}
+    train/              checkpoint, metrics.jsonl, saes/<dictionary>/{sae.safetensors, config.json}
+    eval/               <dictionary>/metrics.json (held-out evaluation)
     report/             suite.csv, suite.md, PNG plots, report.html
     release/            gemmascope/, gemmascope2/, saelens/ with model cards
     index.sqlite        the feature index that `saescope serve` browses (saescope.explore)
@@ -30,7 +31,7 @@ from saescope.data.activations import ActivationSource
 from saescope.data.cache import ActivationCache
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.data.sources import build_cache, streamed_source
-from saescope.eval import EvalConfig, EvalTarget, evaluate
+from saescope.eval import EvalConfig, evaluate
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, all_sites, select_sites, site_widths
@@ -372,13 +373,11 @@ class SuiteRun:
         return recipe.kl_finetune_tokens
 
     def stage_eval(self) -> dict[str, Any]:
-        from saescope.release.suite import read_suite
+        from saescope.dictionaries import read_suite
+        from saescope.eval.evaluate import trained_target
 
         c = self.config
-        targets = [
-            EvalTarget(entry.name, entry.site, entry.raw_space(), entry.folder, entry.site_out, entry.layers)
-            for entry in read_suite(self.folder / "train")
-        ]
+        targets = [trained_target(entry) for entry in read_suite(self.folder / "train")]
         eval_config = EvalConfig(
             tokens=c.eval_tokens, loss_windows=c.eval_loss_windows, loss_position_stride=c.eval_loss_stride,
             batch_windows=c.batch_windows,

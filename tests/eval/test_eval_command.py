@@ -9,12 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import save_file
 
 from saescope.cli import main
+from saescope.dictionaries import read_suite, write_dictionary_folder
+from saescope.dictionaries.folder import L0_FROM_METRICS
 from saescope.models import loading
 from saescope.models.sites import Site
 from saescope.release.common import hf_hook_point
+from saescope.sae import DictionaryConfig, build_dictionary
 
 #: The width of the tiny Gemma 3 of tests/conftest.py (it has 3 layers).
 TINY_D_MODEL = 32
@@ -122,3 +126,50 @@ def test_dictionaries_of_different_models_are_refused_together(
     assert "different models" in error
     assert "gemma-2-2b" in error
     assert "gemma-2-9b" in error
+
+
+def test_a_run_is_evaluated_into_its_eval_folder_with_each_dictionary_at_its_own_sites(
+    tmp_path: Path, tiny_model_dir: Path, jsonl_corpus: Path
+) -> None:
+    run = tmp_path / "runs" / "mine"
+    (run / "train").mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"model": str(tiny_model_dir)}))
+    generator = torch.Generator().manual_seed(0)
+    sae = build_dictionary(DictionaryConfig(d_in=TINY_D_MODEL, width=16), generator=generator)
+    transcoder_config = DictionaryConfig(d_in=TINY_D_MODEL, width=16, apply_pre_encoder_bias=False)
+    transcoder = build_dictionary(transcoder_config, generator=generator)
+    common = {"norm_scale": 1.0, "final_batch_metrics": {"l0": 4.0}}
+    write_dictionary_folder(
+        run / "train" / "saes" / "sae",
+        sae,
+        {"name": "sae", "site": "layer_1/res", "dictionary": sae.config.to_dict(), **common},
+    )
+    write_dictionary_folder(run / "train" / "saes" / "tc", transcoder,
+                            {"name": "tc", "site": "layer_1/mlp_in", "site_out": "layer_1/mlp",
+                             "dictionary": transcoder.config.to_dict(), **common})  # fmt: skip
+    trained = {path.relative_to(run).as_posix() for path in (run / "train").rglob("*")}
+    assert main(eval_args(run, extra=("--corpus", str(jsonl_corpus)))) == 0
+    assert {path.relative_to(run).as_posix() for path in (run / "train").rglob("*")} == trained
+    sae_metrics = json.loads((run / "eval" / "sae" / "metrics.json").read_text())
+    transcoder_metrics = json.loads((run / "eval" / "tc" / "metrics.json").read_text())
+    assert sae_metrics["dictionary_kind"] == "sae"
+    assert (transcoder_metrics["dictionary_kind"], transcoder_metrics["site_out"]) == ("transcoder", "layer_1/mlp")
+    assert [entry.l0_source for entry in read_suite(run / "train")] == [L0_FROM_METRICS, L0_FROM_METRICS]
+
+
+def test_a_lone_transcoder_folder_is_evaluated_at_its_output_site_with_its_metrics_beside_it(
+    tmp_path: Path, tiny_model_dir: Path, jsonl_corpus: Path
+) -> None:
+    config = DictionaryConfig(d_in=TINY_D_MODEL, width=16, apply_pre_encoder_bias=False)
+    transcoder = build_dictionary(config, generator=torch.Generator().manual_seed(1))
+    folder = tmp_path / "my-transcoder"
+    recorded = {"name": "tc", "site": "layer_2/mlp_in", "site_out": "layer_2/mlp", "model": str(tiny_model_dir),
+                "dictionary": config.to_dict(), "norm_scale": 1.0, "final_batch_metrics": {"l0": 4.0}}  # fmt: skip
+    write_dictionary_folder(folder, transcoder, recorded)
+    assert main(eval_args(folder, extra=("--corpus", str(jsonl_corpus)))) == 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (metrics["dictionary_kind"], metrics["site"], metrics["site_out"]) == (
+        "transcoder",
+        "layer_2/mlp_in",
+        "layer_2/mlp",
+    )

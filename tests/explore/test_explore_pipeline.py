@@ -40,6 +40,11 @@ def test_the_index_stage_runs_last_and_is_resumable(tiny_setup: tuple[Path, Path
     suite = SuiteRun.create(folder, tiny_config(model_dir, corpus, 300), log=lambda _: None)
     suite.execute(until="release")
     assert not (folder / "index.sqlite").exists()
+    # the eval stage writes into the run's eval folder, and nothing into train/
+    assert sorted(path.parent.name for path in (folder / "eval").glob("*/metrics.json")) == sorted(
+        path.name for path in (folder / "train" / "saes").iterdir()
+    )
+    assert not list((folder / "train").rglob("metrics.json"))
     messages: list[str] = []
     stages = SuiteRun.resume(folder, log=messages.append).execute()
     assert list(stages) == list(STAGES)

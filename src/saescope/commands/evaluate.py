@@ -15,13 +15,13 @@ from saescope.commands.common import (
     corpus_from_args,
     online_from_args,
 )
+from saescope.dictionaries import eval_folder, read_suite
 from saescope.eval import EvalConfig, EvalTarget, evaluate
-from saescope.eval.evaluate import check_targets_fit
+from saescope.eval.evaluate import check_targets_fit, trained_target
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from saescope.models.sites import Site, SiteKind
 from saescope.release import load_sae
-from saescope.release.suite import read_suite
 
 RUN_CONFIG = "run_config.json"
 
@@ -82,16 +82,19 @@ def _named_targets(paths: list[str], site_flag: str | None, out: Path | None, on
         if (training / "saes").is_dir():
             model = _run_model(path)
             for entry in read_suite(training):
-                folder = out / entry.name if out else entry.folder
-                targets.append(Named(EvalTarget(entry.name, entry.site, entry.raw_space(), folder), text, model))
+                target = trained_target(entry, out / entry.name if out else None)
+                targets.append(Named(target, text, model))
             continue
         loaded = load_sae(text, online=online)
         site = Site.parse(site_flag) if site_flag else loaded.site
         if site is None:
             raise ValueError(f"{text}: its files do not say which site it reads; pass --site layer_<L>/<kind>")
         name = path.name if path.exists() else text.replace("/", "_")
-        folder = (out / name) if out else (path if loaded.source_format == "saescope" else Path("eval-report") / name)
-        targets.append(Named(EvalTarget(name, site, loaded.sae, folder), text, loaded.model_name))
+        saescope_folder = Path(str(loaded.metadata["path"])) if loaded.source_format == "saescope" else None
+        own = eval_folder(saescope_folder) if saescope_folder is not None else Path("eval-report") / name
+        folder = (out / name) if out else own
+        target = EvalTarget(name, site, loaded.sae, folder, loaded.site_out, loaded.layers)
+        targets.append(Named(target, text, loaded.model_name))
     return targets
 
 
@@ -163,5 +166,5 @@ def run(args: argparse.Namespace) -> int:
     report_dir = _report_dir(args)
     files = write_report(list(results.values()), report_dir, title=f"saescope evaluation on {loaded.info.name}")
     print("\n" + markdown_table(suite_rows(list(results.values()))))
-    print(f"Report: {files.html}\nmetrics.json: next to each dictionary (or under --out)")
+    print(f"Report: {files.html}\nmetrics.json: in the run's eval folder (<run>/eval/<dictionary>/, or under --out)")
     return 0

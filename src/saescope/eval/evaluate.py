@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from saescope.atomic import atomic_write_json
 from saescope.data.activations import stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
 from saescope.data.corpus import CorpusConfig, corpus_windows, mask_policy
@@ -26,14 +25,16 @@ from saescope.data.windows import (
     stack_windows,
     windows_for_tokens,
 )
+from saescope.dictionaries.folder import METRICS, TrainedSAE, write_metrics
+from saescope.dictionaries.sites import SpansSites
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
 from saescope.eval.splice import Predictions, clean_log_probs, dictionary_taps, tapped_losses
 from saescope.models.hooks import Tap
 from saescope.models.loading import LoadedModel
-from saescope.models.sites import Site, site_widths, spanned_sites
+from saescope.models.sites import Site, site_widths
 from saescope.sae import AnyDictionary
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = METRICS
 MASK_POLICY = (
     "special tokens (BOS, EOS, pad and every other special id of the tokenizer) are excluded from "
     "reconstruction metrics and never spliced; a next-token prediction is counted when its input and its "
@@ -47,7 +48,7 @@ _SAMPLE_TEXT = (
 
 
 @dataclass(frozen=True)
-class EvalTarget:
+class EvalTarget(SpansSites):
     """A dictionary to evaluate, in raw activation space (normalisation folded in).
 
     It reads ``site`` and writes ``site_out`` (default: ``site``, an SAE); a multi-layer dictionary reads and
@@ -57,26 +58,16 @@ class EvalTarget:
     name: str
     site: Site
     sae: AnyDictionary
-    folder: Path | None = None  # metrics.json is written here when set
+    #: Where its metrics.json is written (its run's eval folder, `saescope.dictionaries.eval_folder`); None: not
+    #: written.
+    folder: Path | None = None
     site_out: Site | None = None
     layers: tuple[int, ...] = ()
 
     @property
-    def input_sites(self) -> tuple[Site, ...]:
-        return spanned_sites(self.site, self.layers)
-
-    @property
-    def output_sites(self) -> tuple[Site, ...]:
-        return spanned_sites(self.site_out or self.site, self.layers)
-
-    @property
     def dictionary_kind(self) -> str:
         """sae, transcoder, skip_transcoder, clt, skip_clt or crosscoder (train.specs.DICTIONARY_KINDS)."""
-        skip = "skip_" if self.sae.config.skip else ""
-        if self.layers:
-            same_kind = self.site_out is None or self.site_out.kind == self.site.kind
-            return "crosscoder" if same_kind else f"{skip}clt"
-        return f"{skip}transcoder" if self.site_out not in (None, self.site) else "sae"
+        return self.sites.kind(skip=self.sae.config.skip)
 
     def splices(self) -> list[tuple[str, tuple[int, ...]]]:
         """The delta-LM-loss conditions: (label, indices of the outputs replaced). One for a single-layer
@@ -85,6 +76,14 @@ class EvalTarget:
         if n == 1:
             return [("", (0,))]
         return [*((self.output_sites[j].id, (j,)) for j in range(n)), ("", tuple(range(n)))]
+
+
+def trained_target(entry: TrainedSAE, folder: Path | None = None) -> EvalTarget:
+    """A trained dictionary as an evaluation target, in raw space, its metrics going to ``folder`` (default: its
+    run's eval folder, never the training folder)."""
+    return EvalTarget(
+        entry.name, entry.site, entry.raw_space(), folder or entry.eval_folder, entry.site_out, entry.layers
+    )
 
 
 @dataclass(frozen=True)
@@ -299,7 +298,7 @@ def evaluate(
     progress: bool = True,
     split: Split = "heldout",
 ) -> dict[str, dict[str, Any]]:
-    """Every metric for every target; writes `metrics.json` into each target's folder.
+    """Every metric for every target; writes `metrics.json` into each target's folder (`write_metrics`).
 
     `split` is the corpus split evaluated on: "heldout" (default), or "all" for data never trained on
     (e.g. rollouts kept for evaluation)."""
@@ -338,5 +337,5 @@ def evaluate(
             "lm_loss": losses.get(target.name),
         }
         if target.folder is not None:
-            atomic_write_json(target.folder / METRICS_FILE, results[target.name])
+            write_metrics(target.folder, results[target.name])
     return results

@@ -295,8 +295,8 @@ img {{ max-width: 100%; }}
 <h1>{html.escape(title)}</h1>
 <p>{len(rows)} dictionaries, evaluated on the held-out split. FVU uses the variance about the mean; delta LM loss
 is the next-token cross-entropy with the site replaced by the reconstruction minus the clean one (nats); BOS, EOS and
-padding are never spliced nor counted. Full metrics: <code>metrics.json</code> next to each dictionary, and
-<a href="suite.csv">suite.csv</a>.</p>
+padding are never spliced nor counted. Full metrics: <code>metrics.json</code> per dictionary in the run's eval
+folder, and <a href="suite.csv">suite.csv</a>.</p>
 {_markdown_table_html(comparison)}
 {images}
 <h2>All dictionaries</h2>

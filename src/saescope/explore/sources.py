@@ -1,6 +1,7 @@
 """Which dictionaries the explorer indexes, read from a run, a training folder, dictionary folders or a release.
 
-* a run folder (``runs/<name>``, made by ``saescope run``): ``train/saes/*`` with their ``metrics.json``,
+* a run folder (``runs/<name>``, made by ``saescope run``): ``train/saes/*`` with their ``metrics.json``
+  (``eval/<name>/``, or beside the weights in runs made before the eval folder existed),
   the model and corpus of ``run_config.json``, and the report plots of ``report/``;
 * a training folder holding ``saes/`` (``saescope train``), or one dictionary folder;
 * a release (``saescope export``, Gemma Scope 1/2, SAELens): every dictionary folder below it. A release
@@ -27,14 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from saescope.dictionaries.folder import SAES, is_dictionary_folder, read_suite
+from saescope.dictionaries.folder import WEIGHTS as SAESCOPE_WEIGHTS
 from saescope.models.sites import Site
-from saescope.release import load_sae, read_suite
+from saescope.release import load_sae
 from saescope.release.common import ReleaseFormatError
 from saescope.release.gemmascope import GS1_PARAMS, GS2_PARAMS
 from saescope.release.multilayer import BLOCK_FILE_GLOB
 from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS
-from saescope.release.suite import CONFIG as SAESCOPE_CONFIG
-from saescope.release.suite import WEIGHTS as SAESCOPE_WEIGHTS
 from saescope.sae import AnyDictionary, CrossLayerDictionary, SparseDictionary
 
 #: A release root written with several formats is read through the first of these it holds.
@@ -232,7 +233,7 @@ def read_dictionaries(path: Path) -> DictionarySet:
         return DictionarySet(
             "run", path, _from_training(path / "train"), model, run_config, report if report.is_dir() else None
         )
-    if (path / "saes").is_dir() or ((path / SAESCOPE_CONFIG).is_file() and (path / SAESCOPE_WEIGHTS).is_file()):
+    if (path / SAES).is_dir() or is_dictionary_folder(path):
         dictionaries = _from_training(path)
         models = {str(d.metrics.get("model")) for d in dictionaries if d.metrics and d.metrics.get("model")}
         return DictionarySet("training", path, dictionaries, models.pop() if len(models) == 1 else None, None, None)

@@ -12,7 +12,6 @@ Every released dictionary is a JumpReLU in raw activation space (SPEC §2.7, §6
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,13 +23,15 @@ import torch
 from torch import Tensor
 
 from saescope.atomic import MANIFEST_NAME, sha256_file
+from saescope.dictionaries.folder import DictionaryFormatError
+from saescope.dictionaries.folder import read_json_object as read_json_object  # the release readers use it too
 from saescope.models.sites import ARCHITECTURES, Site, SiteKind, architecture_for_model_type
 from saescope.sae import AnyDictionary, BatchTopK, DictionaryConfig, JumpReLU, ReLU, build_dictionary, single_layer
 from saescope.sae.jumprelu import MIN_RAW_THRESHOLD
 
-
-class ReleaseFormatError(ValueError):
-    """A release file or folder is missing, malformed, truncated or inconsistent; the message names it."""
+#: A release file or folder is missing, malformed, truncated or inconsistent; the message names it. The same
+#: class as the dictionary folder's error, so one ``except`` catches a bad file whichever format it is in.
+ReleaseFormatError = DictionaryFormatError
 
 
 class ReleaseExportError(ValueError):
@@ -380,19 +381,6 @@ def read_tensor_file(path: Path, required: Iterable[str]) -> dict[str, Tensor]:
     if missing:
         raise ReleaseFormatError(f"{path}: tensor(s) {missing} missing; the file has {sorted(tensors)}")
     return tensors
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; ReleaseFormatError naming the file when missing or malformed."""
-    if not path.is_file():
-        raise ReleaseFormatError(f"{path} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ReleaseFormatError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise ReleaseFormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
 
 
 def check_against_manifest(files: Iterable[Path], *, check_hashes: bool = True, max_levels: int = 6) -> set[Path]:

@@ -26,8 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from saescope.atomic import verify_checksum
+from saescope.dictionaries.folder import CONFIG as SAESCOPE_CONFIG
+from saescope.dictionaries.folder import WEIGHTS as SAESCOPE_WEIGHTS
+from saescope.dictionaries.folder import is_dictionary_folder, read_trained_sae
+from saescope.dictionaries.sites import DictionarySites
 from saescope.models.loading import ONLINE_ENV, online_by_default
-from saescope.models.sites import Site, spanned_sites
+from saescope.models.sites import Site
 from saescope.release.common import ReadSAE, ReleaseFormatError, check_against_manifest
 from saescope.release.gemmascope import (
     GS1_PARAMS,
@@ -38,9 +42,6 @@ from saescope.release.gemmascope import (
 )
 from saescope.release.multilayer import is_multi_layer_folder, multi_layer_files, read_multi_layer_folder
 from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS, read_saelens_folder
-from saescope.release.suite import CONFIG as SAESCOPE_CONFIG
-from saescope.release.suite import WEIGHTS as SAESCOPE_WEIGHTS
-from saescope.release.suite import read_trained_sae
 from saescope.sae import AnyDictionary
 
 log = logging.getLogger(__name__)
@@ -79,23 +80,27 @@ class LoadedSAE:
     """The layers a multi-layer dictionary (CLT, crosscoder) spans, in block order; () for one layer."""
 
     @property
+    def sites(self) -> DictionarySites | None:
+        """Where it reads and writes; None when its files do not say which site it reads."""
+        return DictionarySites(self.site, self.site_out, self.layers) if self.site is not None else None
+
+    @property
     def is_transcoder(self) -> bool:
         return self.site_out is not None and self.site_out != self.site
 
     @property
     def input_sites(self) -> tuple[Site, ...]:
         """The sites it reads, one per block (``site`` at each of ``layers``); () when the site is unknown."""
-        return spanned_sites(self.site, self.layers) if self.site is not None else ()
+        return self.sites.input_sites if self.sites is not None else ()
 
     @property
     def output_sites(self) -> tuple[Site, ...]:
-        """The sites it writes, one per block."""
-        target = self.site_out or self.site
-        return spanned_sites(target, self.layers) if target is not None else ()
+        """The sites it writes, one per block; () when the site is unknown."""
+        return self.sites.output_sites if self.sites is not None else ()
 
 
 def _detect(folder: Path) -> str | None:
-    if (folder / SAESCOPE_WEIGHTS).is_file() and (folder / SAESCOPE_CONFIG).is_file():
+    if is_dictionary_folder(folder):
         return "saescope"
     if (folder / GS1_PARAMS).is_file():
         return "gemmascope"

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
-from saescope.atomic import atomic_write_checksummed, atomic_write_json
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
+from saescope.dictionaries.folder import read_trained_sae, write_dictionary_folder
 from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
@@ -190,8 +189,6 @@ def finetune_trained_folder(
     λ stays at the value training ended with (the controller's last scale, read from ``config.json``), so
     L0 stays where training left it. Returns the phase's summary, also recorded in ``config.json``.
     """
-    from saescope.release.suite import read_trained_sae  # the one reader of trained folders
-
     entry = read_trained_sae(source)
     sae = single_layer(entry.training_space(), "KL finetuning")
     for parameter in sae.parameters():
@@ -216,8 +213,5 @@ def finetune_trained_folder(
         "first": asdict(history[0]) if history else None,
         "last": asdict(history[-1]) if history else None,
     }
-    destination.mkdir(parents=True, exist_ok=True)
-    tensors = {key: value.detach().cpu().contiguous() for key, value in sae.state_dict().items()}
-    atomic_write_checksummed(destination / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
-    atomic_write_json(destination / "config.json", {**entry.config, "kl_finetune": summary})
+    write_dictionary_folder(destination, sae, {**entry.config, "kl_finetune": summary})
     return summary

@@ -10,7 +10,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from saescope.models.sites import Site, spanned_sites
+from saescope.dictionaries.sites import SpansSites
+from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig
 from saescope.train.inits import DECODER_BIAS_INITS
 
@@ -19,7 +20,7 @@ TARGET_SCALES = ("input", "own")
 
 
 @dataclass(frozen=True)
-class SAESpec:
+class SAESpec(SpansSites):
     """One dictionary to train: where it reads and writes, what it is, and its optimiser settings.
 
     An SAE reads and writes ``site``. A transcoder reads ``site`` and writes ``site_out``. A multi-layer
@@ -76,21 +77,6 @@ class SAESpec:
             raise ValueError("SAESpec.threshold_init_from_data needs a jumprelu or relu dictionary")
         if self.init_thresholds_from_data and self.target_l0 is None:
             raise ValueError("SAESpec.threshold_init_from_data needs target_l0 (the firing rate to start at)")
-
-    @property
-    def input_sites(self) -> tuple[Site, ...]:
-        """The sites it reads, one per layer."""
-        return spanned_sites(self.site, self.layers)
-
-    @property
-    def output_sites(self) -> tuple[Site, ...]:
-        """The sites it reconstructs, one per input site."""
-        return spanned_sites(self.site_out or self.site, self.layers)
-
-    @property
-    def transcodes(self) -> bool:
-        """Whether it writes sites other than those it reads (a transcoder or CLT, not an SAE or crosscoder)."""
-        return self.output_sites != self.input_sites
 
     @property
     def init_thresholds_from_data(self) -> bool:

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 from tqdm import tqdm
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json, atomic_write_text
 from saescope.data.activations import ActivationSource, SiteBatch
+from saescope.dictionaries.folder import SAES, write_dictionary_folder
 from saescope.models.sites import Site
 from saescope.sae import AnyDictionary, build_any_dictionary, single_layer
 from saescope.train.checkpoint import CHECKPOINT as CHECKPOINT  # where `saescope.train.distributed` finds it
@@ -388,11 +388,8 @@ class Trainer:
         return sae
 
     def _save_dictionary(self, member: Member) -> TrainedDictionary:
-        folder = self.out_dir / "saes" / member.spec.name
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.out_dir / SAES / member.spec.name
         sae = self._saved_dictionary(member)
-        tensors = {key: value.detach().contiguous() for key, value in sae.state_dict().items()}
-        atomic_write_checksummed(folder / "sae.safetensors", lambda handle: handle.write(safetensors_bytes(tensors)))
         scales = [self.norm_scales[site] for site in member.spec.input_sites]
         scale = scales[0]
         scales_out = [self.norm_scales[site] for site in member.spec.output_sites]
@@ -401,16 +398,13 @@ class Trainer:
             own_target_scale = {"norm_scale_out": scales_out[0]}
             if len(scales_out) > 1:
                 own_target_scale["norm_scales_out"] = scales_out
-        atomic_write_json(
-            folder / "config.json",
-            {
-                "format": "saescope-dictionary-v1",
-                **member.spec.to_dict(),
-                "norm_scale": scale,
-                **({"norm_scales": scales} if len(scales) > 1 else {}),
-                **own_target_scale,
-                "training": {**self.config.to_dict(), "steps_done": self.step, "tokens_seen": self.tokens_seen},
-                "final_batch_metrics": member.last,
-            },
-        )
+        config = {
+            **member.spec.to_dict(),
+            "norm_scale": scale,
+            **({"norm_scales": scales} if len(scales) > 1 else {}),
+            **own_target_scale,
+            "training": {**self.config.to_dict(), "steps_done": self.step, "tokens_seen": self.tokens_seen},
+            "final_batch_metrics": member.last,
+        }
+        write_dictionary_folder(folder, sae, config)
         return TrainedDictionary(member.spec.name, member.spec.site, sae, scale, folder, dict(member.last))
