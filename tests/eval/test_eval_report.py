@@ -4,7 +4,14 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from saescope.eval.report import kind_comparison_table, markdown_table, suite_rows, write_report
+from saescope.eval.report import (
+    TABLE_LEGEND,
+    UNRESOLVED_MARK,
+    kind_comparison_table,
+    markdown_table,
+    suite_rows,
+    write_report,
+)
 
 
 def fake_result(layer: int, kind: str, l0: float, width: int = 4096) -> dict[str, Any]:
@@ -22,7 +29,8 @@ def fake_result(layer: int, kind: str, l0: float, width: int = 4096) -> dict[str
         },
         "lm_loss": {
             "delta_lm_loss": 0.05 * l0 / 50, "delta_lm_loss_stderr": 0.01, "loss_recovered": 0.9,
-            "kl_clean_to_spliced": 0.04, "loss_n_predictions": 500, "delta_lm_loss_by_position": positions,
+            "kl_clean_to_spliced": 0.04, "kl_clean_to_spliced_stderr": 0.005, "loss_n_predictions": 500,
+            "delta_lm_loss_by_position": positions,
         },
     }  # fmt: skip
 
@@ -42,9 +50,27 @@ def test_report_writes_tables_plots_and_html(tmp_path: Path) -> None:
     assert all(plot.name in page for plot in files.plots)
 
 
-def test_markdown_table_shows_stderr() -> None:
+def test_markdown_table_leads_with_kl_and_shows_both_standard_errors() -> None:
     table = markdown_table(suite_rows([fake_result(0, "res", 50)]))
-    assert "| layer_0/res | res | jumprelu | 4096 | 50 | 0.1 | 0.05 ± 0.01 | 0.9 | 0.05 |" in table
+    header = "| site | kind | architecture | width | l0 | fvu | kl | delta_lm_loss | loss_recovered | dead_fraction |"
+    assert header in table
+    assert "| layer_0/res | res | jumprelu | 4096 | 50 | 0.1 | 0.04 ± 0.005 | 0.05 ± 0.01 | 0.9 | 0.05 |" in table
+    assert table.rstrip().endswith(TABLE_LEGEND)
+
+
+def test_markdown_table_marks_figures_within_two_standard_errors_of_zero() -> None:
+    result = fake_result(0, "att", 60)
+    result["lm_loss"].update(delta_lm_loss=-0.03, delta_lm_loss_stderr=0.02)  # |value| < 2 s.e.: noise
+    result["lm_loss"].update(kl_clean_to_spliced=0.011, kl_clean_to_spliced_stderr=0.005)  # 2.2 s.e.: resolved
+    row = next(line for line in markdown_table(suite_rows([result])).splitlines() if "layer_0/att" in line)
+    assert f"| 0.011 ± 0.005 | -0.03 ± 0.02 {UNRESOLVED_MARK} |" in row
+
+
+def test_markdown_table_without_loss_metrics_leaves_the_loss_cells_empty() -> None:
+    result = fake_result(0, "res", 50)
+    result["lm_loss"] = None
+    row = next(line for line in markdown_table(suite_rows([result])).splitlines() if "layer_0/res" in line)
+    assert "| 0.1 |  |  | " in row
 
 
 def test_kind_comparison_puts_the_kinds_of_each_layer_side_by_side() -> None:
@@ -56,3 +82,10 @@ def test_kind_comparison_puts_the_kinds_of_each_layer_side_by_side() -> None:
     layer_0 = next(line for line in lines if line.startswith("| 0 |"))
     assert layer_0.split(" | ")[2] == "0.25 (L0 40) |"  # the mlp column
     assert kind_comparison_table(suite_rows([fake_result(0, "res", 40)])) == ""  # one kind: nothing to compare
+
+
+def test_kind_comparison_marks_unresolved_delta_losses() -> None:
+    results = [fake_result(0, kind, 40) for kind in ("mlp", "res")]
+    results[0]["lm_loss"].update(delta_lm_loss=0.015, delta_lm_loss_stderr=0.01)  # mlp: 1.5 s.e.
+    layer_0 = next(line for line in kind_comparison_table(suite_rows(results)).splitlines() if line.startswith("| 0 |"))
+    assert layer_0 == f"| 0 | 0.04 (L0 40) | 0.015 {UNRESOLVED_MARK} (L0 40) |"

@@ -21,8 +21,34 @@ from saescope.models.sites import Site
 COLUMNS = (
     "name", "site", "layer", "kind", "architecture", "width", "l0", "fvu", "explained_variance",
     "cosine_similarity", "l2_ratio", "dead_fraction", "dense_fraction_above_0.1", "delta_lm_loss",
-    "delta_lm_loss_stderr", "loss_recovered", "kl_clean_to_spliced", "n_tokens", "loss_n_predictions",
+    "delta_lm_loss_stderr", "loss_recovered", "kl_clean_to_spliced", "kl_clean_to_spliced_stderr", "n_tokens",
+    "loss_n_predictions",
 )  # fmt: skip
+#: A mean closer to zero than this many standard errors is marked as not resolved (it cannot be told from zero).
+RESOLVED_STDERRS = 2.0
+#: The mark after a figure that is not resolved.
+UNRESOLVED_MARK = "~"
+#: The Markdown table's columns; the two loss figures carry their standard error, KL first: on a short evaluation
+#: the delta loss of the attention and MLP sites is mostly noise, while the per-prediction KL, which is never
+#: negative and varies less between predictions, is resolved.
+_SHOWN = (
+    "site",
+    "kind",
+    "architecture",
+    "width",
+    "l0",
+    "fvu",
+    "kl",
+    "delta_lm_loss",
+    "loss_recovered",
+    "dead_fraction",
+)
+_WITH_STDERR = {"kl": "kl_clean_to_spliced", "delta_lm_loss": "delta_lm_loss"}
+TABLE_LEGEND = (
+    "kl: mean KL(clean || spliced) per counted next-token prediction (nats) ± its standard error; delta_lm_loss: "
+    f"spliced minus clean cross-entropy (nats) ± its standard error; {UNRESOLVED_MARK} after a figure: not resolved, "
+    f"it lies within {RESOLVED_STDERRS:g} standard errors of zero."
+)
 _KIND_ORDER = ("res", "att", "mlp", "transcoder", "skip_transcoder", "clt", "skip_clt", "crosscoder")
 
 
@@ -76,15 +102,34 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def resolved(value: float, stderr: float | None) -> bool:
+    """Whether a mean is told apart from zero: |value| >= RESOLVED_STDERRS standard errors (no error: yes)."""
+    if stderr is None or math.isnan(stderr):
+        return True
+    return abs(value) >= RESOLVED_STDERRS * stderr
+
+
+def format_with_stderr(value: Any, stderr: Any) -> str:
+    """``value ± stderr``, with the not-resolved mark when the value lies within 2 standard errors of zero."""
+    text = _format(value)
+    if value is None or stderr is None:
+        return text
+    mark = "" if resolved(float(value), float(stderr)) else f" {UNRESOLVED_MARK}"
+    return f"{text} ± {_format(stderr)}{mark}"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    shown = ("site", "kind", "architecture", "width", "l0", "fvu", "delta_lm_loss", "loss_recovered", "dead_fraction")
-    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    """The suite as a Markdown table, the per-prediction KL leading the loss figures, then the legend line."""
+    lines = ["| " + " | ".join(_SHOWN) + " |", "|" + "---|" * len(_SHOWN)]
     for row in rows:
-        cells = [_format(row.get(column)) for column in shown]
-        if row.get("delta_lm_loss_stderr") is not None:
-            cells[6] += f" ± {_format(row['delta_lm_loss_stderr'])}"
+        cells = []
+        for column in _SHOWN:
+            key = _WITH_STDERR.get(column)
+            cells.append(
+                format_with_stderr(row.get(key), row.get(f"{key}_stderr")) if key else _format(row.get(column))
+            )
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + TABLE_LEGEND + "\n"
 
 
 def kind_comparison_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -100,12 +145,24 @@ def kind_comparison_table(rows: Sequence[dict[str, Any]]) -> str:
         cells = []
         for kind in kinds:
             members = [r for r in rows if r["layer"] == layer and r["kind"] == kind]
-            cells.append("; ".join(f"{_format(r.get('delta_lm_loss'))} (L0 {_format(r.get('l0'))})" for r in members))
+            cells.append("; ".join(f"{_delta_loss_cell(r)} (L0 {_format(r.get('l0'))})" for r in members))
         if sum(bool(cell) for cell in cells) >= 2:
             lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ""
-    return "Delta LM loss (nats; L0 in brackets) per layer and kind:\n\n" + "\n".join(lines) + "\n"
+    caption = (
+        f"Delta LM loss (nats; L0 in brackets; {UNRESOLVED_MARK}: within {RESOLVED_STDERRS:g} standard errors of "
+        "zero) per layer and kind:"
+    )
+    return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _delta_loss_cell(row: dict[str, Any]) -> str:
+    """A delta loss without its error, marked when it is not resolved."""
+    value, stderr = row.get("delta_lm_loss"), row.get("delta_lm_loss_stderr")
+    if value is None or stderr is None or resolved(float(value), float(stderr)):
+        return _format(value)
+    return f"{_format(value)} {UNRESOLVED_MARK}"
 
 
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -297,6 +354,7 @@ img {{ max-width: 100%; }}
 is the next-token cross-entropy with the site replaced by the reconstruction minus the clean one (nats); BOS, EOS and
 padding are never spliced nor counted. Full metrics: <code>metrics.json</code> per dictionary in the run's eval
 folder, and <a href="suite.csv">suite.csv</a>.</p>
+<p>{html.escape(TABLE_LEGEND)}</p>
 {_markdown_table_html(comparison)}
 {images}
 <h2>All dictionaries</h2>
