@@ -17,6 +17,7 @@ from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS
 from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
 from saescope.train import distributed
 from saescope.train.devices import check_device
+from saescope.train.memory import check_run_memory
 from saescope.train.verdict import implausible_dictionaries, implausible_warning, read_final_metrics
 
 _OVERRIDES = {
@@ -68,6 +69,9 @@ def register(commands: Any) -> None:
     for name, help_text in _INT_OVERRIDES.items():
         overrides.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None, help=help_text)
     add_recipe_arguments(parser, recipe_default=None)
+    parser.add_argument(
+        "--skip-memory-check", action="store_true", help="start even if the memory estimate is above what is free"
+    )
     parser.set_defaults(handler=run, subparser=parser)
 
 
@@ -90,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             print_recipe_help(config.training_recipe())
             return 0
         check_device(config.device)  # before the run folder is created
+        if not args.skip_memory_check:  # before the run folder exists or the model loads
+            check_run_memory(config)
         suite = SuiteRun.create(args.runs_dir / (args.name or args.preset), config, log=log)
     if main:
         print(f"Run folder: {suite.folder}  (preset {suite.config.preset})")

@@ -31,6 +31,7 @@ from saescope.release.suite import read_suite
 from saescope.sae import ARCHITECTURES, SparseDictionary, single_layer
 from saescope.train import SAESpec, distributed
 from saescope.train.devices import check_device
+from saescope.train.memory import check_train_memory
 from saescope.train.recipes import DEFAULT_RECIPE, Recipe, with_settings
 from saescope.train.specs import dictionary_specs, parse_target_l0, parse_width
 from saescope.train.verdict import (
@@ -91,6 +92,9 @@ def register(commands: Any) -> None:
         "id with --online; repeat for several. Width and architecture come from the parent; the recipe applies "
         "(λ warm-up 0 unless set); --sites defaults to the parents' sites. "
         "The parent is recorded in config.json and in the model card",
+    )
+    parser.add_argument(
+        "--skip-memory-check", action="store_true", help="start even if the memory estimate is above what is free"
     )
     add_config_argument(parser)
     parser.set_defaults(handler=run, subparser=parser)
@@ -233,6 +237,8 @@ def _train(args: argparse.Namespace) -> int:
         for spec in specs:
             if spec.init_from is not None:
                 print(f"  {spec.name} starts from {spec.init_from}")
+    if not args.skip_memory_check:  # before the output folder exists
+        check_train_memory(specs, source.widths, config, stream_buffer_tokens=getattr(source, "buffer_tokens", 0))
     trained = distributed.train_suite(specs, source, config, args.out)
     results = distributed.gather_final_metrics(trained, specs)
     if not main:

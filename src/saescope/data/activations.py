@@ -259,6 +259,11 @@ class StreamedActivations:
         return dict(self._widths)
 
     @property
+    def buffer_tokens(self) -> int:
+        """Rows of the shuffle buffer that training batches are drawn from (memory planning reads it)."""
+        return self._buffer_tokens
+
+    @property
     def norm_scales(self) -> dict[Site, float]:
         if self._scales is None:
             estimator = NormScaleEstimator(self._sites)
