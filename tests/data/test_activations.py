@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -67,6 +69,35 @@ def test_shuffled_batches_emit_every_token_once_and_mix_windows() -> None:
     assert all(b[SITES[0]].dtype == torch.float32 for b in batches)
     first_windows = {int(i) // 5 for i in batches[0][SITES[0]][:, 0]}
     assert len(first_windows) > 3  # tokens of one batch come from many windows
+
+
+def test_shuffled_batches_release_each_sites_parts_before_concatenating_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shuffle buffer's peak: while one site is concatenated, the other sites' old parts are already freed
+    (holding every site's parts and the merged buffer at once doubled the stream's memory)."""
+    site_a, site_b = SITES[0], SITES[1]  # widths 4 and 3 here, so that a concatenation tells which site it is
+    parts_of_a: list[weakref.ref[torch.Tensor]] = []
+
+    def chunks() -> Iterator[dict[Site, torch.Tensor]]:
+        for index in range(6):
+            part = torch.full((10, 4), float(index))
+            parts_of_a.append(weakref.ref(part))
+            yield {site_a: part, site_b: torch.full((10, 3), float(index))}
+
+    alive_when_b_merged: list[int] = []
+    original_cat = torch.cat
+
+    def watching_cat(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...], *args: Any, **kwargs: Any) -> torch.Tensor:
+        if tensors[0].shape[-1] == 3:  # site b's parts; the newest chunk is still held by the generators
+            alive_when_b_merged.append(sum(ref() is not None for ref in parts_of_a[:-1]))
+        return original_cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", watching_cat)
+    stream = shuffled_batches(chunks(), 10, buffer_tokens=40, generator=torch.Generator().manual_seed(0))
+    assert len(list(stream)) == 6
+    assert alive_when_b_merged
+    assert alive_when_b_merged == [0] * len(alive_when_b_merged)
 
 
 def test_prefetch_propagates_errors_and_stops_early() -> None:

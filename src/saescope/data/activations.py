@@ -193,9 +193,14 @@ def shuffled_batches(
         return int(next(iter(part.values())).shape[0]) if part else 0
 
     def merge() -> SiteBatch:
-        parts = ([buffer] if buffer else []) + pending
-        merged = {site: torch.cat([part[site] for part in parts]) for site in parts[0]}
+        # Site by site, each site's parts released once concatenated: the old parts and the merged buffer are
+        # never all held at once (all at once, they were about twice the buffer).
+        parts = [dict(part) for part in ([buffer] if buffer else []) + pending]
+        buffer.clear()
         pending.clear()
+        merged: SiteBatch = {}
+        for site in list(parts[0]):
+            merged[site] = torch.cat([part.pop(site) for part in parts])
         return merged
 
     def emit(merged: SiteBatch, n_out: int) -> Iterator[SiteBatch]:
@@ -205,7 +210,8 @@ def shuffled_batches(
             index = out[start : start + batch_size]
             yield {site: x[index].float() for site, x in merged.items()}
         buffer.clear()
-        buffer.update({site: x[keep] for site, x in merged.items()})
+        for site in list(merged):  # each site's rows kept, then its merged rows released
+            buffer[site] = merged.pop(site)[keep]
 
     for chunk in chunks:
         pending.append(chunk)
