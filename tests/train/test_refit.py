@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from test_trainer import RES, config, jumprelu_spec, sparse_data
 
 from saescope.data.arrays import ArrayActivations
+from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
 from saescope.train import Trainer
 from saescope.train.elements import DecoderRefitAtEnd
@@ -134,6 +137,30 @@ def test_the_trainer_refits_once_at_the_end_and_a_resumed_run_saves_the_same(tmp
     (again,) = Trainer([jumprelu_spec()], source, config(30, decoder_refit_tokens=2_048), tmp_path / "refit").run()
     for key, value in trained.sae.state_dict().items():
         assert torch.equal(value, again.sae.state_dict()[key]), key
+
+
+class PassCountingSource(ArrayActivations):
+    """An in-memory source that records how many of its passes over the data are open at once."""
+
+    def __init__(self, acts: dict[Site, torch.Tensor]) -> None:
+        super().__init__(acts)
+        self.open_passes = 0
+        self.most_open = 0
+
+    def batches(self, batch_size: int, **kwargs: Any) -> Iterator[dict[Site, torch.Tensor]]:
+        self.open_passes += 1
+        self.most_open = max(self.most_open, self.open_passes)
+        try:
+            yield from super().batches(batch_size, **kwargs)
+        finally:
+            self.open_passes -= 1
+
+
+def test_the_training_pass_is_closed_before_the_refit_reads_the_data_again(tmp_path: Path) -> None:
+    # A streamed source holds a shuffle buffer and prefetched forwards per open pass: two at once doubled it.
+    source = PassCountingSource({RES: sparse_data(4_000)[0]})
+    Trainer([jumprelu_spec()], source, config(10, decoder_refit_tokens=1_024), tmp_path).run()
+    assert source.most_open == 1
 
 
 def test_a_run_stopped_before_its_last_step_does_not_refit(tmp_path: Path) -> None:
