@@ -56,9 +56,10 @@ def test_step_scratch_counts_the_dense_path_unless_the_sparse_step_is_forced() -
     assert step_scratch_bytes(sparse, batch_size=32) == 5 * 32 * 16
 
 
-def test_stream_buffer_is_the_buffer_and_one_chunk_of_every_site_twice() -> None:
-    assert stream_buffer_bytes([8, 24], buffer_tokens=100, chunk_tokens=28, dtype_name="float32") == 2 * 128 * 32 * 4
-    assert stream_buffer_bytes([8, 24], buffer_tokens=100, chunk_tokens=28, dtype_name="bfloat16") == 2 * 128 * 32 * 2
+def test_stream_is_the_buffer_and_one_chunk_twice_and_four_chunks_in_flight_of_every_site() -> None:
+    rows = 2 * (100 + 28) + 4 * 28
+    assert stream_buffer_bytes([8, 24], buffer_tokens=100, chunk_tokens=28, dtype_name="float32") == rows * 32 * 4
+    assert stream_buffer_bytes([8, 24], buffer_tokens=100, chunk_tokens=28, dtype_name="bfloat16") == rows * 32 * 2
 
 
 def test_refit_is_bounded_by_one_pass() -> None:

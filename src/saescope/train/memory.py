@@ -11,8 +11,9 @@ What one process holds while it trains (the figures are upper estimates, not mea
   JumpReLU step functions), or the sparse step's reused encoder product and its comparison mask
   (`saescope.sae.sparse`); "auto" may take either, so it counts the dense one;
 * the batch itself: each site's float32 batch, and each dictionary's reconstruction;
-* the activation stream's shuffle buffer (`saescope.data.activations.shuffled_batches`): up to the buffer plus
-  one forward's chunk of every site, held twice while the parts are concatenated;
+* the activation stream (`saescope.data.activations`): its shuffle buffer, up to the buffer plus one forward's
+  chunk of every site, counted twice (the allocator does not give every freed part back at once), and the
+  forwards in flight: the prefetched chunks, the one being computed, and its unmasked capture;
 * the decoder refit's normal equations (`saescope.train.refit`), at most one pass's worth at a time.
 
 Under torchrun each rank holds the model, the stream buffer and its own share of the dictionaries
@@ -55,8 +56,11 @@ DENSE_STEP_BF_COPIES = 6
 SPARSE_STEP_BF_BYTES = 4 + 1
 #: Bytes of the dead-latent counter per latent (int64).
 COUNTER_BYTES = 8
-#: The shuffle buffer is held twice at its peak: the old parts and their concatenation.
+#: The shuffle buffer is counted twice: it is concatenated site by site, but freed parts are not all returned.
 STREAM_BUFFER_COPIES = 2
+#: Forward chunks of every site in flight: the prefetch queue (depth 2), the chunk being computed and its unmasked
+#: capture (`saescope.data.activations.stream_token_activations`).
+CHUNKS_IN_FLIGHT = 2 + 1 + 1
 #: Leave this share of the available memory free (the allocator, Python, the tokenizer, fragmentation).
 HEADROOM_FRACTION = 0.1
 
@@ -97,7 +101,7 @@ class MemoryEstimate:
             f"{self.n_dictionaries} dictionaries with gradients and Adam state": self.dictionaries,
             "training step scratch": self.step_scratch,
             "batch": self.batch,
-            "activation shuffle buffer": self.stream_buffer,
+            "activation stream": self.stream_buffer,
             "decoder refit": self.refit,
         }
         listed = ", ".join(f"{name} {_gib(size)}" for name, size in parts.items() if size > 0)
@@ -144,9 +148,10 @@ def batch_bytes(specs: Sequence[SAESpec], site_widths: Mapping[Site, int], batch
 
 
 def stream_buffer_bytes(site_dims: Sequence[int], buffer_tokens: int, chunk_tokens: int, dtype_name: str) -> int:
-    """The activation stream's shuffle buffer at its peak: the buffer and one forward's chunk of every site,
-    twice (the parts and their concatenation)."""
-    return STREAM_BUFFER_COPIES * (buffer_tokens + chunk_tokens) * sum(site_dims) * element_bytes(dtype_name)
+    """The activation stream at its peak: the shuffle buffer with one forward's chunk of every site (twice), and
+    the forward chunks in flight."""
+    rows = STREAM_BUFFER_COPIES * (buffer_tokens + chunk_tokens) + CHUNKS_IN_FLIGHT * chunk_tokens
+    return rows * sum(site_dims) * element_bytes(dtype_name)
 
 
 def refit_bytes(configs: Sequence[DictionaryConfig]) -> int:
