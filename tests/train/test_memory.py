@@ -123,8 +123,18 @@ def tiny_run(model_dir: Path, corpus: Path) -> RunConfig:
 
 def test_run_estimate_reads_the_model_sizes_without_loading_it(tiny_model_dir: Path, text_corpus: Path) -> None:
     estimate = check_run_memory(tiny_run(tiny_model_dir, text_corpus), available=1 << 40)
+    assert estimate is not None
     assert estimate.model == memory.module_bytes(build_tiny_model("gemma3"))
     assert estimate.n_dictionaries == 3 * build_tiny_model("gemma3").config.num_hidden_layers
+
+
+def test_a_model_whose_configuration_cannot_be_read_is_left_to_the_model_loader(
+    tmp_path: Path, text_corpus: Path
+) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    assert check_run_memory(tiny_run(empty, text_corpus), available=1) is None
+    assert check_run_memory(tiny_run(Path("nobody/no-such-model"), text_corpus), available=1) is None
 
 
 def test_run_command_refuses_a_run_that_cannot_fit_before_creating_its_folder(

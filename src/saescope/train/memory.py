@@ -269,13 +269,17 @@ def torchrun_world() -> tuple[int, int]:
     return world, int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
 
 
-def run_memory_estimate(config: RunConfig) -> MemoryEstimate:
-    """The training stage's peak per process for a `saescope run` configuration, from the model's sizes alone."""
+def run_memory_estimate(config: RunConfig) -> MemoryEstimate | None:
+    """The training stage's peak per process for a `saescope run` configuration, from the model's sizes alone;
+    None when the model's configuration cannot be read here (loading it then reports why, with what to do)."""
     from saescope.pipeline import SuiteRun
     from saescope.train.recipes import get_recipe
     from saescope.train.specs import recipe_train_config
 
-    loaded = meta_model(config.model, config.dtype)
+    try:
+        loaded = meta_model(config.model, config.dtype)
+    except (OSError, ValueError):
+        return None
     suite = SuiteRun(Path("(not created)"), config, log=_silent, _loaded=loaded)
     specs = suite.specs()
     widths = site_widths(loaded.model, suite.source_sites())
@@ -294,10 +298,13 @@ def run_memory_estimate(config: RunConfig) -> MemoryEstimate:
     )  # fmt: skip
 
 
-def check_run_memory(config: RunConfig, *, available: int | None = None) -> MemoryEstimate:
+def check_run_memory(config: RunConfig, *, available: int | None = None) -> MemoryEstimate | None:
     """Refuse a `saescope run` configuration whose training stage will not fit (`InsufficientMemoryError`);
-    `available` defaults to what the run's device has free now."""
+    `available` defaults to what the run's device has free now. Returns the estimate (None: not checked, see
+    `run_memory_estimate`)."""
     estimate = run_memory_estimate(config)
+    if estimate is None:
+        return None
     where = f"device {config.device}" if config.device.startswith("cuda") else "this machine"
     free = available_memory_bytes(config.device) if available is None else available
     check_fits(estimate, free, where=where, skip_option="--skip-memory-check")
