@@ -15,8 +15,10 @@ from saescope.data.arrays import ArrayActivations
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
 from saescope.train import Trainer
+from saescope.train import trainer as trainer_module
 from saescope.train.elements import DecoderRefitAtEnd
 from saescope.train.refit import RIDGE, DecoderRefit, accumulator_bytes, refit_passes, refittable
+from saescope.train.trainer import return_freed_memory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -156,11 +158,20 @@ class PassCountingSource(ArrayActivations):
             self.open_passes -= 1
 
 
-def test_the_training_pass_is_closed_before_the_refit_reads_the_data_again(tmp_path: Path) -> None:
+def test_the_training_pass_is_closed_and_its_memory_returned_before_the_refit_reads_the_data_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A streamed source holds a shuffle buffer and prefetched forwards per open pass: two at once doubled it.
     source = PassCountingSource({RES: sparse_data(4_000)[0]})
+    open_when_returned: list[int] = []
+    monkeypatch.setattr(trainer_module, "return_freed_memory", lambda: open_when_returned.append(source.open_passes))
     Trainer([jumprelu_spec()], source, config(10, decoder_refit_tokens=1_024), tmp_path).run()
     assert source.most_open == 1
+    assert open_when_returned == [0]  # once, after the training pass closed
+
+
+def test_returning_freed_memory_is_safe_to_call() -> None:
+    return_freed_memory()  # glibc's malloc_trim where there is one, nothing elsewhere
 
 
 def test_a_run_stopped_before_its_last_step_does_not_refit(tmp_path: Path) -> None:
