@@ -273,8 +273,6 @@ def run_memory_estimate(config: RunConfig) -> MemoryEstimate | None:
     """The training stage's peak per process for a `saescope run` configuration, from the model's sizes alone;
     None when the model's configuration cannot be read here (loading it then reports why, with what to do)."""
     from saescope.pipeline import SuiteRun
-    from saescope.train.recipes import get_recipe
-    from saescope.train.specs import recipe_train_config
 
     try:
         loaded = meta_model(config.model, config.dtype)
@@ -283,11 +281,7 @@ def run_memory_estimate(config: RunConfig) -> MemoryEstimate | None:
     suite = SuiteRun(Path("(not created)"), config, log=_silent, _loaded=loaded)
     specs = suite.specs()
     widths = site_widths(loaded.model, suite.source_sites())
-    train_config = recipe_train_config(
-        get_recipe(config.recipe), total_tokens=config.tokens, batch_size=config.batch_size,
-        lr_warmup_steps=config.lr_warmup_steps, lr_decay_fraction=config.lr_decay_fraction, seed=config.seed,
-        checkpoint_every_steps=config.checkpoint_every_steps, device=config.device,
-    )  # fmt: skip
+    train_config = config.train_config()
     chunk_tokens = config.batch_windows * config.context_size
     buffer = stream_buffer_bytes(list(widths.values()), config.shuffle_buffer_tokens, chunk_tokens, config.dtype)
     world, on_host = torchrun_world()
