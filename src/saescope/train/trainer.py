@@ -85,7 +85,7 @@ class TrainedDictionary:
 def return_freed_memory() -> None:
     """Give memory freed by Python and torch back to the operating system where the C library allows (glibc's
     malloc_trim; elsewhere nothing). Freed tensors of a closed activation stream otherwise stay in the allocator's
-    per-thread arenas, where the next stream's producer thread does not reuse them, and count as resident."""
+    arenas, resident, while the next pass over the data allocates its own (see docs/results/memory.md)."""
     gc.collect()
     name = ctypes.util.find_library("c")
     if name is None:
