@@ -165,7 +165,7 @@ MAIN_SYSTEMS = (
     ),
     System("sparsify-topk", "sparsify TopK (defaults)", "sparsify", "topk"),
 )
-#: The default recipe followed by Gemma Scope 2's end-to-end KL phase (SPEC §7.6) on extra tokens.
+#: The default recipe followed by Gemma Scope 2's end-to-end KL phase (method §7.6) on extra tokens.
 KL_SYSTEM = System(
     "saescope-jumprelu-kl", "saescope JumpReLU (default + KL finetune)", "saescope-kl", "jumprelu",
     SAESCOPE.replace(kl_finetune_tokens=16_384, kl_beta=1.0),

@@ -5,7 +5,7 @@ on the same activations and from the same initial dictionary, it times one optim
 
 * ``saescope JumpReLU sparse``: ``loss`` with ``step_kernel="sparse"`` (saescope.sae.sparse: one dense
   encoder product, everything else on the active codes), ``backward``, ``project_decoder_grad_``, Adam,
-  ``zero_grad``, ``normalize_decoder_`` (SPEC §2.4), θ trained directly (``threshold_parameterisation``
+  ``zero_grad``, ``normalize_decoder_`` (method §2.4), θ trained directly (``threshold_parameterisation``
   "raw", as SAELens does);
 * ``saescope JumpReLU dense``: the same with ``step_kernel="dense"`` (autograd, the reference);
 * ``saescope Trainer step``: ``Trainer._train_member`` (the same plus LR schedule, finite-loss check,
@@ -164,7 +164,7 @@ def load_into(sae: SparseDictionary, weights: dict[str, torch.Tensor]) -> None:
 
 
 def saescope_loop(config: DictionaryConfig, weights: dict[str, torch.Tensor], x_BD: torch.Tensor, lr: float) -> Step:
-    """SPEC §2.4's step written out; Adam with fused=True (one pass over each parameter)."""
+    """method §2.4's step written out; Adam with fused=True (one pass over each parameter)."""
     sae = build_dictionary(config)
     load_into(sae, weights)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8, fused=True)

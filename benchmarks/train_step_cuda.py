@@ -9,7 +9,7 @@ TopK uses k = ``--l0``:
 1. **agreement**: one ``loss`` + ``backward`` with ``step_kernel="sparse"`` and with ``"dense"`` (the
    autograd reference) from the same weights, at a step past the λ warm-up (so the L0 penalty and its θ
    gradient are on); reported as max|sparse − dense| / max|dense| for the loss and every gradient;
-2. **throughput**: per kernel, a full SPEC §2.4 step (``loss``, ``backward``, ``project_decoder_grad_``,
+2. **throughput**: per kernel, a full method §2.4 step (``loss``, ``backward``, ``project_decoder_grad_``,
    ``Adam(fused=True).step``, ``zero_grad``, ``normalize_decoder_``) timed with CUDA events
    (``--warmup`` untimed + ``--steps`` timed, median), and its peak GPU memory
    (``torch.cuda.max_memory_allocated`` after a reset, minus what was allocated before the kernel's

@@ -362,7 +362,7 @@ class SuiteRun:
         return details
 
     def _kl_finetune(self, recipe: Recipe) -> int:
-        """The recipe's end-to-end KL phase (SPEC §7.6), in place on every trained dictionary."""
+        """The recipe's end-to-end KL phase (method §7.6), in place on every trained dictionary."""
         from saescope.release.suite import read_suite
         from saescope.train.kl_finetune import KLFinetuneConfig, finetune_trained_folder
 

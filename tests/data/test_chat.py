@@ -1,5 +1,5 @@
 """Chat formatting: templates, the user-turn-prefix mask, conversation sources, and the mask flowing through
-window packing into activations, the cache manifest and metrics.json (SPEC §3.5)."""
+window packing into activations, the cache manifest and metrics.json (method §3.5)."""
 
 from __future__ import annotations
 

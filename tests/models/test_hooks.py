@@ -13,7 +13,7 @@ Tensors = dict[SiteKind, torch.Tensor]
 
 
 def _gemma_block(layer: nn.Module, t: Tensors) -> tuple[torch.Tensor, torch.Tensor]:
-    # SPEC §3.1: h_mid = h + PostAttnNorm(z @ W_O); h_out = h_mid + PostMLPNorm(MLP(PreMLPNorm(h_mid))).
+    # method §3.1: h_mid = h + PostAttnNorm(z @ W_O); h_out = h_mid + PostMLPNorm(MLP(PreMLPNorm(h_mid))).
     mid = t[SiteKind.RESID_PRE] + layer.post_attention_layernorm(layer.self_attn.o_proj(t[SiteKind.ATT]))
     return layer.pre_feedforward_layernorm(mid), mid + t[SiteKind.MLP]
 

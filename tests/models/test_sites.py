@@ -46,7 +46,7 @@ def test_select_sites_forms() -> None:
 
 
 def test_gemma3_hook_strings_match_gemma_scope_2_configs(tiny_gemma: nn.Module) -> None:
-    # SPEC §6.2: the hf_hook_point strings found in Gemma Scope 2 config.json files.
+    # method §6.2: the hf_hook_point strings found in Gemma Scope 2 config.json files.
     assert hf_hook_name(tiny_gemma, Site(2, SiteKind.RES)) == "model.layers.2.output"
     assert hf_hook_name(tiny_gemma, Site(2, SiteKind.ATT)) == "model.layers.2.self_attn.o_proj.input"
     assert hf_hook_name(tiny_gemma, Site(2, SiteKind.MLP)) == "model.layers.2.post_feedforward_layernorm.output"

@@ -48,7 +48,7 @@ def write_gs1(
 
 
 def reference_forward(x: np.ndarray, p: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC §6.1 (the Gemma Scope tutorial's forward), in float64 numpy."""
+    """method §6.1 (the Gemma Scope tutorial's forward), in float64 numpy."""
     pre = x @ p["W_enc"].astype(np.float64) + p["b_enc"]
     acts = (pre > p["threshold"]) * np.maximum(pre, 0)
     return acts, acts @ p["W_dec"].astype(np.float64) + p["b_dec"]

@@ -85,7 +85,7 @@ def test_gs1_npz_holds_five_float32_raw_space_arrays(suite_run: Path, tmp_path: 
     }  # fmt: skip
     assert all(a.dtype == np.float32 for a in arrays.values())
     trained = _entry(suite_run, "res-a").training_space()
-    # Folding (SPEC §2.7): b_dec' = C b_dec, θ' = C θ, b_enc' = C (b_enc - b_dec W_enc), W unchanged.
+    # Folding (method §2.7): b_dec' = C b_dec, θ' = C θ, b_enc' = C (b_enc - b_dec W_enc), W unchanged.
     np.testing.assert_allclose(arrays["b_dec"], NORM_SCALE * trained.b_dec_D.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(arrays["threshold"], NORM_SCALE * trained.threshold_F.detach().numpy(), rtol=1e-6)
     expected_b_enc = NORM_SCALE * (trained.b_enc_F - trained.b_dec_D @ trained.W_enc_DF).detach().numpy()

@@ -1,4 +1,4 @@
-"""Shared dictionary behaviour: init, decoder constraint, skip path, loss plumbing (SPEC §2.1, §7.4)."""
+"""Shared dictionary behaviour: init, decoder constraint, skip path, loss plumbing (method §2.1, §7.4)."""
 
 from __future__ import annotations
 

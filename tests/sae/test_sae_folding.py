@@ -1,4 +1,4 @@
-"""Folding the normalisation scale and pre-encoder bias into raw-space weights (SPEC §2.7, §7.10 item 2)."""
+"""Folding the normalisation scale and pre-encoder bias into raw-space weights (method §2.7, §7.10 item 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""JumpReLU straight-through estimators and threshold handling (SPEC §1.4, §1.5, §7.10 item 1)."""
+"""JumpReLU straight-through estimators and threshold handling (method §1.4, §1.5, §7.10 item 1)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_rectangle_kernel_is_open_unit_interval() -> None:
 
 
 def test_threshold_gradient_equals_kernel_density_formula() -> None:
-    """SPEC §7.10 item 1: grad(log θ_i) = θ_i/(Bε) Σ_b (2θ_i d_i·(x_b − x̂_b) − λ) K((π_bi − θ_i)/ε)."""
+    """method §7.10 item 1: grad(log θ_i) = θ_i/(Bε) Σ_b (2θ_i d_i·(x_b − x̂_b) − λ) K((π_bi − θ_i)/ε)."""
     lam = 0.01
     sae, x_BD = _random_sae(lam)
     out = sae.loss(x_BD, step=0)

@@ -1,4 +1,4 @@
-"""Matryoshka nested-prefix reconstruction loss (SPEC §7.3)."""
+"""Matryoshka nested-prefix reconstruction loss (method §7.3)."""
 
 from __future__ import annotations
 

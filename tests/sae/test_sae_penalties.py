@@ -1,4 +1,4 @@
-"""Penalty functions and the λ warm-up schedule (SPEC §1.3, §2.1, §7.2)."""
+"""Penalty functions and the λ warm-up schedule (method §1.3, §2.1, §7.2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Tiny training runs: a JumpReLU SAE recovers the atoms of a known sparse dictionary.
 
-Plain Adam loop with the GS per-step algorithm (SPEC §2.4: decoder-gradient projection before the step,
+Plain Adam loop with the GS per-step algorithm (method §2.4: decoder-gradient projection before the step,
 row renormalisation after it) on synthetic data x = Σ_i a_i d_i with ~3 of 48 unit atoms active per
 token, normalised to E‖x‖² = 1. The learning rate is far above GS's 7e-5 because the run is 500 steps.
 """
@@ -29,7 +29,7 @@ def _train(config: DictionaryConfig, seed: int = 0, lr: float = 5e-3) -> tuple[S
     g = torch.Generator().manual_seed(seed)
     atoms_ND = torch.randn(N_ATOMS, D, generator=g)
     atoms_ND = atoms_ND / atoms_ND.norm(dim=-1, keepdim=True)
-    scale = _sample(atoms_ND, 20_000, g).pow(2).sum(-1).mean().sqrt()  # C of SPEC §2.2
+    scale = _sample(atoms_ND, 20_000, g).pow(2).sum(-1).mean().sqrt()  # C of method §2.2
     module = build_dictionary(config, generator=g)
     optimiser = torch.optim.Adam(module.parameters(), lr=lr, betas=(0.0, 0.999), eps=1e-8)
     l0 = float("nan")
@@ -49,7 +49,7 @@ def _train(config: DictionaryConfig, seed: int = 0, lr: float = 5e-3) -> tuple[S
 @pytest.mark.parametrize(
     ("parameterisation", "threshold_init", "bandwidth"),
     [
-        ("raw", 0.001, 0.001),  # GS θ_init and ε; raw θ (SPEC §7.9 option)
+        ("raw", 0.001, 0.001),  # GS θ_init and ε; raw θ (method §7.9 option)
         ("log", 0.1, 0.05),  # paper's log θ needs a larger θ_init / ε to move in 500 steps
     ],
 )

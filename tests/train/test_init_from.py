@@ -1,4 +1,4 @@
-"""`--init-from`: a trained (or released) dictionary continues training on new activations (SPEC §7.6).
+"""`--init-from`: a trained (or released) dictionary continues training on new activations (method §7.6).
 
 The parent is trained on "PT" activations and continued on "IT" activations with another norm, so the new
 run's scale C differs from the parent's: the first step must still see exactly the parent's function."""

@@ -1,4 +1,4 @@
-"""End-to-end KL finetuning (SPEC §7.6): the loss formula, the constant α, and gradients through a tiny model."""
+"""End-to-end KL finetuning (method §7.6): the loss formula, the constant α, and gradients through a tiny model."""
 
 from __future__ import annotations
 

@@ -71,7 +71,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser, *, training: bool = Fa
         "--chat",
         action="store_true",
         help="instruction-tuned models: wrap each document in the chat template as a user turn followed by the "
-        "model-turn prefix, and drop the user-turn prefix positions from activations and metrics (SPEC §3.5); "
+        "model-turn prefix, and drop the user-turn prefix positions from activations and metrics (method §3.5); "
         "with --text-field messages a .jsonl/.parquet source holds whole conversations (e.g. saescope rollouts)",
     )
     group.add_argument(

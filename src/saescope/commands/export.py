@@ -17,7 +17,7 @@ def register(commands: Any) -> None:
         "export",
         help="write trained SAEs in the Gemma Scope 1/2 and SAELens formats, with a model card",
         description="Export every dictionary of a training run (RUN/saes/*/) with raw-space weights "
-        "(the normalisation scale C and b_dec folded in, SPEC §2.7) as a release folder: "
+        "(the normalisation scale C and b_dec folded in, method §2.7) as a release folder: "
         "gemmascope = Gemma Scope 1 layout <model>-<res|att|mlp|transcoders>/layer_L/width_W/average_l0_N/params.npz; "
         "gemmascope2 = Gemma Scope 2 layout <resid_post|attn_out|mlp_out>_all/layer_L_width_W_l0_<small|medium|big>/"
         "{params.safetensors,config.json}; saelens = cfg.json + sae_weights.safetensors per SAE, loadable with "

@@ -87,7 +87,7 @@ def register(commands: Any) -> None:
         "--init-from",
         action="append",
         metavar="PARENT",
-        help="continue training an existing SAE instead of starting afresh (PT→IT finetuning, SPEC §7.6): a saescope "
+        help="continue training an existing SAE instead of starting afresh (PT→IT finetuning, method §7.6): a saescope "
         "dictionary folder or run folder (every dictionary in it), a Gemma Scope 1/2 or SAELens folder, or a Hub "
         "id with --online; repeat for several. Width and architecture come from the parent; the recipe applies "
         "(λ warm-up 0 unless set); --sites defaults to the parents' sites. "

@@ -1,8 +1,8 @@
 """The activation stream: token windows -> one model forward -> every site's activations at once.
 
 Positions holding special tokens (BOS, EOS, padding, ...) are dropped here, once, so nothing
-downstream trains or evaluates on them (SPEC §2.3, §6.4). The dataset-wide normalisation scale C of
-each site, with E‖x/C‖² = 1 (SPEC §2.2), is estimated from the same stream.
+downstream trains or evaluates on them (method §2.3, §6.4). The dataset-wide normalisation scale C of
+each site, with E‖x/C‖² = 1 (method §2.2), is estimated from the same stream.
 
 Both activation sources the trainer can read -- this live stream and the on-disk cache
 (`saescope.data.cache`) -- implement `ActivationSource`: shuffled float32 batches of token
@@ -137,7 +137,7 @@ def robust_mean_square(sq_norms_N: torch.Tensor) -> torch.Tensor:
 
 
 class NormScaleEstimator:
-    """Accumulates E‖x‖² per site in float64; `scales()` gives C = sqrt(E‖x‖²) (SPEC §2.2), leaving out rows far
+    """Accumulates E‖x‖² per site in float64; `scales()` gives C = sqrt(E‖x‖²) (method §2.2), leaving out rows far
     above the median norm (`outlier_free_rows`; on data without them, the plain mean, bit for bit)."""
 
     def __init__(self, sites: Sequence[Site]) -> None:

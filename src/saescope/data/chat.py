@@ -1,4 +1,4 @@
-"""Chat formatting for instruction-tuned models: templates, conversations and the chat mask (SPEC §3.5).
+"""Chat formatting for instruction-tuned models: templates, conversations and the chat mask (method §3.5).
 
 Gemma Scope 1 trained its IT SAEs on pretraining documents wrapped in Gemma's chat template -- each
 document as a user turn, followed by the model-turn prefix -- and collected activations on every position

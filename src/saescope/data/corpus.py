@@ -17,7 +17,7 @@ Sources (``iter_documents(source, ...)``):
 
 A fixed fraction of documents is held out (:mod:`saescope.data.split`); the documents of a split become token
 windows as :mod:`saescope.data.windows` describes, wrapped in a chat template when ``chat_template`` is set
-(SPEC §3.5, :mod:`saescope.data.chat`).
+(method §3.5, :mod:`saescope.data.chat`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class CorpusConfig:
     seed: int = 0  # document order of the token stream
     max_documents: int | None = None  # stop after this many documents of the chosen split
     #: None: plain text. Else wrap each document in a chat template as a user turn followed by the model-turn
-    #: prefix, and drop the user-turn prefix positions (SPEC §3.5): "tokenizer" (the model's own template),
+    #: prefix, and drop the user-turn prefix positions (method §3.5): "tokenizer" (the model's own template),
     #: "gemma" (Gemma's turn format, for a base model) or a Jinja template file. Conversations need it.
     chat_template: str | None = None
     #: Training-split windows come out of a seeded shuffle buffer of this many tokens (0: in stream order, as

@@ -1,4 +1,4 @@
-"""Rollouts: a model's sampled responses to prompts, stored as conversations (SPEC §3.5, §7.6).
+"""Rollouts: a model's sampled responses to prompts, stored as conversations (method §3.5, §7.6).
 
 Gemma Scope 1 evaluated its IT SAEs on rollouts of the IT model sampled at temperature 1.0; Gemma Scope 2
 finetuned its IT SAEs on rollouts. :func:`generate_rollouts` makes them for any causal LM with a chat

@@ -1,4 +1,4 @@
-"""Documents -> fixed-length token windows that start with BOS, and spread samples of them (SPEC §2.3, §6.4).
+"""Documents -> fixed-length token windows that start with BOS, and spread samples of them (method §2.3, §6.4).
 
 Documents are put in a seeded order, tokenised without special tokens, each followed by EOS, concatenated, and
 cut into windows of ``context_size`` tokens, each being ``[BOS] + context_size - 1`` stream tokens.

@@ -199,7 +199,7 @@ class TrainedSAE(SpansSites):
         return sae.eval()
 
     def raw_space(self) -> AnyDictionary:
-        """The dictionary with C and b_dec folded in (SPEC §2.7): it reads raw activations."""
+        """The dictionary with C and b_dec folded in (method §2.7): it reads raw activations."""
         sae = self.training_space()
         if isinstance(sae, CrossLayerDictionary):  # each target was divided by its input layer's scale
             return sae.fold_normalisation(self.norm_scales, self.norm_scales_out or self.norm_scales).eval()

@@ -1,4 +1,4 @@
-"""PT SAEs vs IT SAEs, as in Gemma Scope 1 §4.5 (SPEC §3.5): delta LM loss and FVU of SAEs trained on a
+"""PT SAEs vs IT SAEs, as in Gemma Scope 1 §4.5 (method §3.5): delta LM loss and FVU of SAEs trained on a
 pretrained (PT) model and of SAEs trained or finetuned for its instruction-tuned (IT) counterpart, each
 evaluated under every condition:
 

@@ -1,5 +1,5 @@
 """Evaluate every dictionary of a suite on the held-out split: one streaming pass for reconstruction
-metrics (all sites in one model forward), then the delta-LM-loss passes (SPEC §4)."""
+metrics (all sites in one model forward), then the delta-LM-loss passes (method §4)."""
 
 from __future__ import annotations
 

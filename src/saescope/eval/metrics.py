@@ -1,4 +1,4 @@
-"""Reconstruction metrics of a sparse dictionary, accumulated over a stream of token batches (SPEC §4.2).
+"""Reconstruction metrics of a sparse dictionary, accumulated over a stream of token batches (method §4.2).
 
 All sums are float64. FVU uses the conventional denominator, the variance about the per-dimension
 mean of the evaluation set: FVU = Σ‖x − x̂‖² / Σ‖x − μ‖², with Σ‖x − μ‖² = Σ‖x‖² − N‖μ‖² (some peers
@@ -121,7 +121,7 @@ class ReconstructionAccumulator:
 
 @dataclass
 class LossAccumulator:
-    """Per-token next-token cross-entropies of the clean, zero-ablated and spliced model (SPEC §4.2)."""
+    """Per-token next-token cross-entropies of the clean, zero-ablated and spliced model (method §4.2)."""
 
     max_position: int
     #: Also return every prediction's delta loss and KL, in evaluation order (see `paired_difference`).

@@ -1,4 +1,4 @@
-"""Suite tables (CSV, Markdown), the plots a researcher expects, and an HTML report (SPEC §4.3).
+"""Suite tables (CSV, Markdown), the plots a researcher expects, and an HTML report (method §4.3).
 
 Input: the per-dictionary metrics dictionaries written by `saescope.eval.evaluate` (metrics.json).
 """

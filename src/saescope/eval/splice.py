@@ -1,4 +1,4 @@
-"""Delta LM loss: next-token cross-entropy with a site replaced by a dictionary's reconstruction (SPEC §4.2).
+"""Delta LM loss: next-token cross-entropy with a site replaced by a dictionary's reconstruction (method §4.2).
 
 The model body is run to its final hidden states (after the final norm) and the LM head is applied
 here, in chunks of positions, so the (positions × 262k) logits of Gemma 3 never exist at once. The

@@ -8,7 +8,7 @@
   root holding several formats of the same SAEs (``gemmascope/``, ``gemmascope2/``, ``saelens/``) is read
   through one of them only (:data:`RELEASE_FORMAT_PREFERENCE`), so no SAE is indexed twice.
 
-Every dictionary comes back in raw activation space (normalisation folded in, SPEC §2.7) with a name that
+Every dictionary comes back in raw activation space (normalisation folded in, method §2.7) with a name that
 is unique in the set and safe in a URL, since feature pages are addressed by it. A multi-layer dictionary (CLT,
 crosscoder) comes back as one :class:`Dictionary` per block, named ``<name>.layer_<L>``: block i is a JumpReLU
 reading input site i and writing output site i, and it carries its cross decoders to the later output sites,

@@ -3,7 +3,7 @@ strongly it writes each site it writes.
 
 **Logit effects** (as in SAEDashboard and Neuronpedia): the latent's decoder direction, written into the
 residual stream, times the unembedding. An ``att`` dictionary writes the concatenated head outputs, so its
-directions go through the attention out-projection first (SPEC §3.1); every other site is already in the
+directions go through the attention out-projection first (method §3.1); every other site is already in the
 residual stream. The unembedding includes the final norm's per-dimension gain (as TransformerLens' folded
 ``W_U`` does), but not its division by the RMS, which is a positive per-token factor that does not change
 which tokens a direction promotes. Computed ``latent_chunk`` latents at a time: the full latents × vocabulary

@@ -228,7 +228,7 @@ def _attention_kwargs(name_or_path: str, local_only: bool) -> dict[str, Any]:
     config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
     spec = architecture_for_model_type(config.model_type)
     softcapping = getattr(config.get_text_config(), "attn_logit_softcapping", None)
-    # Logit soft-capping (Gemma 2) is only honoured by the eager attention kernel (SPEC §8).
+    # Logit soft-capping (Gemma 2) is only honoured by the eager attention kernel (method §8).
     return {"attn_implementation": "eager"} if spec.needs_eager_attention or softcapping else {}
 
 

@@ -1,6 +1,6 @@
 """Where the Gemma Scope sites live in each supported architecture, and how they are named.
 
-A *site* is one place in one layer whose activations a dictionary reads or writes (SPEC §3.1):
+A *site* is one place in one layer whose activations a dictionary reads or writes (method §3.1):
 
 | kind        | meaning                                                   | TransformerLens hook          |
 |-------------|-----------------------------------------------------------|-------------------------------|
@@ -151,7 +151,7 @@ class ArchitectureSpec:
     hook_points: dict[SiteKind, HookPoint]
     #: Attention out-projection (its input is the `att` site), for width and logit-effect lookups.
     attn_out_proj: str
-    #: Attention logit soft-capping needs the eager attention kernel (SPEC §8, Gemma 2).
+    #: Attention logit soft-capping needs the eager attention kernel (method §8, Gemma 2).
     needs_eager_attention: bool = False
 
 

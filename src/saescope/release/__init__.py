@@ -2,7 +2,7 @@
 
 * :func:`export_release` writes a trained run (``<run>/saes/*/``) as a release folder in the Gemma Scope 1
   (``params.npz``), Gemma Scope 2 (``params.safetensors`` + ``config.json``) and/or SAELens
-  (``cfg.json`` + ``sae_weights.safetensors``) formats, with raw-space weights (SPEC §2.7, §6) and a
+  (``cfg.json`` + ``sae_weights.safetensors``) formats, with raw-space weights (method §2.7, §6) and a
   model card.
 * :func:`load_sae` loads any of those, saescope's own dictionary folders, and Hub ids, as a raw-space
   :class:`~saescope.sae.SparseDictionary` wrapped in :class:`LoadedSAE`.

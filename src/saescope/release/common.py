@@ -1,6 +1,6 @@
 """What every release format shares: the five raw-space JumpReLU tensors, naming rules, errors.
 
-Every released dictionary is a JumpReLU in raw activation space (SPEC §2.7, §6)::
+Every released dictionary is a JumpReLU in raw activation space (method §2.7, §6)::
 
     pre = x @ W_enc + b_enc                 # no "- b_dec": the pre-encoder bias is folded into b_enc
     f   = (pre > threshold) * relu(pre)
@@ -47,7 +47,7 @@ class ReleaseExportError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 #: Upper bounds (inclusive) of the GS2 L0 labels, applied to the measured L0. GS2 targets 10-20
-#: ("small"), 30-60 ("medium") and 90-150 ("big") (SPEC §6.2); the cut points sit in the gaps.
+#: ("small"), 30-60 ("medium") and 90-150 ("big") (method §6.2); the cut points sit in the gaps.
 L0_LABEL_BOUNDS: tuple[tuple[str, float], ...] = (("small", 20.0), ("medium", 60.0), ("big", math.inf))
 
 
@@ -285,7 +285,7 @@ class ReleaseParams:
         if sae.config.apply_pre_encoder_bias:
             raise ReleaseExportError(
                 "release formats hold raw-space weights without a pre-encoder bias: call "
-                "fold_normalisation(C) on the dictionary first (SPEC §2.7)"
+                "fold_normalisation(C) on the dictionary first (method §2.7)"
             )
         width = sae.config.width
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Gemma Scope 1 and Gemma Scope 2 release layouts: write a trained suite, read one SAE back (SPEC §6).
+"""Gemma Scope 1 and Gemma Scope 2 release layouts: write a trained suite, read one SAE back (method §6).
 
 **Gemma Scope 1** (``google/gemma-scope-2b-pt-res``, ``google/gemma-scope-2b-pt-transcoders`` and siblings)::
 

@@ -12,7 +12,7 @@ Hugging Face Hub id           ``owner/repo/path/in/repo`` that is not a local pa
 ============================  ==========================================================  ================
 
 Whatever the source, the result is a raw-space dictionary (a saescope dictionary is folded with its
-recorded scale C, SPEC §2.7): a :class:`~saescope.sae.SparseDictionary`, or for a CLT or crosscoder a
+recorded scale C, method §2.7): a :class:`~saescope.sae.SparseDictionary`, or for a CLT or crosscoder a
 :class:`~saescope.sae.CrossLayerDictionary` with ``layers`` set, so the same code evaluates and browses
 all of them. Hub downloads are off unless ``online=True`` or ``SAESCOPE_ONLINE=1``, as for models.
 """

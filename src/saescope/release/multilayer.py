@@ -28,7 +28,7 @@
 of ``w_dec`` is the j-th spanned layer. Weights are in raw activation space: each layer's normalisation is
 folded in.
 
-GS2 has not published the tensor layout inside its ``params_layer_{i}`` files (SPEC §6.2, [U]). The full
+GS2 has not published the tensor layout inside its ``params_layer_{i}`` files (method §6.2, [U]). The full
 ``(F, n, d_out)`` decoder with zero rows before ``i`` is *inferred* from circuit-tracer 0.5.0's GS2 CLT loader
 (``load_gemma_scope_2_clt``), not from any Google documentation: it ``torch.stack``-s every block's ``w_dec``
 (so all must share one shape) and keeps ``w_dec[i, :, i:, :]`` for block ``i``. saescope writes that layout so

@@ -5,7 +5,7 @@ JumpReLU transcoder or JumpReLU skip transcoder:
 
 * ``cfg.json``: the SAELens 6 config layout — ``d_in``, ``d_sae`` (``d_out`` for transcoders), ``dtype``
   ``"float32"``, ``device`` ``"cpu"``, ``apply_b_dec_to_input: false`` and ``normalize_activations:
-  "none"`` (weights are raw-space with b_dec folded, SPEC §2.7), ``reshape_activations`` (``"hook_z"``
+  "none"`` (weights are raw-space with b_dec folded, method §2.7), ``reshape_activations`` (``"hook_z"``
   for attention sites: TransformerLens' ``attn.hook_z`` is (…, heads, head_dim) and our site is its
   flattening), ``architecture`` (``jumprelu`` / ``jumprelu_transcoder`` / ``jumprelu_skip_transcoder``),
   and ``metadata`` with ``hook_name`` in TransformerLens style (:func:`saelens_hook_name`, e.g.

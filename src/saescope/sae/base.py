@@ -1,10 +1,10 @@
-"""Shared base of every sparse dictionary: SAEs, transcoders and skip transcoders (SPEC §1, §2, §7.4).
+"""Shared base of every sparse dictionary: SAEs, transcoders and skip transcoders (method §1, §2, §7.4).
 
 A sparse dictionary reads ``x`` (width ``d_in``) and writes ``ŷ`` (width ``d_out``)::
 
-    π = (x − b_dec) @ W_enc + b_enc      # "− b_dec" only with the pre-encoder bias (SAEs, SPEC §1.2)
+    π = (x − b_dec) @ W_enc + b_enc      # "− b_dec" only with the pre-encoder bias (SAEs, method §1.2)
     f = σ(π)                             # architecture-specific sparsifying nonlinearity
-    ŷ = f @ W_dec + b_dec [+ x @ W_skip] # skip path only for skip transcoders (SPEC §7.4)
+    ŷ = f @ W_dec + b_dec [+ x @ W_skip] # skip path only for skip transcoders (method §7.4)
 
 Shape letters: ``B`` batch, ``D`` model width (``d_in`` for ``x``, ``d_out`` for ``y``), ``F`` latents (M).
 Subclasses implement :meth:`SparseDictionary.activation` (and optionally
@@ -67,7 +67,7 @@ class SparsityTerms(NamedTuple):
     penalty: Tensor
     """Main sparsity penalty (λ_t·L0, quadratic target-L0, or weighted L1); scalar, float32."""
     high_frequency: Tensor
-    """High-frequency penalty (SPEC §7.2); scalar, zero when switched off."""
+    """High-frequency penalty (method §7.2); scalar, zero when switched off."""
     coefficient: float
     """The warmed-up coefficient λ_t used at this step."""
 
@@ -94,7 +94,7 @@ class LossOutput(NamedTuple):
 def unit_rows_he_uniform(rows: int, cols: int, generator: torch.Generator | None = None) -> Tensor:
     """A (rows, cols) float32 matrix drawn He-uniform, then each row rescaled to unit L2 norm.
 
-    SPEC §2.1: decoder init. The He bound ``sqrt(6 / rows)`` (fan-in of ``f @ W_dec`` is the number of
+    method §2.1: decoder init. The He bound ``sqrt(6 / rows)`` (fan-in of ``f @ W_dec`` is the number of
     latents) does not matter after the row normalisation; only the uniform shape of the draw does.
     """
     bound = math.sqrt(6.0 / rows)
@@ -109,9 +109,9 @@ class SparseDictionary(nn.Module, ABC):
     Parameters (float ``config.dtype``): ``W_enc_DF`` (d_in, M), ``b_enc_F`` (M,), ``W_dec_FD`` (M, d_out),
     ``b_dec_D`` (d_out,), and ``W_skip_DD`` (d_in, d_out) when ``config.skip`` else ``None``.
 
-    Initialisation (SPEC §2.1): ``W_dec`` He-uniform with unit-norm rows; biases and ``W_skip`` zero;
+    Initialisation (method §2.1): ``W_dec`` He-uniform with unit-norm rows; biases and ``W_skip`` zero;
     ``W_enc = W_decᵀ`` for SAEs (pre-encoder bias on, hence d_in == d_out). For transcoders GS does not
-    give the init (SPEC §2.6, §9 item 7): we draw ``W_enc`` independently in the same way (each latent's
+    give the init (method §2.6, §9 item 7): we draw ``W_enc`` independently in the same way (each latent's
     encoder vector a unit-norm He-uniform draw), since tying ``W_decᵀ`` across two different spaces has
     no meaning.
     """
@@ -136,7 +136,7 @@ class SparseDictionary(nn.Module, ABC):
     def _init_weights(self, generator: torch.Generator | None) -> None:
         W_dec_FD = unit_rows_he_uniform(self.config.width, self.config.d_target, generator)
         self.W_dec_FD.copy_(W_dec_FD)
-        if self.config.apply_pre_encoder_bias:  # SAE: W_enc = W_decᵀ (SPEC §2.1)
+        if self.config.apply_pre_encoder_bias:  # SAE: W_enc = W_decᵀ (method §2.1)
             self.W_enc_DF.copy_(W_dec_FD.T)
         else:  # transcoder: independent draw (see class docstring)
             self.W_enc_DF.copy_(unit_rows_he_uniform(self.config.width, self.config.d_in, generator).T)
@@ -228,9 +228,9 @@ class SparseDictionary(nn.Module, ABC):
     ) -> LossOutput:
         """Training loss on inputs ``x_BD`` and targets ``y_BD`` (default: ``x_BD``, i.e. an SAE).
 
-        ``step`` is the optimiser step; warm-ups are pure functions of it (SPEC §2.4), so a resumed run
+        ``step`` is the optimiser step; warm-ups are pure functions of it (method §2.4), so a resumed run
         gets the same coefficients. With ``config.matryoshka_prefixes`` the reconstruction term is the
-        Matryoshka sum over nested prefixes (SPEC §7.3); the penalty is counted once. The step runs on
+        Matryoshka sum over nested prefixes (method §7.3); the penalty is counted once. The step runs on
         the sparse or the dense kernel per :meth:`uses_sparse_step`; both give the same loss and
         gradients (to float rounding), the sparse one in a fraction of the time when codes are sparse.
         """
@@ -268,7 +268,7 @@ class SparseDictionary(nn.Module, ABC):
         output = ForwardOutput(result.pre_activations, result.codes, y_hat_BD)
         return LossOutput(total, recon, terms.penalty, terms.high_frequency, result.l0, terms.coefficient, output)
 
-    # --- decoder constraint (SPEC §2.1) -------------------------------------------------------------
+    # --- decoder constraint (method §2.1) -------------------------------------------------------------
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row (latent direction) to unit L2 norm, in place."""
@@ -282,7 +282,7 @@ class SparseDictionary(nn.Module, ABC):
     def project_decoder_grad_(self) -> None:
         """Remove from each decoder row's gradient its component along the row: g_i ← g_i − (g_i·d̂_i) d̂_i.
 
-        Call between ``backward()`` and the optimiser step (SPEC §2.1); a no-op without a gradient.
+        Call between ``backward()`` and the optimiser step (method §2.1); a no-op without a gradient.
         """
         grad_FD = self.W_dec_FD.grad
         if grad_FD is None:
@@ -295,14 +295,14 @@ class SparseDictionary(nn.Module, ABC):
         g_FD.addcmul_(W_FD, (dot_F / norm_sq_F).unsqueeze(-1), value=-1.0)
         grad_FD.copy_(g_FD)  # a no-op when g_FD is the gradient itself
 
-    # --- raw-space weights (SPEC §2.7) --------------------------------------------------------------
+    # --- raw-space weights (method §2.7) --------------------------------------------------------------
     @torch.no_grad()
     def fold_normalisation(self, scale_in: float, scale_out: float | None = None) -> SparseDictionary:
         """A copy that runs on raw activations, with the normalisation and pre-encoder bias folded in.
 
         Training saw ``x = x_raw / scale_in`` and targets ``y = y_raw / scale_out`` (``scale_out``
         defaults to ``scale_in``: an SAE, or a GS1 transcoder whose input and target share the input's
-        scale, SPEC §2.2). The returned dictionary maps ``x_raw`` to ``ŷ_raw = scale_out · ŷ`` and its
+        scale, method §2.2). The returned dictionary maps ``x_raw`` to ``ŷ_raw = scale_out · ŷ`` and its
         codes are ``f' = scale_out · f``, so decoder rows stay unchanged (unit norm)::
 
             W_enc' = (scale_out/scale_in)·W_enc    b_enc' = scale_out·(b_enc − b_dec @ W_enc)
@@ -310,7 +310,7 @@ class SparseDictionary(nn.Module, ABC):
             θ'     = scale_out·θ  (JumpReLU; BatchTopK's inference threshold likewise)
 
         (``− b_dec @ W_enc`` only if the pre-encoder bias was on; it is off in the result.) With
-        ``scale_in == scale_out == C`` this is exactly SPEC §2.7. Every nonlinearity here is positively
+        ``scale_in == scale_out == C`` this is exactly method §2.7. Every nonlinearity here is positively
         homogeneous once its threshold is scaled too, so ``σ'(s·π) = s·σ(π)`` with ``s = scale_out``.
         """
         s_out = scale_in if scale_out is None else scale_out

@@ -4,7 +4,7 @@ A sparse dictionary reads an input vector ``x`` (``d_in``) and writes a target `
 An SAE is the case ``y = x``.  Every field is plain data (str, int, float, bool, tuple) so a config
 survives a JSON round trip through :meth:`DictionaryConfig.to_dict` / :meth:`DictionaryConfig.from_dict`.
 
-Section numbers (§) refer to ``SPEC.md``.
+Section numbers (§) refer to ``docs/method.md`` (the method as saescope implements it).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class DictionaryConfig:
 
     # --- Matryoshka (§7.3) --------------------------------------------------------------------------
     # Nested prefix sizes m_1 < ... < m_K = width; None -> plain reconstruction loss. GS2 does not
-    # publish its prefixes; SPEC suggests geometric, e.g. (M/64, M/16, M/4, M).
+    # publish its prefixes; the method (docs/method.md §7.3) suggests geometric, e.g. (M/64, M/16, M/4, M).
     matryoshka_prefixes: tuple[int, ...] | None = field(default=None)
 
     # --- training step kernel (how, not what: both kernels compute the same loss and gradients) -----

@@ -1,14 +1,14 @@
-"""JumpReLU sparse dictionary and its straight-through estimators (SPEC §1.2–§1.5).
+"""JumpReLU sparse dictionary and its straight-through estimators (method §1.2–§1.5).
 
 ``f = π · H(π − θ)`` with a per-latent threshold θ > 0. Both discontinuities get rectangle-kernel
-pseudo-derivatives **with respect to θ only** (SPEC §1.4): the encoder learns from reconstruction alone,
+pseudo-derivatives **with respect to θ only** (method §1.4): the encoder learns from reconstruction alone,
 the thresholds learn from reconstruction and sparsity. The L0 step is applied to the pre-activation π,
-not to f (SPEC §1.5 pitfall; dictionary_learning issue #55).
+not to f (method §1.5 pitfall; dictionary_learning issue #55).
 
 Deviations from the paper, both opt-in or harmless:
 
 * ``threshold_parameterisation="raw"`` trains θ directly (SAELens PR #718, dictionary_learning) instead
-  of log θ, because Adam moves log θ by ~lr per step and short runs never raise θ (SPEC §8 item 6). θ is
+  of log θ, because Adam moves log θ by ~lr per step and short runs never raise θ (method §8.6). θ is
   clamped at :data:`MIN_RAW_THRESHOLD` in the forward with a straight-through clamp, so a raw value that
   drifts below the floor still gets gradients and can come back.
 * θ is kept in float32 whatever the other parameters' dtype (SAELens PR #728: bf16 rounds away the
@@ -38,7 +38,7 @@ MIN_RAW_THRESHOLD = 1e-6
 
 
 def rectangle(u: Tensor) -> Tensor:
-    """Rectangle kernel K(u) = 1 on the open interval (−½, ½), else 0 (SPEC §1.4)."""
+    """Rectangle kernel K(u) = 1 on the open interval (−½, ½), else 0 (method §1.4)."""
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
 
 
@@ -156,7 +156,7 @@ class JumpReLU(SparseDictionary):
         return SelectionRule("jumprelu", threshold_F=self.threshold_F, bandwidth=self.config.bandwidth)
 
     def _step_penalties(self, active_BF: Tensor, step: int, coefficient_scale: float) -> SparsityTerms:
-        """Penalties of SPEC §1.3/§7.2 from firing indicators (B, F) or firing frequencies (1, F)."""
+        """Penalties of method §1.3/§7.2 from firing indicators (B, F) or firing frequencies (1, F)."""
         c = self.config
         coefficient = warmed_coefficient(c.l0_coefficient, step, c.lambda_warmup_steps) * coefficient_scale
         if c.sparsity == "quadratic_l0":

@@ -1,4 +1,4 @@
-"""Reconstruction losses, including the Matryoshka nested-prefix loss (SPEC §1.3, §7.3).
+"""Reconstruction losses, including the Matryoshka nested-prefix loss (method §1.3, §7.3).
 
 Shape letters: ``B`` batch, ``F`` latents, ``D`` target width.
 """
@@ -13,7 +13,7 @@ from torch import Tensor
 
 
 def reconstruction_loss(y_hat_BD: Tensor, y_BD: Tensor) -> Tensor:
-    """Squared error summed over dimensions, averaged over tokens (SPEC §1.3): scalar, float32."""
+    """Squared error summed over dimensions, averaged over tokens (method §1.3): scalar, float32."""
     return (y_BD.float() - y_hat_BD.float()).square().sum(dim=-1).mean()
 
 
@@ -44,7 +44,7 @@ def matryoshka_prefix_losses(
 def matryoshka_reconstruction_loss(
     f_BF: Tensor, W_dec_FD: Tensor, offset_BD: Tensor, y_BD: Tensor, prefixes: Sequence[int]
 ) -> Tensor:
-    """Matryoshka loss ``Σ_k mean_b ‖y − ŷ_k‖²`` over nested prefixes (SPEC §7.3): scalar.
+    """Matryoshka loss ``Σ_k mean_b ‖y − ŷ_k‖²`` over nested prefixes (method §7.3): scalar.
 
     Every prefix has weight 1 (GS2 gives no weights); the sparsity penalty is added once by the caller.
     """

@@ -1,4 +1,4 @@
-"""Multi-layer sparse dictionaries: cross-layer transcoders (CLTs) and weakly causal crosscoders (SPEC §7.5).
+"""Multi-layer sparse dictionaries: cross-layer transcoders (CLTs) and weakly causal crosscoders (method §7.5).
 
 A multi-layer dictionary spans ``n`` layers. It reads ``n`` input sites and writes ``n`` output sites, and is
 made of ``n`` **blocks**, block ``i`` being an ordinary single-layer dictionary (a JumpReLU transcoder, skip
@@ -16,7 +16,7 @@ same codes to the later outputs ``i+1 .. n-1``. Nothing is ever written to an ea
 
 Inputs and targets travel as the concatenation of the layers, ``x`` (B, n·d_in) and ``y`` (B, n·d_out), so
 the trainer, its checkpoints and the evaluation treat every dictionary alike. Cross decoders start at zero
-(the dictionary starts as ``n`` independent transcoders); the decoder constraint of SPEC §2.1 holds for each
+(the dictionary starts as ``n`` independent transcoders); the decoder constraint of method §2.1 holds for each
 latent's whole write, i.e. the row ``[W_dec_{i→i} | W_cross_i]`` has unit norm. There is no pre-encoder bias:
 ``b_dec_j`` is the bias of output ``j``, which several blocks write into.
 
@@ -189,7 +189,7 @@ class CrossLayerDictionary(nn.Module):
         total = recon + penalty + high_frequency
         return LossOutput(total, recon, penalty, high_frequency, l0, coefficient, output)
 
-    # --- decoder constraint (SPEC §2.1, for each latent's whole write) ------------------------------
+    # --- decoder constraint (method §2.1, for each latent's whole write) ------------------------------
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         for i in range(self.n_layers):
@@ -246,7 +246,7 @@ class CrossLayerDictionary(nn.Module):
         """Block i's cross decoders (n−1−i, F, d_out), None for the last block."""
         return self.W_cross[i] if i < self.n_layers - 1 else None
 
-    # --- raw-space weights (SPEC §2.7, per layer) ---------------------------------------------------
+    # --- raw-space weights (method §2.7, per layer) ---------------------------------------------------
     @torch.no_grad()
     def fold_normalisation(
         self, scales_in: Sequence[float], scales_out: Sequence[float] | None = None

@@ -1,9 +1,9 @@
-"""Sparsity penalties and their schedules: small pure functions (SPEC §1.3, §7.2).
+"""Sparsity penalties and their schedules: small pure functions (method §1.3, §7.2).
 
 Shape letters: ``B`` batch of tokens, ``F`` latents (M), ``D`` model width.  ``active_BF`` is the
 output of the JumpReLU step estimator (:class:`saescope.sae.jumprelu.StepFunction`): its forward value
 is the 0/1 firing indicator ``H(π − θ)`` and its backward sends a pseudo-gradient to θ only, so every
-penalty built from it trains thresholds, never the encoder (SPEC §1.4).
+penalty built from it trains thresholds, never the encoder (method §1.4).
 
 Schedules are functions of the step alone, so a resumed run reproduces the same coefficients.
 """
@@ -17,7 +17,7 @@ from torch import Tensor
 def linear_warmup(step: int, warmup_steps: int) -> float:
     """Factor in [0, 1] rising linearly from 0 at step 0 to 1 at ``warmup_steps`` (then constant).
 
-    GS1 warms λ over 10,000 steps, GS2 over 50,000 (SPEC §2.1, §7.2). ``warmup_steps = 0`` means no
+    GS1 warms λ over 10,000 steps, GS2 over 50,000 (method §2.1, §7.2). ``warmup_steps = 0`` means no
     warm-up (factor 1 from step 0).
     """
     if step < 0:
@@ -28,7 +28,7 @@ def linear_warmup(step: int, warmup_steps: int) -> float:
 
 
 def warmed_coefficient(coefficient: float, step: int, warmup_steps: int) -> float:
-    """``coefficient · linear_warmup(step, warmup_steps)``: λ_t of SPEC §2.4."""
+    """``coefficient · linear_warmup(step, warmup_steps)``: λ_t of method §2.4."""
     return coefficient * linear_warmup(step, warmup_steps)
 
 
@@ -38,12 +38,12 @@ def mean_l0(active_BF: Tensor) -> Tensor:
 
 
 def l0_penalty(active_BF: Tensor, coefficient: float) -> Tensor:
-    """GS1 penalty ``λ · L̄0`` (SPEC §1.3): scalar."""
+    """GS1 penalty ``λ · L̄0`` (method §1.3): scalar."""
     return coefficient * mean_l0(active_BF)
 
 
 def quadratic_l0_penalty(active_BF: Tensor, coefficient: float, target_l0: float, prefactor: float = 2.0) -> Tensor:
-    """GS2 target-L0 penalty ``λ · (c / L0*) · (L̄0 − L0*)²`` (SPEC §7.2): scalar.
+    """GS2 target-L0 penalty ``λ · (c / L0*) · (L̄0 − L0*)²`` (method §7.2): scalar.
 
     ``L̄0`` is the batch mean of the per-token L0 *before* squaring (the dictionary_learning form; GS2
     does not say).  Its gradient w.r.t. L̄0 is ``2λc(L̄0 − L0*)/L0*``: positive above the target (raise
@@ -60,7 +60,7 @@ def firing_frequency(active_BF: Tensor) -> Tensor:
 def high_frequency_penalty(
     active_BF: Tensor, coefficient: float, omega: float, above_omega_only: bool = False
 ) -> Tensor:
-    """High-frequency penalty ``(λ_freq / ω) · Σ_i f̂_i²`` (SPEC §7.2 recommendation): scalar.
+    """High-frequency penalty ``(λ_freq / ω) · Σ_i f̂_i²`` (method §7.2 recommendation): scalar.
 
     With ``above_omega_only`` only latents with ``f̂_i > ω`` contribute, so rare latents feel nothing.
     """

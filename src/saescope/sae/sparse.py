@@ -1,11 +1,11 @@
-"""Sparse-aware training step: one dense encoder product, everything else on the active codes (SPEC §1.4).
+"""Sparse-aware training step: one dense encoder product, everything else on the active codes (method §1.4).
 
 With L0 ≪ width almost all of a dense training step multiplies zeros. Only the encoder product
 ``π = x_in @ W_enc`` (B×d by d×F) has to be dense; the decoder forward, the decoder weight gradient, the
 encoder weight and bias gradients and the threshold gradient involve only the *kept* entries of π:
 
 * JumpReLU: the active entries (π > θ) and the few entries inside the threshold's kernel window
-  |π − θ| < ε/2, which the θ pseudo-gradients need (SPEC §1.4);
+  |π − θ| < ε/2, which the θ pseudo-gradients need (method §1.4);
 * TopK / BatchTopK: the selected entries.
 
 So a step costs one dense product plus O(B·L0·d) work, instead of five or six dense products. The
@@ -47,7 +47,7 @@ from torch import Tensor
 STEP_KERNELS: tuple[str, ...] = ("auto", "sparse", "dense")
 
 #: Parameter dtypes the sparse kernel is tested for; other dtypes (bf16/fp16, which SAE training does not
-#: use: SPEC §2.1 trains in float32) always take the dense step.
+#: use: method §2.1 trains in float32) always take the dense step.
 SPARSE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 
 #: "auto" takes the sparse step when the fraction of (token, latent) entries that fire is at most this.
@@ -263,7 +263,7 @@ class SparseStepFunction(torch.autograd.Function):
 
     Gradients are the dense reference's: ∂L/∂π = ∂L/∂f at active entries (no STE term), the JumpReLU
     θ pseudo-derivative −(θ/ε)·K((π − θ)/ε)·∂L/∂f summed over tokens, and the L0 step's
-    −(1/ε)·K((π − θ)/ε)·∂L/∂f̂ / B (SPEC §1.4).
+    −(1/ε)·K((π − θ)/ε)·∂L/∂f̂ / B (method §1.4).
     """
 
     @staticmethod
@@ -320,7 +320,7 @@ class SparseStepFunction(torch.autograd.Function):
         for k, grad_extra_BD in enumerate(grad_extras):
             if grad_extra_BD is not None:
                 grad_f_N = grad_f_N + _sampled_products(grad_extra_BD, W_extra_KFD[k], row_pointers, latents_N)
-        grad_pre_N = grad_f_N * active_N.to(grad_f_N.dtype)  # ∂f/∂π = H(π − θ), no STE term (SPEC §1.4)
+        grad_pre_N = grad_f_N * active_N.to(grad_f_N.dtype)  # ∂f/∂π = H(π − θ), no STE term (method §1.4)
 
         if need_W_enc or need_W_dec or need_W_extra:
             # per-latent order for the weight gradients (one bag of tokens per latent)

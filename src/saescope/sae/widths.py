@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-#: The width tokens Gemma Scope 1 and 2 use in folder names (SPEC §3.3, §6.1, §6.2). Note 65k = 2^16
+#: The width tokens Gemma Scope 1 and 2 use in folder names (method §3.3, §6.1, §6.2). Note 65k = 2^16
 #: and 131k = 2^17: the names are the thousands, not multiples of 1024.
 GEMMA_SCOPE_WIDTH_NAMES: dict[int, str] = {
     4096: "4k",

@@ -1,10 +1,10 @@
-"""Start training from a trained dictionary (PT→IT finetuning, SPEC §7.6): a parent's weights mapped into
+"""Start training from a trained dictionary (PT→IT finetuning, method §7.6): a parent's weights mapped into
 this run's training space.
 
 Gemma Scope 2 initialised the SAEs of each instruction-tuned model from the pretrained model's SAEs and
 finetuned them on rollouts. A parent may be any folder :func:`saescope.release.load_sae` reads (a saescope
 dictionary, a Gemma Scope 1/2 or SAELens folder, a Hub id); all of them hold raw-space weights, with the
-normalisation scale and the pre-encoder bias folded in (SPEC §2.7). The trainer trains on ``x_raw / C``,
+normalisation scale and the pre-encoder bias folded in (method §2.7). The trainer trains on ``x_raw / C``,
 C being *this run's* scale of the site (estimated on the new activations), so the parent is unfolded with
 that C -- the inverse of :meth:`~saescope.sae.SparseDictionary.fold_normalisation`::
 
@@ -13,7 +13,7 @@ that C -- the inverse of :meth:`~saescope.sae.SparseDictionary.fold_normalisatio
 The unfolded dictionary computes exactly the parent's function (codes C× smaller, as in any training space),
 so the first step's loss is the parent's loss on that batch. Why the new run's C rather than the parent's:
 both give the same function, but the optimiser works in the normalised space, and ε (the STE bandwidth), λ
-and the learning rate are set for activations with E‖x‖² = 1 (SPEC §2.2). IT activations have other norms
+and the learning rate are set for activations with E‖x‖² = 1 (method §2.2). IT activations have other norms
 than PT ones, so only the new C keeps those settings calibrated on the new data (and an official release
 does not record its C at all).
 """

@@ -1,4 +1,4 @@
-"""End-to-end KL finetuning of a trained dictionary (Gemma Scope 2, SPEC §7.6): an optional final phase.
+"""End-to-end KL finetuning of a trained dictionary (Gemma Scope 2, method §7.6): an optional final phase.
 
 The dictionary's reconstruction is spliced into the model at its site (special positions untouched, as in
 evaluation) and the loss mixes reconstruction with the KL divergence between the clean and the spliced
@@ -38,12 +38,12 @@ from saescope.sae import JumpReLU, SparseDictionary, single_layer
 from saescope.sae.base import LossOutput
 from saescope.train.elements import threshold_steering_factor
 
-#: Added to KL in α = MSE / (KL + ε) so that α stays finite when the spliced model is exact (SPEC §7.6).
+#: Added to KL in α = MSE / (KL + ε) so that α stays finite when the spliced model is exact (method §7.6).
 ALPHA_EPSILON = 1e-8
 
 
 def kl_finetune_loss(mse: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:
-    """``(MSE + α·β·KL) / (1 + β)`` with ``α = MSE / (KL + 1e-8)`` detached (SPEC §7.6): a scalar."""
+    """``(MSE + α·β·KL) / (1 + β)`` with ``α = MSE / (KL + 1e-8)`` detached (method §7.6): a scalar."""
     if beta < 0 or not math.isfinite(beta):
         raise ValueError(f"beta must be a finite number >= 0; got {beta!r}")
     alpha = (mse / (kl + ALPHA_EPSILON)).detach()

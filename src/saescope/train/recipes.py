@@ -9,10 +9,10 @@ preset or a TOML config) picks a recipe by name and changes single settings by k
 
 Two recipes ship:
 
-* ``gemma-scope`` -- the papers' recipe, unchanged (SPEC §2.1, §10): Adam at 7e-5 with a cosine warm-up
+* ``gemma-scope`` -- the papers' recipe, unchanged (method §2.1, §10): Adam at 7e-5 with a cosine warm-up
   over 1,000 steps and no decay, log θ starting at 0.001, ε = 0.001, λ = 6e-4 warmed up over 10,000
   steps, b_dec starting at zero. With a target L0 it uses Gemma Scope 2's quadratic target-L0 penalty
-  (SPEC §7.2), the papers' own way to aim at an L0. It is built for ~10⁶ steps.
+  (method §7.2), the papers' own way to aim at an L0. It is built for ~10⁶ steps.
 * ``saescope`` -- the default, for the few hundred to few thousand steps a CPU or a small GPU budget
   gives. Same architecture, same θ-only straight-through estimator, same released format; what changes
   is where training starts, how fast it may move and how L0 is held (each element's ablation is in
@@ -25,7 +25,7 @@ Two recipes ship:
   - thresholds start at the per-latent quantile of the first batch that gives the target L0 (instead of
     θ = 0.001, where every latent fires on about half the tokens), and all codes are then scaled by their
     least-squares factor on that batch (random directions at those thresholds overshoot the target);
-  - a raw θ parameter (log θ moves by ~lr per step under Adam, SPEC §8.6) and Adam with momentum
+  - a raw θ parameter (log θ moves by ~lr per step under Adam, method §8.6) and Adam with momentum
     (β1 = 0.9 instead of the papers' 0: a latent that fires rarely otherwise gets steps of many times lr
     whenever it fires) at a larger learning rate, with a short warm-up and a linear decay at the end;
   - L0 held on the target by two controllers: θ scaled each step by (L0/target)^0.5, which moves L0 at
@@ -40,7 +40,7 @@ Two recipes ship:
     training tokens (:mod:`saescope.train.refit`): the codes and L0 stay as trained, and a few hundred Adam
     steps leave the decoder short of the best read-out of its codes.
 
-  Gemma Scope 2's end-to-end KL finetuning (SPEC §7.6, :mod:`saescope.train.kl_finetune`) is an
+  Gemma Scope 2's end-to-end KL finetuning (method §7.6, :mod:`saescope.train.kl_finetune`) is an
   optional final phase of any recipe (``kl_finetune_tokens`` > 0).
 """
 
@@ -56,7 +56,7 @@ from saescope.train.inits import geometric_median as geometric_median  # re-expo
 from saescope.train.trainer import TrainConfig
 
 #: How a recipe aims at a requested L0: "controller" (saescope's integral control of λ, with θ started at
-#: the matching quantile), "quadratic" (GS2's quadratic penalty around the target, SPEC §7.2) or "none"
+#: the matching quantile), "quadratic" (GS2's quadratic penalty around the target, method §7.2) or "none"
 #: (fixed λ: the target only names the dictionary; GS1).
 L0_STEERING = ("controller", "quadratic", "none")
 
@@ -135,7 +135,7 @@ class Recipe:
         "(at most the run's; 0 = off)",
         0,
     )
-    kl_finetune_tokens: int = _setting("tokens of end-to-end KL finetuning after training (SPEC §7.6; 0 = none)", 0)
+    kl_finetune_tokens: int = _setting("tokens of end-to-end KL finetuning after training (method §7.6; 0 = none)", 0)
     kl_beta: float = _setting("weight of the KL term in the KL finetuning phase", 1.0)
 
     def __post_init__(self) -> None:
@@ -195,7 +195,7 @@ RECIPE_KEYS: tuple[str, ...] = tuple(
 
 GEMMA_SCOPE = Recipe(
     name="gemma-scope",
-    description="the Gemma Scope papers' recipe (SPEC §2.1, §7.2), built for ~10^6 steps",
+    description="the Gemma Scope papers' recipe (method §2.1, §7.2), built for ~10^6 steps",
     lr=7e-5,
     threshold="log",
     threshold_init=0.001,

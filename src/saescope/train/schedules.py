@@ -9,9 +9,9 @@ from dataclasses import dataclass
 def learning_rate(
     step: int, *, peak: float, warmup_steps: int, warmup_start_fraction: float, total_steps: int, decay_fraction: float
 ) -> float:
-    """Cosine warm-up from `warmup_start_fraction`·peak to peak (SPEC §2.1), constant, then optional decay.
+    """Cosine warm-up from `warmup_start_fraction`·peak to peak (method §2.1), constant, then optional decay.
 
-    Gemma Scope describes no decay (SPEC §9 item 1): `decay_fraction` = 0 is the paper. With
+    Gemma Scope describes no decay (method §9 item 1): `decay_fraction` = 0 is the paper. With
     `decay_fraction` = f > 0 the rate falls linearly to 0 over the last f of the run.
     """
     if warmup_steps > 0 and step < warmup_steps:

@@ -26,14 +26,14 @@ class SAESpec(SpansSites):
     An SAE reads and writes ``site``. A transcoder reads ``site`` and writes ``site_out``. A multi-layer
     dictionary (``dictionary.n_layers > 1``: a CLT or crosscoder) spans ``layers``: it reads ``site``'s kind
     and writes ``site_out``'s kind (default: the same) at each of them, ``site`` naming the first layer.
-    Inputs are divided by their site's scale C (SPEC §2.2), and each target by the scale of the input it
-    is paired with (the transcoder convention, SPEC §2.6; for an SAE or crosscoder that is its own).
+    Inputs are divided by their site's scale C (method §2.2), and each target by the scale of the input it
+    is paired with (the transcoder convention, method §2.6; for an SAE or crosscoder that is its own).
     """
 
     name: str
     site: Site
     dictionary: DictionaryConfig
-    lr: float = 7e-5  # SPEC §2.1
+    lr: float = 7e-5  # method §2.1
     #: Steer λ so that L0 settles on this value (saescope addition, see `TargetL0Controller`).
     target_l0: float | None = None
     #: Initialise each JumpReLU threshold at the quantile of its pre-activations on the first batch that
@@ -45,7 +45,7 @@ class SAESpec(SpansSites):
     #: mean such as Gemma's massive-activation residual dimensions.
     decoder_bias_init: str = "zeros"
     #: Start from this trained dictionary (a folder `load_sae` reads) instead of a fresh initialisation:
-    #: PT→IT finetuning (SPEC §7.6, `saescope.train.init_from`). The data-driven inits above are skipped.
+    #: PT→IT finetuning (method §7.6, `saescope.train.init_from`). The data-driven inits above are skipped.
     init_from: str | None = None
     #: Where a transcoder writes (None: ``site``, an SAE); for a multi-layer dictionary, the output kind.
     site_out: Site | None = None
@@ -108,10 +108,10 @@ class TrainConfig:
     what a run is rather than how it trains (token budget, batch size, seed, checkpoints, device)."""
 
     total_tokens: int
-    batch_size: int = 4096  # SPEC §2.1
-    lr_warmup_steps: int = 1000  # cosine warm-up from 0.1·lr (SPEC §2.1)
+    batch_size: int = 4096  # method §2.1
+    lr_warmup_steps: int = 1000  # cosine warm-up from 0.1·lr (method §2.1)
     lr_warmup_start_fraction: float = 0.1
-    lr_decay_fraction: float = 0.0  # none in the paper (SPEC §9 item 1)
+    lr_decay_fraction: float = 0.0  # none in the paper (method §9 item 1)
     adam_betas: tuple[float, float] = (0.0, 0.999)
     adam_eps: float = 1e-8
     seed: int = 0
@@ -119,7 +119,7 @@ class TrainConfig:
     log_every_steps: int = 10
     dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
     #: What a transcoder's target (or a CLT's targets) is divided by: "input" -- the scale C of the input it is
-    #: paired with (GS1, SPEC §2.2) -- or "own" -- its own site's scale, folded back at release like the
+    #: paired with (GS1, method §2.2) -- or "own" -- its own site's scale, folded back at release like the
     #: input's. A site whose scale is far from its input's (Gemma 3's MLP outputs) makes a short run under
     #: "input" spend its steps growing the encoder; "own" puts every target at norm ≈ 1.
     target_scale: str = "input"

@@ -1,7 +1,7 @@
 """Turn a suite description (dictionary kinds x sites x widths x architectures x target L0s) into one `SAESpec`
 per dictionary.
 
-Dictionary kinds (:data:`DICTIONARY_KINDS`, SPEC §2.6, §7.4, §7.5), all the same code configured differently:
+Dictionary kinds (:data:`DICTIONARY_KINDS`, method §2.6, §7.4, §7.5), all the same code configured differently:
 
 * ``sae``: one per selected site, reading and writing it;
 * ``transcoder`` / ``skip_transcoder``: one per selected layer, reading ``mlp_in`` and writing ``mlp``, with no
@@ -194,7 +194,7 @@ def _spec(
     controlled = target is not None and recipe.l0_steering == "controller"
     warmup = recipe.lambda_warmup_steps
     fields: dict[str, Any] = {"d_in": d_in, "width": width, "architecture": architecture}
-    if site_out is not None:  # a transcoder: no pre-encoder bias (SPEC §2.6)
+    if site_out is not None:  # a transcoder: no pre-encoder bias (method §2.6)
         fields.update(d_out=d_out, apply_pre_encoder_bias=False, skip=skip)
     if layers:
         fields["n_layers"] = len(layers)
@@ -215,7 +215,7 @@ def _spec(
             l0_coefficient=recipe.l0_coefficient,
             lambda_warmup_steps=warmup,
         )
-        if target is not None and recipe.l0_steering == "quadratic":  # GS2 eq. 5 (SPEC §7.2)
+        if target is not None and recipe.l0_steering == "quadratic":  # GS2 eq. 5 (method §7.2)
             fields.update(sparsity="quadratic_l0", target_l0=target)
     else:
         fields.update(l1_coefficient=recipe.l1_coefficient, lambda_warmup_steps=warmup)

@@ -1,4 +1,4 @@
-"""Train many sparse dictionaries at once from one activation stream (SPEC §2.4, §2.5).
+"""Train many sparse dictionaries at once from one activation stream (method §2.4, §2.5).
 
 Every batch of token activations is read once and fed to every dictionary that wants its site; each
 dictionary has its own Adam optimiser, schedules and (optionally) target-L0 controller. A step normalises
