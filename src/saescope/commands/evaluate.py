@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saescope.atomic import atomic_write_json
 from saescope.commands.common import (
     DTYPES,
     add_corpus_arguments,
@@ -16,7 +17,10 @@ from saescope.commands.common import (
     online_from_args,
 )
 from saescope.eval import EvalConfig, EvalTarget, evaluate
-from saescope.eval.evaluate import check_targets_fit
+from saescope.eval.evaluate import METRICS_FILE, check_targets_fit
+from saescope.eval.interp import INTERP_METRICS, InterpOptions, ProbeDataSpec
+from saescope.eval.interp.labelled import read_labelled_rows
+from saescope.eval.interp.run import interp_table, parse_interp_names, run_interp
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from saescope.models.sites import Site, SiteKind
@@ -58,6 +62,22 @@ def register(commands: Any) -> None:
     parser.add_argument("--loss-stride", type=int, default=4, help="count every n-th prediction in loss passes (4)")
     parser.add_argument("--batch-windows", type=int, default=4, help="windows per model forward (4)")
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, else ./eval-report)")
+    group = parser.add_argument_group("interpretability")
+    group.add_argument(
+        "--interp",
+        metavar="METRICS",
+        help=f"also run these interpretability metrics, comma-separated ({', '.join(INTERP_METRICS)}); results go "
+        "into each dictionary's metrics.json under 'interp'",
+    )
+    group.add_argument(
+        "--probe-data",
+        type=Path,
+        metavar="FILE",
+        help="labelled .jsonl/.csv/.parquet for sparse probing (default: the embedded corpus's genres)",
+    )
+    group.add_argument("--probe-text-field", help="the probe data's text field (default: --text-field)")
+    group.add_argument("--label-field", default="label", help="the probe data's label field (label)")
+    group.add_argument("--interp-seed", type=int, default=0, help="seed of the interpretability samples (0)")
     parser.set_defaults(handler=run, subparser=parser)
 
 
@@ -141,8 +161,23 @@ def _report_dir(args: argparse.Namespace) -> Path:
     return first / "report" if (first / "train" / "saes").is_dir() else Path("eval-report")
 
 
+def _interp_request(args: argparse.Namespace) -> tuple[list[str], InterpOptions]:
+    """The chosen metrics and their options, checked before anything is loaded or evaluated."""
+    if args.interp is None:
+        if args.probe_data is not None:
+            raise ValueError("--probe-data is read by sparse probing: add --interp probing")
+        return [], InterpOptions()
+    names = parse_interp_names(args.interp, list(INTERP_METRICS))
+    probe_data = None
+    if args.probe_data is not None:
+        probe_data = ProbeDataSpec(args.probe_data, args.probe_text_field or args.text_field, args.label_field)
+        read_labelled_rows(probe_data)  # a missing file or field fails now, not after the reconstruction passes
+    return names, InterpOptions(seed=args.interp_seed, probe_data=probe_data)
+
+
 def run(args: argparse.Namespace) -> int:
     online = True if args.online else None
+    interp_names, interp_options = _interp_request(args)
     named = _named_targets(args.paths, args.site, args.out, online)
     model, named_by = model_to_use(named, args.model)
     targets = [n.target for n in named]
@@ -160,8 +195,18 @@ def run(args: argparse.Namespace) -> int:
         batch_windows=args.batch_windows,
     )
     results = evaluate(loaded, targets, corpus_from_args(args), config)
+    interp = {}
+    if interp_names:
+        metrics = {name: INTERP_METRICS[name] for name in interp_names}
+        interp = run_interp(loaded, targets, metrics, interp_options)
+        for target in targets:
+            results[target.name]["interp"] = interp[target.name]
+            if target.folder is not None:
+                atomic_write_json(target.folder / METRICS_FILE, results[target.name])
     report_dir = _report_dir(args)
     files = write_report(list(results.values()), report_dir, title=f"saescope evaluation on {loaded.info.name}")
     print("\n" + markdown_table(suite_rows(list(results.values()))))
+    if interp:
+        print("Interpretability\n" + interp_table(interp))
     print(f"Report: {files.html}\nmetrics.json: next to each dictionary (or under --out)")
     return 0
