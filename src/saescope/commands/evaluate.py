@@ -20,7 +20,7 @@ from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.evaluate import METRICS_FILE, check_targets_fit
 from saescope.eval.interp import INTERP_METRICS, InterpOptions, ProbeDataSpec
 from saescope.eval.interp.labelled import read_labelled_rows
-from saescope.eval.interp.run import interp_table, parse_interp_names, run_interp
+from saescope.eval.interp.run import check_interp_request, interp_table, parse_interp_names, run_interp
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from saescope.models.sites import Site, SiteKind
@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if named_by is not None:
         print(f"Evaluating on {model}, the model {named_by.path} names (--model chooses another)")
     check_targets_fit(loaded, targets)  # before any report folder is made
+    check_interp_request(loaded, interp_names, interp_options)
     for target in targets:
         if target.folder is not None:
             target.folder.mkdir(parents=True, exist_ok=True)

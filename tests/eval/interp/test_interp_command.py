@@ -100,3 +100,13 @@ def test_a_bad_interp_request_is_refused_before_anything_is_loaded(
     assert message in error
     assert "Traceback" not in error
     assert not (tmp_path / "report").exists()
+
+
+def test_absorption_on_a_model_without_word_tokens_is_refused_before_any_pass(
+    tmp_path: Path, tiny_model_dir: Path, jsonl_corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = released_sae(tmp_path / "release", tiny_model_dir, Site.parse("layer_1/res"))
+    assert main(eval_args(folder, jsonl_corpus, "--interp", "absorption")) == 2
+    error = capsys.readouterr().err
+    assert "too few word tokens for the absorption evaluation" in error
+    assert not (tmp_path / "report").exists()

@@ -209,16 +209,18 @@ def word_activations(
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
-def letter_words(
-    loaded: LoadedModel, site: Site, config: AbsorptionConfig, *, seed: int = 0, progress: bool = False
-) -> LetterWords:
-    """The words, their activations at ``site`` and the trained letter probes. Raises ValueError when the
-    vocabulary has too few words (a tokenizer without leading-space word tokens)."""
+def choose_words(
+    loaded: LoadedModel, config: AbsorptionConfig, *, seed: int = 0
+) -> tuple[list[tuple[int, str]], tuple[str, ...]]:
+    """The sampled (token id, word) pairs whose first letter has enough words, and those letters. Raises
+    ValueError when the vocabulary has too few words (a tokenizer without leading-space word tokens)."""
     vocabulary = vocabulary_words(loaded.tokenizer)
     words = _sample(vocabulary, config.max_words, seed)
-    kept_letters = sorted({w[0].lower() for _, w in words} & set(string.ascii_lowercase))
-    by_letter = {letter: sum(w[0].lower() == letter for _, w in words) for letter in kept_letters}
-    letters = tuple(letter for letter in kept_letters if by_letter[letter] >= config.min_words_per_letter)
+    by_letter: dict[str, int] = {}
+    for _, word in words:
+        if word[0].lower() in string.ascii_lowercase:
+            by_letter[word[0].lower()] = by_letter.get(word[0].lower(), 0) + 1
+    letters = tuple(sorted(letter for letter, count in by_letter.items() if count >= config.min_words_per_letter))
     if len(letters) < 2:
         raise ValueError(
             f"{loaded.info.name}'s vocabulary has too few word tokens for the absorption evaluation ({len(vocabulary)} "
@@ -226,7 +228,14 @@ def letter_words(
             f"the sample: {list(letters)}): it needs a tokenizer with whole-word tokens (SentencePiece or byte-level "
             "BPE), or a smaller AbsorptionConfig.min_words_per_letter"
         )
-    words = [(i, w) for i, w in words if w[0].lower() in letters]
+    return [(i, w) for i, w in words if w[0].lower() in letters], letters
+
+
+def letter_words(
+    loaded: LoadedModel, site: Site, config: AbsorptionConfig, *, seed: int = 0, progress: bool = False
+) -> LetterWords:
+    """The words (``choose_words``), their activations at ``site`` and the trained letter probes."""
+    words, letters = choose_words(loaded, config, seed=seed)
     acts_ND = word_activations(loaded, site, [i for i, _ in words], config, progress=progress)
     label_N = torch.tensor([letters.index(w[0].lower()) for _, w in words], dtype=torch.long)
     return letter_words_from_activations(tuple(w for _, w in words), letters, label_N, acts_ND, config, seed=seed)

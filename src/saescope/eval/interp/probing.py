@@ -20,7 +20,14 @@ import torch
 from tqdm import tqdm
 
 from saescope.data.corpus import special_token_ids, special_token_mask
-from saescope.eval.interp.common import InterpOptions, ProbeDataSpec, dictionary_for, encode_rows, in_test_split
+from saescope.eval.interp.common import (
+    ENCODE_CHUNK,
+    InterpOptions,
+    ProbeDataSpec,
+    dictionary_for,
+    encode_rows,
+    in_test_split,
+)
 from saescope.eval.interp.labelled import LabelledSample, file_samples, genre_samples
 from saescope.eval.interp.probes import accuracy, fit_logistic_cv
 from saescope.models.hooks import capture
@@ -235,10 +242,21 @@ def top_latents_by_mean_difference(codes_SF: torch.Tensor, positive_S: torch.Ten
     return difference_F.abs().topk(min(k, difference_F.numel())).indices
 
 
+def pooled_codes(sae: SparseDictionary, data: PooledSamples) -> torch.Tensor:
+    """(samples, F): each sample's mean code, encoded chunk by chunk so the token-by-latent codes of all samples
+    are never held at once."""
+    n_samples = data.pooled_SD.shape[0]
+    total_SF = torch.zeros(n_samples, sae.config.width)
+    for start in range(0, data.tokens_ND.shape[0], ENCODE_CHUNK):
+        owners_N = data.sample_of_token_N[start : start + ENCODE_CHUNK]
+        total_SF.index_add_(0, owners_N, encode_rows(sae, data.tokens_ND[start : start + ENCODE_CHUNK]))
+    count_S = torch.zeros(n_samples).index_add_(0, data.sample_of_token_N, torch.ones(len(data.sample_of_token_N)))
+    return total_SF / count_S.clamp_min(1).unsqueeze(1)
+
+
 def probing_of(sae: SparseDictionary, data: PooledSamples, config: ProbingConfig) -> ProbingResult:
     """Sparse-probing accuracy of one dictionary on a site's pooled samples (``probing_samples``)."""
-    codes_NF = encode_rows(sae, data.tokens_ND)
-    pooled_SF = mean_pool(codes_NF, data.sample_of_token_N, data.pooled_SD.shape[0])
+    pooled_SF = pooled_codes(sae, data)
     results = []
     for task in data.tasks:
         codes_TF = pooled_SF[task.samples_S]

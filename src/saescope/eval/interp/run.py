@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from saescope.eval.evaluate import EvalTarget
+from saescope.eval.interp.absorption import AbsorptionConfig, choose_words
 from saescope.eval.interp.common import InterpOptions
 from saescope.models.loading import LoadedModel
 
@@ -24,6 +25,12 @@ def parse_interp_names(text: str, known: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def check_interp_request(loaded: LoadedModel, names: Sequence[str], options: InterpOptions) -> None:
+    """What can be checked before any pass: absorption needs word tokens in the model's vocabulary."""
+    if "absorption" in names:
+        choose_words(loaded, AbsorptionConfig(), seed=options.seed)
+
+
 def run_interp(
     loaded: LoadedModel,
     targets: Sequence[EvalTarget],
@@ -31,10 +38,15 @@ def run_interp(
     options: InterpOptions,
 ) -> dict[str, dict[str, Any]]:
     """For every target, ``{metric: result.to_dict() | {"seconds": ...}}``. A multi-layer dictionary (CLT,
-    crosscoder) gets ``{"skipped": reason}`` per metric: the metrics read one site. The first dictionary of a
-    site also pays for the site's model activations, shared with the rest."""
+    crosscoder) gets ``{"skipped": reason}`` per metric: the metrics read one site. Targets are taken site by
+    site: the first dictionary of a site also pays for the site's model activations, shared with the others of
+    that site and dropped before the next site."""
     results: dict[str, dict[str, Any]] = {}
-    for target in targets:
+    current_site = None
+    for target in sorted(targets, key=lambda t: t.site):
+        if target.site != current_site:  # the previous site's shared activations are not needed again
+            options.shared.clear()
+            current_site = target.site
         entry: dict[str, Any] = {}
         for name, metric in metrics.items():
             if target.layers:
@@ -44,7 +56,8 @@ def run_interp(
             result = metric(target, loaded, options)
             entry[name] = {**result.to_dict(), "summary": result.summary(), "seconds": time.perf_counter() - started}
         results[target.name] = entry
-    return results
+    options.shared.clear()
+    return {target.name: results[target.name] for target in targets}
 
 
 def interp_table(results: Mapping[str, Mapping[str, Any]]) -> str:
