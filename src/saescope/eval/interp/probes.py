@@ -3,6 +3,8 @@ balanced class weights and a small L2 penalty, one or several binary targets at 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,18 @@ class LogisticProbe:
     def predict(self, x_NK: torch.Tensor) -> torch.Tensor:
         """(N, C) bool."""
         return self.scores(x_NK) > 0
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Probe fits are many small products: extra torch threads only add synchronisation, which stalls badly on
+    a busy CPU, so each fit runs on one thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def fit_logistic(x_NK: torch.Tensor, y_NC: torch.Tensor, *, l2: float = 1e-3, max_iter: int = 100) -> LogisticProbe:
@@ -58,7 +72,7 @@ def fit_logistic(x_NK: torch.Tensor, y_NC: torch.Tensor, *, l2: float = 1e-3, ma
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
-    with torch.enable_grad():
+    with torch.enable_grad(), _one_thread():
         optimiser.step(closure)  # type: ignore[no-untyped-call]
     # Fold the standardisation back so the probe reads raw features.
     raw_weight_KC = weight_KC.detach() / std_K.unsqueeze(1)

@@ -40,9 +40,9 @@ from saescope.sae import AnyDictionary, SparseDictionary
 class ProbingConfig:
     ks: tuple[int, ...] = (1, 2, 5, 10, 20)
     #: Tokens per sample (a chunk of a held-out document, or the start of a user's text).
-    max_tokens: int = 128
+    max_tokens: int = 64
     #: Samples per label (genre) at most.
-    per_label: int = 80
+    per_label: int = 64
     #: Labels with fewer samples than this get no task.
     min_per_label: int = 10
     #: At most this many tasks (the most frequent labels) from a user's file.
