@@ -50,7 +50,8 @@ def register(commands: Any) -> None:
         "or SAELens folder, or a Hub id with --online). The model is the one the dictionaries' files name (a run's "
         "run_config.json, a release's model name), else the embedded one; a dictionary the model cannot run is "
         "refused before anything is evaluated. --model lets SAEs trained on one model be evaluated on another (e.g. "
-        "base-model SAEs on the instruction-tuned model).",
+        "base-model SAEs on the instruction-tuned model). --interp adds interpretability metrics: first-letter "
+        "feature absorption and sparse probing (on the embedded corpus's genres, or --probe-data).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder, dictionary folder or released SAE")
     add_model_arguments(parser)
@@ -175,6 +176,22 @@ def _interp_request(args: argparse.Namespace) -> tuple[list[str], InterpOptions]
     return names, InterpOptions(seed=args.interp_seed, probe_data=probe_data)
 
 
+def _add_interp(
+    loaded: LoadedModel,
+    targets: list[EvalTarget],
+    results: dict[str, dict[str, Any]],
+    names: list[str],
+    options: InterpOptions,
+) -> dict[str, dict[str, Any]]:
+    """Run the interpretability metrics and add them to each target's results and metrics.json."""
+    interp = run_interp(loaded, targets, {name: INTERP_METRICS[name] for name in names}, options)
+    for target in targets:
+        results[target.name]["interp"] = interp[target.name]
+        if target.folder is not None:
+            atomic_write_json(target.folder / METRICS_FILE, results[target.name])
+    return interp
+
+
 def run(args: argparse.Namespace) -> int:
     online = True if args.online else None
     interp_names, interp_options = _interp_request(args)
@@ -196,14 +213,7 @@ def run(args: argparse.Namespace) -> int:
         batch_windows=args.batch_windows,
     )
     results = evaluate(loaded, targets, corpus_from_args(args), config)
-    interp = {}
-    if interp_names:
-        metrics = {name: INTERP_METRICS[name] for name in interp_names}
-        interp = run_interp(loaded, targets, metrics, interp_options)
-        for target in targets:
-            results[target.name]["interp"] = interp[target.name]
-            if target.folder is not None:
-                atomic_write_json(target.folder / METRICS_FILE, results[target.name])
+    interp = _add_interp(loaded, targets, results, interp_names, interp_options) if interp_names else {}
     report_dir = _report_dir(args)
     files = write_report(list(results.values()), report_dir, title=f"saescope evaluation on {loaded.info.name}")
     print("\n" + markdown_table(suite_rows(list(results.values()))))
