@@ -142,5 +142,5 @@ def file_samples(
     for row, (text, label) in enumerate(read_labelled_rows(spec)):
         ids = _token_ids(tokenizer, text)[:max_tokens]
         if ids:
-            by_label.setdefault(label, []).append(LabelledSample(f"{spec.path}:{row}", (*bos, *ids), label))
+            by_label.setdefault(label, []).append(LabelledSample(f"{Path(spec.path).name}:{row}", (*bos, *ids), label))
     return [sample for label in sorted(by_label) for sample in _spread(by_label[label], per_label, seed)]
