@@ -33,7 +33,8 @@ def test_both_metrics_run_on_the_embedded_model_for_one_site() -> None:
     assert absorption.probe_test_f1 > 0.0  # the model's activations carry some first-letter information
     assert all(letter.main_latents for letter in absorption.letters)
 
-    probing = evaluate_probing(sae, site, loaded, ProbingConfig(ks=(1, 5), max_tokens=32, per_label=16), options=options)
+    small = ProbingConfig(ks=(1, 5), max_tokens=32, per_label=16)
+    probing = evaluate_probing(sae, site, loaded, small, options=options)
     assert len(probing.tasks) >= 2  # the embedded corpus's genres, each against the rest
     assert probing.dense_accuracy > 0.6  # genres are told apart from the raw activations
     for k in (1, 5):
