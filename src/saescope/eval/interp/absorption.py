@@ -18,7 +18,9 @@ first letter (one-vs-rest, on a train split of the words) gives the direction th
   at least ``projection_share`` of it.
 
 Per dictionary: the mean absorption fraction and full-absorption rate over letters, and the number of letters
-with a splitting latent. The model part (words, activations, probes) is computed once per site and shared by
+with a splitting latent. The definitions presume a sparse dictionary: in an untrained or dense one, many latents
+fire on every word and some are aligned with the probe by chance, which reads as absorption; compare
+dictionaries at similar L0. The model part (words, activations, probes) is computed once per site and shared by
 every dictionary reading it.
 """
 
