@@ -25,7 +25,7 @@ def test_both_metrics_run_on_the_embedded_model_for_one_site() -> None:
     options = InterpOptions(progress=False)
 
     absorption = evaluate_absorption(
-        sae, site, loaded, AbsorptionConfig(max_words=400, min_words_per_letter=10), options=options
+        sae, site, loaded, AbsorptionConfig(max_words=1500, min_probe_true_positives=3), options=options
     )
     assert len(absorption.letters) >= 2
     assert 0.0 <= absorption.mean_absorption_fraction <= 1.0
