@@ -16,8 +16,12 @@ from saescope.commands.common import (
     online_from_args,
 )
 from saescope.dictionaries import eval_folder, read_suite
+from saescope.dictionaries.folder import write_metrics
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.evaluate import check_targets_fit, trained_target
+from saescope.eval.interp import INTERP_METRICS, InterpOptions, ProbeDataSpec
+from saescope.eval.interp.labelled import read_labelled_rows
+from saescope.eval.interp.run import check_interp_request, interp_table, parse_interp_names, run_interp
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from saescope.models.sites import Site, SiteKind
@@ -46,7 +50,8 @@ def register(commands: Any) -> None:
         "or SAELens folder, or a Hub id with --online). The model is the one the dictionaries' files name (a run's "
         "run_config.json, a release's model name), else the embedded one; a dictionary the model cannot run is "
         "refused before anything is evaluated. --model lets SAEs trained on one model be evaluated on another (e.g. "
-        "base-model SAEs on the instruction-tuned model).",
+        "base-model SAEs on the instruction-tuned model). --interp adds interpretability metrics: first-letter "
+        "feature absorption and sparse probing (on the embedded corpus's genres, or --probe-data).",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder, dictionary folder or released SAE")
     add_model_arguments(parser)
@@ -58,6 +63,22 @@ def register(commands: Any) -> None:
     parser.add_argument("--loss-stride", type=int, default=4, help="count every n-th prediction in loss passes (4)")
     parser.add_argument("--batch-windows", type=int, default=4, help="windows per model forward (4)")
     parser.add_argument("--out", type=Path, help="report folder (default: <run>/report, else ./eval-report)")
+    group = parser.add_argument_group("interpretability")
+    group.add_argument(
+        "--interp",
+        metavar="METRICS",
+        help=f"also run these interpretability metrics, comma-separated ({', '.join(INTERP_METRICS)}); results go "
+        "into each dictionary's metrics.json under 'interp'",
+    )
+    group.add_argument(
+        "--probe-data",
+        type=Path,
+        metavar="FILE",
+        help="labelled .jsonl/.csv/.parquet for sparse probing (default: the embedded corpus's genres)",
+    )
+    group.add_argument("--probe-text-field", help="the probe data's text field (default: --text-field)")
+    group.add_argument("--label-field", default="label", help="the probe data's label field (label)")
+    group.add_argument("--interp-seed", type=int, default=0, help="seed of the interpretability samples (0)")
     parser.set_defaults(handler=run, subparser=parser)
 
 
@@ -144,8 +165,39 @@ def _report_dir(args: argparse.Namespace) -> Path:
     return first / "report" if (first / "train" / "saes").is_dir() else Path("eval-report")
 
 
+def _interp_request(args: argparse.Namespace) -> tuple[list[str], InterpOptions]:
+    """The chosen metrics and their options, checked before anything is loaded or evaluated."""
+    if args.interp is None:
+        if args.probe_data is not None:
+            raise ValueError("--probe-data is read by sparse probing: add --interp probing")
+        return [], InterpOptions()
+    names = parse_interp_names(args.interp, list(INTERP_METRICS))
+    probe_data = None
+    if args.probe_data is not None:
+        probe_data = ProbeDataSpec(args.probe_data, args.probe_text_field or args.text_field, args.label_field)
+        read_labelled_rows(probe_data)  # a missing file or field fails now, not after the reconstruction passes
+    return names, InterpOptions(seed=args.interp_seed, probe_data=probe_data)
+
+
+def _add_interp(
+    loaded: LoadedModel,
+    targets: list[EvalTarget],
+    results: dict[str, dict[str, Any]],
+    names: list[str],
+    options: InterpOptions,
+) -> dict[str, dict[str, Any]]:
+    """Run the interpretability metrics and add them to each target's results and metrics.json."""
+    interp = run_interp(loaded, targets, {name: INTERP_METRICS[name] for name in names}, options)
+    for target in targets:
+        results[target.name]["interp"] = interp[target.name]
+        if target.folder is not None:
+            write_metrics(target.folder, results[target.name])
+    return interp
+
+
 def run(args: argparse.Namespace) -> int:
     online = True if args.online else None
+    interp_names, interp_options = _interp_request(args)
     named = _named_targets(args.paths, args.site, args.out, online)
     model, named_by = model_to_use(named, args.model)
     targets = [n.target for n in named]
@@ -153,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
     if named_by is not None:
         print(f"Evaluating on {model}, the model {named_by.path} names (--model chooses another)")
     check_targets_fit(loaded, targets)  # before any report folder is made
+    check_interp_request(loaded, interp_names, interp_options)
     for target in targets:
         if target.folder is not None:
             target.folder.mkdir(parents=True, exist_ok=True)
@@ -163,8 +216,11 @@ def run(args: argparse.Namespace) -> int:
         batch_windows=args.batch_windows,
     )
     results = evaluate(loaded, targets, corpus_from_args(args), config)
+    interp = _add_interp(loaded, targets, results, interp_names, interp_options) if interp_names else {}
     report_dir = _report_dir(args)
     files = write_report(list(results.values()), report_dir, title=f"saescope evaluation on {loaded.info.name}")
     print("\n" + markdown_table(suite_rows(list(results.values()))))
+    if interp:
+        print("Interpretability\n" + interp_table(interp))
     print(f"Report: {files.html}\nmetrics.json: in the run's eval folder (<run>/eval/<dictionary>/, or under --out)")
     return 0
