@@ -124,13 +124,15 @@ def _forward_chunk(
     special = special_token_ids(loaded.tokenizer)
     parts: dict[Site, list[np.ndarray]] = {site: [] for site in sites}
     rows, window = 0, first_window
-    with torch.no_grad():
+    bar = tqdm(total=args.chunk_tokens, unit="tok", unit_scale=True, desc=f"chunk from window {first_window}")
+    with torch.no_grad(), bar:
         for ids_BT in _chunk_windows(loaded, args, first_window):
             acts = window_activations(loaded.model, sites, ids_BT, special, first_window=window)
             window += int(ids_BT.shape[0])
             for site in sites:
                 parts[site].append(acts.acts[site].float().cpu().numpy())
             rows += acts.n_tokens
+            bar.update(acts.n_tokens)
             if rows >= args.chunk_tokens:
                 break
     return {site: np.concatenate(p)[: args.chunk_tokens] for site, p in parts.items()}, window
@@ -247,7 +249,9 @@ def budget_args(args: argparse.Namespace, tokens: int) -> argparse.Namespace:
     return given
 
 
-def priority(cell: BudgetCell, middle_l0: float, first_width: int, largest_budget: int) -> tuple[int, ...]:
+def priority(
+    cell: BudgetCell, middle_l0: float, first_width: int, largest_budget: int
+) -> tuple[int, int, int, float, bool, int]:
     """Stages: (a) res and mlp, the middle L0, the first width, the budgets below the largest, the core systems;
     (b) the same at the other widths; (c) att likewise; (d) the largest budget; (e) the other L0s and systems.
     Within a stage, small budgets first (they land soonest), then site, width, system."""
@@ -284,6 +288,13 @@ def grid(args: argparse.Namespace, loaded: LoadedModel) -> list[BudgetCell]:
     return sorted(cells, key=lambda c: priority(c, middle, widths[0], budgets[-1]))
 
 
+def companion_sites(todo: list[BudgetCell], batch: list[BudgetCell]) -> list[Site]:
+    """The sites whose streams the next batch extends along with its own: every site with cells still to do at the
+    batch's budget. One forward to the layer gives all its sites, so capturing them together costs little more than
+    one, where extending them one at a time would repeat the forward per site."""
+    return sorted({c.cell.site for c in todo if c.tokens == batch[0].tokens})
+
+
 def next_batch(todo: list[BudgetCell]) -> list[BudgetCell]:
     """The cells trained and evaluated together next: the first cell and those right after it (in priority order)
     at the same budget, site, width and target L0."""
@@ -300,10 +311,13 @@ def next_batch(todo: list[BudgetCell]) -> list[BudgetCell]:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_batch(args: argparse.Namespace, loaded: LoadedModel, batch: list[BudgetCell]) -> dict[str, str]:
-    """Train and evaluate the batch's cells (one budget, one site); the cells that could not run, with why."""
+def run_batch(
+    args: argparse.Namespace, loaded: LoadedModel, batch: list[BudgetCell], stream_sites: list[Site]
+) -> dict[str, str]:
+    """Train and evaluate the batch's cells (one budget, one site); the cells that could not run, with why. The
+    streams of `stream_sites` (the batch's site among them) are extended together: one forward serves them all."""
     tokens, site = batch[0].tokens, batch[0].cell.site
-    record = extend_stream(args, loaded, [site], tokens)
+    record = extend_stream(args, loaded, sorted({site, *stream_sites}), tokens)
     available = stream_rows(record, site)
     given = budget_args(args, tokens)
     paths = {site: stream_path(args.out, site)}
@@ -466,7 +480,7 @@ def write_report(args: argparse.Namespace, cells: list[BudgetCell], skipped: dic
             else []
         ),
     ]
-    path = args.docs / "budget-sweep.md"
+    path = Path(args.docs) / "budget-sweep.md"
     atomic_write_text(path, "\n".join(text))
     atomic_write_json(args.docs / "budget-sweep-results.json", {"command": command, "rows": rows, "skipped": skipped})
     return path
@@ -529,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         while todo and (not args.max_cells or landed < args.max_cells):
             batch = next_batch(todo)
             print(f"== {len(batch)} cells: {', '.join(c.key for c in batch)}", flush=True)
-            skipped.update(run_batch(args, loaded, batch))
+            skipped.update(run_batch(args, loaded, batch, companion_sites(todo, batch)))
             atomic_write_json(skipped_path, skipped)
             landed += len(batch)
             todo = [c for c in todo if c not in batch]
