@@ -197,8 +197,6 @@ def extend_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Sit
         if n_rows < args.chunk_tokens:
             record["exhausted"] = True  # the corpus' training split ended inside this chunk
         atomic_write_json(stream_record_path(args.out), record)
-        if record.get("exhausted"):
-            break
     return record
 
 
@@ -475,7 +473,11 @@ def write_report(args: argparse.Namespace, cells: list[BudgetCell], skipped: dic
             else []
         ),
         *(
-            ["## Cells of the grid without a result yet\n", ", ".join(f"`{key}`" for key in missing) + "\n"]
+            [
+                "## Cells of the grid without a result yet\n",
+                f"{len(rows)} of {len(cells)} cells have a result; {len(missing)} have none yet. The next, in the "
+                "order a run measures them: " + ", ".join(f"`{key}`" for key in missing[:12]) + ".\n",
+            ]
             if missing
             else []
         ),
