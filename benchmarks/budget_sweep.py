@@ -110,14 +110,27 @@ def check_stream_settings(args: argparse.Namespace) -> None:
         )
 
 
-def _chunk_windows(loaded: LoadedModel, args: argparse.Namespace, first_window: int) -> Iterator[torch.Tensor]:
-    """(B, T) batches of the training split's windows from window `first_window` on (the window order is fixed)."""
-    windows = corpus_windows(fidelity.corpus_config(args), loaded.tokenizer, "train")
-    return stack_windows(itertools.islice(windows, first_window, None), args.batch_windows)
+class WindowCursor:
+    """(B, T) batches of the training split's windows from a given window on. The window order is fixed; a read
+    that starts where the last one stopped continues the same iterator (no re-tokenising of the windows before)."""
+
+    def __init__(self, loaded: LoadedModel, args: argparse.Namespace) -> None:
+        self._loaded, self._args = loaded, args
+        self._batches: Iterator[torch.Tensor] = iter(())
+        self.position = -1  # the window the held iterator yields next; -1: none held
+
+    def batches_from(self, first_window: int) -> Iterator[torch.Tensor]:
+        if first_window != self.position:
+            windows = corpus_windows(fidelity.corpus_config(self._args), self._loaded.tokenizer, "train")
+            self._batches = stack_windows(itertools.islice(windows, first_window, None), self._args.batch_windows)
+            self.position = first_window
+        for ids_BT in self._batches:
+            self.position += int(ids_BT.shape[0])
+            yield ids_BT
 
 
 def _forward_chunk(
-    loaded: LoadedModel, args: argparse.Namespace, sites: list[Site], first_window: int
+    loaded: LoadedModel, args: argparse.Namespace, sites: list[Site], cursor: WindowCursor, first_window: int
 ) -> tuple[dict[Site, np.ndarray], int]:
     """The next `--chunk-tokens` rows of `sites` from window `first_window` on (fewer where the corpus ends), in
     stream order, and the window after the chunk's last."""
@@ -126,7 +139,7 @@ def _forward_chunk(
     rows, window = 0, first_window
     bar = tqdm(total=args.chunk_tokens, unit="tok", unit_scale=True, desc=f"chunk from window {first_window}")
     with torch.no_grad(), bar:
-        for ids_BT in _chunk_windows(loaded, args, first_window):
+        for ids_BT in cursor.batches_from(first_window):
             acts = window_activations(loaded.model, sites, ids_BT, special, first_window=window)
             window += int(ids_BT.shape[0])
             for site in sites:
@@ -165,6 +178,7 @@ def extend_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Sit
             partial.replace(path)
         arrays[site] = np.load(path, mmap_mode="r+")
     first = min(record["sites"][s.id]["chunks"] for s in behind)
+    cursor = WindowCursor(loaded, args)
     for chunk in tqdm(range(first, n_chunks), desc=f"stream {', '.join(s.id for s in behind)}", unit="chunk"):
         todo = [s for s in behind if record["sites"][s.id]["chunks"] == chunk]
         if not todo:
@@ -176,7 +190,7 @@ def extend_stream(args: argparse.Namespace, loaded: LoadedModel, sites: list[Sit
                 break
             start_window = record["chunks"][-1]["windows"][1] if record["chunks"] else 0
             expected_end = None
-        rows_BD, end_window = _forward_chunk(loaded, args, todo, start_window)
+        rows_BD, end_window = _forward_chunk(loaded, args, todo, cursor, start_window)
         n_rows = int(next(iter(rows_BD.values())).shape[0])
         if expected_end is not None and (end_window != expected_end or n_rows != record["chunks"][chunk]["rows"]):
             raise RuntimeError(
