@@ -13,7 +13,10 @@ sample, with paired differences against the default recipe:
    read). The largest budget decides how far the stream is extended; a later run with a larger budget continues it
    where it stopped. Should the corpus end before a budget, that budget's saescope systems repeat the stream (the
    report says so) and the peers are not run.
-2. trains the cells in priority order (``--order``), so that the most useful cells land first on a slow machine;
+2. trains the cells in priority order, so that the most useful cells land first on a slow machine: (a) res and mlp
+   at the middle target L0, the first width, the budgets below the largest, for the default recipe, the faithful
+   Gemma Scope recipe and sparsify; (b) the same at the other widths; (c) att likewise; (d) the largest budget;
+   (e) the other target L0s and systems (``priority``);
 3. evaluates each (site, budget)'s new cells together with ``fidelity.py``'s evaluation (one path for every
    system) on the same held-out windows, keeping every prediction's delta loss and KL;
 4. writes ``budget-sweep.md`` (delta loss, paired differences of delta loss and KL against the default recipe, KL,
