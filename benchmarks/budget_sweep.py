@@ -63,6 +63,7 @@ from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, corpus_windows, 
 from saescope.eval.metrics import paired_difference
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
+from saescope.train.recipes import GEMMA_SCOPE
 
 #: The stream file's row capacity: its header's shape. The file is sparse on disk (only written rows take space);
 #: rows past the stream's length (``rows`` in its record) are never read.
@@ -450,6 +451,19 @@ def write_plot(rows: list[dict[str, Any]], site: str, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def warmup_note(args: argparse.Namespace) -> str:
+    """The steps of each budget against the faithful recipe's warm-ups, which decide how it can do at a budget."""
+    budgets = sorted(int(t) for t in args.tokens.split(","))
+    steps = ", ".join(f"{budget // args.batch_size:,}" for budget in budgets)
+    recipe = GEMMA_SCOPE
+    return (
+        f"Steps per budget: {steps}. The faithful Gemma Scope recipe (gemma-scope-jumprelu) warms its sparsity "
+        f"coefficient up over {recipe.lambda_warmup_steps:,} steps and its learning rate over "
+        f"{recipe.lr_warmup_steps:,}, as the papers do for billions of tokens: below {recipe.lambda_warmup_steps:,} "
+        "steps its L0 penalty never reaches full strength, so its L0 stays far above the target.\n"
+    )
+
+
 def write_report(args: argparse.Namespace, cells: list[BudgetCell], skipped: dict[str, str], command: str) -> Path:
     rows, per_prediction = saved_rows(args, cells)
     record = read_stream_record(args.out)
@@ -478,6 +492,7 @@ def write_report(args: argparse.Namespace, cells: list[BudgetCell], skipped: dic
         "the same sample for every cell. Paired differences are against the default recipe (saescope-jumprelu) at "
         "the same budget, site, width and target L0, over the same predictions (mean ± s.e.; negative is better). "
         "Dead = never fired on the evaluation tokens; dense = fires on > 10% of them.\n",
+        warmup_note(args),
         "The machine was shared with other work while this ran: only the quality figures are meaningful, not "
         "timings (none are reported).\n",
         "## Results\n",
