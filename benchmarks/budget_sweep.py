@@ -562,7 +562,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     given = [a for a in (sys.argv[1:] if argv is None else list(argv)) if a != "--report-only"]
-    command = "python benchmarks/budget_sweep.py " + shlex.join(given)
+    command = " ".join(["python benchmarks/budget_sweep.py", *map(shlex.quote, given)])
     check_stream_settings(args)
     loaded = load_model("gemma-3-270m")
     cells = grid(args, loaded)
