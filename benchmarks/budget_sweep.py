@@ -439,6 +439,8 @@ def write_plot(rows: list[dict[str, Any]], site: str, path: Path) -> None:
             axis.errorbar(xs, ys, yerr=es, fmt="-o" if system == fidelity.DEFAULT_SYSTEM else "-s", label=system,
                           capsize=2, markersize=4)  # fmt: skip
         axis.set_xscale("log")
+        # log y where it can be: the faithful recipe far from its target L0 is orders of magnitude above the rest
+        axis.set_yscale("log" if all(r["delta_lm_loss"] > 0 for r in chosen) else "linear")
         axis.set_title(f"{site}, width {width}, target L0 {target:g}")
         axis.set_xlabel("training tokens")
         axis.set_ylabel("delta LM loss (nats)")
