@@ -58,8 +58,9 @@ import torch
 from tqdm import tqdm
 
 from saescope.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from saescope.data.activations import SiteBatch, stack_windows, window_activations
-from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, corpus_windows, special_token_ids
+from saescope.data.activations import SiteBatch, window_activations
+from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, corpus_windows
+from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.eval.metrics import paired_difference
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
@@ -120,17 +121,17 @@ class WindowCursor:
 
     def __init__(self, loaded: LoadedModel, args: argparse.Namespace) -> None:
         self._loaded, self._args = loaded, args
-        self._batches: Iterator[torch.Tensor] = iter(())
+        self._batches: Iterator[WindowBatch] = iter(())
         self.position = -1  # the window the held iterator yields next; -1: none held
 
-    def batches_from(self, first_window: int) -> Iterator[torch.Tensor]:
+    def batches_from(self, first_window: int) -> Iterator[WindowBatch]:
         if first_window != self.position:
             windows = corpus_windows(fidelity.corpus_config(self._args), self._loaded.tokenizer, "train")
             self._batches = stack_windows(itertools.islice(windows, first_window, None), self._args.batch_windows)
             self.position = first_window
-        for ids_BT in self._batches:
-            self.position += int(ids_BT.shape[0])
-            yield ids_BT
+        for batch in self._batches:
+            self.position += int(batch.ids_BT.shape[0])
+            yield batch
 
 
 def _forward_chunk(
@@ -143,9 +144,9 @@ def _forward_chunk(
     rows, window = 0, first_window
     bar = tqdm(total=args.chunk_tokens, unit="tok", unit_scale=True, desc=f"chunk from window {first_window}")
     with torch.no_grad(), bar:
-        for ids_BT in cursor.batches_from(first_window):
-            acts = window_activations(loaded.model, sites, ids_BT, special, first_window=window)
-            window += int(ids_BT.shape[0])
+        for batch in cursor.batches_from(first_window):
+            acts = window_activations(loaded.model, sites, batch, special, first_window=window)
+            window += int(batch.ids_BT.shape[0])
             for site in sites:
                 parts[site].append(acts.acts[site].float().cpu().numpy())
             rows += acts.n_tokens
