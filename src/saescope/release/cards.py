@@ -183,7 +183,7 @@ def render_model_card(
     if columns:
         metric_rows = [[e.name, *(_numeric_metrics(e.metrics).get(c) for c in columns)] for e in entries]
         lines += [
-            "Held-out metrics written by saescope's evaluation (`metrics.json` next to each dictionary). Empty "
+            "Held-out metrics written by saescope's evaluation (`metrics.json` in the run's eval folder). Empty "
             "cells: not measured for that dictionary.",
             "",
             *_evaluation_notes(entries),
