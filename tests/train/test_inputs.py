@@ -247,6 +247,16 @@ def test_a_bad_device_is_refused_before_anything_is_created(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command", [["cache", "--tokens", "1024"], ["info"]])
+def test_commands_that_load_the_model_refuse_a_bad_device_by_name(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--out", str(tmp_path / "out")] if command[0] == "cache" else []
+    assert main([*command, *out, "--device", "cudaX"]) == 2
+    assert "--device 'cudaX' is not a device" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(("value", "shown"), [(float("nan"), "nan: .*not finite"), (0.0, "0.0: .*all zero")])
 def test_a_scale_estimated_from_bad_data_is_refused_before_training(tmp_path: Path, value: float, shown: str) -> None:
     class BadScale(ArrayActivations):

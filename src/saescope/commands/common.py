@@ -11,6 +11,7 @@ import torch
 
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, load_model
+from saescope.train.devices import check_device
 from saescope.train.recipes import (
     DEFAULT_RECIPE,
     RECIPE_KEYS,
@@ -48,6 +49,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, positional: bool = F
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:
+    """The model of `--model`/`--dtype`/`--device`/`--online`; a device torch cannot use is refused first."""
+    check_device(args.device)
     return load_model(args.model, dtype=DTYPES[args.dtype], device=args.device, online=online_from_args(args))
 
 
