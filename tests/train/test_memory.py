@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import build_tiny_model
+from chat_fixtures import build_tiny_model  # tests/conftest.py's, loaded by path (tests/release has a conftest too)
 from saescope.cli import main
 from saescope.models.sites import Site
 from saescope.pipeline import RunConfig
