@@ -1,14 +1,19 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pytest
 
 from saescope.eval.report import (
     TABLE_LEGEND,
     UNRESOLVED_MARK,
     kind_comparison_table,
     markdown_table,
+    readable_log_x,
     suite_rows,
     write_report,
 )
@@ -89,3 +94,25 @@ def test_kind_comparison_marks_unresolved_delta_losses() -> None:
     results[0]["lm_loss"].update(delta_lm_loss=0.015, delta_lm_loss_stderr=0.01)  # mlp: 1.5 s.e.
     layer_0 = next(line for line in kind_comparison_table(suite_rows(results)).splitlines() if line.startswith("| 0 |"))
     assert layer_0 == f"| 0 | 0.04 (L0 40) | 0.015 {UNRESOLVED_MARK} (L0 40) |"
+
+
+@pytest.mark.parametrize("span", [(18.0, 62.0), (20.0, 150.0), (35.0, 70.0), (3.0, 900.0), (1.0, 1000.0)])
+def test_log_scaled_axes_label_ticks_without_overlap(span: tuple[float, float]) -> None:
+    """A report panel's width (about 3 inches): matplotlib's own labels overlap under two decades of L0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(3.0, 3.0))
+    axes.plot(np.geomspace(*span, 12), np.linspace(0.0, 1.0, 12), "o-")
+    readable_log_x(axes)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    labels = [t for t in axes.get_xticklabels(minor=True) + axes.get_xticklabels() if t.get_text()]
+    left, right = axes.get_xlim()
+    shown = [t for t in labels if left <= t.get_position()[0] <= right]
+    boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda box: box.x0)
+    assert len(boxes) >= 2  # the axis says where it is
+    assert all(a.x1 <= b.x0 for a, b in itertools.pairwise(boxes))
+    plt.close(figure)

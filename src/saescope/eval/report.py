@@ -179,6 +179,21 @@ def _figure_bytes(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
+def readable_log_x(axes: Any) -> None:
+    """Put a log scale on ``axes``' x axis (call it once the data are plotted), labelled with plain numbers at
+    1-2-5 steps when the data span a few decades at most, else at powers of ten only. Matplotlib's default labels
+    the minor ticks too when the data span less than a decade (L0 20 to 60, say), and those labels overlap into
+    an unreadable smear."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    axes.set_xscale("log")
+    low, high = axes.get_xlim()
+    decades = math.log10(high / low) if low > 0 and high > low else 0.0
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)))
+    axes.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axes.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _kinds(rows: Sequence[dict[str, Any]]) -> list[str]:
     present = {row["kind"] for row in rows}
     return [k for k in _KIND_ORDER if k in present] + sorted(present - set(_KIND_ORDER))
@@ -208,7 +223,7 @@ def _plot_fidelity_vs_l0(rows: Sequence[dict[str, Any]], plt: Any) -> bytes:
         axes[1][column].set_ylabel("FVU")
         for row_index in range(2):
             axes[row_index][column].set_xlabel("L0")
-            axes[row_index][column].set_xscale("log")
+            readable_log_x(axes[row_index][column])
     scalar = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(0, max(n_layers - 1, 1)))
     figure.colorbar(scalar, ax=axes, label="layer", shrink=0.6)
     figure.suptitle("Sparsity-fidelity (held-out)")
@@ -298,7 +313,7 @@ def _plot_by_position(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
     axes[0][0].set_ylabel("FVU at position")
     axes[0][1].set_ylabel("delta LM loss at position")
     for column in range(2):
-        axes[0][column].set_xscale("log")
+        readable_log_x(axes[0][column])
         axes[0][column].set_xlabel("token position")
         axes[0][column].legend(fontsize=8)
     figure.suptitle("By token position (mean over layers)")
