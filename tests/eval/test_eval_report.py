@@ -116,3 +116,29 @@ def test_log_scaled_axes_label_ticks_without_overlap(span: tuple[float, float]) 
     assert len(boxes) >= 2  # the axis says where it is
     assert all(a.x1 <= b.x0 for a, b in itertools.pairwise(boxes))
     plt.close(figure)
+
+
+def test_interpretability_figures_become_columns_only_when_present(tmp_path: Path) -> None:
+    plain = fake_result(1, "res", 20.0)
+    probed = {
+        **fake_result(1, "res", 60.0),
+        "interp": {
+            "absorption": {"mean_absorption_fraction": 0.125, "full_absorption_rate": 0.25},
+            "probing": {"top_1_accuracy": 0.75, "top_5_accuracy": 0.875, "dense_accuracy": 1.0},
+        },
+    }
+    assert "absorption_fraction" not in markdown_table(suite_rows([plain]))
+    rows = suite_rows([plain, probed])
+    assert rows[1]["absorption_fraction"] == 0.125
+    assert rows[1]["probing_top_5"] == 0.875
+    assert "absorption_fraction" not in rows[0]
+    header, _, first, second = markdown_table(rows).splitlines()[:4]
+    assert header.endswith(
+        "| absorption_fraction | full_absorption_rate | probing_top_1 | probing_top_5 | probing_dense |"
+    )
+    assert first.endswith("|  |  |  |  |  |")
+    assert second.endswith("| 0.125 | 0.25 | 0.75 | 0.875 | 1 |")
+    files = write_report([plain, probed], tmp_path)
+    with files.table_csv.open() as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert [r["probing_top_1"] for r in csv_rows] == ["", "0.75"]

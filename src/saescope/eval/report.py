@@ -22,8 +22,17 @@ COLUMNS = (
     "name", "site", "layer", "kind", "architecture", "width", "l0", "fvu", "explained_variance",
     "cosine_similarity", "l2_ratio", "dead_fraction", "dense_fraction_above_0.1", "delta_lm_loss",
     "delta_lm_loss_stderr", "loss_recovered", "kl_clean_to_spliced", "kl_clean_to_spliced_stderr", "n_tokens",
-    "loss_n_predictions",
+    "loss_n_predictions", "absorption_fraction", "full_absorption_rate", "probing_top_1", "probing_top_5",
+    "probing_dense",
 )  # fmt: skip
+#: Interpretability columns (``saescope eval --interp``): column -> (metric, key of its summary in metrics.json).
+INTERP_COLUMNS = {
+    "absorption_fraction": ("absorption", "mean_absorption_fraction"),
+    "full_absorption_rate": ("absorption", "full_absorption_rate"),
+    "probing_top_1": ("probing", "top_1_accuracy"),
+    "probing_top_5": ("probing", "top_5_accuracy"),
+    "probing_dense": ("probing", "dense_accuracy"),
+}
 #: A mean closer to zero than this many standard errors is marked as not resolved (it cannot be told from zero).
 RESOLVED_STDERRS = 2.0
 #: The mark after a figure that is not resolved.
@@ -80,6 +89,7 @@ def suite_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         }  # fmt: skip
         row.update({k: v for k, v in result["reconstruction"].items() if k in COLUMNS})
         row.update({k: v for k, v in (result.get("lm_loss") or {}).items() if k in COLUMNS})
+        row.update(_interp_cells(result))
         if "layers" in result:
             row["site"] = f"layers {result['layers'][0]}-{result['layers'][-1]} (all at once)"
         rows.append(row)
@@ -92,6 +102,17 @@ def suite_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append(layer_row)
     kind_rank = {kind: i for i, kind in enumerate(_KIND_ORDER)}
     return sorted(rows, key=lambda r: (r["layer"], kind_rank.get(r["kind"], 9), r["width"], r["l0"]))
+
+
+def _interp_cells(result: dict[str, Any]) -> dict[str, Any]:
+    """The interpretability figures a result carries (none unless `saescope eval --interp` ran)."""
+    interp = result.get("interp") or {}
+    cells = {}
+    for column, (metric, key) in INTERP_COLUMNS.items():
+        value = (interp.get(metric) or {}).get(key)
+        if isinstance(value, (int, float)):
+            cells[column] = float(value)
+    return cells
 
 
 def _format(value: Any) -> str:
@@ -119,11 +140,13 @@ def format_with_stderr(value: Any, stderr: Any) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The suite as a Markdown table, the per-prediction KL leading the loss figures, then the legend line."""
-    lines = ["| " + " | ".join(_SHOWN) + " |", "|" + "---|" * len(_SHOWN)]
+    """The suite as a Markdown table, the per-prediction KL leading the loss figures (and the interpretability
+    figures when any dictionary has them), then the legend line."""
+    shown = [*_SHOWN, *(c for c in INTERP_COLUMNS if any(c in row for row in rows))]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
         cells = []
-        for column in _SHOWN:
+        for column in shown:
             key = _WITH_STDERR.get(column)
             cells.append(
                 format_with_stderr(row.get(key), row.get(f"{key}_stderr")) if key else _format(row.get(column))
