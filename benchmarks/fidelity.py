@@ -72,11 +72,11 @@ from saescope.data.activations import SiteBatch
 from saescope.data.cache import ActivationCache
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.data.sources import build_cache
+from saescope.dictionaries.folder import read_trained_sae
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
-from saescope.release.suite import read_trained_sae
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary, single_layer
 from saescope.train import SAESpec, Trainer
 from saescope.train.recipes import GEMMA_SCOPE, SAESCOPE, Recipe

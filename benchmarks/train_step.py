@@ -208,12 +208,12 @@ def saescope_trainer(
     config: DictionaryConfig, weights: dict[str, torch.Tensor], x_BD: torch.Tensor, lr: float, out_dir: Path
 ) -> Step:
     """The trainer's own per-dictionary step (its optimiser, schedules and bookkeeping)."""
-    from saescope.train import trainer as trainer_module
+    from saescope.train import SAESpec, TrainConfig, Trainer
 
     site = Site(0, SiteKind.RES)
-    spec = trainer_module.SAESpec(name="bench", site=site, dictionary=config, lr=lr)
-    train_config = trainer_module.TrainConfig(total_tokens=10**9, batch_size=int(x_BD.shape[0]), progress=False)
-    trainer = trainer_module.Trainer([spec], _OneBatchSource(site, x_BD), train_config, out_dir)
+    spec = SAESpec(name="bench", site=site, dictionary=config, lr=lr)
+    train_config = TrainConfig(total_tokens=10**9, batch_size=int(x_BD.shape[0]), progress=False)
+    trainer = Trainer([spec], _OneBatchSource(site, x_BD), train_config, out_dir)
     member = trainer.members[0]
     load_into(single_layer(member.sae, "the train-step benchmark"), weights)
 

@@ -3,32 +3,16 @@ and model folders built from the tiny Gemma 3 of conftest (shared by the chat, r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
-from types import ModuleType
 
 from tokenizers import AddedToken, Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
 from transformers import PreTrainedTokenizerFast
 
-
-def _root_conftest() -> ModuleType:
-    """tests/conftest.py, loaded by path: `import conftest` finds whichever conftest pytest imported last
-    (tests/release has its own), so it breaks when several test folders are collected."""
-    spec = importlib.util.spec_from_file_location("saescope_root_conftest", Path(__file__).with_name("conftest.py"))
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_CONFTEST = _root_conftest()
-VOCAB: int = _CONFTEST.VOCAB
-build_tiny_model = _CONFTEST.build_tiny_model
+from tiny_models import VOCAB, build_tiny_model
 
 START, END, USER, MODEL = 4, 5, 6, 7  # ids of <start_of_turn>, <end_of_turn>, user, model
 SPECIAL = (0, 1, 2)  # pad, eos, bos

@@ -37,6 +37,7 @@ from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, all_sites, select_sites, site_widths
 from saescope.train import distributed
 from saescope.train.recipes import DEFAULT_RECIPE, RECIPE_KEYS, Recipe, with_settings
+from saescope.train.settings import SAESpec, TrainConfig
 from saescope.train.specs import (
     MULTI_LAYER_KINDS,
     default_crosscoder_layers,
@@ -46,7 +47,6 @@ from saescope.train.specs import (
     parse_target_l0,
     parse_width,
 )
-from saescope.train.trainer import SAESpec, TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -363,7 +363,7 @@ class SuiteRun:
 
     def _kl_finetune(self, recipe: Recipe) -> int:
         """The recipe's end-to-end KL phase (method §7.6), in place on every trained dictionary."""
-        from saescope.release.suite import read_suite
+        from saescope.dictionaries.folder import read_suite
         from saescope.train.kl_finetune import KLFinetuneConfig, finetune_trained_folder
 
         config = KLFinetuneConfig(tokens=recipe.kl_finetune_tokens, beta=recipe.kl_beta, seed=self.config.seed)
@@ -456,7 +456,7 @@ class SuiteRun:
         return {stage: done[stage] for stage in STAGES if stage in done}
 
     def suite_table(self) -> str:
-        from saescope.release.suite import read_suite
+        from saescope.dictionaries.folder import read_suite
 
         results = [entry.metrics for entry in read_suite(self.folder / "train") if entry.metrics]
         return markdown_table(suite_rows(results)) if results else "(no evaluation metrics yet)\n"

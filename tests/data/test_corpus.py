@@ -10,9 +10,9 @@ import pytest
 import torch
 from corpus_fixtures import long_documents, random_documents, window_ids
 
-from conftest import build_tiny_tokenizer
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig, corpus_windows, iter_documents
 from saescope.data.windows import iter_token_windows
+from tiny_models import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from chat_fixtures import SPECIAL, build_chat_tokenizer, write_conversations
-from conftest import build_tiny_tokenizer
 from saescope.data.chat import ChatFormat
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.documents import Document
 from saescope.data.windows import TokenWindow, WindowBatch, iter_token_windows
+from tiny_models import build_tiny_tokenizer
 
 
 def windows_digest(windows_WT: torch.Tensor, keep_WT: torch.Tensor) -> str:

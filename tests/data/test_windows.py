@@ -12,7 +12,6 @@ import torch
 from corpus_fixtures import BOS, EOS, PAD, UNK, long_documents, random_documents, token_ids, window_ids
 from transformers import AutoTokenizer
 
-from conftest import build_tiny_tokenizer
 from saescope.data.documents import Document
 from saescope.data.windows import (
     TokenWindow,
@@ -26,6 +25,7 @@ from saescope.data.windows import (
     stack_windows,
     windows_for_tokens,
 )
+from tiny_models import build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_every_record_of_a_dictionary_gets_its_sites_from_the_one_record() -> No
     from saescope.dictionaries import SpansSites
     from saescope.dictionaries.folder import TrainedSAE
     from saescope.eval.evaluate import EvalTarget
-    from saescope.train.trainer import SAESpec
+    from saescope.train.settings import SAESpec
 
     for record in (SAESpec, TrainedSAE, EvalTarget):
         assert issubclass(record, SpansSites), record

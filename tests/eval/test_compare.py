@@ -14,10 +14,10 @@ from chat_fixtures import chat_model_dir, random_text, write_conversations
 from saescope.cli import main
 from saescope.data.chat import CHAT_MASK_POLICY
 from saescope.data.corpus import CorpusConfig
+from saescope.dictionaries.folder import read_suite
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.evaluate import MASK_POLICY
 from saescope.models.loading import load_model
-from saescope.release.suite import read_suite
 from saescope.train.verdict import IMPLAUSIBLE_EXIT_CODE
 
 #: Exit statuses of a finished `saescope train`: tiny runs may end with implausible metrics (exit 3).

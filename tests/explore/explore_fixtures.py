@@ -7,7 +7,7 @@ behaviour the tests can compute by hand, indexed once per test session.
 * ``random-res`` (layer_1/res) and ``random-att`` (layer_1/att): random JumpReLU SAEs, checked against a
   brute-force dense computation over the same windows (the att one exercises the out-projection).
 
-(No conftest.py here: ``from conftest import`` must keep meaning tests/conftest.py.)
+(Its tiny models come from tests/tiny_models.py, which loads tests/conftest.py by path.)
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import build_tiny_model, build_tiny_tokenizer
 from saescope.data.corpus import CorpusConfig
 from saescope.explore import IndexConfig, build_index, read_dictionaries
 from saescope.explore.statistics import ExampleSettings
 from saescope.models.loading import load_model
 from saescope.sae import AnyDictionary, DictionaryConfig, JumpReLU, SparseDictionary, build_dictionary
+from tiny_models import build_tiny_model, build_tiny_tokenizer
 
 #: Token ids the detector's latents fire on; the corpus uses words w0..w89 (ids 4..93), so 95 never occurs.
 DETECTED = (4, 10, 20, 33, 47, 60, 93, 95)

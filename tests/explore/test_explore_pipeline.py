@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_model, build_tiny_tokenizer
 from saescope.explore import IndexReader
 from saescope.pipeline import STAGES, RunConfig, SuiteRun
+from tiny_models import build_tiny_model, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_model, build_tiny_tokenizer
 from golden_pins import check_against_golden
 from saescope.pipeline import RunConfig, SuiteRun
+from tiny_models import build_tiny_model, build_tiny_tokenizer
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -10,10 +10,10 @@ import torch
 from release_fixtures import write_dictionary_folder
 from safetensors.torch import load_file, save_file
 
+from saescope.dictionaries.folder import read_trained_sae
 from saescope.models.sites import Site
 from saescope.release import export_release, load_sae
 from saescope.release.common import ReleaseFormatError
-from saescope.release.suite import read_trained_sae
 from saescope.sae import CrossLayerDictionary, DictionaryConfig, build_any_dictionary
 
 D_IN, D_OUT, WIDTH = 12, 10, 20

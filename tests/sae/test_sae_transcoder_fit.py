@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from saescope.data.arrays import ArrayActivations
+from saescope.dictionaries.folder import read_trained_sae
 from saescope.models.sites import Site, SiteKind
-from saescope.release.suite import read_trained_sae
 from saescope.sae import DictionaryConfig, JumpReLU
 from saescope.train import SAESpec, TrainConfig, Trainer
 

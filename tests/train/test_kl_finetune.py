@@ -11,10 +11,10 @@ from saescope.atomic import verify_checksum
 from saescope.data.arrays import ArrayActivations
 from saescope.data.corpus import CorpusConfig
 from saescope.data.windows import WindowBatch, special_token_ids, special_token_mask
+from saescope.dictionaries.folder import read_suite
 from saescope.models.hooks import capture
 from saescope.models.loading import load_model
 from saescope.models.sites import Site, SiteKind
-from saescope.release.suite import read_suite
 from saescope.sae import DictionaryConfig, JumpReLU, build_dictionary
 from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.kl_finetune import (

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chat_fixtures import build_tiny_model  # tests/conftest.py's, loaded by path (tests/release has a conftest too)
 from saescope.cli import main
 from saescope.models.sites import Site
 from saescope.pipeline import RunConfig
@@ -28,7 +27,8 @@ from saescope.train.memory import (
     step_scratch_bytes,
     stream_buffer_bytes,
 )
-from saescope.train.trainer import SAESpec
+from saescope.train.settings import SAESpec
+from tiny_models import build_tiny_model
 
 RES, MLP = Site.parse("layer_0/res"), Site.parse("layer_0/mlp")
 MIB = 1 << 20

@@ -12,8 +12,8 @@ from test_trainer import RES, config, jumprelu_spec, sparse_data
 
 from saescope.atomic import CorruptFileError, checksum_path, sha256_file
 from saescope.data.arrays import ArrayActivations
+from saescope.dictionaries.folder import read_suite
 from saescope.release import export_release
-from saescope.release.suite import read_suite
 from saescope.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")

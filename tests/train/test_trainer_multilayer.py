@@ -150,7 +150,7 @@ def test_kill_and_resume_of_a_clt_and_a_crosscoder_gives_bit_identical_weights(
 def test_targets_divided_by_their_own_scale_fold_back_to_the_raw_function(tmp_path: Path, target_scale: str) -> None:
     """Whichever scale the targets were divided by, the raw-space dictionary maps raw inputs to raw targets as
     the trained one did: ŷ_raw = C_target · ŷ(x_raw / C_in), for a CLT and a single-layer transcoder."""
-    from saescope.release.suite import read_trained_sae
+    from saescope.dictionaries.folder import read_trained_sae
 
     arrays = multi_layer_sites(512)
     scaled = {site: x * (40.0 if site.kind is SiteKind.MLP else 1.0) for site, x in arrays.items()}  # big outputs

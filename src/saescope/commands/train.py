@@ -25,9 +25,9 @@ from saescope.data.activations import ActivationSource
 from saescope.data.arrays import load_activation_file
 from saescope.data.cache import ActivationCache
 from saescope.data.sources import streamed_source
+from saescope.dictionaries.folder import read_suite
 from saescope.models.sites import Site, select_sites
 from saescope.release import load_sae
-from saescope.release.suite import read_suite
 from saescope.sae import ARCHITECTURES, SparseDictionary, single_layer
 from saescope.train import SAESpec, distributed
 from saescope.train.devices import check_device

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from saescope.atomic import atomic_write_text
+from saescope.dictionaries.folder import L0_FROM_METRICS, TrainedSAE
 from saescope.release.common import l0_label
-from saescope.release.suite import L0_FROM_METRICS, ExportedSAE, TrainedSAE
+from saescope.release.suite import ExportedSAE
 from saescope.sae.widths import width_name
 
 #: Release format id -> (title, layout line) for the card.

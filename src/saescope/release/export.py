@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from saescope.atomic import MANIFEST_NAME, atomic_write_json, sha256_file, write_manifest
+from saescope.dictionaries.folder import TrainedSAE, read_suite
 from saescope.models.loading import DEFAULT_MODEL
 from saescope.release.cards import write_model_card
 from saescope.release.common import DEFAULT_MODEL_TYPE, ReleaseExportError
 from saescope.release.gemmascope import export_gemmascope, export_gemmascope2
 from saescope.release.multilayer import export_multi_layer
 from saescope.release.saelens import export_saelens
-from saescope.release.suite import ExportedSAE, TrainedSAE, read_suite
+from saescope.release.suite import ExportedSAE
 
 FORMATS: tuple[str, ...] = ("gemmascope", "gemmascope2", "saelens")
 RELEASE_FORMAT = "saescope-release-v1"

@@ -45,6 +45,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json
+from saescope.dictionaries.folder import TrainedSAE
 from saescope.models.loading import gemma_scope_model_id
 from saescope.models.sites import Site, SiteKind
 from saescope.release.common import (
@@ -64,7 +65,7 @@ from saescope.release.common import (
     site_from_hf_hook,
     unique_folder_names,
 )
-from saescope.release.suite import ExportedSAE, TrainedSAE
+from saescope.release.suite import ExportedSAE
 from saescope.sae.widths import parse_width_name, width_name
 
 GS1_PARAMS = "params.npz"

@@ -40,6 +40,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json
+from saescope.dictionaries.folder import TrainedSAE
 from saescope.models.sites import Site, SiteKind
 from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
@@ -53,7 +54,7 @@ from saescope.release.common import (
     site_from_tl_hook,
     unique_folder_names,
 )
-from saescope.release.suite import ExportedSAE, TrainedSAE
+from saescope.release.suite import ExportedSAE
 from saescope.sae.widths import width_name
 
 SAELENS_CONFIG = "cfg.json"

@@ -1,10 +1,9 @@
 """Training: many sparse dictionaries from one activation stream, with schedules, checkpoints and resume."""
 
 from saescope.train.schedules import TargetL0Controller, learning_rate
+from saescope.train.settings import SAESpec, TrainConfig
 from saescope.train.trainer import (
     BadActivationsError,
-    SAESpec,
-    TrainConfig,
     TrainedDictionary,
     Trainer,
     TrainingDivergedError,

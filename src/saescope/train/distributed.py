@@ -95,7 +95,9 @@ from saescope.data.sources import (
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
-from saescope.train.trainer import CHECKPOINT, METRICS, SAESpec, TrainConfig, TrainedDictionary, Trainer
+from saescope.train.checkpoint import CHECKPOINT
+from saescope.train.settings import SAESpec, TrainConfig
+from saescope.train.trainer import METRICS, TrainedDictionary, Trainer
 
 #: The identity of the activation source a run started on (`saescope.data.sources.source_identity`).
 SOURCE_RECORD = "source.json"

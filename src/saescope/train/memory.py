@@ -42,7 +42,7 @@ from saescope.models.sites import Site, site_widths
 from saescope.sae import DictionaryConfig, build_any_dictionary
 from saescope.train.distributed import assign_dictionaries, dictionary_cost
 from saescope.train.refit import PASS_MEMORY_BYTES
-from saescope.train.trainer import SAESpec, TrainConfig
+from saescope.train.settings import SAESpec, TrainConfig
 
 if TYPE_CHECKING:
     from saescope.pipeline import RunConfig

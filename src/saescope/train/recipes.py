@@ -2,7 +2,7 @@
 
 A recipe is the one place where training settings live. Its per-dictionary settings (learning rate, threshold
 parameter and start, λ, b_dec init, ...) become each dictionary's `SAESpec` (:mod:`saescope.train.specs`); its
-run-wide settings are the fields of :class:`~saescope.train.trainer.TrainConfig` of the same name, which the recipe
+run-wide settings are the fields of :class:`~saescope.train.settings.TrainConfig` of the same name, which the recipe
 fills (:func:`saescope.train.specs.recipe_train_config`). Every entry point (`saescope train`, `saescope run`, a
 preset or a TOML config) picks a recipe by name and changes single settings by key (:func:`with_settings`);
 `saescope train --set help` lists the keys.
@@ -53,7 +53,7 @@ from typing import Any
 
 from saescope.train.inits import DECODER_BIAS_INITS
 from saescope.train.inits import geometric_median as geometric_median  # re-exported: it used to live here
-from saescope.train.trainer import TrainConfig
+from saescope.train.settings import TrainConfig
 
 #: How a recipe aims at a requested L0: "controller" (saescope's integral control of λ, with θ started at
 #: the matching quantile), "quadratic" (GS2's quadratic penalty around the target, method §7.2) or "none"

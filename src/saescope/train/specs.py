@@ -24,7 +24,7 @@ from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig
 from saescope.sae.widths import parse_width_name
 from saescope.train.recipes import Recipe
-from saescope.train.trainer import SAESpec, TrainConfig
+from saescope.train.settings import SAESpec, TrainConfig
 
 
 def parse_width(text: str | int) -> int:

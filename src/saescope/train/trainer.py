@@ -31,8 +31,8 @@ from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.dictionaries.folder import SAES, write_dictionary_folder
 from saescope.models.sites import Site
 from saescope.sae import AnyDictionary, build_any_dictionary, single_layer
-from saescope.train.checkpoint import CHECKPOINT as CHECKPOINT  # where `saescope.train.distributed` finds it
 from saescope.train.checkpoint import (
+    CHECKPOINT,
     checkpoint_state,
     read_checkpoint,
     restore_checkpoint,
@@ -41,9 +41,7 @@ from saescope.train.checkpoint import (
 from saescope.train.elements import Member, build_elements
 from saescope.train.init_from import initialise_from_parent_
 from saescope.train.schedules import TargetL0Controller, learning_rate
-from saescope.train.settings import TARGET_SCALES as TARGET_SCALES  # re-exported: the settings' old home
-from saescope.train.settings import SAESpec as SAESpec
-from saescope.train.settings import TrainConfig as TrainConfig
+from saescope.train.settings import SAESpec, TrainConfig
 
 METRICS = "metrics.jsonl"
 

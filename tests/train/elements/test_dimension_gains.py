@@ -9,7 +9,7 @@ import torch
 from element_fixtures import ONE_BATCH, RES, WIDTH, D, element_of, jumprelu_spec, outlier_tokens
 
 from saescope.data.arrays import ArrayActivations
-from saescope.release.suite import read_trained_sae
+from saescope.dictionaries.folder import read_trained_sae
 from saescope.train import TrainConfig, Trainer
 from saescope.train.elements import DimensionGains, dimension_gains
 from saescope.train.recipes import SAESCOPE
