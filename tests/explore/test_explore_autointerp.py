@@ -4,6 +4,7 @@ column), the feature page, and the Neuronpedia JSON; and an index without them k
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import socket
 import threading
@@ -12,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from explore_fixtures import ExploreRun, shared_run
+from explore_fixtures import CONFIG, ExploreRun, random_sae, shared_run
 from fastapi.testclient import TestClient
 
 from saescope.eval.interp.autointerp import run_autointerp
-from saescope.explore import IndexReader
+from saescope.explore import IndexReader, build_index, read_dictionaries
 from saescope.explore.server import create_app
+from saescope.models.loading import load_model
 
 
 class ScriptedLM:
@@ -140,3 +142,24 @@ def serving(index: Path) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_rebuild_keeps_the_explanations_of_dictionaries_whose_weights_are_unchanged(
+    scored_index: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    run: ExploreRun = shared_run(tmp_path_factory)
+    index = tmp_path / "index.sqlite"
+    shutil.copyfile(scored_index, index)
+    found = read_dictionaries(run.run)
+    loaded = load_model(str(run.model_dir))
+    summary = build_index(loaded, found.dictionaries, run.corpus, CONFIG, index, model_name="m", progress=False)
+    assert (summary.kept_explanations, summary.kept_detection_scores) == (4, 4)
+    assert scored_latents(index) == scored_latents(scored_index)
+
+    retrained = [
+        dataclasses.replace(d, sae=random_sae(32, 24, seed=9)) if d.name == "random-res" else d
+        for d in found.dictionaries
+    ]
+    summary = build_index(loaded, retrained, run.corpus, CONFIG, index, model_name="m", progress=False)
+    assert (summary.kept_explanations, summary.kept_detection_scores) == (0, 0)
+    assert scored_latents(index) == []

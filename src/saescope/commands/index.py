@@ -52,7 +52,12 @@ def register(commands: Any) -> None:
     group.add_argument("--logit-tokens", type=int, default=10, help="top and bottom logit tokens per latent (10)")
     group.add_argument("--neighbours", type=int, default=10, help="nearest latents by decoder cosine (10)")
     group.add_argument("--seed", type=int, default=0, help="seed of the interval sampling (0)")
-    group.add_argument("--force", action="store_true", help="rebuild even if an index with these settings exists")
+    group.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even if an index with these settings exists (explanations and detection scores of "
+        "dictionaries whose weights are unchanged are kept)",
+    )
     exports = parser.add_argument_group("exports")
     exports.add_argument("--static", type=Path, metavar="OUT",
                          help="also write the explorer as a static site (open OUT/index.html from disk; no live "
@@ -114,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
             f"pass {seconds['pass']:.0f} s, logit effects and neighbours {seconds['weights']:.0f} s): "
             f"{out} ({summary.bytes / 1e6:.1f} MB)"
         )
+        if summary.kept_explanations or summary.kept_detection_scores:
+            print(
+                f"Kept {summary.kept_explanations} explanations and {summary.kept_detection_scores} detection scores "
+                "of the dictionaries whose weights are unchanged (from `saescope autointerp` on the index replaced)"
+            )
     if args.static is not None:
         files = write_static_site(IndexReader(out), args.static)
         print(f"Static site: {args.static / 'index.html'} ({files} files)")

@@ -18,11 +18,12 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import logging
 import statistics as pystatistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,9 @@ class IndexSummary:
     dead: int
     seconds: dict[str, float]
     bytes: int
+    kept_explanations: int = 0
+    """Explanations (and below, detection scores) of unchanged dictionaries kept from the index this replaced."""
+    kept_detection_scores: int = 0
 
 
 def recorded_model_name(name: str) -> str:
@@ -312,6 +316,17 @@ def _example_rows(sae_id: int, stats: LatentStatistics) -> Iterator[tuple[Any, .
         yield sae_id, latent, interval, rank, location // T, location % T, value, blob
 
 
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A SHA-256 over a dictionary's parameters (name, dtype, shape and bytes of each, by name): equal exactly
+    when the weights are."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def _sae_row(sae_id: int, d: Dictionary, stats: LatentStatistics, root: Path | None) -> tuple[Any, ...]:
     live = stats.max_F[stats.count_F > 0]
     folder = d.folder
@@ -322,6 +337,8 @@ def _sae_row(sae_id: int, d: Dictionary, stats: LatentStatistics, root: Path | N
         "log_density_histogram": _log_density_histogram(stats),
         # Steering strengths are multiples of a latent's max activation; a dead latent uses this instead.
         "median_max_activation": float(pystatistics.median(live.tolist())) if len(live) else 1.0,
+        # A rebuild keeps this dictionary's explanations and detection scores while its weights are the same.
+        "weights_fingerprint": weights_fingerprint(d.sae.state_dict()),
     }
     config = d.sae.config
     n_dead = int((stats.count_F == 0).sum())
@@ -375,9 +392,11 @@ def build_index(
     _check_shipped_tokens(loaded, dictionaries, shipped)
     with store.atomic_database(out) as db:
         used_windows: set[int] = set()
+        sae_rows: list[tuple[Any, ...]] = []
         shipped_windows: dict[int, np.ndarray] = {}
         for sae_id, (d, stats) in enumerate(zip(dictionaries, all_stats, strict=True)):
-            db.execute(f"INSERT INTO saes VALUES ({','.join('?' * 15)})", _sae_row(sae_id, d, stats, root))
+            sae_rows.append(_sae_row(sae_id, d, stats, root))
+            db.execute(f"INSERT INTO saes VALUES ({','.join('?' * 15)})", sae_rows[-1])
             db.executemany(
                 f"INSERT INTO latents VALUES ({','.join('?' * 13)})",
                 _latent_rows(sae_id, stats, effects[sae_id], neighbours[sae_id], norms[sae_id]),
@@ -409,6 +428,10 @@ def build_index(
             token_ids.update(e.top_ids_Fk.reshape(-1).tolist())
             token_ids.update(e.bottom_ids_Fk.reshape(-1).tolist())
         db.executemany("INSERT INTO tokens VALUES (?, ?)", _token_rows(loaded.tokenizer, token_ids))
+        fingerprints = {
+            d.name: json.loads(row[-1])["weights_fingerprint"] for d, row in zip(dictionaries, sae_rows, strict=True)
+        }
+        kept = store.carry_autointerp(db, out, fingerprints)
         if report_dir is not None and report_dir.is_dir():
             for png in sorted(report_dir.glob("*.png")):
                 db.execute("INSERT INTO assets VALUES (?, ?, ?)", (safe_name(png.name), "image/png", png.read_bytes()))
@@ -440,5 +463,5 @@ def build_index(
     dead = sum(int((s.count_F == 0).sum()) for s in all_stats)
     return IndexSummary(
         out, n_tokens, len(windows), len(dictionaries), latents, dead,
-        {"pass": pass_seconds, "weights": weights_seconds, "total": total_seconds}, out.stat().st_size,
+        {"pass": pass_seconds, "weights": weights_seconds, "total": total_seconds}, out.stat().st_size, *kept,
     )  # fmt: skip

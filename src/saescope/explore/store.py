@@ -154,6 +154,49 @@ def atomic_database(path: Path) -> Iterator[sqlite3.Connection]:
             temporary.unlink()
 
 
+def carry_autointerp(db: sqlite3.Connection, previous: Path, fingerprints: dict[str, str]) -> tuple[int, int]:
+    """Copy the explanations and detection scores of ``previous`` (the index a rebuild replaces) into ``db``, for
+    every dictionary whose weights are unchanged: same name and the same weights fingerprint (``fingerprints``:
+    name -> :func:`weights_fingerprint` of the dictionary now indexed). They cost an LLM's time, and a rebuild
+    with other contexts or settings leaves an unchanged dictionary's explanations valid. Returns the number of
+    explanations and of detection scores kept."""
+    if not previous.is_file():
+        return 0, 0
+    db.execute("ATTACH DATABASE ? AS previous", (str(previous),))
+    try:
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM previous.sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError:  # a damaged index is what --force replaces: nothing in it can be trusted
+            return 0, 0
+        if not {"explanations", "detection_scores", "saes"} <= tables:
+            return 0, 0
+        pairs = []
+        for old_id, name, summary in db.execute("SELECT sae_id, name, summary FROM previous.saes"):
+            new = db.execute("SELECT sae_id FROM saes WHERE name = ?", (name,)).fetchone()
+            recorded = json.loads(summary).get("weights_fingerprint")
+            if new is not None and recorded is not None and recorded == fingerprints.get(name):
+                pairs.append((int(old_id), int(new[0])))
+        if not pairs:
+            return 0, 0
+        db.executescript(AUTOINTERP_SCHEMA)
+        counts = [0, 0]
+        for old_id, new_id in pairs:
+            for i, table in enumerate(("explanations", "detection_scores")):
+                columns = [row[1] for row in db.execute(f"PRAGMA previous.table_info({table})")][1:]
+                listed = ", ".join(columns)
+                cursor = db.execute(
+                    f"INSERT INTO main.{table} (sae_id, {listed}) SELECT ?, {listed} FROM previous.{table} "
+                    "WHERE sae_id = ? ORDER BY rowid",
+                    (new_id, old_id),
+                )
+                counts[i] += cursor.rowcount
+        db.commit()
+        return counts[0], counts[1]
+    finally:
+        db.commit()
+        db.execute("DETACH DATABASE previous")
+
+
 def write_meta(db: sqlite3.Connection, values: dict[str, Any]) -> None:
     db.executemany(
         "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
