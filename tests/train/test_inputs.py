@@ -133,6 +133,17 @@ def test_train_warns_and_exits_3_on_implausible_results_and_keeps_the_weights(
     assert "warning" not in capsys.readouterr().err
 
 
+def test_every_torchrun_rank_exits_3_on_implausible_results_and_only_rank_0_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from saescope.train import distributed
+
+    monkeypatch.setattr(verdict, "MAX_PLAUSIBLE_FVU", -1.0)  # every FVU is now implausible
+    monkeypatch.setattr(distributed, "is_main_process", lambda: False)  # as rank 1 of a torchrun job
+    assert main(npy_train_args(tmp_path, tmp_path / "run")) == IMPLAUSIBLE_EXIT_CODE
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_train_help_documents_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -241,15 +241,17 @@ def _train(args: argparse.Namespace) -> int:
         check_train_memory(specs, source.widths, config, stream_buffer_tokens=getattr(source, "buffer_tokens", 0))
     trained = distributed.train_suite(specs, source, config, args.out)
     results = distributed.gather_final_metrics(trained, specs)
+    target_by_name = {spec.name: spec.target_l0 for spec in specs}
+    # Every rank holds every dictionary's metrics, so every rank exits with the same status (torchrun reports
+    # the first non-zero one); only rank 0 prints.
+    implausible = implausible_dictionaries(FinalMetrics.from_metrics(n, m, target_by_name[n]) for n, m in results)
+    exit_code = IMPLAUSIBLE_EXIT_CODE if implausible else 0
     if not main:
-        return 0
+        return exit_code
     print(f"\n{'dictionary':<44} {'L0':>7} {'FVU':>7} {'dead':>6}  (last training batch)")
     for name, m in results:
         print(f"{name:<44} {m['l0']:>7.1f} {m['fvu']:>7.3f} {m['dead_fraction']:>6.1%}")
     print(f"\nWeights and configs: {args.out / 'saes'}/<dictionary>/; metrics log: {args.out / 'metrics.jsonl'}")
-    target_by_name = {spec.name: spec.target_l0 for spec in specs}
-    implausible = implausible_dictionaries(FinalMetrics.from_metrics(n, m, target_by_name[n]) for n, m in results)
     if implausible:
         print(implausible_warning(implausible, args.out / "saes"), file=sys.stderr)
-        return IMPLAUSIBLE_EXIT_CODE
-    return 0
+    return exit_code
