@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from synthetic import SITES, TOKENS_PER_WINDOW, WIDTHS, synthetic_stream, window_chunk
 
 from saescope.atomic import CorruptFileError
+from saescope.data.activations import NormScaleEstimator, TokenActivations
 from saescope.data.cache import ActivationCache, CacheMismatchError, CacheSettings, CacheWriter
 
 
@@ -71,6 +74,29 @@ def test_shuffled_reader_yields_every_token_exactly_once_per_epoch(tmp_path: Pat
     reference = {site: expected_rows(i, 103) for i, site in enumerate(SITES)}
     token_numbers = batch[SITES[0]][:, 0].long()
     torch.testing.assert_close(batch[SITES[1]], reference[SITES[1]][token_numbers], rtol=0, atol=0)
+
+
+def test_norm_scales_leave_out_outlier_rows_as_a_streamed_estimate_does(tmp_path: Path) -> None:
+    def with_outlier(first_window: int) -> Iterator[TokenActivations]:
+        for chunk in synthetic_stream(first_window):
+            if chunk.windows_N[0] == 7:  # a row in the third shard, of both sites
+                chunk = dataclasses.replace(chunk, acts={site: x.clone() for site, x in chunk.acts.items()})
+                for x_ND in chunk.acts.values():
+                    x_ND[2] = 1e12
+            yield chunk
+
+    writer = CacheWriter(tmp_path, settings())
+    for _ in writer.write(with_outlier(0), 60):
+        pass
+    streamed = NormScaleEstimator(SITES)
+    for chunk in with_outlier(0):
+        if streamed.n_tokens >= 60:
+            break
+        streamed.update(chunk.acts)
+    cache = ActivationCache(tmp_path)
+    for site, scale in streamed.scales().items():
+        assert scale < 1e3  # the outlier row would make it about 1e12
+        assert cache.norm_scales[site] == pytest.approx(scale, rel=1e-6)
 
 
 def test_norm_scales_from_shard_sums(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from saescope.atomic import CorruptFileError, atomic_write_json, sha256_file
-from saescope.data.activations import SiteBatch, TokenActivations
+from saescope.data.activations import OUTLIER_NORM_RATIO, SiteBatch, TokenActivations
 from saescope.data.corpus import mask_policy
 from saescope.models.sites import Site
 
@@ -321,6 +321,7 @@ class ActivationCache:
         self._verified: set[Path] = set()
         self._verify = verify
         self._norm_tokens = norm_tokens
+        self._scales: dict[Site, float] | None = None
         for shard in self.shards:
             for path_, record in _shard_files(folder, self._sites, shard):
                 self._check(path_, record, hash_it=verify == "full")
@@ -339,18 +340,50 @@ class ActivationCache:
 
     @property
     def norm_scales(self) -> dict[Site, float]:
-        """C = sqrt(E‖x‖²) per site over the first shards covering `norm_tokens` (all shards if None)."""
+        """C = sqrt(E‖x‖²) per site over the first shards covering `norm_tokens` (all shards if None), leaving out
+        rows far above the median norm as a streamed estimate does (`outlier_free_rows`).
+
+        The sums come from the manifest. A shard can hold a row above the outlier threshold only if its sum of
+        squared norms reaches that threshold, so only such shards are read back (the median is taken on the
+        first shard's rows); on data without outliers no shard is read and C is the plain mean, bit for bit.
+        """
         if not self.shards:
             raise ValueError(f"{self.folder} holds no complete shard yet")
-        totals = dict.fromkeys(self._sites, 0.0)
-        count = 0
+        if self._scales is not None:
+            return dict(self._scales)
+        counted = []
         for shard in self.shards:
-            for site in self._sites:
-                totals[site] += float(shard["sum_sq"][site.id])
-            count += int(shard["tokens"])
-            if self._norm_tokens is not None and count >= self._norm_tokens:
+            counted.append(shard)
+            if self._norm_tokens is not None and sum(int(s["tokens"]) for s in counted) >= self._norm_tokens:
                 break
-        return {site: math.sqrt(total / count) for site, total in totals.items()}
+        self._scales = {site: self._norm_scale(site, counted) for site in self._sites}
+        return dict(self._scales)
+
+    def _norm_scale(self, site: Site, counted: Sequence[Mapping[str, Any]]) -> float:
+        median = float(self._square_norms(site, counted[0]).median())
+        threshold = OUTLIER_NORM_RATIO**2 * median if median > 0 else math.inf
+        total, count = 0.0, 0
+        for shard in counted:
+            shard_sum = float(shard["sum_sq"][site.id])
+            if shard_sum <= threshold:  # every row's squared norm is at most the shard's sum: no outlier here
+                total += shard_sum
+                count += int(shard["tokens"])
+            else:  # summed again without the outliers (subtracting them would lose the rest to rounding)
+                sq_N = self._square_norms(site, shard)
+                kept_N = sq_N[sq_N <= threshold]
+                total += float(kept_N.double().sum())
+                count += int(kept_N.numel())
+        return math.sqrt(total / count)
+
+    def _square_norms(self, site: Site, shard: Mapping[str, Any]) -> torch.Tensor:
+        """The squared norm of every row of one site's shard (float32, as the writer summed them)."""
+        rows = self._open_rows(site, shard)
+        return torch.cat(
+            [
+                torch.linalg.vector_norm(self._to_float(rows[start : start + 65_536]), dim=-1).square()
+                for start in range(0, len(rows), 65_536)
+            ]
+        )
 
     def _check(self, path: Path, record: Mapping[str, Any], *, hash_it: bool) -> None:
         if path in self._verified:
