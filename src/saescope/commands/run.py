@@ -94,10 +94,9 @@ def run(args: argparse.Namespace) -> int:
         if wants_recipe_help(args):
             print_recipe_help(config.training_recipe())
             return 0
-        train_config = config.train_config()
-        warn_if_budget_too_short(
-            config.training_recipe(), total_steps=train_config.total_steps, batch_size=train_config.batch_size
-        )
+        if main:
+            steps = config.train_config().total_steps
+            warn_if_budget_too_short(config.training_recipe(), total_steps=steps, batch_size=config.batch_size)
         check_device(config.device)  # before the run folder is created
         if not args.skip_memory_check:  # before the run folder exists or the model loads
             check_run_memory(config)
