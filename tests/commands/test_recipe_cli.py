@@ -125,3 +125,40 @@ def test_train_help_is_short_and_says_how_to_list_the_recipe_keys() -> None:
     assert "--recipe" in text
     for removed in ("--lr ", "--max-firing-rate", "--dimension-gain-power", "--threshold ", "--adam-beta1"):
         assert removed not in text
+
+
+def test_train_warns_but_runs_when_the_papers_recipe_is_shorter_than_its_sparsity_warm_up(
+    acts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(train_args(acts, tmp_path / "short", "--recipe", "gemma-scope")) in (0, 3)  # 3: implausible L0
+    err = capsys.readouterr().err
+    assert "warms its sparsity coefficient up over 10,000 steps (640,000 tokens at batch 64)" in err
+    assert "this run trains 4 steps" in err
+    assert "--recipe saescope" in err
+    assert (tmp_path / "short" / "saes").is_dir()
+    assert main(train_args(acts, tmp_path / "default")) == 0
+    assert "sparsity coefficient" not in capsys.readouterr().err
+
+
+def test_train_does_not_warn_once_the_warm_up_fits_the_budget(
+    acts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["--recipe", "gemma-scope", "--set", "lambda_warmup_steps=4"]
+    main(train_args(acts, tmp_path / "run", *extra))
+    assert "sparsity coefficient" not in capsys.readouterr().err
+
+
+def test_run_warns_when_the_papers_recipe_is_shorter_than_its_sparsity_warm_up(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def stop_before_the_run(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("stopped by the test after the checks")
+
+    monkeypatch.setattr("saescope.commands.run.check_run_memory", stop_before_the_run)
+    argv = ["run", "--preset", "smoke", "--model", str(tiny_model_dir), "--runs-dir", str(tmp_path / "runs")]
+    assert main([*argv, "--recipe", "gemma-scope"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe 'gemma-scope' warms its sparsity coefficient up over 10,000 steps" in err
+    assert "stopped by the test" in err
+    assert main(argv) == 2  # the preset's own recipe: no warning
+    assert "sparsity coefficient" not in capsys.readouterr().err

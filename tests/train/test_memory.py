@@ -53,7 +53,9 @@ def test_training_state_is_four_float32_copies_of_the_parameters_and_an_int64_co
 def test_step_scratch_counts_the_dense_path_unless_the_sparse_step_is_forced() -> None:
     assert step_scratch_bytes(DictionaryConfig(d_in=8, width=16), batch_size=32) == 6 * 32 * 16 * 4
     sparse = DictionaryConfig(d_in=8, width=16, step_kernel="sparse")
-    assert step_scratch_bytes(sparse, batch_size=32) == 5 * 32 * 16
+    # not the sparse step's 5 bytes per entry: the first batch's initialisation runs the dense forward
+    # (pre-activations, mask, codes, zero codes), which benchmarks/wide_dictionaries.py measured as the larger
+    assert step_scratch_bytes(sparse, batch_size=32) == (4 + 1 + 4 + 4) * 32 * 16
 
 
 def test_stream_is_the_buffer_and_one_chunk_twice_and_four_chunks_in_flight_of_every_site() -> None:
@@ -62,9 +64,34 @@ def test_stream_is_the_buffer_and_one_chunk_twice_and_four_chunks_in_flight_of_e
     assert stream_buffer_bytes([8, 24], buffer_tokens=100, chunk_tokens=28, dtype_name="bfloat16") == rows * 32 * 2
 
 
-def test_refit_is_bounded_by_one_pass() -> None:
+def test_refit_is_one_pass_of_normal_equations_and_two_float64_copies_of_the_largest_while_it_is_solved() -> None:
     config = DictionaryConfig(d_in=8, width=16)
-    assert refit_bytes([config, config]) == 2 * 4 * 17 * (17 + 8)
+    normal_equations = 4 * 17 * (17 + 8)
+    assert refit_bytes([config, config]) == 2 * normal_equations + 2 * 2 * normal_equations
+
+
+def test_refit_of_many_dictionaries_holds_one_pass_of_normal_equations_at_a_time() -> None:
+    configs = [DictionaryConfig(d_in=640, width=16384)] * 54  # the default suite at width 16k
+    normal_equations = 4 * 16385 * (16385 + 640)
+    assert refit_bytes(configs) == memory.PASS_MEMORY_BYTES + 2 * 2 * normal_equations
+
+
+def test_dictionaries_too_wide_for_a_refit_pass_count_no_refit() -> None:
+    wide = DictionaryConfig(d_in=640, width=65536)  # its normal equations are above the refit's pass limit
+    assert refit_bytes([wide]) == 0
+    assert refit_bytes([wide, DictionaryConfig(d_in=8, width=16)]) == (1 + 2 * 2) * 4 * 17 * (17 + 8)
+
+
+def test_one_wide_sae_is_planned_without_the_refit_it_does_not_run() -> None:
+    spec = sae_spec(RES, d=640, width=65536, step_kernel="sparse")
+    estimate = estimate_training_memory(
+        [spec], {RES: 640}, batch_size=1024, model_bytes=0, stream_buffer=0, decoder_refit=True
+    )
+    assert estimate.refit == 0
+    assert estimate.per_process == (
+        dictionary_state_bytes(spec.dictionary) + (4 + 1 + 4 + 4) * 1024 * 65536 + 4 * 1024 * (640 + 640)
+    )
+    check_fits(estimate, 8 << 30, where="this machine", skip_option="--skip-memory-check")  # not refused
 
 
 def test_training_estimate_of_two_saes_matches_the_hand_computed_figure() -> None:

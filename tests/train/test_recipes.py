@@ -22,6 +22,7 @@ from saescope.train.recipes import (
     geometric_median,
     get_recipe,
     parse_set_options,
+    short_budget_warning,
     with_settings,
 )
 from saescope.train.specs import dictionary_specs, recipe_train_config
@@ -189,3 +190,15 @@ def test_settings_by_key_are_typed_validated_and_unknown_keys_list_the_valid_one
         parse_set_options(["lr"])
     described = describe_settings(SAESCOPE)
     assert all(f"  {key} = " in described for key in RECIPE_KEYS)
+
+
+def test_short_budget_warning_only_where_a_penalty_aims_at_the_l0_and_its_warm_up_outlasts_the_run() -> None:
+    warning = short_budget_warning(GEMMA_SCOPE, total_steps=9_999, batch_size=1024)
+    assert warning is not None
+    assert "10,000 steps (10,240,000 tokens at batch 1,024)" in warning
+    assert "trains 9,999 steps" in warning
+    assert short_budget_warning(GEMMA_SCOPE, total_steps=10_000, batch_size=1024) is None
+    # the default recipe's θ controller holds L0 whatever λ's warm-up
+    assert short_budget_warning(SAESCOPE.replace(lambda_warmup_steps=500), total_steps=10, batch_size=64) is None
+    fixed = GEMMA_SCOPE.replace(l0_steering="none")
+    assert short_budget_warning(fixed, total_steps=10, batch_size=64) is not None

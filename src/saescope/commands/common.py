@@ -14,12 +14,14 @@ from saescope.models.loading import DEFAULT_MODEL, LoadedModel, load_model
 from saescope.train.devices import check_device
 from saescope.train.recipes import (
     DEFAULT_RECIPE,
+    GEMMA_SCOPE,
     RECIPE_KEYS,
     RECIPES,
     Recipe,
     check_recipe_keys,
     describe_settings,
     parse_set_options,
+    short_budget_warning,
 )
 
 if sys.version_info >= (3, 11):
@@ -109,6 +111,9 @@ def corpus_from_args(args: argparse.Namespace) -> CorpusConfig:
     )
 
 
+#: The papers' sparsity warm-up in steps, which `--recipe`'s help names.
+_GS_WARMUP = GEMMA_SCOPE.lambda_warmup_steps
+
 #: What `--set help` asks for: the list of recipe keys instead of a run.
 SET_HELP = "help"
 
@@ -119,7 +124,10 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, *, recipe_default: str
     default_text = recipe_default or f"the preset's, {DEFAULT_RECIPE} unless it names another"
     group.add_argument(
         "--recipe", default=recipe_default, choices=sorted(RECIPES),
-        help=f"training recipe: {DEFAULT_RECIPE} (short budgets) or gemma-scope (the papers'); default: {default_text}",
+        help=f"training recipe: {DEFAULT_RECIPE} for budgets under {_GS_WARMUP:,} steps (what a CPU or a small GPU "
+        f"gives; tuned at 128 steps), gemma-scope (the papers') for runs well beyond its {_GS_WARMUP:,}-step "
+        f"sparsity warm-up, short of which its L0 stays far above the target (docs/recipes.md, 'Choosing a recipe by "
+        f"budget'); default: {default_text}",
     )  # fmt: skip
     group.add_argument(
         "--set", dest="set", action="append", default=None, metavar="KEY=VALUE",
@@ -141,6 +149,13 @@ def wants_recipe_help(args: argparse.Namespace) -> bool:
 
 def print_recipe_help(recipe: Recipe) -> None:
     print(describe_settings(recipe))
+
+
+def warn_if_budget_too_short(recipe: Recipe, *, total_steps: int, batch_size: int) -> None:
+    """Warn (on stderr; the run goes on) when the run is shorter than the recipe's sparsity warm-up."""
+    warning = short_budget_warning(recipe, total_steps=total_steps, batch_size=batch_size)
+    if warning is not None:
+        print(warning, file=sys.stderr)
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

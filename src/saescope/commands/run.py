@@ -12,6 +12,7 @@ from saescope.commands.common import (
     print_recipe_help,
     recipe_settings_from_args,
     wants_recipe_help,
+    warn_if_budget_too_short,
 )
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS
 from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         if wants_recipe_help(args):
             print_recipe_help(config.training_recipe())
             return 0
+        if main:
+            steps = config.train_config().total_steps
+            warn_if_budget_too_short(config.training_recipe(), total_steps=steps, batch_size=config.batch_size)
         check_device(config.device)  # before the run folder is created
         if not args.skip_memory_check:  # before the run folder exists or the model loads
             check_run_memory(config)

@@ -20,6 +20,7 @@ from saescope.commands.common import (
     print_recipe_help,
     recipe_settings_from_args,
     wants_recipe_help,
+    warn_if_budget_too_short,
 )
 from saescope.data.activations import ActivationSource
 from saescope.data.arrays import load_activation_file
@@ -222,6 +223,7 @@ def _train(args: argparse.Namespace) -> int:
         settings = recipe_settings_from_args(args)
         parent_recipe = recipe if "lambda_warmup_steps" in settings else recipe.replace(lambda_warmup_steps=0)
         specs = parent_specs(parents, source, parent_recipe, args.target_l0)
+        recipe = parent_recipe
     else:
         sites = selected_sites(source, args.sites, from_file=args.cache is not None or args.activations is not None)
         widths = [parse_width(w) for w in _csv(args.widths)]
@@ -237,6 +239,7 @@ def _train(args: argparse.Namespace) -> int:
         for spec in specs:
             if spec.init_from is not None:
                 print(f"  {spec.name} starts from {spec.init_from}")
+        warn_if_budget_too_short(recipe, total_steps=config.total_steps, batch_size=config.batch_size)
     if not args.skip_memory_check:  # before the output folder exists
         check_train_memory(specs, source.widths, config, stream_buffer_tokens=getattr(source, "buffer_tokens", 0))
     trained = distributed.train_suite(specs, source, config, args.out)

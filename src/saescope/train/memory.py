@@ -9,12 +9,16 @@ What one process holds while it trains (the figures are upper estimates, not mea
 * the training scratch of one step (the dictionaries step one after another, so only the largest counts): the
   dense step's batch × width tensors (pre-activations, codes, their gradients and what autograd saves for the
   JumpReLU step functions), or the sparse step's reused encoder product and its comparison mask
-  (`saescope.sae.sparse`); "auto" may take either, so it counts the dense one;
+  (`saescope.sae.sparse`); "auto" may take either, so it counts the dense one. The first batch's initialisation
+  (θ from the data, the least-squares code scale: `saescope.train.elements`) runs the dense forward even where
+  the steps are sparse, so a sparse step's scratch is at least that forward's;
 * the batch itself: each site's float32 batch, and each dictionary's reconstruction;
 * the activation stream (`saescope.data.activations`): its shuffle buffer, up to the buffer plus one forward's
   chunk of every site, counted twice (the allocator does not give every freed part back at once), and the
   forwards in flight: the prefetched chunks, the one being computed, and its unmasked capture;
-* the decoder refit's normal equations (`saescope.train.refit`), at most one pass's worth at a time.
+* the decoder refit's normal equations (`saescope.train.refit`), at most one pass's worth at a time, and while
+  one dictionary's are solved, their float64 copies; a dictionary too wide for one pass keeps its trained
+  decoder, so it needs none.
 
 Under torchrun each rank holds the model, the stream buffer and its own share of the dictionaries
 (`saescope.train.distributed.assign_dictionaries`); ranks on one CPU host share its memory.
@@ -54,6 +58,13 @@ TRAINING_COPIES = 4
 DENSE_STEP_BF_COPIES = 6
 #: Bytes per batch × width entry of the sparse step's scratch: the float32 encoder product and its bool mask.
 SPARSE_STEP_BF_BYTES = 4 + 1
+#: Bytes per batch × width entry of the first batch's dense forward (the initialisation's): float32
+#: pre-activations, the bool firing mask, float32 codes, and the all-zero codes the code scale decodes.
+FIRST_BATCH_BF_BYTES = 4 + 1 + 4 + 4
+#: Float64 copies of one dictionary's float32 normal equations while they are solved (`DecoderRefit.solve_`):
+#: the solve's copy with the ridge added, and the LU factor `torch.linalg.solve` works on (afterwards, the FVU's
+#: copy); each is twice the float32 size.
+REFIT_SOLVE_FLOAT64_COPIES = 2
 #: Bytes of the dead-latent counter per latent (int64).
 COUNTER_BYTES = 8
 #: The shuffle buffer is counted twice: it is concatenated site by site, but freed parts are not all returned.
@@ -132,10 +143,11 @@ def dictionary_state_bytes(config: DictionaryConfig) -> int:
 
 
 def step_scratch_bytes(config: DictionaryConfig, batch_size: int) -> int:
-    """The batch × width tensors of one training step of this dictionary."""
+    """The batch × width tensors of one training step of this dictionary: the dense step's, or the sparse step's
+    but at least the first batch's dense forward (the initialisation runs it whatever the step)."""
     entries = batch_size * config.total_width
     if config.step_kernel == "sparse":
-        return SPARSE_STEP_BF_BYTES * entries
+        return max(SPARSE_STEP_BF_BYTES, FIRST_BATCH_BF_BYTES) * entries
     return DENSE_STEP_BF_COPIES * entries * element_bytes(config.dtype)
 
 
@@ -154,10 +166,29 @@ def stream_buffer_bytes(site_dims: Sequence[int], buffer_tokens: int, chunk_toke
     return rows * sum(site_dims) * element_bytes(dtype_name)
 
 
+def refit_accumulator_bytes(config: DictionaryConfig) -> int:
+    """One dictionary's float32 normal equations, (F+1)² + (F+1)·d_out (`saescope.train.refit.accumulator_bytes`)."""
+    return 4 * (config.width + 1) * (config.width + 1 + config.d_target)
+
+
+def is_refit(config: DictionaryConfig) -> bool:
+    """Whether the decoder refit applies to this dictionary (`saescope.train.refit.refittable`): single-layer, not
+    Matryoshka, and normal equations that fit one pass."""
+    return (
+        config.n_layers == 1
+        and config.matryoshka_prefixes is None
+        and refit_accumulator_bytes(config) <= PASS_MEMORY_BYTES
+    )
+
+
 def refit_bytes(configs: Sequence[DictionaryConfig]) -> int:
-    """The decoder refit's normal equations, float32 (F+1)² + (F+1)·d_out each, one pass at a time."""
-    sizes = [4 * (c.width + 1) * (c.width + 1 + c.d_target) for c in configs if c.n_layers == 1]
-    return min(sum(sizes), max([PASS_MEMORY_BYTES, *sizes])) if sizes else 0
+    """The decoder refit at its peak: one pass's float32 normal equations, and the float64 copies of the largest
+    one while it is solved. Dictionaries too wide for a pass are not refit and count nothing."""
+    sizes = [refit_accumulator_bytes(config) for config in configs if is_refit(config)]
+    if not sizes:
+        return 0
+    solving = REFIT_SOLVE_FLOAT64_COPIES * 2 * max(sizes)
+    return min(sum(sizes), PASS_MEMORY_BYTES) + solving
 
 
 def rank_specs(specs: Sequence[SAESpec], world_size: int) -> list[SAESpec]:

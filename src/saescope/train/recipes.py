@@ -249,6 +249,25 @@ RECIPES: dict[str, Recipe] = {recipe.name: recipe for recipe in (GEMMA_SCOPE, SA
 DEFAULT_RECIPE = SAESCOPE.name
 
 
+def short_budget_warning(recipe: Recipe, *, total_steps: int, batch_size: int) -> str | None:
+    """A warning for a run shorter than the recipe's sparsity warm-up, where a penalty (not a controller) aims at
+    the L0: λ never reaches full strength, so L0 stays above its target. None when the budget is long enough.
+
+    The papers' recipe warms λ up over 10,000 steps because it is built for about a million; the default recipe
+    has no λ warm-up (its θ controller holds L0 from the first step)."""
+    warmup = recipe.lambda_warmup_steps
+    if recipe.l0_steering == "controller" or warmup <= total_steps:
+        return None
+    warmup_tokens = warmup * batch_size
+    return (
+        f"warning: recipe {recipe.name!r} warms its sparsity coefficient up over {warmup:,} steps "
+        f"({warmup_tokens:,} tokens at batch {batch_size:,}) and this run trains {total_steps:,} steps, so the L0 "
+        "penalty never reaches full strength and L0 will stay far above its target. For a budget this short use "
+        f"--recipe {DEFAULT_RECIPE}; for the papers' recipe train at least {warmup_tokens:,} tokens, or shorten its "
+        "warm-up with --set lambda_warmup_steps=N."
+    )
+
+
 def get_recipe(name: str) -> Recipe:
     """The named recipe; a clear error listing the names otherwise."""
     if name not in RECIPES:
