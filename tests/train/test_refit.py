@@ -179,3 +179,18 @@ def test_a_run_stopped_before_its_last_step_does_not_refit(tmp_path: Path) -> No
     trainer = Trainer([jumprelu_spec()], source, config(30, decoder_refit_tokens=2_048), tmp_path)
     trainer.run(max_steps=10)
     assert not next(e for e in trainer.elements if isinstance(e, DecoderRefitAtEnd)).done
+
+
+def test_a_dictionary_too_wide_for_a_refit_pass_keeps_its_decoder_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from saescope.train import refit as refit_module
+
+    monkeypatch.setattr(refit_module, "PASS_MEMORY_BYTES", 100)  # smaller than any dictionary's equations
+    source = ArrayActivations({RES: sparse_data(4_000)[0]})
+    plain = Trainer([jumprelu_spec()], source, config(30), tmp_path / "plain").run()[0]
+    with caplog.at_level("WARNING"):
+        (wide,) = Trainer([jumprelu_spec()], source, config(30, decoder_refit_tokens=2_048), tmp_path / "wide").run()
+    assert "jr keeps its trained decoder" in caplog.text
+    for key, value in plain.sae.state_dict().items():
+        assert torch.equal(value, wide.sae.state_dict()[key]), key

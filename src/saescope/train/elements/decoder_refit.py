@@ -7,14 +7,18 @@ run saves the refit dictionaries without refitting them again.
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 import torch
 from tqdm import tqdm
 
 from saescope.models.sites import Site
+from saescope.sae import SparseDictionary
 from saescope.train.elements.base import Member, RecipeElement, TrainingRun
-from saescope.train.refit import DecoderRefit, refit_passes, refittable
+from saescope.train.refit import PASS_MEMORY_BYTES, DecoderRefit, accumulator_bytes, refit_passes, refittable
+
+log = logging.getLogger(__name__)
 
 
 class DecoderRefitAtEnd(RecipeElement):
@@ -47,6 +51,14 @@ def refit_decoders(run: TrainingRun, tokens: int) -> None:
     """Refit every refittable member's decoder on the first ``tokens`` tokens of the run's data, in as many
     passes as their normal equations need; each member's last metrics gain its FVU before and after."""
     refittable_members = [(m, m.sae) for m in run.members if refittable(m.sae)]
+    for member in run.members:
+        sae = member.sae
+        if isinstance(sae, SparseDictionary) and sae.config.matryoshka_prefixes is None and not refittable(sae):
+            log.warning(
+                "%s keeps its trained decoder: its decoder refit's normal equations (%.1f GiB at width %d) exceed "
+                "the refit's %.1f GiB per pass",
+                member.spec.name, accumulator_bytes(sae) / 2**30, sae.config.width, PASS_MEMORY_BYTES / 2**30,
+            )  # fmt: skip
     groups = refit_passes([sae for _, sae in refittable_members])
     for index in range(run.agreed_pass_count(len(groups))):
         group = [refittable_members[i] for i in groups[index]] if index < len(groups) else []
