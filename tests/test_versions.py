@@ -98,6 +98,7 @@ def test_the_v1_checkpoint_identity_reads_as_todays_settings_and_specs() -> None
     for spec in identity["specs"]:
         assert SAESpec.from_dict(spec).to_dict() == spec
         assert spec.keys() == _a_spec().to_dict().keys()
+        assert spec["dictionary"].keys() == _a_spec().to_dict()["dictionary"].keys()  # a DictionaryConfig field too
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in V1_FINISHED.glob("*.config.json")))
