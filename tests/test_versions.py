@@ -3,8 +3,11 @@ a guard that a field added to a saved config comes with a migration step."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +171,23 @@ def test_a_checkpoint_of_a_newer_saescope_is_refused(tmp_path: Path) -> None:
 def test_a_source_record_of_a_newer_saescope_is_refused() -> None:
     with pytest.raises(NewerSchemaError, match=r"source\.json: the training source record"):
         current_source_record(_newer(_json(V1_RUN / "train" / "source.json")), origin="source.json")
+
+
+# --- a digest stored on disk as a name -------------------------------------------------------------------------
+def test_the_fidelity_benchmark_names_a_training_folder_as_it_did_before_configs_carried_a_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "saescope_fidelity", Path(__file__).parents[1] / "benchmarks/fidelity.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    fidelity = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, fidelity)  # its dataclasses look their module up there
+    spec.loader.exec_module(fidelity)
+    identity_v1 = read_checkpoint(V1_RUN / "train" / "checkpoint.pt", "cpu", start_over="")["identity"]
+    named_then = hashlib.sha256(json.dumps(identity_v1, sort_keys=True).encode()).hexdigest()[:10]  # as main named it
+    identity = current_identity(identity_v1, origin="checkpoint.pt")
+    specs = [SAESpec.from_dict(saved) for saved in identity["specs"]]
+    assert {saved["site_out"] for saved in identity["specs"]} == {None, "layer_1/mlp"}  # an SAE and a transcoder
+    assert fidelity.training_folder_digest(specs, TrainConfig.from_dict(identity["config"])) == named_then
