@@ -18,10 +18,10 @@ from saescope.atomic import atomic_write_checksummed
 from saescope.data.cache import ActivationCache, CacheSettings, read_cache_manifest
 from saescope.data.corpus import CorpusConfig
 from saescope.data.sources import current_source_record, same_source, source_identity
-from saescope.dictionaries.folder import DICTIONARY_CONFIG_SCHEMA
+from saescope.dictionaries.folder import DICTIONARY_CONFIG_SCHEMA, read_trained_sae, write_dictionary_folder
 from saescope.models.sites import Site
 from saescope.pipeline import CONFIG_FILE, RunConfig, SuiteRun
-from saescope.sae import DictionaryConfig
+from saescope.sae import DictionaryConfig, build_any_dictionary
 from saescope.train.checkpoint import current_identity, read_checkpoint
 from saescope.train.settings import TRAIN_CONFIG_SCHEMA, SAESpec, TrainConfig
 from saescope.versions import SCHEMA_VERSION, NewerSchemaError, RecordSchema
@@ -111,6 +111,24 @@ def test_a_v1_dictionary_config_reads_as_its_spec_and_training_settings(name: st
     assert SAESpec.from_dict({key: spec[key] for key in _a_spec().to_dict()}).name == saved["name"]
     training = TRAIN_CONFIG_SCHEMA.migrate(saved["training"], origin=name)
     assert TrainConfig.from_dict({k: v for k, v in training.items() if k not in ("steps_done", "tokens_seen")})
+
+
+@pytest.mark.parametrize("name", sorted(p.name.removesuffix(".config.json") for p in V1_FINISHED.glob("*.config.json")))
+def test_a_v1_dictionary_folder_is_read_with_its_config_in_todays_form(name: str, tmp_path: Path) -> None:
+    shutil.copyfile(V1_FINISHED / f"{name}.config.json", tmp_path / "config.json")
+    shutil.copyfile(V1_FINISHED / f"{name}.safetensors", tmp_path / "sae.safetensors")
+    entry = read_trained_sae(tmp_path)
+    assert entry.config[SCHEMA_VERSION] == DICTIONARY_CONFIG_SCHEMA.version
+    assert entry.config["init_from"] is None
+    assert entry.site_out == (Site.parse("layer_1/mlp") if "transcoder" in name else None)
+
+
+def test_a_dictionary_config_of_a_newer_saescope_is_refused(tmp_path: Path) -> None:
+    spec = _a_spec()
+    config = _newer({**spec.to_dict(), "norm_scale": 1.0})
+    write_dictionary_folder(tmp_path, build_any_dictionary(spec.dictionary), config)
+    with pytest.raises(NewerSchemaError, match=r"config\.json: the dictionary config was written by a newer saescope"):
+        read_trained_sae(tmp_path)
 
 
 def _a_spec() -> SAESpec:
