@@ -78,9 +78,10 @@ from saescope.eval.metrics import paired_difference
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary, single_layer
-from saescope.train import SAESpec, Trainer
+from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.recipes import GEMMA_SCOPE, SAESCOPE, Recipe
 from saescope.train.specs import recipe_train_config
+from saescope.versions import SCHEMA_VERSION
 
 HERE = Path(__file__).resolve().parent
 SAELENS_WORKER = HERE / "fidelity_saelens_worker.py"
@@ -439,6 +440,31 @@ def _schedule_key(recipe: Recipe) -> str:
     return json.dumps(recipe_train_config(recipe, total_tokens=1, batch_size=1).to_dict(), sort_keys=True)
 
 
+#: The fields that saved specs and training settings of version 1 (before saescope's configs carried a
+#: schema_version) left out, at the value they were left out at.
+_SPEC_FIELDS_LEFT_OUT_IN_V1: dict[str, Any] = {"init_from": None, "site_out": None, "layers": []}
+_CONFIG_FIELDS_LEFT_OUT_IN_V1: dict[str, Any] = {"plain_error_share": 0.0, "firing_cap_mean_multiple": 2.0}
+
+
+def _as_version_1(record: dict[str, Any], left_out: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value for key, value in record.items()
+        if key != SCHEMA_VERSION and not (key in left_out and value == left_out[key])
+    }  # fmt: skip
+
+
+def training_folder_digest(specs: Sequence[SAESpec], config: TrainConfig) -> str:
+    """The name of a group's training folder: a digest of its specs and training settings in the form saescope
+    saved them before its configs carried a schema_version, so that a folder named then keeps its name and an
+    interrupted benchmark resumes in it. (The name only finds the folder; the checkpoint's own identity check
+    decides whether it resumes.)"""
+    identity = {
+        "specs": [_as_version_1(spec.to_dict(), _SPEC_FIELDS_LEFT_OUT_IN_V1) for spec in specs],
+        "config": _as_version_1(config.to_dict(), _CONFIG_FIELDS_LEFT_OUT_IN_V1),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
 def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[Cell]) -> dict[str, float]:
     """Train the saescope cells of one site, one Trainer per distinct recipe schedule; seconds per group."""
     groups: dict[str, list[Cell]] = {}
@@ -455,8 +481,7 @@ def train_saescope(args: argparse.Namespace, source: StreamSource, cells: list[C
             checkpoint_every_steps=50, progress=True,
         )  # fmt: skip
         # The folder is named by everything that decides the run, so another recipe never resumes its checkpoint.
-        identity = {"specs": [s.to_dict() for s in specs], "config": config.to_dict()}
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        digest = training_folder_digest(specs, config)
         folder = args.out / "train" / f"layer_{cells[0].site.layer}-{cells[0].site.kind.value}" / digest
         started = time.perf_counter()
         Trainer(specs, source, config, folder).run()

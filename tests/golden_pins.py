@@ -15,6 +15,9 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from saescope.dictionaries.folder import DICTIONARY_CONFIG_SCHEMA
+from saescope.train.settings import TRAIN_CONFIG_SCHEMA
+
 REGENERATE = "SAESCOPE_REGENERATE_GOLDEN"
 
 
@@ -38,6 +41,16 @@ def training_pins(train_dir: Path) -> dict[str, Any]:
     return pins
 
 
+def current_config(config: dict[str, Any], origin: str) -> dict[str, Any]:
+    """A dictionary's saved config.json in today's form (`saescope.versions`): a pin written before configs
+    carried a schema_version still pins the same settings, and a config missing a field today's saescope saves
+    (or holding another value) still differs from it."""
+    current = DICTIONARY_CONFIG_SCHEMA.migrate(config, origin=origin)
+    if isinstance(current.get("training"), dict):
+        current["training"] = TRAIN_CONFIG_SCHEMA.migrate(current["training"], origin=f"{origin}, training")
+    return current
+
+
 def check_against_golden(train_dir: Path, golden: Path) -> None:
     """Assert that `train_dir` holds exactly the pinned dictionaries (or write the pins when regenerating)."""
     pins = training_pins(train_dir)
@@ -53,5 +66,6 @@ def check_against_golden(train_dir: Path, golden: Path) -> None:
     )
     assert sorted(pins) == sorted(expected), f"other dictionaries than pinned: {sorted(pins)}; {how}"
     for name, pin in pins.items():
-        assert pin["config"] == expected[name]["config"], f"{name}: saved config differs from the pin; {how}"
+        saved, pinned = current_config(pin["config"], name), current_config(expected[name]["config"], golden.name)
+        assert saved == pinned, f"{name}: saved config differs from the pin; {how}"
         assert pin["tensors"] == expected[name]["tensors"], f"{name}: trained weights differ from the pin; {how}"

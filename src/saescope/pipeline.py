@@ -47,6 +47,7 @@ from saescope.train.specs import (
     parse_target_l0,
     parse_width,
 )
+from saescope.versions import RecordSchema, without_version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -153,13 +154,14 @@ class RunConfig:
         return cls(**values)
 
     @classmethod
-    def from_record(cls, data: Mapping[str, Any]) -> RunConfig:
-        """The config of an existing run folder: settings that change the training data and that the record
-        lacks take the value that reproduces runs made before them, not today's default."""
-        return cls.from_dict({**SETTINGS_BEFORE_THEY_EXISTED, **data})
+    def from_record(cls, data: Mapping[str, Any], *, origin: str = CONFIG_FILE) -> RunConfig:
+        """The config of an existing run folder (its run_config.json, of this or an older saescope, migrated to
+        today's fields by `RUN_CONFIG_SCHEMA`); ``origin`` names the file in errors."""
+        return cls.from_dict(without_version(RUN_CONFIG_SCHEMA.migrate(data, origin=origin)))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, with the record's version: run_config.json."""
+        return RUN_CONFIG_SCHEMA.stamp(asdict(self))
 
     def training_recipe(self) -> Recipe:
         """The named recipe with this run's settings applied."""
@@ -179,8 +181,14 @@ class RunConfig:
         )  # fmt: skip
 
 
-#: Run settings added after run folders existed, at the value that reproduces what those runs did.
-SETTINGS_BEFORE_THEY_EXISTED: dict[str, Any] = {"window_shuffle_tokens": 0}
+def _run_config_v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 is every run_config.json before records carried a version; those made before
+    window_shuffle_tokens existed lack it and read their windows in stream order (0)."""
+    return {"window_shuffle_tokens": 0, **record}
+
+
+#: A run folder's run_config.json.
+RUN_CONFIG_SCHEMA = RecordSchema("run config", (_run_config_v1_to_v2,))
 
 
 def list_presets() -> dict[str, str]:
@@ -258,8 +266,8 @@ class SuiteRun:
         path = folder / CONFIG_FILE
         run = cls(folder, config, log)
         if path.exists():
-            # Read back as a record, so settings added since the run began compare as what the run did.
-            existing = RunConfig.from_record(json.loads(path.read_text(encoding="utf-8"))).to_dict()
+            # Both in today's form (a record of an older saescope migrated), so that the same run compares equal.
+            existing = RunConfig.from_record(json.loads(path.read_text(encoding="utf-8")), origin=str(path)).to_dict()
             if json.loads(json.dumps(existing)) != json.loads(json.dumps(config.to_dict())):
                 raise ValueError(
                     f"{folder} already holds a run with other settings; resume it with "
@@ -276,7 +284,7 @@ class SuiteRun:
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a saescope run (no {CONFIG_FILE})")
-        return cls(folder, RunConfig.from_record(json.loads(path.read_text(encoding="utf-8"))), log)
+        return cls(folder, RunConfig.from_record(json.loads(path.read_text(encoding="utf-8")), origin=str(path)), log)
 
     # --- bookkeeping ----------------------------------------------------------------------------------
     def stages_done(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def test_cache_then_train(
     assert "window_shuffle_tokens" in capsys.readouterr().err
     packed = tmp_path / "cache-packed"
     assert main(cache_args(tiny_model_dir, text_corpus, packed, "--window-shuffle-tokens", "0")) == 0
-    assert "window_shuffle_tokens" not in ActivationCache(packed).manifest["settings"]["corpus"]
+    assert ActivationCache(packed).manifest["settings"]["corpus"]["window_shuffle_tokens"] == 0
 
     run_dir = tmp_path / "run"
     train = [

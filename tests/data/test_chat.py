@@ -3,6 +3,7 @@ window packing into activations, the cache manifest and metrics.json (method §3
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_a_tokenizer_without_a_chat_template_gives_the_named_error(tmp_path: Pat
         ChatFormat(tokenizer)
     corpus = CorpusConfig(source=str(write_conversations(tmp_path / "c.jsonl", 4)), text_field="messages")
     with pytest.raises(MissingChatTemplateError):
-        corpus_windows(CorpusConfig(**{**corpus.to_dict(), "chat_template": "tokenizer"}), tokenizer)
+        corpus_windows(dataclasses.replace(corpus, chat_template="tokenizer"), tokenizer)
     with pytest.raises(ChatTemplateError, match="neither"):
         ChatFormat(tokenizer, str(tmp_path / "missing.jinja"))
     template_file = tmp_path / "gemma.jinja"
@@ -149,7 +150,10 @@ def test_conversation_sources_need_a_chat_template(tmp_path: Path) -> None:
 
 
 def test_plain_configs_keep_their_identity_and_policy() -> None:
-    assert "chat_template" not in CorpusConfig().to_dict()  # cache manifests made before chat support still match
+    assert CorpusConfig().to_dict()["chat_template"] is None
+    # A version-1 record (cache manifests made before chat support among them) left it out: plain text.
+    version_1 = {k: v for k, v in CorpusConfig().to_dict().items() if k not in ("schema_version", "chat_template")}
+    assert CorpusConfig.from_dict(version_1).chat_template is None
     assert CorpusConfig.from_dict(CorpusConfig(chat_template="gemma").to_dict()).chat_template == "gemma"
     with pytest.raises(ValueError, match="chat_template"):
         CorpusConfig(chat_template="")

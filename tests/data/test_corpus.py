@@ -10,7 +10,13 @@ import pytest
 import torch
 from corpus_fixtures import long_documents, random_documents, window_ids
 
-from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig, corpus_windows, iter_documents
+from saescope.data.corpus import (
+    CORPUS_CONFIG_SCHEMA,
+    DEFAULT_WINDOW_SHUFFLE_TOKENS,
+    CorpusConfig,
+    corpus_windows,
+    iter_documents,
+)
 from saescope.data.windows import iter_token_windows
 from tiny_models import build_tiny_tokenizer
 
@@ -35,13 +41,19 @@ def test_corpus_config_shuffles_training_windows_only(tmp_path: Path, tokenizer:
     assert stream(shuffled, "heldout") == stream(in_order, "heldout")
 
 
-def test_window_shuffle_field_keeps_the_identity_of_configs_made_before_it() -> None:
-    assert "window_shuffle_tokens" not in CorpusConfig(window_shuffle_tokens=0).to_dict()
+def test_a_corpus_config_saves_every_field_and_a_version_1_record_without_window_shuffle_read_in_stream_order() -> None:
+    saved = CorpusConfig(window_shuffle_tokens=0).to_dict()
+    assert saved["window_shuffle_tokens"] == 0
+    assert saved["chat_template"] is None
+    assert saved["schema_version"] == CORPUS_CONFIG_SCHEMA.version
     assert CorpusConfig().to_dict()["window_shuffle_tokens"] == DEFAULT_WINDOW_SHUFFLE_TOKENS > 0
-    # A record without the field was made in stream order.
-    legacy = {key: value for key, value in CorpusConfig().to_dict().items() if key != "window_shuffle_tokens"}
-    assert CorpusConfig.from_dict(legacy).window_shuffle_tokens == 0
+    # Version 1 (no schema_version) left the field out at 0, and records made before the field were in stream order.
+    version_1 = {key: value for key, value in CorpusConfig().to_dict().items() if key not in ("window_shuffle_tokens",
+                                                                                        "schema_version")}  # fmt: skip
+    assert CorpusConfig.from_dict(version_1).window_shuffle_tokens == 0
     assert CorpusConfig.from_dict(CorpusConfig().to_dict()) == CorpusConfig()
+    chat = CorpusConfig(chat_template="gemma", window_shuffle_tokens=512, max_documents=3)
+    assert CorpusConfig.from_dict(json.loads(json.dumps(chat.to_dict()))) == chat
 
 
 @pytest.mark.parametrize(

@@ -67,11 +67,11 @@ def test_index_tokens_0_skips_the_stage_and_old_runs_compare_with_the_default(
     folder = tmp_path / "run"
     folder.mkdir()
     older = config.to_dict()
-    del older["index_tokens"]  # a run begun before the setting existed
+    del older["schema_version"], older["index_tokens"]  # a run begun before the setting existed (version 1)
     (folder / "run_config.json").write_text(json.dumps(older))
     with pytest.raises(ValueError, match="other settings"):
         SuiteRun.create(folder, config, log=lambda _: None)
-    default = RunConfig.from_dict(older)
+    default = RunConfig.from_record(older)
     assert default.index_tokens == RunConfig().index_tokens
     SuiteRun.create(folder, default, log=lambda _: None)  # same settings once the default is filled in
     assert SuiteRun(folder, config).stage_index() == {"skipped": "index_tokens = 0"}

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS
+from saescope.dictionaries.folder import DICTIONARY_CONFIG_SCHEMA
 from saescope.models.sites import Site, all_sites
 from saescope.pipeline import CONFIG_FILE, RunConfig, SuiteRun, list_presets, load_preset, suite_specs
+from saescope.train.settings import TRAIN_CONFIG_SCHEMA
 from saescope.train.specs import DICTIONARY_KINDS, MULTI_LAYER_KINDS, parse_target_l0, parse_width
 
 
@@ -28,7 +30,7 @@ def test_negative_window_shuffle_is_refused() -> None:
 
 def test_a_run_recorded_before_window_shuffling_resumes_in_stream_order(tmp_path: Path) -> None:
     record = load_preset("smoke").to_dict()
-    del record["window_shuffle_tokens"]  # a run_config.json written before the setting existed
+    del record["schema_version"], record["window_shuffle_tokens"]  # a run_config.json written before the setting
     folder = tmp_path / "old-run"
     folder.mkdir()
     (folder / CONFIG_FILE).write_text(json.dumps(record))
@@ -61,9 +63,12 @@ def test_a_run_recorded_by_an_older_saescope_trains_exactly_as_it_did(tmp_path: 
     config = RunConfig.from_record(record)
     assert config.recipe_settings == {"lr": 0.002, "lr_warmup_steps": 2, "lr_decay_fraction": 0.3,
                                       "l0_coefficient": 1e-3}  # fmt: skip
-    assert json.loads(json.dumps(config.train_config().to_dict())) == expected["train_config"]
+    # The expected records are of version 1; today's are the same settings in today's form.
+    expected_config = TRAIN_CONFIG_SCHEMA.migrate(expected["train_config"], origin=OLD_EXPECTED.name)
+    assert json.loads(json.dumps(config.train_config().to_dict())) == expected_config
     specs = {spec.name: spec for spec in suite_specs(config, 18, fake_site_widths(18))}
-    assert [specs[spec["name"]].to_dict() for spec in expected["specs"]] == expected["specs"]
+    expected_specs = [DICTIONARY_CONFIG_SCHEMA.migrate(spec, origin=OLD_EXPECTED.name) for spec in expected["specs"]]
+    assert [specs[spec["name"]].to_dict() for spec in expected_specs] == expected_specs
     folder = tmp_path / "old-run"
     folder.mkdir()
     (folder / CONFIG_FILE).write_text(OLD_RECORD.read_text())

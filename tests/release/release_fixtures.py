@@ -81,7 +81,7 @@ def suite_run(tmp_path: Path) -> Path:
         "format": "saescope-metrics-v1",
         "name": "res-a",
         "model": "gemma-3-270m",
-        "dataset": {"source": "embedded", "split": "heldout"},
+        "dataset": {"schema_version": 2, "source": "embedded", "split": "heldout"},  # as evaluation records it
         "mask_policy": "special tokens excluded",
         "reconstruction": {"n_tokens": 4096, "l0": 14.2, "l0_stderr": 0.1, "fvu": 0.2, "dead_fraction": 0.0},
         "lm_loss": {"delta_lm_loss": 0.05, "loss_recovered": 0.9},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -135,9 +136,16 @@ def test_dimension_gain_settings_are_validated_and_passed_by_recipes() -> None:
     )
     with pytest.raises(ValueError, match="plain_error_share"):
         TrainConfig(total_tokens=ONE_BATCH, plain_error_share=1.0)
-    # At 0 the field stays out of a run's identity, so checkpoints written before it existed still resume.
-    assert "plain_error_share" not in TrainConfig(total_tokens=ONE_BATCH).to_dict()
+    # Saved at every value; a version-1 identity (which left it out at 0) reads as 0.
+    assert TrainConfig(total_tokens=ONE_BATCH).to_dict()["plain_error_share"] == 0.0
     assert TrainConfig(total_tokens=ONE_BATCH, plain_error_share=0.25).to_dict()["plain_error_share"] == 0.25
+    assert TrainConfig.from_dict(_version_1(TrainConfig(total_tokens=ONE_BATCH).to_dict())).plain_error_share == 0.0
+
+
+def _version_1(saved: dict[str, Any]) -> dict[str, Any]:
+    """A training-settings record as version 1 saved it: no version, and the two fields at their defaults left out."""
+    left_out = ("schema_version", "plain_error_share", "firing_cap_mean_multiple")
+    return {key: value for key, value in saved.items() if key not in left_out}
 
 
 def test_a_firing_cap_of_the_whole_batch_is_refused() -> None:
@@ -145,12 +153,14 @@ def test_a_firing_cap_of_the_whole_batch_is_refused() -> None:
         SAESCOPE.replace(max_firing_rate=1.0)
 
 
-def test_the_firing_cap_mean_multiple_is_validated_and_kept_out_of_older_identities() -> None:
+def test_the_firing_cap_mean_multiple_is_validated_and_version_1_identities_read_it_at_2() -> None:
     with pytest.raises(ValueError, match="firing_cap_mean_multiple"):
         TrainConfig(total_tokens=ONE_BATCH, firing_cap_mean_multiple=0.5)
     with pytest.raises(ValueError, match="firing_cap_mean_multiple"):
         SAESCOPE.replace(firing_cap_mean_multiple=0.9)
-    assert "firing_cap_mean_multiple" not in TrainConfig(total_tokens=ONE_BATCH).to_dict()
+    assert TrainConfig(total_tokens=ONE_BATCH).to_dict()["firing_cap_mean_multiple"] == 2.0
+    version_1 = _version_1(TrainConfig(total_tokens=ONE_BATCH, firing_cap_mean_multiple=1.25).to_dict())
+    assert TrainConfig.from_dict(version_1).firing_cap_mean_multiple == 2.0
     assert (
         TrainConfig(total_tokens=ONE_BATCH, firing_cap_mean_multiple=1.25).to_dict()["firing_cap_mean_multiple"] == 1.25
     )

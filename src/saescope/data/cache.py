@@ -34,11 +34,15 @@ import torch
 
 from saescope.atomic import CorruptFileError, atomic_write_json, sha256_file
 from saescope.data.activations import OUTLIER_NORM_RATIO, SiteBatch, TokenActivations
-from saescope.data.corpus import mask_policy
+from saescope.data.corpus import CORPUS_CONFIG_SCHEMA, mask_policy
 from saescope.models.sites import Site
+from saescope.versions import RecordSchema
 
 MANIFEST = "manifest.json"
+#: The layout of the shard files (their names, row order and dtypes), recorded as the manifest's "format".
 FORMAT_VERSION = 1
+#: The manifest's own fields (its "settings" hold a corpus config, which carries its own version).
+CACHE_MANIFEST_SCHEMA = RecordSchema("activation cache manifest")
 STORAGE_DTYPES: dict[str, tuple[torch.dtype, type[np.generic]]] = {
     # bfloat16 has no numpy dtype: its bits are stored and memory-mapped as uint16.
     "bfloat16": (torch.bfloat16, np.uint16),
@@ -83,7 +87,7 @@ class CacheSettings:
             "sites": [site.id for site in self.sites],
             "widths": {site.id: int(self.widths[site]) for site in self.sites},
             "dtype": self.dtype,
-            "corpus": dict(self.corpus),
+            "corpus": CORPUS_CONFIG_SCHEMA.migrate(self.corpus, origin="CacheSettings.corpus"),
             "context_size": self.context_size,
             "windows_per_shard": self.windows_per_shard,
         }
@@ -122,7 +126,17 @@ def read_cache_manifest(path: Path) -> dict[str, Any]:
         missing = [key for key in _SHARD_KEYS if not isinstance(shard, dict) or key not in shard]
         if missing:
             raise CorruptFileError(f"{path}: shard {position} of 'shards' has no {missing} key(s). {rebuild}")
-    return manifest
+    manifest = CACHE_MANIFEST_SCHEMA.migrate(manifest, origin=str(path))
+    return {**manifest, "settings": current_cache_settings(manifest["settings"], origin=str(path))}
+
+
+def current_cache_settings(settings: Mapping[str, Any], *, origin: str) -> dict[str, Any]:
+    """A cache manifest's "settings" (also recorded in a training run's source.json) in today's form: the corpus
+    config inside migrated to its current version, so that a cache made by an older saescope keeps its identity."""
+    corpus = settings.get("corpus")
+    if not isinstance(corpus, Mapping):
+        return dict(settings)
+    return {**settings, "corpus": CORPUS_CONFIG_SCHEMA.migrate(corpus, origin=f"{origin}, settings.corpus")}
 
 
 def check_shard_file(path: Path, record: Mapping[str, Any], folder: Path, *, hash_it: bool) -> None:
@@ -215,7 +229,9 @@ class CacheWriter:
             return self._without_corrupt_shards(manifest)
         self.folder.mkdir(parents=True, exist_ok=True)
         policy = mask_policy(self.settings.corpus.get("chat_template"))  # which positions were dropped
-        manifest = {"format": FORMAT_VERSION, "settings": identity, "mask_policy": policy, "shards": [], **dict(extra)}
+        manifest = CACHE_MANIFEST_SCHEMA.stamp(
+            {"format": FORMAT_VERSION, "settings": identity, "mask_policy": policy, "shards": [], **dict(extra)}
+        )
         atomic_write_json(path, manifest)
         return manifest
 

@@ -22,7 +22,7 @@ windows as :mod:`saescope.data.windows` describes, wrapped in a chat template wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from saescope.data.embedded import EMBEDDED_NAME, EMBEDDED_SOURCE, iter_embedded
 from saescope.data.readers import read_user_source
 from saescope.data.split import DEFAULT_HELDOUT_FRACTION, SPLITS, Split, in_split
 from saescope.data.windows import TokenWindow, iter_token_windows
+from saescope.versions import RecordSchema, without_version
 
 #: Training windows are drawn at random from a buffer of this many tokens of the packed document stream. A long
 #: document fills dozens of consecutive windows (a book of the embedded corpus ~12k tokens, 50 windows of 256), so
@@ -60,8 +61,8 @@ class CorpusConfig:
     #: prefix, and drop the user-turn prefix positions (method §3.5): "tokenizer" (the model's own template),
     #: "gemma" (Gemma's turn format, for a base model) or a Jinja template file. Conversations need it.
     chat_template: str | None = None
-    #: Training-split windows come out of a seeded shuffle buffer of this many tokens (0: in stream order, as
-    #: before the field existed). The held-out split always keeps stream order.
+    #: Training-split windows come out of a seeded shuffle buffer of this many tokens (0: in stream order). The
+    #: held-out split always keeps stream order.
     window_shuffle_tokens: int = DEFAULT_WINDOW_SHUFFLE_TOKENS
 
     def __post_init__(self) -> None:
@@ -93,22 +94,28 @@ class CorpusConfig:
         return -(-self.window_shuffle_tokens // self.context_size)
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields; those at the value that reproduces configs older than the field are left out, so that
-        caches and runs made before it keep their identity."""
-        data = asdict(self)
-        if self.chat_template is None:
-            del data["chat_template"]
-        if self.window_shuffle_tokens == 0:
-            del data["window_shuffle_tokens"]
-        return data
+        """Every field, with the record's version (`CORPUS_CONFIG_SCHEMA`)."""
+        return CORPUS_CONFIG_SCHEMA.stamp(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CorpusConfig:
-        """A config from `to_dict`; a missing window_shuffle_tokens is a record from before it (stream order)."""
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+    def from_dict(cls, data: Mapping[str, Any], *, origin: str = "CorpusConfig") -> CorpusConfig:
+        """A config from `to_dict` of this or an older saescope (migrated to today's fields); ``origin`` names
+        where ``data`` was read in errors."""
+        fields = without_version(CORPUS_CONFIG_SCHEMA.migrate(data, origin=origin))
+        unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"CorpusConfig has no field(s) {sorted(unknown)}")
-        return cls(**{"window_shuffle_tokens": 0, **data})
+            raise ValueError(f"{origin}: CorpusConfig has no field(s) {sorted(unknown)}")
+        return cls(**fields)
+
+
+def _corpus_config_v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 left out chat_template when None (plain text) and window_shuffle_tokens when 0 (stream order,
+    also the order of configs made before the field existed)."""
+    return {"chat_template": None, "window_shuffle_tokens": 0, **record}
+
+
+#: A corpus config as saved in a cache manifest (and in metrics.json and the feature index, which describe it).
+CORPUS_CONFIG_SCHEMA = RecordSchema("corpus config", (_corpus_config_v1_to_v2,))
 
 
 def mask_policy(chat_template: str | None) -> str:

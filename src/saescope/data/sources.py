@@ -19,11 +19,12 @@ from tqdm import tqdm
 
 from saescope.data.activations import ActivationSource, StreamedActivations, stream_token_activations
 from saescope.data.arrays import ArrayActivations
-from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
+from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter, current_cache_settings
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
+from saescope.versions import RecordSchema
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,11 @@ def streamed_source(
 
 
 # --- which data a training run reads -----------------------------------------------------------------
+#: A `source_identity` as a training run records it (source.json). The settings of a cache inside it are the
+#: cache manifest's, migrated with them (`current_cache_settings`).
+SOURCE_RECORD_SCHEMA = RecordSchema("training source record")
+
+
 def source_identity(source: ActivationSource) -> dict[str, Any] | None:
     """What identifies the data a source yields, as JSON (None for a live stream or arrays built in memory, whose
     settings the run's own configuration records).
@@ -127,21 +133,31 @@ def source_identity(source: ActivationSource) -> dict[str, Any] | None:
     ``path`` is recorded to name the source in messages; it is not part of the comparison.
     """
     if isinstance(source, ArrayActivations):
-        return dict(source.identity) if source.identity is not None else None
+        return SOURCE_RECORD_SCHEMA.stamp(source.identity) if source.identity is not None else None
     if isinstance(source, ActivationCache):
         shards = json.dumps(source.shards, sort_keys=True).encode()
-        return {
+        return SOURCE_RECORD_SCHEMA.stamp({
             "kind": "activation cache",
             "path": str(source.folder.resolve()),
             "settings": source.manifest["settings"],
             "tokens": source.n_tokens,
             "shards_sha256": hashlib.sha256(shards).hexdigest(),
-        }
+        })  # fmt: skip
     return None
 
 
+def current_source_record(recorded: Mapping[str, Any], *, origin: str) -> dict[str, Any]:
+    """A recorded `source_identity` of any saescope version in today's form (``origin`` names its file in
+    errors): what `same_source` compares with the identity of the source a run resumes on."""
+    record = SOURCE_RECORD_SCHEMA.migrate(recorded, origin=origin)
+    if record.get("kind") == "activation cache" and isinstance(record.get("settings"), Mapping):
+        record["settings"] = current_cache_settings(record["settings"], origin=origin)
+    return record
+
+
 def same_source(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
-    """Whether two `source_identity` records describe the same data (wherever it lies now)."""
+    """Whether two `source_identity` records in today's form (`current_source_record`) describe the same data
+    (wherever it lies now)."""
 
     def content(identity: Mapping[str, Any]) -> Any:
         return json.loads(json.dumps({key: value for key, value in identity.items() if key != "path"}))

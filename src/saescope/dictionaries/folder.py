@@ -6,7 +6,9 @@ A trained dictionary lives in ``<training>/saes/<name>/``:
   scale C, pre-encoder bias on), its SHA-256 recorded beside it in ``sae.safetensors.sha256`` and checked
   on every read;
 * ``config.json`` (format ``saescope-dictionary-v1``): the sites, the :class:`~saescope.sae.DictionaryConfig`,
-  ``norm_scale`` (C), the training settings and the metrics of the last training batch.
+  ``norm_scale`` (C), the training settings and the metrics of the last training batch. Its top level is a
+  versioned record (:data:`DICTIONARY_CONFIG_SCHEMA`, the dictionary's spec) read in today's form; its
+  ``training`` carries the training settings' own version.
 
 Evaluation writes ``metrics.json`` under the run's own eval folder (:func:`eval_folder`), never into the
 training folder; a ``metrics.json`` beside the weights (where runs made before the eval folder existed
@@ -37,6 +39,7 @@ from saescope.atomic import atomic_write_checksummed, atomic_write_json, verify_
 from saescope.dictionaries.sites import DictionarySites, SpansSites
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import AnyDictionary, CrossLayerDictionary, DictionaryConfig, build_any_dictionary
+from saescope.versions import RecordSchema
 
 DICTIONARY_FORMAT = "saescope-dictionary-v1"
 WEIGHTS = "sae.safetensors"
@@ -55,6 +58,16 @@ _WRITE_AGAIN = (
     "Write it again: rerun the training command that wrote it (it resumes from the run's checkpoint.pt, when that "
     f"is still there, and rewrites {WEIGHTS}), or train the dictionary again into a new folder."
 )
+
+
+def _dictionary_config_v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 left out init_from, site_out and layers when a dictionary had none (a fresh one-layer SAE)."""
+    return {"init_from": None, "site_out": None, "layers": [], **record}
+
+
+#: The top level of a dictionary's config.json, which is its spec (`saescope.train.settings.SAESpec.to_dict`)
+#: with its scales and final metrics; a checkpoint stores the same spec records.
+DICTIONARY_CONFIG_SCHEMA = RecordSchema("dictionary config", (_dictionary_config_v1_to_v2,))
 
 L0_FROM_METRICS = "held-out evaluation (metrics.json)"
 L0_FROM_TRAINING = "last training batch (config.json final_batch_metrics; no metrics.json)"
@@ -280,6 +293,7 @@ def read_trained_sae(folder: Path) -> TrainedSAE:
         raise DictionaryFormatError(
             f"{config_path}: format is {config.get('format')!r}, expected {DICTIONARY_FORMAT!r}"
         )
+    config = DICTIONARY_CONFIG_SCHEMA.migrate(config, origin=str(config_path))
     try:
         dictionary = DictionaryConfig.from_dict(config["dictionary"])
         norm_scale = _number(config["norm_scale"])

@@ -12,6 +12,7 @@ from saescope.dictionaries.folder import L0_FROM_METRICS, TrainedSAE
 from saescope.release.common import l0_label
 from saescope.release.suite import ExportedSAE
 from saescope.sae.widths import width_name
+from saescope.versions import SCHEMA_VERSION
 
 #: Release format id -> (title, layout line) for the card.
 FORMAT_DESCRIPTIONS: dict[str, tuple[str, str]] = {
@@ -105,7 +106,9 @@ def _evaluation_notes(entries: Sequence[TrainedSAE]) -> list[str]:
         if isinstance(dataset, dict) or isinstance(policy, str):
             parts = []
             if isinstance(dataset, dict):
-                described = ", ".join(f"{k} {v}" for k, v in dataset.items() if isinstance(v, (str, int, float)))
+                described = ", ".join(
+                    f"{k} {v}" for k, v in dataset.items() if isinstance(v, (str, int, float)) and k != SCHEMA_VERSION
+                )
                 parts.append(f"Evaluation data: {described}.")
             if isinstance(policy, str):
                 parts.append(f"Masking: {policy}.")

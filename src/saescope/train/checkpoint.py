@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from saescope.atomic import CorruptFileError, verify_checksum
+from saescope.dictionaries.folder import DICTIONARY_CONFIG_SCHEMA
 from saescope.models.sites import Site
+from saescope.train.settings import TRAIN_CONFIG_SCHEMA
 
 if TYPE_CHECKING:
     from saescope.train.trainer import Trainer
@@ -68,7 +70,7 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any], path: Path) -> N
 
     An element whose key the checkpoint lacks keeps its fresh state (a checkpoint written before the element
     existed)."""
-    if state["identity"] != trainer.identity():
+    if _recorded_identity(state["identity"], path) != trainer.identity():
         raise ValueError(f"{path} was written by a run with other settings; use another output folder or delete it")
     trainer.step, trainer.tokens_seen = state["step"], state["tokens_seen"]
     trainer.epoch, trainer.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
@@ -85,6 +87,27 @@ def restore_checkpoint(trainer: Trainer, state: dict[str, Any], path: Path) -> N
         member.tokens_since_fired_F = saved["tokens_since_fired"]
         member.last = dict(saved.get("last", {}))  # a run resumed at its last step still saves its final metrics
     torch.set_rng_state(state["torch_rng"].cpu())
+
+
+def current_identity(identity: dict[str, Any], *, origin: str) -> dict[str, Any]:
+    """A checkpoint's ``identity`` (its training settings and specs) as today's saescope writes it: each record
+    migrated to its current version, so that a checkpoint of an older saescope resumes when its settings are
+    the same (``origin`` names the checkpoint in errors)."""
+    return {
+        "config": TRAIN_CONFIG_SCHEMA.migrate(identity["config"], origin=f"{origin}, identity.config"),
+        "specs": [
+            DICTIONARY_CONFIG_SCHEMA.migrate(spec, origin=f"{origin}, identity.specs[{i}]")
+            for i, spec in enumerate(identity["specs"])
+        ],
+    }
+
+
+def _recorded_identity(identity: Any, path: Path) -> dict[str, Any] | None:
+    """`current_identity` of a checkpoint's identity; None when it is not one (no run of these settings wrote it)."""
+    try:
+        return current_identity(identity, origin=str(path))
+    except (KeyError, TypeError, AttributeError):
+        return None
 
 
 def start_over_hint(path: Path) -> str:

@@ -87,6 +87,7 @@ from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.prefetch import Prefetcher
 from saescope.data.sources import (
     CacheReport,
+    current_source_record,
     describe_source,
     same_source,
     source_identity,
@@ -614,7 +615,7 @@ def check_source_record(out_dir: Path, source: ActivationSource, *, write: bool 
     path = out_dir / SOURCE_RECORD
     resuming = _has_checkpoint(out_dir)
     if resuming and path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = current_source_record(json.loads(path.read_text(encoding="utf-8")), origin=str(path))
         if not same_source(recorded, identity):
             raise ValueError(
                 f"{out_dir} holds a training run started on {describe_source(recorded)}, and this run reads "

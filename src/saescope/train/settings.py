@@ -7,13 +7,16 @@ re-exports them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from saescope.dictionaries.folder import DICTIONARY_CONFIG_SCHEMA
 from saescope.dictionaries.sites import SpansSites
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig
 from saescope.train.inits import DECODER_BIAS_INITS
+from saescope.versions import RecordSchema, without_version
 
 #: Values of `TrainConfig.target_scale`.
 TARGET_SCALES = ("input", "own")
@@ -86,7 +89,9 @@ class SAESpec(SpansSites):
         return self.threshold_init_from_data
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """Every field, with the record's version: what a checkpoint stores and the top of the dictionary's
+        config.json (`DICTIONARY_CONFIG_SCHEMA`)."""
+        return DICTIONARY_CONFIG_SCHEMA.stamp({
             "name": self.name,
             "site": self.site.id,
             "dictionary": self.dictionary.to_dict(),
@@ -94,10 +99,26 @@ class SAESpec(SpansSites):
             "target_l0": self.target_l0,
             "threshold_init_from_data": self.init_thresholds_from_data,
             "decoder_bias_init": self.decoder_bias_init,
-            **({"init_from": self.init_from} if self.init_from is not None else {}),
-            **({"site_out": self.site_out.id} if self.site_out is not None else {}),
-            **({"layers": list(self.layers)} if self.layers else {}),
-        }
+            "init_from": self.init_from,
+            "site_out": self.site_out.id if self.site_out is not None else None,
+            "layers": list(self.layers),
+        })  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, origin: str = "SAESpec") -> SAESpec:
+        """A spec from `to_dict` of this or an older saescope (``origin`` names where ``data`` was read in errors)."""
+        fields = without_version(DICTIONARY_CONFIG_SCHEMA.migrate(data, origin=origin))
+        unknown = set(fields) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{origin}: SAESpec has no field(s) {sorted(unknown)}")
+        site_out = fields["site_out"]
+        return cls(**{
+            **fields,
+            "site": Site.parse(str(fields["site"])),
+            "dictionary": DictionaryConfig.from_dict(fields["dictionary"]),
+            "site_out": Site.parse(str(site_out)) if site_out is not None else None,
+            "layers": tuple(int(layer) for layer in fields["layers"]),
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -216,11 +237,32 @@ class TrainConfig:
         return math.ceil(self.total_tokens / self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
+        """What was trained, with the record's version (`TRAIN_CONFIG_SCHEMA`): every field but ``progress`` and
+        ``device`` (where it ran does not change what was trained: a run may resume elsewhere)."""
         data = asdict(self)
         data.pop("progress")
-        data.pop("device")  # where it ran does not change what was trained: a run may resume elsewhere
-        if self.plain_error_share == 0.0:  # as before the field existed: older checkpoints keep their identity
-            del data["plain_error_share"]
-        if self.firing_cap_mean_multiple == 2.0:  # likewise
-            del data["firing_cap_mean_multiple"]
-        return data
+        data.pop("device")
+        return TRAIN_CONFIG_SCHEMA.stamp(data)
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], *, origin: str = "TrainConfig", progress: bool = True, device: str = "cpu"
+    ) -> TrainConfig:
+        """The settings of `to_dict` of this or an older saescope, with ``progress`` and ``device`` (which it
+        leaves out); ``origin`` names where ``data`` was read in errors."""
+        fields = without_version(TRAIN_CONFIG_SCHEMA.migrate(data, origin=origin))
+        unknown = set(fields) - set(cls.__dataclass_fields__) - {"progress", "device"}
+        if unknown:
+            raise ValueError(f"{origin}: TrainConfig has no field(s) {sorted(unknown)}")
+        betas = tuple(float(beta) for beta in fields["adam_betas"])
+        return cls(**{**fields, "adam_betas": (betas[0], betas[1]), "progress": progress, "device": device})
+
+
+def _train_config_v1_to_v2(record: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 left out plain_error_share at 0 and firing_cap_mean_multiple at 2 (their defaults, and what runs
+    made before the fields existed did)."""
+    return {"plain_error_share": 0.0, "firing_cap_mean_multiple": 2.0, **record}
+
+
+#: The run-wide training settings as a checkpoint stores them and a dictionary's config.json under "training".
+TRAIN_CONFIG_SCHEMA = RecordSchema("training settings", (_train_config_v1_to_v2,))
