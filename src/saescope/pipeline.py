@@ -36,6 +36,15 @@ from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, all_sites, select_sites, site_widths
 from saescope.train import distributed
+from saescope.train.memory import (
+    MemoryEstimate,
+    check_fits_on_device,
+    estimate_training_memory,
+    meta_model,
+    module_bytes,
+    stream_buffer_bytes,
+    torchrun_world,
+)
 from saescope.train.recipes import DEFAULT_RECIPE, RECIPE_KEYS, Recipe, with_settings
 from saescope.train.settings import SAESpec, TrainConfig
 from saescope.train.specs import (
@@ -460,3 +469,44 @@ class SuiteRun:
 
         results = [entry.metrics for entry in read_suite(self.folder / "train") if entry.metrics]
         return markdown_table(suite_rows(results)) if results else "(no evaluation metrics yet)\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# The training stage's memory, checked before a run folder exists
+# ------------------------------------------------------------------------------------------------
+
+
+def run_memory_estimate(config: RunConfig) -> MemoryEstimate | None:
+    """The training stage's peak per process for a `saescope run` configuration, from the model's sizes alone;
+    None when the model's configuration cannot be read here (loading it then reports why, with what to do)."""
+    try:
+        loaded = meta_model(config.model, config.dtype)
+    except (OSError, ValueError):
+        return None
+    suite = SuiteRun(Path("(not created)"), config, log=_silent, _loaded=loaded)
+    specs = suite.specs()
+    widths = site_widths(loaded.model, suite.source_sites())
+    train_config = config.train_config()
+    chunk_tokens = config.batch_windows * config.context_size
+    buffer = stream_buffer_bytes(list(widths.values()), config.shuffle_buffer_tokens, chunk_tokens, config.dtype)
+    world, on_host = torchrun_world()
+    return estimate_training_memory(
+        specs, widths, batch_size=config.batch_size, model_bytes=module_bytes(loaded.model), stream_buffer=buffer,
+        decoder_refit=train_config.decoder_refit_tokens > 0, world_size=world,
+        processes_on_host=1 if config.device.startswith("cuda") else on_host,
+    )  # fmt: skip
+
+
+def check_run_memory(config: RunConfig, *, available: int | None = None) -> MemoryEstimate | None:
+    """Refuse a `saescope run` configuration whose training stage will not fit (`InsufficientMemoryError`);
+    `available` defaults to what the run's device has free now. Returns the estimate (None: not checked, see
+    `run_memory_estimate`)."""
+    estimate = run_memory_estimate(config)
+    if estimate is None:
+        return None
+    check_fits_on_device(estimate, config.device, available=available)
+    return estimate
+
+
+def _silent(_message: str) -> None:
+    pass

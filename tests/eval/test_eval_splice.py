@@ -13,8 +13,9 @@ from saescope.data.corpus import CorpusConfig
 from saescope.data.windows import special_token_mask
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
-from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, spliced_losses
+from saescope.eval.splice import spliced_losses
 from saescope.models.loading import load_model
+from saescope.models.predictions import Predictions, clean_log_probs, final_hidden, kl_to_clean
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
 

@@ -28,9 +28,10 @@ from saescope.data.windows import (
 from saescope.dictionaries.folder import METRICS, TrainedSAE, write_metrics
 from saescope.dictionaries.sites import SpansSites
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
-from saescope.eval.splice import Predictions, clean_log_probs, dictionary_taps, tapped_losses
+from saescope.eval.splice import dictionary_taps, tapped_losses
 from saescope.models.hooks import Tap
 from saescope.models.loading import LoadedModel
+from saescope.models.predictions import Predictions, clean_log_probs
 from saescope.models.sites import Site, site_widths
 from saescope.sae import AnyDictionary
 

@@ -95,6 +95,7 @@ from saescope.data.sources import (
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site, site_widths
+from saescope.sae import SparseDictionary
 from saescope.train.checkpoint import CHECKPOINT
 from saescope.train.settings import SAESpec, TrainConfig
 from saescope.train.trainer import METRICS, TrainedDictionary, Trainer
@@ -497,7 +498,14 @@ class ShardedTrainer(Trainer):
     gives this rank, with per-rank checkpoints and metrics (see the module docstring)."""
 
     def __init__(
-        self, specs: Sequence[SAESpec], source: ActivationSource, config: TrainConfig, out_dir: Path, ctx: RankContext
+        self,
+        specs: Sequence[SAESpec],
+        source: ActivationSource,
+        config: TrainConfig,
+        out_dir: Path,
+        ctx: RankContext,
+        *,
+        parents: Mapping[str, SparseDictionary] | None = None,
     ) -> None:
         owned = assign_dictionaries([dictionary_cost(spec) for spec in specs], ctx.world_size)[ctx.rank]
         # A rank without dictionaries still draws batches (of the narrowest site) to keep in step.
@@ -505,7 +513,7 @@ class ShardedTrainer(Trainer):
         keep = sorted(needed) or [min(source.sites, key=lambda s: (source.widths[s], s))]
         if not ctx.is_main:
             config = dataclasses.replace(config, progress=False)
-        super().__init__(specs, _OwnSites(source, keep), config, out_dir, owned=owned)
+        super().__init__(specs, _OwnSites(source, keep), config, out_dir, owned=owned, parents=parents)
         self.ctx = ctx
         self._tag = f"rank{ctx.rank}-of-{ctx.world_size}"
         self.metrics_path = out_dir / f"metrics.{self._tag}.jsonl"
@@ -583,15 +591,19 @@ def train_suite(
     out_dir: Path,
     *,
     max_steps: int | None = None,
+    parents: Mapping[str, SparseDictionary] | None = None,
 ) -> list[TrainedDictionary]:
-    """Train `specs`: sharded over the ranks inside a `torchrun_session`, else all in this process.
+    """Train `specs`: sharded over the ranks inside a `torchrun_session`, else all in this process; `parents` are
+    the loaded `--init-from` dictionaries (see `Trainer`).
 
     Returns the dictionaries trained by this process (`gather_final_metrics` collects every rank's).
     """
     ctx = current()
     check_checkpoint_layout(out_dir, 1 if ctx is None else ctx.world_size)
     trainer = (
-        Trainer(specs, source, config, out_dir) if ctx is None else ShardedTrainer(specs, source, config, out_dir, ctx)
+        Trainer(specs, source, config, out_dir, parents=parents)
+        if ctx is None
+        else ShardedTrainer(specs, source, config, out_dir, ctx, parents=parents)
     )
     check_source_record(out_dir, source, write=ctx is None or ctx.is_main)
     return trainer.run(max_steps=max_steps)

@@ -30,9 +30,9 @@ from tqdm import tqdm
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.dictionaries.folder import read_trained_sae, write_dictionary_folder
-from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
+from saescope.models.predictions import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.sites import Site
 from saescope.sae import JumpReLU, SparseDictionary, single_layer
 from saescope.sae.base import LossOutput

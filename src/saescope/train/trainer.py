@@ -30,7 +30,7 @@ from saescope.atomic import atomic_write_checksummed, atomic_write_json, atomic_
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.dictionaries.folder import SAES, write_dictionary_folder
 from saescope.models.sites import Site
-from saescope.sae import AnyDictionary, build_any_dictionary, single_layer
+from saescope.sae import AnyDictionary, SparseDictionary, build_any_dictionary, single_layer
 from saescope.train.checkpoint import (
     CHECKPOINT,
     checkpoint_state,
@@ -39,7 +39,7 @@ from saescope.train.checkpoint import (
     start_over_hint,
 )
 from saescope.train.elements import Member, build_elements
-from saescope.train.init_from import initialise_from_parent_
+from saescope.train.init_from import read_parent, unfold_into_
 from saescope.train.schedules import TargetL0Controller, learning_rate
 from saescope.train.settings import SAESpec, TrainConfig
 
@@ -107,6 +107,9 @@ class Trainer:
     `owned` (indices into `specs`) restricts training to some of the dictionaries; each keeps the
     initialisation seed of its place in the whole suite, so a dictionary comes out the same whichever
     process trains it (`saescope.train.distributed` shards a suite over torchrun ranks this way).
+    `parents` maps a spec's `init_from` to the raw-space dictionary the caller loaded from it (any format
+    `saescope.release.load_sae` reads); a spec whose `init_from` is not among them names a saescope dictionary
+    folder, read here (`saescope.train.init_from`).
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class Trainer:
         out_dir: Path,
         *,
         owned: Sequence[int] | None = None,
+        parents: Mapping[str, SparseDictionary] | None = None,
     ) -> None:
         names = [spec.name for spec in specs]
         if len(set(names)) != len(names):
@@ -147,6 +151,7 @@ class Trainer:
                     f"{'all zero' if scale == 0 else 'not finite (NaN or infinity)'}. The data is at fault, not the "
                     "training settings; fix the activation source (cache, file or model dtype)."
                 )
+        self.parents = dict(parents or {})
         indices = list(range(len(self.specs))) if owned is None else sorted(owned)
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
             raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
@@ -165,7 +170,8 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
         sae = build_any_dictionary(spec.dictionary, generator=generator).to(self.config.device)
         if spec.init_from is not None:
-            initialise_from_parent_(single_layer(sae, "init_from"), spec.init_from, self.norm_scales[spec.site])
+            parent = self.parents.get(spec.init_from) or read_parent(spec.init_from)
+            unfold_into_(single_layer(sae, "init_from"), parent, self.norm_scales[spec.site], where=spec.init_from)
         # fused: one kernel over all parameters; on 2 CPU cores it made Adam several times faster than the
         # default foreach implementation in the train-step benchmark, with the same update rule.
         optimizer = torch.optim.Adam(
