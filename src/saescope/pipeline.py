@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.atomic import atomic_write_json
+from saescope.checks import check_at_least
 from saescope.data.activations import ActivationSource
 from saescope.data.cache import ActivationCache
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
@@ -129,9 +130,8 @@ class RunConfig:
             raise ValueError(f"RunConfig.activations must be 'stream' or 'cache'; got {self.activations!r}")
         if self.index_tokens < 0:
             raise ValueError(f"RunConfig.index_tokens must be >= 0 (0 skips the index); got {self.index_tokens!r}")
-        for name in ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        positive = ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens")
+        check_at_least(self, positive, 1, owner="RunConfig.")
         self.corpus_config()  # CorpusConfig validates the corpus settings (window_shuffle_tokens among them)
         parse_target_l0(self.target_l0)  # validates the form early
         parse_kinds(self.kinds)
@@ -325,15 +325,9 @@ class SuiteRun:
         c = self.config
         if c.activations == "cache":
             return ActivationCache(self.folder / "cache", norm_tokens=c.norm_tokens)
-        ctx = distributed.current()
-        if ctx is not None:  # under torchrun: the forwards split over the ranks
-            return distributed.split_streamed_source(
-                self.loaded, self.source_sites(), c.corpus_config(), ctx, batch_windows=c.batch_windows,
-                norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
-            )  # fmt: skip
-        return streamed_source(
+        return streamed_source(  # under torchrun, the forwards split over the ranks
             self.loaded, self.source_sites(), c.corpus_config(), batch_windows=c.batch_windows,
-            norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
+            norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens, forwards=distributed.current_forwards(),
         )  # fmt: skip
 
     def stage_activations(self) -> dict[str, Any]:

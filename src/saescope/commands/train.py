@@ -184,12 +184,9 @@ def open_source(args: argparse.Namespace, default_sites: Sequence[Site] | None =
         sites = sorted(set(default_sites))
     else:
         sites = select_sites(args.sites or "all", loaded.info.n_layers)
-    ctx = distributed.current()
-    if ctx is not None:  # under torchrun: the forwards split over the ranks
-        return distributed.split_streamed_source(
-            loaded, sites, corpus_from_args(args), ctx, online=online_from_args(args)
-        )
-    return streamed_source(loaded, sites, corpus_from_args(args), online=online_from_args(args))
+    return streamed_source(  # under torchrun, the forwards split over the ranks
+        loaded, sites, corpus_from_args(args), online=online_from_args(args), forwards=distributed.current_forwards()
+    )
 
 
 def selected_sites(source: ActivationSource, sites_text: str | None, *, from_file: bool) -> list[Site]:

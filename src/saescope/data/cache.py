@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from saescope.atomic import CorruptFileError, atomic_write_json, sha256_file
-from saescope.data.activations import SiteBatch, TokenActivations
+from saescope.data.activations import KnownSites, SiteBatch, TokenActivations
 from saescope.data.corpus import mask_policy
 from saescope.models.sites import Site
 
@@ -296,7 +296,7 @@ class CacheWriter:
             atomic_write_json(self.folder / MANIFEST, self.manifest)
 
 
-class ActivationCache:
+class ActivationCache(KnownSites):
     """Read side of the cache: an `ActivationSource` over memory-mapped shards.
 
     `verify` = "lazy" (default) checks each shard's SHA-256 the first time it is read in this process,
@@ -324,14 +324,6 @@ class ActivationCache:
         for shard in self.shards:
             for path_, record in _shard_files(folder, self._sites, shard):
                 self._check(path_, record, hash_it=verify == "full")
-
-    @property
-    def sites(self) -> list[Site]:
-        return list(self._sites)
-
-    @property
-    def widths(self) -> dict[Site, int]:
-        return dict(self._widths)
 
     @property
     def n_tokens(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from saescope.checks import check_at_least
 from saescope.data.activations import stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
 from saescope.data.corpus import CorpusConfig, corpus_windows, mask_policy
@@ -103,11 +104,10 @@ class EvalConfig:
     keep_prediction_deltas: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_windows", "lm_head_chunk", "loss_position_stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EvalConfig.{name} must be >= 1; got {getattr(self, name)!r}")
-        if self.loss_windows < 0:
-            raise ValueError(f"EvalConfig.loss_windows must be >= 0; got {self.loss_windows!r}")
+        check_at_least(
+            self, ("tokens", "batch_windows", "lm_head_chunk", "loss_position_stride"), 1, owner="EvalConfig."
+        )
+        check_at_least(self, ("loss_windows",), 0, owner="EvalConfig.")
 
     def sample_windows(self, context_size: int) -> int:
         """Windows the reconstruction and loss passes need; both read one spread sample of the split."""

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 import saescope
+from saescope.checks import check_at_least
 from saescope.data.activations import stream_token_activations
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, spread_windows, stack_windows, windows_for_tokens
@@ -76,11 +77,8 @@ class IndexConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_windows", "logit_tokens", "latent_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1; got {getattr(self, name)!r}")
-        if self.neighbours < 0:
-            raise ValueError(f"IndexConfig.neighbours must be >= 0; got {self.neighbours!r}")
+        check_at_least(self, ("tokens", "batch_windows", "logit_tokens", "latent_chunk"), 1, owner="IndexConfig.")
+        check_at_least(self, ("neighbours",), 0, owner="IndexConfig.")
 
     def settings(self) -> dict[str, Any]:
         """The flat settings dict stored in the index and compared to decide whether it can be reused."""

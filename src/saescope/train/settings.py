@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from saescope.checks import check_at_least
 from saescope.dictionaries.sites import SpansSites
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig
@@ -171,9 +172,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Every run-wide setting is checked here, once (a recipe's run-wide settings by building one)."""
-        for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"training setting {name} must be >= 1; got {getattr(self, name)!r}")
+        positive = ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens")
+        check_at_least(self, positive, 1, owner="training setting ")
         if self.total_tokens < self.batch_size:
             raise ValueError(
                 f"training tokens ({self.total_tokens}) are fewer than one batch ({self.batch_size} tokens), which "
