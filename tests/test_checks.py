@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from saescope.checks import check_at_least
+from saescope.checks import check_at_least, check_unique_names
 from saescope.eval import EvalConfig
 from saescope.explore.index import IndexConfig
 
@@ -38,3 +38,9 @@ def test_the_first_field_below_its_minimum_is_named_with_its_value() -> None:
 def test_settings_records_refuse_values_below_their_minimum(make: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         make()
+
+
+def test_a_repeated_name_is_refused_with_every_name_listed() -> None:
+    check_unique_names(["a", "b"], what="dictionary")
+    with pytest.raises(ValueError, match=r"^evaluation target names must be unique; got \['a', 'b', 'a'\]$"):
+        check_unique_names(("a", "b", "a"), what="evaluation target")

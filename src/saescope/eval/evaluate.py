@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from saescope.checks import check_at_least
+from saescope.checks import check_at_least, check_unique_names
 from saescope.data.activations import stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
 from saescope.data.corpus import CorpusConfig, corpus_windows, mask_policy
@@ -305,9 +305,7 @@ def evaluate(
     (e.g. rollouts kept for evaluation)."""
     if not targets:
         raise ValueError("nothing to evaluate")
-    names = [t.name for t in targets]
-    if len(set(names)) != len(names):
-        raise ValueError(f"evaluation target names must be unique; got {names}")
+    check_unique_names([t.name for t in targets], what="evaluation target")
     check_targets_fit(loaded, targets)
     started = time.perf_counter()
     reconstruction = reconstruction_metrics(loaded, targets, corpus, config, progress=progress, split=split)

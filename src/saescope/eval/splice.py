@@ -18,9 +18,9 @@ from saescope.models.hooks import Tap, taps
 from saescope.models.predictions import (
     DEFAULT_CHUNK,
     Predictions,
+    chunked_predictions,
     final_hidden,
     kl_to_clean,
-    logits_from_hidden,
 )
 from saescope.models.sites import Site
 from saescope.sae import AnyDictionary, dictionary_blocks, layer_output
@@ -61,12 +61,10 @@ def tapped_losses(
     with taps(model, site_taps):
         h_ND = final_hidden(model, ids_BT)[predictions.rows_B, predictions.cols_T]
     ce_parts, kl_parts = [], []
-    for start in range(0, h_ND.shape[0], chunk):
-        log_probs = torch.log_softmax(logits_from_hidden(model, h_ND[start : start + chunk]), dim=-1)
-        targets = predictions.targets_N[start : start + chunk]
-        ce_parts.append(-log_probs.gather(1, targets[:, None]).squeeze(1))
+    for rows, log_probs, ce in chunked_predictions(model, h_ND, predictions, chunk):
+        ce_parts.append(ce)
         if clean_log_probs_NV is not None:
-            kl_parts.append(kl_to_clean(clean_log_probs_NV[start : start + chunk], log_probs))
+            kl_parts.append(kl_to_clean(clean_log_probs_NV[rows], log_probs))
     if not ce_parts:  # no countable prediction in this batch
         empty = h_ND.new_zeros(0, dtype=torch.float32)
         return empty, (empty if clean_log_probs_NV is not None else None)

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 import saescope
-from saescope.checks import check_at_least
+from saescope.checks import check_at_least, check_unique_names
 from saescope.data.activations import stream_token_activations
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, spread_windows, stack_windows, windows_for_tokens
@@ -358,9 +358,7 @@ def build_index(
     """
     if not dictionaries:
         raise ValueError("nothing to index: no dictionaries")
-    names = [d.name for d in dictionaries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"dictionary names must be unique; got {names}")
+    check_unique_names([d.name for d in dictionaries], what="dictionary")
     _check_widths(loaded, dictionaries)
     started = time.perf_counter()
     all_stats, windows = _stream_statistics(loaded, dictionaries, corpus, config, progress=progress)

@@ -8,7 +8,7 @@ with the clean ones through these functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -60,6 +60,17 @@ class Predictions:
         return cls(rows, cols, ids_BT[rows, cols + 1])
 
 
+def chunked_predictions(
+    model: nn.Module, h_ND: torch.Tensor, predictions: Predictions, chunk: int = DEFAULT_CHUNK
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """The counted predictions from their final hidden states ``h_ND``, ``chunk`` at a time: per chunk, its rows
+    (a slice of N), the log-probabilities (n, V) float32 and the cross-entropy of each target (n,)."""
+    for start in range(0, h_ND.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        log_probs = torch.log_softmax(logits_from_hidden(model, h_ND[rows]), dim=-1)
+        yield rows, log_probs, -log_probs.gather(1, predictions.targets_N[rows][:, None]).squeeze(1)
+
+
 @torch.no_grad()
 def clean_log_probs(
     model: nn.Module, ids_BT: torch.Tensor, predictions: Predictions, chunk: int = DEFAULT_CHUNK
@@ -68,10 +79,8 @@ def clean_log_probs(
     (kept for the KL of each spliced pass; bfloat16 halves the memory of a 262k vocabulary)."""
     h_ND = final_hidden(model, ids_BT)[predictions.rows_B, predictions.cols_T]
     ce_parts, log_prob_parts = [], []
-    for start in range(0, h_ND.shape[0], chunk):
-        log_probs = torch.log_softmax(logits_from_hidden(model, h_ND[start : start + chunk]), dim=-1)
-        targets = predictions.targets_N[start : start + chunk]
-        ce_parts.append(-log_probs.gather(1, targets[:, None]).squeeze(1))
+    for _, log_probs, ce in chunked_predictions(model, h_ND, predictions, chunk):
+        ce_parts.append(ce)
         log_prob_parts.append(log_probs.to(torch.bfloat16))
     if not ce_parts:  # no countable prediction in this batch
         return h_ND.new_zeros(0, dtype=torch.float32), h_ND.new_zeros(0, 0, dtype=torch.bfloat16)

@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json, atomic_write_text
+from saescope.checks import check_unique_names
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.dictionaries.folder import SAES, write_dictionary_folder
 from saescope.models.sites import Site
@@ -122,9 +123,7 @@ class Trainer:
         owned: Sequence[int] | None = None,
         parents: Mapping[str, SparseDictionary] | None = None,
     ) -> None:
-        names = [spec.name for spec in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"dictionary names must be unique; got {names}")
+        check_unique_names([spec.name for spec in specs], what="dictionary")
         needed = {site for spec in specs for site in (*spec.input_sites, *spec.output_sites)}
         missing = sorted(site.id for site in needed - set(source.sites))
         if missing:
