@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from saescope.data.prefetch import Prefetcher
 from saescope.data.windows import WindowBatch
@@ -43,6 +44,24 @@ class ActivationSource(Protocol):
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, skip_batches: int = 0) -> Iterator[SiteBatch]:
         """Batches of one epoch in a seeded order; `skip_batches` resumes mid-epoch at the same place."""
         ...
+
+
+def heldout_token_budget(
+    stream: Iterable[TokenActivations], tokens: int, *, desc: str, progress: bool
+) -> Iterator[tuple[TokenActivations, int]]:
+    """Each chunk of a held-out ``stream`` with how many of its first tokens to use, until ``tokens`` in all, with a
+    progress bar (``desc``); ValueError when the stream gives no token at all."""
+    seen = 0
+    with tqdm(total=tokens, unit="tok", unit_scale=True, disable=not progress, desc=desc) as bar:
+        for token_acts in stream:
+            take = min(token_acts.n_tokens, tokens - seen)
+            yield token_acts, take
+            seen += take
+            bar.update(take)
+            if seen >= tokens:
+                break
+    if seen == 0:
+        raise ValueError("the held-out split produced no tokens; use a larger corpus or a larger heldout_fraction")
 
 
 class TokenStreamer(Protocol):

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from saescope.checks import check_at_least, check_unique_names
-from saescope.data.activations import stream_token_activations
+from saescope.data.activations import heldout_token_budget, stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
 from saescope.data.corpus import CorpusConfig, corpus_windows, mask_policy
 from saescope.data.split import Split
@@ -156,31 +156,21 @@ def reconstruction_metrics(
     device = next(loaded.model.parameters()).device
     batches = heldout_batches(loaded, corpus, config, config.batch_windows, split)
     stream = stream_token_activations(loaded.model, sites, batches, special_token_ids(loaded.tokenizer))
-    seen = 0
-    with tqdm(
-        total=config.tokens, unit="tok", unit_scale=True, disable=not progress, desc="eval: reconstruction"
-    ) as bar:
-        for token_acts in stream:
-            take = min(token_acts.n_tokens, config.tokens - seen)
-            positions_N = token_acts.positions_N[:take]
-            for target in targets:
-                x_ND = _side_by_side([token_acts.acts[site][:take] for site in target.input_sites])
-                y_ND = _side_by_side([token_acts.acts[site][:take] for site in target.output_sites])
-                out = target.sae.to(device)(x_ND)
-                accumulators[target.name].update(y_ND, out.reconstruction, out.codes, positions_N)
-                n = len(target.output_sites)
-                if n > 1:
-                    y_parts = torch.tensor_split(y_ND, n, dim=-1)
-                    y_hat_parts = torch.tensor_split(out.reconstruction, n, dim=-1)
-                    code_parts = torch.tensor_split(out.codes, n, dim=-1)
-                    for j in range(n):
-                        per_layer[target.name, j].update(y_parts[j], y_hat_parts[j], code_parts[j], positions_N)
-            seen += take
-            bar.update(take)
-            if seen >= config.tokens:
-                break
-    if seen == 0:
-        raise ValueError("the held-out split produced no tokens; use a larger corpus or a larger heldout_fraction")
+    budget = heldout_token_budget(stream, config.tokens, desc="eval: reconstruction", progress=progress)
+    for token_acts, take in budget:
+        positions_N = token_acts.positions_N[:take]
+        for target in targets:
+            x_ND = _side_by_side([token_acts.acts[site][:take] for site in target.input_sites])
+            y_ND = _side_by_side([token_acts.acts[site][:take] for site in target.output_sites])
+            out = target.sae.to(device)(x_ND)
+            accumulators[target.name].update(y_ND, out.reconstruction, out.codes, positions_N)
+            n = len(target.output_sites)
+            if n > 1:
+                y_parts = torch.tensor_split(y_ND, n, dim=-1)
+                y_hat_parts = torch.tensor_split(out.reconstruction, n, dim=-1)
+                code_parts = torch.tensor_split(out.codes, n, dim=-1)
+                for j in range(n):
+                    per_layer[target.name, j].update(y_parts[j], y_hat_parts[j], code_parts[j], positions_N)
     results = {name: accumulator.result() for name, accumulator in accumulators.items()}
     for target in targets:
         if len(target.output_sites) > 1:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import saescope
 from saescope.checks import check_at_least, check_unique_names
-from saescope.data.activations import stream_token_activations
+from saescope.data.activations import heldout_token_budget, stream_token_activations
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, spread_windows, stack_windows, windows_for_tokens
 from saescope.explore import store
@@ -180,25 +180,17 @@ def _stream_statistics(
         loaded.model, sites, recorded.batches(corpus, loaded.tokenizer, config.tokens, config.batch_windows),
         special_token_ids(loaded.tokenizer),
     )  # fmt: skip
-    seen, first_window = 0, 0
-    with tqdm(total=config.tokens, unit="tok", unit_scale=True, disable=not progress, desc="index") as bar:
-        for token_acts in stream:
-            take = min(token_acts.n_tokens, config.tokens - seen)
-            B = token_acts.n_windows
-            rows = (token_acts.windows_N[:take] - first_window) * T + token_acts.positions_N[:take]
-            rows = rows.to(device)
-            for sae, accumulator, d in zip(saes, accumulators, dictionaries, strict=True):
-                codes_NF = sae.encode(token_acts.acts[d.site][:take].float())
-                grid_PF = codes_NF.new_zeros(B * T, codes_NF.shape[1])
-                grid_PF[rows] = codes_NF
-                accumulator.update(grid_PF.view(B, T, -1), first_window, take)
-            seen += take
-            first_window += B
-            bar.update(take)
-            if seen >= config.tokens:
-                break
-    if seen == 0:
-        raise ValueError("the held-out split produced no tokens; use a larger corpus or a larger heldout_fraction")
+    first_window = 0
+    for token_acts, take in heldout_token_budget(stream, config.tokens, desc="index", progress=progress):
+        B = token_acts.n_windows
+        rows = (token_acts.windows_N[:take] - first_window) * T + token_acts.positions_N[:take]
+        rows = rows.to(device)
+        for sae, accumulator, d in zip(saes, accumulators, dictionaries, strict=True):
+            codes_NF = sae.encode(token_acts.acts[d.site][:take].float())
+            grid_PF = codes_NF.new_zeros(B * T, codes_NF.shape[1])
+            grid_PF[rows] = codes_NF
+            accumulator.update(grid_PF.view(B, T, -1), first_window, take)
+        first_window += B
     return [accumulator.result() for accumulator in accumulators], recorded.windows[:first_window]
 
 
