@@ -18,7 +18,6 @@ run's recipe (`saescope.train.recipes.RECIPE_KEYS`, e.g. ``lr = 2e-3``), which g
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -36,6 +35,7 @@ from saescope.eval import EvalConfig, evaluate
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, all_sites, select_sites, site_widths
+from saescope.tomlfile import parse_toml
 from saescope.train import distributed
 from saescope.train.memory import (
     MemoryEstimate,
@@ -57,11 +57,6 @@ from saescope.train.specs import (
     parse_target_l0,
     parse_width,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 STAGES = ("activations", "train", "eval", "release", "index")
 CONFIG_FILE = "run_config.json"
@@ -197,7 +192,7 @@ def list_presets() -> dict[str, str]:
     presets = {}
     for entry in sorted(resources.files("saescope.presets").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
-            data = tomllib.loads(entry.read_text(encoding="utf-8"))
+            data = parse_toml(entry.read_text(encoding="utf-8"), where=f"preset {entry.name}")
             presets[entry.name.removesuffix(".toml")] = str(data.get("description", ""))
     return presets
 
@@ -206,7 +201,7 @@ def load_preset(name: str, overrides: Mapping[str, Any] | None = None) -> RunCon
     entry = resources.files("saescope.presets").joinpath(f"{name}.toml")
     if not entry.is_file():
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    data = tomllib.loads(entry.read_text(encoding="utf-8"))
+    data = parse_toml(entry.read_text(encoding="utf-8"), where=f"preset {entry.name}")
     data["preset"] = name
     data.update({key: value for key, value in (overrides or {}).items() if value is not None})
     return RunConfig.from_dict(data)
