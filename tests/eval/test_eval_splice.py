@@ -11,6 +11,7 @@ import torch
 
 from saescope.data.corpus import CorpusConfig
 from saescope.data.windows import special_token_mask
+from saescope.dictionaries.sites import DictionarySites
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
 from saescope.eval.splice import spliced_losses
@@ -113,7 +114,10 @@ def test_evaluate_writes_metrics_json(tiny_model_dir: Path, tmp_path: Path) -> N
     corpus = CorpusConfig(source=str(tmp_path / "docs.jsonl"), context_size=16, heldout_fraction=0.5)
     folder = tmp_path / "sae"
     folder.mkdir()
-    targets = [EvalTarget("identity", SITE, identity_sae(32), folder), EvalTarget("zero", SITE, zero_sae(32))]
+    targets = [
+        EvalTarget("identity", DictionarySites(SITE), identity_sae(32), folder),
+        EvalTarget("zero", DictionarySites(SITE), zero_sae(32)),
+    ]
     config = EvalConfig(
         tokens=200, loss_windows=3, loss_position_stride=2, batch_windows=2, keep_prediction_deltas=True
     )

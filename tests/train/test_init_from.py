@@ -176,7 +176,7 @@ def test_a_release_format_parent_is_loaded_by_the_caller_and_handed_to_the_train
     config = DictionaryConfig(d_in=D, width=WIDTH, l0_coefficient=L0_COEFFICIENT, lambda_warmup_steps=0)
     train = TrainConfig(total_tokens=4 * BATCH, batch_size=BATCH, log_every_steps=1, progress=False)
     spec = SAESpec("it", SITE, config, lr=1e-3, init_from=str(gs_folder))
-    with pytest.raises(ValueError, match="not a saescope dictionary folder.*load_sae"):
+    with pytest.raises(ValueError, match=r"not a saescope dictionary folder.*load_sae"):
         Trainer([spec], it_source, train, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
 

@@ -27,7 +27,7 @@ from saescope.data.windows import (
     windows_for_tokens,
 )
 from saescope.dictionaries.folder import METRICS, TrainedSAE, write_metrics
-from saescope.dictionaries.sites import SpansSites
+from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
 from saescope.eval.splice import dictionary_taps, tapped_losses
 from saescope.models.hooks import Tap
@@ -50,21 +50,15 @@ _SAMPLE_TEXT = (
 
 
 @dataclass(frozen=True)
-class EvalTarget(SpansSites):
-    """A dictionary to evaluate, in raw activation space (normalisation folded in).
-
-    It reads ``site`` and writes ``site_out`` (default: ``site``, an SAE); a multi-layer dictionary reads and
-    writes those kinds at each of ``layers`` (``site`` names the first).
-    """
+class EvalTarget(HoldsSites):
+    """A dictionary to evaluate, in raw activation space (normalisation folded in), and where it reads and writes."""
 
     name: str
-    site: Site
+    sites: DictionarySites
     sae: AnyDictionary
     #: Where its metrics.json is written (its run's eval folder, `saescope.dictionaries.eval_folder`); None: not
     #: written.
     folder: Path | None = None
-    site_out: Site | None = None
-    layers: tuple[int, ...] = ()
 
     @property
     def dictionary_kind(self) -> str:
@@ -83,9 +77,7 @@ class EvalTarget(SpansSites):
 def trained_target(entry: TrainedSAE, folder: Path | None = None) -> EvalTarget:
     """A trained dictionary as an evaluation target, in raw space, its metrics going to ``folder`` (default: its
     run's eval folder, never the training folder)."""
-    return EvalTarget(
-        entry.name, entry.site, entry.raw_space(), folder or entry.eval_folder, entry.site_out, entry.layers
-    )
+    return EvalTarget(entry.name, entry.sites, entry.raw_space(), folder or entry.eval_folder)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from saescope.dictionaries.folder import SAES, is_dictionary_folder, read_suite
 from saescope.dictionaries.folder import WEIGHTS as SAESCOPE_WEIGHTS
+from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.models.sites import Site
 from saescope.release import load_sae
 from saescope.release.common import ReleaseFormatError
@@ -51,14 +52,13 @@ RUN_CONFIG = "run_config.json"
 
 
 @dataclass(frozen=True)
-class Dictionary:
+class Dictionary(HoldsSites):
     """One dictionary to index, in raw activation space: a single-layer one, or one block of a multi-layer one."""
 
     name: str
-    site: Site
-    """Where it reads."""
-    site_out: Site
-    """Where it writes: ``site`` for an SAE, the target site for a transcoder, output site i for block i."""
+    sites: DictionarySites
+    """Where it reads and writes: ``site_out`` is ``site`` for an SAE, the target site for a transcoder, output
+    site i for block i."""
     sae: SparseDictionary
     folder: Path
     metrics: dict[str, Any] | None = None
@@ -68,6 +68,11 @@ class Dictionary:
     """A block's writes to the later output sites: (site j, ``W_dec_{i→j}`` (F, d_out)) for j = i+1 .. n−1."""
     parent: str | None = None
     """The name of the multi-layer dictionary this is a block of; None for a single-layer dictionary."""
+
+    @property
+    def site_out(self) -> Site:
+        """Where it writes (``site`` for an SAE)."""
+        return self.sites.output_sites[0]
 
     @property
     def writes(self) -> tuple[tuple[Site, Tensor], ...]:
@@ -152,7 +157,7 @@ def expand_dictionary(
     """``sae`` as the explorer's dictionaries: itself, or one per block of a multi-layer dictionary (block i
     named ``<name>.layer_<L>``, L the layer of its input site, with its cross decoders to every later site)."""
     if not isinstance(sae, CrossLayerDictionary):
-        return [Dictionary(name, input_sites[0], output_sites[0], sae, folder, metrics)]
+        return [Dictionary(name, DictionarySites(input_sites[0], output_sites[0]), sae, folder, metrics)]
     n = sae.n_layers
     if len(input_sites) != n or len(output_sites) != n:
         raise ReleaseFormatError(
@@ -162,8 +167,9 @@ def expand_dictionary(
     blocks = []
     for i in range(n):
         cross = tuple((output_sites[j], sae.decoder_to(i, j).detach()) for j in range(i + 1, n))
-        block = Dictionary(safe_name(f"{name}.layer_{input_sites[i].layer}"), input_sites[i], output_sites[i],
-                           sae.block(i), folder, cross_decoders=cross, parent=name)  # fmt: skip
+        sites = DictionarySites(input_sites[i], output_sites[i])
+        block_name = safe_name(f"{name}.layer_{input_sites[i].layer}")
+        block = Dictionary(block_name, sites, sae.block(i), folder, cross_decoders=cross, parent=name)
         blocks.append(dataclasses.replace(block, metrics=block_metrics(metrics, block)))
     return blocks
 

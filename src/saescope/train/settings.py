@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from saescope.checks import check_at_least
-from saescope.dictionaries.sites import SpansSites
+from saescope.dictionaries.sites import DictionarySites, SpansSites
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig
 from saescope.train.inits import DECODER_BIAS_INITS
@@ -45,13 +45,19 @@ class SAESpec(SpansSites):
     #: "geometric_median" (of the first batch; robust to outlier tokens). Matters for sites with a large
     #: mean such as Gemma's massive-activation residual dimensions.
     decoder_bias_init: str = "zeros"
-    #: Start from this trained dictionary (a folder `load_sae` reads) instead of a fresh initialisation:
-    #: PT→IT finetuning (method §7.6, `saescope.train.init_from`). The data-driven inits above are skipped.
+    #: Start from this trained dictionary instead of a fresh initialisation: PT→IT finetuning (method §7.6,
+    #: `saescope.train.init_from`): a saescope dictionary folder, or any folder whose dictionary the caller loaded
+    #: (`saescope.release.load_sae`) and handed to the trainer. The data-driven inits above are skipped.
     init_from: str | None = None
     #: Where a transcoder writes (None: ``site``, an SAE); for a multi-layer dictionary, the output kind.
     site_out: Site | None = None
     #: The layers a multi-layer dictionary spans, ascending, the first being ``site.layer``; () for one layer.
     layers: tuple[int, ...] = ()
+
+    @property
+    def sites(self) -> DictionarySites:
+        """Where it reads and writes (``site``, ``site_out`` and ``layers`` as one record)."""
+        return DictionarySites(self.site, self.site_out, self.layers)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
