@@ -58,12 +58,18 @@ def test_every_record_of_a_dictionary_gets_its_sites_from_the_one_record() -> No
     from saescope.eval.evaluate import EvalTarget
     from saescope.explore.sources import Dictionary
     from saescope.train.settings import SAESpec
+    from saescope.train.trainer import TrainedDictionary
 
-    for record in (SAESpec, TrainedSAE, EvalTarget, Dictionary):
+    for record in (SAESpec, TrainedDictionary, TrainedSAE, EvalTarget, Dictionary):
         assert issubclass(record, SpansSites), record
         for name in ("input_sites", "output_sites", "transcodes"):
             assert name not in vars(record), f"{record.__name__} works out {name} itself"
-    for holder in (TrainedSAE, EvalTarget, Dictionary):  # one DictionarySites field, no site fields of its own
+    for holder in (
+        TrainedDictionary,
+        TrainedSAE,
+        EvalTarget,
+        Dictionary,
+    ):  # one DictionarySites field, no site fields of its own
         assert issubclass(holder, HoldsSites), holder
         names = {f.name for f in dataclasses.fields(holder)}
         assert "sites" in names, holder

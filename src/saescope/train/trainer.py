@@ -30,6 +30,7 @@ from saescope.atomic import atomic_write_checksummed, atomic_write_json, atomic_
 from saescope.checks import check_unique_names
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.dictionaries.folder import SAES, write_dictionary_folder
+from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.models.sites import Site
 from saescope.sae import AnyDictionary, SparseDictionary, build_any_dictionary, single_layer
 from saescope.train.checkpoint import (
@@ -70,11 +71,11 @@ def _first_non_finite(x_BD: torch.Tensor) -> tuple[int, int, float] | None:
 
 
 @dataclass(frozen=True)
-class TrainedDictionary:
-    """What a finished run returns for each dictionary."""
+class TrainedDictionary(HoldsSites):
+    """What a finished run returns for each dictionary (its folder is read back as a `TrainedSAE`)."""
 
     name: str
-    site: Site
+    sites: DictionarySites
     sae: AnyDictionary
     norm_scale: float
     folder: Path
@@ -427,4 +428,4 @@ class Trainer:
             "final_batch_metrics": member.last,
         }
         write_dictionary_folder(folder, sae, config)
-        return TrainedDictionary(member.spec.name, member.spec.site, sae, scale, folder, dict(member.last))
+        return TrainedDictionary(member.spec.name, member.spec.sites, sae, scale, folder, dict(member.last))
