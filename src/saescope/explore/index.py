@@ -57,7 +57,7 @@ from saescope.release.examples import EXAMPLES_FILE, ReleaseExamples
 
 log = logging.getLogger(__name__)
 
-#: Held-out tokens of the default index: about ten minutes for the 54-SAE default suite on 2 CPU cores.
+#: Held-out tokens of the default index: one model pass over them, every dictionary encoding each token.
 DEFAULT_TOKENS = 49_152
 SPECIAL_POLICY = "BOS, EOS, padding and every other special token are never indexed nor chosen as examples"
 #: log10(density) bins of the per-dictionary density histogram.

@@ -91,9 +91,8 @@ def kl_to_clean(clean_log_probs_NV: torch.Tensor, log_probs_NV: torch.Tensor) ->
     """KL(clean ‖ other) per prediction (N,), float32, from stored (bfloat16) clean log-probabilities.
 
     The clean distribution is renormalised after rounding: bfloat16 log-probabilities sum to 1 only to within
-    their rounding, which left a prediction's KL off by up to a few 10⁻³ nats, of either sign (a 5,000-token
-    synthetic vocabulary), against ~0.02 for an attention SAE's whole KL. Renormalised, the KL is a true one
-    (≥ 0; under 10⁻⁴ for an exact splice in that test).
+    their rounding, which shifts a prediction's KL by an error of either sign that is not small beside the whole
+    KL of a good SAE. Renormalised, the KL is a true one (never negative, near zero for an exact splice).
     """
     clean_NV = clean_log_probs_NV.float()
     clean_NV = clean_NV - torch.logsumexp(clean_NV, dim=-1, keepdim=True)
