@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from saescope.atomic import CorruptFileError, atomic_write_json, sha256_file
+from saescope.atomic import CorruptFileError, atomic_write_json, read_json_object, sha256_file
 from saescope.data.activations import KnownSites, SiteBatch, TokenActivations
 from saescope.data.corpus import mask_policy
 from saescope.models.sites import Site
@@ -104,12 +103,7 @@ def read_cache_manifest(path: Path) -> dict[str, Any]:
         f"It is damaged or was not written by `saescope cache`: build the cache again into a new folder "
         f"(`saescope cache --out NEW_FOLDER`); nothing in {path.parent} was changed."
     )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptFileError(f"{path} is not valid JSON ({error}). {rebuild}") from error
-    if not isinstance(manifest, dict):
-        raise CorruptFileError(f"{path} holds a JSON {type(manifest).__name__}, not an object. {rebuild}")
+    manifest = read_json_object(path, lambda problem: CorruptFileError(f"{problem}. {rebuild}"))
     for key, kind, json_name in (("settings", dict, "an object"), ("shards", list, "a list")):
         if key not in manifest:
             raise CorruptFileError(f"{path} has no '{key}' key. {rebuild}")

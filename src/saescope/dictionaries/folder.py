@@ -22,7 +22,6 @@ This module sits below train/, eval/, release/ and explore/ and imports none of 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from saescope import atomic
 from saescope.atomic import atomic_write_checksummed, atomic_write_json, verify_checksum
 from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.models.sites import Site, SiteKind
@@ -70,13 +70,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; DictionaryFormatError naming the file when missing or malformed."""
     if not path.is_file():
         raise DictionaryFormatError(f"{path} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DictionaryFormatError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise DictionaryFormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
+    return atomic.read_json_object(path, DictionaryFormatError)
 
 
 # ------------------------------------------------------------------------------------------------
