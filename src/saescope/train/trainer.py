@@ -170,7 +170,9 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
         sae = build_any_dictionary(spec.dictionary, generator=generator).to(self.config.device)
         if spec.init_from is not None:
-            parent = self.parents.get(spec.init_from) or read_parent(spec.init_from)
+            parent = self.parents.get(spec.init_from)
+            if parent is None:  # a saescope folder the caller did not load
+                parent = read_parent(spec.init_from)
             unfold_into_(single_layer(sae, "init_from"), parent, self.norm_scales[spec.site], where=spec.init_from)
         # fused: one kernel over all parameters instead of several per tensor, with the same update rule.
         optimizer = torch.optim.Adam(
