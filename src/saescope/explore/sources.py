@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,15 +146,12 @@ def _headline(group: object) -> object:
 
 
 def expand_dictionary(
-    name: str,
-    sae: AnyDictionary,
-    input_sites: Sequence[Site],
-    output_sites: Sequence[Site],
-    folder: Path,
-    metrics: dict[str, Any] | None,
+    name: str, sae: AnyDictionary, sites: DictionarySites, folder: Path, metrics: dict[str, Any] | None
 ) -> list[Dictionary]:
-    """``sae`` as the explorer's dictionaries: itself, or one per block of a multi-layer dictionary (block i
-    named ``<name>.layer_<L>``, L the layer of its input site, with its cross decoders to every later site)."""
+    """``sae`` (reading and writing ``sites``) as the explorer's dictionaries: itself, or one per block of a
+    multi-layer dictionary (block i named ``<name>.layer_<L>``, L the layer of its input site, with its cross
+    decoders to every later site)."""
+    input_sites, output_sites = sites.input_sites, sites.output_sites
     if not isinstance(sae, CrossLayerDictionary):
         return [Dictionary(name, DictionarySites(input_sites[0], output_sites[0]), sae, folder, metrics)]
     n = sae.n_layers
@@ -186,7 +182,7 @@ def _from_training(training: Path) -> list[Dictionary]:
     dictionaries: list[Dictionary] = []
     for name, entry in zip(names, entries, strict=True):
         sae = entry.raw_space()
-        dictionaries += expand_dictionary(name, sae, entry.input_sites, entry.output_sites, entry.folder, entry.metrics)
+        dictionaries += expand_dictionary(name, sae, entry.sites, entry.folder, entry.metrics)
     return _uniquely_named(dictionaries)
 
 
@@ -212,17 +208,13 @@ def _from_release(root: Path) -> tuple[list[Dictionary], str | None]:
     names = _unique([safe_name(folder.relative_to(base).as_posix() or folder.name) for folder in folders])
     for name, folder in zip(names, folders, strict=True):
         loaded = load_sae(folder)
-        if loaded.site is None:
+        if loaded.sites is None:
             raise ReleaseFormatError(f"{folder}: its files do not say which site it reads, so it cannot be indexed")
         if loaded.model_name:
             models.add(loaded.model_name)
         metrics = loaded.metadata.get("metrics")
-        dictionaries.extend(
-            expand_dictionary(
-                name, loaded.sae.eval(), loaded.input_sites, loaded.output_sites, folder,
-                metrics if isinstance(metrics, dict) else None,
-            )
-        )  # fmt: skip
+        own_metrics = metrics if isinstance(metrics, dict) else None
+        dictionaries += expand_dictionary(name, loaded.sae.eval(), loaded.sites, folder, own_metrics)
     return _uniquely_named(dictionaries), (models.pop() if len(models) == 1 else None)
 
 
