@@ -20,13 +20,6 @@ LAYERS = ("models", "data", "sae", "dictionaries", "train", "eval", "release", "
 #: (``versions.py``, the schema versions of saved configs, arrives from another branch: below every folder too.)
 BOTTOM_MODULES = ("atomic", "checks", "tomlfile", "versions")
 TOP = len(LAYERS) + 1
-#: Imports that break the layering today, each with why it is left: (importer, imported) -> reason.
-KNOWN_EXCEPTIONS = {
-    ("saescope.eval.interp.autointerp", "saescope.explore.store"): (
-        "autointerp labels the latents of a feature index; the module belongs in explore/ and moves there once "
-        "the work on eval/interp/ in flight has landed"
-    ),
-}
 
 
 def layer_of(module: str) -> int | None:
@@ -74,7 +67,7 @@ def layering_violations(root: Path) -> list[str]:
         assert own is not None
         for line, module in imported_modules(path, root):
             other = layer_of(module)
-            if other is not None and other > own and (importer, module) not in KNOWN_EXCEPTIONS:
+            if other is not None and other > own:
                 violations.append(f"{path.relative_to(root.parent)}:{line} imports {module}")
     return violations
 

@@ -15,8 +15,8 @@ import pytest
 from explore_fixtures import ExploreRun, shared_run
 from fastapi.testclient import TestClient
 
-from saescope.eval.interp.autointerp import run_autointerp
 from saescope.explore import IndexReader
+from saescope.explore.autointerp import run_autointerp
 from saescope.explore.server import create_app
 
 
