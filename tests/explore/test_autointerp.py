@@ -241,7 +241,7 @@ def test_an_unknown_dictionary_is_refused_before_anything_is_written(index: Path
     with pytest.raises(ValueError, match="no dictionary named nope; it has: toy"):
         run_autointerp(index, oracle, oracle, 3, saes=["nope"], progress=False)
     assert not IndexReader(index).has_autointerp()
-    with pytest.raises(ValueError, match="n_score must be at least 1"):
+    with pytest.raises(ValueError, match="autointerp setting n_score must be >= 1"):
         AutointerpSettings(n_score=0)
 
 
