@@ -73,6 +73,7 @@ from saescope.data.cache import ActivationCache
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.data.sources import build_cache
 from saescope.dictionaries.folder import read_trained_sae
+from saescope.dictionaries.sites import DictionarySites
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
 from saescope.models.loading import LoadedModel, load_model
@@ -596,7 +597,7 @@ def evaluate_cells(args: argparse.Namespace, loaded: LoadedModel, cells: list[Ce
     pending = [cell for cell in cells if needs_evaluation(args, cell)]
     if not pending:
         return
-    targets = [EvalTarget(cell.key, cell.site, load_for_eval(args, cell)) for cell in pending]
+    targets = [EvalTarget(cell.key, DictionarySites(cell.site), load_for_eval(args, cell)) for cell in pending]
     config = EvalConfig(
         tokens=args.eval_tokens, loss_windows=args.eval_loss_windows, loss_position_stride=args.eval_loss_stride,
         batch_windows=args.batch_windows, keep_prediction_deltas=True,

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fidelity  # the sibling script: its cells, work folder layout and loaders
 
 from saescope.atomic import atomic_write_json
+from saescope.dictionaries.sites import DictionarySites
 from saescope.eval.evaluate import EvalConfig, EvalTarget, loss_metrics
 from saescope.eval.metrics import paired_difference
 from saescope.models.loading import load_model
@@ -49,7 +50,7 @@ def evaluate_missing(args: argparse.Namespace, cells: list[fidelity.Cell], saved
     if not missing:
         return saved
     loaded = load_model("gemma-3-270m")
-    targets = [EvalTarget(cell.key, cell.site, fidelity.load_for_eval(args, cell)) for cell in missing]
+    targets = [EvalTarget(cell.key, DictionarySites(cell.site), fidelity.load_for_eval(args, cell)) for cell in missing]
     config = EvalConfig(
         tokens=1, loss_windows=args.windows, loss_position_stride=args.stride, batch_windows=args.batch_windows,
         keep_prediction_deltas=True,

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from saescope.models.sites import Site, SiteKind
+from saescope.pipeline import run_memory_estimate
 from saescope.train import SAESpec, Trainer
 from saescope.train.memory import (
     GIB,
@@ -63,7 +64,6 @@ from saescope.train.memory import (
     check_fits,
     estimate_training_memory,
     host_available_bytes,
-    run_memory_estimate,
 )
 from saescope.train.recipes import SAESCOPE
 from saescope.train.specs import dictionary_specs

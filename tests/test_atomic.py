@@ -14,6 +14,7 @@ from saescope.atomic import (
     atomic_write_json,
     atomic_write_text,
     checksum_path,
+    read_json_object,
     remove_checksummed,
     sha256_file,
     verify_checksum,
@@ -133,3 +134,15 @@ def test_removing_a_checksummed_file_removes_its_record(tmp_path: Path) -> None:
     atomic_write_checksummed(target, lambda handle: handle.write(b"data"))
     remove_checksummed(target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_json_object_is_read_and_other_files_raise_the_callers_error(tmp_path: Path) -> None:
+    good, listed, broken = tmp_path / "good.json", tmp_path / "list.json", tmp_path / "broken.json"
+    good.write_text('{"a": 1}')
+    listed.write_text("[1, 2]")
+    broken.write_text("{")
+    assert read_json_object(good, ValueError) == {"a": 1}
+    with pytest.raises(CorruptFileError, match=r"list\.json must hold a JSON object, not list"):
+        read_json_object(listed, CorruptFileError)
+    with pytest.raises(KeyError, match=r"broken\.json is not valid JSON: "):
+        read_json_object(broken, KeyError)

@@ -103,6 +103,18 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+def read_json_object(path: Path, error: Callable[[str], Exception]) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error(problem)`` is raised, ``problem`` naming the file and what is wrong, when
+    it is not UTF-8 JSON or holds another JSON value than an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise error(f"{path} is not valid JSON: {problem}") from problem
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data
+
+
 def checksum_path(path: Path) -> Path:
     """Where the SHA-256 of `path` is recorded: ``<name>.sha256`` beside it, in the format of the
     ``sha256sum`` tool (so ``sha256sum -c <name>.sha256`` checks it by hand too)."""
@@ -205,11 +217,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     manifest_path = directory / MANIFEST_NAME
     if not manifest_path.is_file():
         raise CorruptFileError(f"{directory} is incomplete: {MANIFEST_NAME} is missing")
-    try:
-        manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CorruptFileError(f"{manifest_path} is not valid JSON: {error}") from error
-    return manifest
+    return read_json_object(manifest_path, CorruptFileError)
 
 
 def verify_manifest(directory: Path, *, check_hashes: bool = True) -> dict[str, Any]:

@@ -18,7 +18,6 @@ run's recipe (`saescope.train.recipes.RECIPE_KEYS`, e.g. ``lr = 2e-3``), which g
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.atomic import atomic_write_json
+from saescope.checks import check_at_least
 from saescope.data.activations import ActivationSource
 from saescope.data.cache import ActivationCache
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
@@ -35,7 +35,17 @@ from saescope.eval import EvalConfig, evaluate
 from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, all_sites, select_sites, site_widths
+from saescope.tomlfile import parse_toml
 from saescope.train import distributed
+from saescope.train.memory import (
+    MemoryEstimate,
+    check_fits_on_device,
+    estimate_training_memory,
+    meta_model,
+    module_bytes,
+    stream_buffer_bytes,
+    torchrun_world,
+)
 from saescope.train.recipes import DEFAULT_RECIPE, RECIPE_KEYS, Recipe, with_settings
 from saescope.train.settings import SAESpec, TrainConfig
 from saescope.train.specs import (
@@ -48,11 +58,6 @@ from saescope.train.specs import (
     parse_width,
 )
 from saescope.versions import RecordSchema, without_version
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 STAGES = ("activations", "train", "eval", "release", "index")
 CONFIG_FILE = "run_config.json"
@@ -121,9 +126,8 @@ class RunConfig:
             raise ValueError(f"RunConfig.activations must be 'stream' or 'cache'; got {self.activations!r}")
         if self.index_tokens < 0:
             raise ValueError(f"RunConfig.index_tokens must be >= 0 (0 skips the index); got {self.index_tokens!r}")
-        for name in ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RunConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        positive = ("tokens", "batch_size", "eval_tokens", "context_size", "batch_windows", "norm_tokens")
+        check_at_least(self, positive, 1, owner="RunConfig.")
         self.corpus_config()  # CorpusConfig validates the corpus settings (window_shuffle_tokens among them)
         parse_target_l0(self.target_l0)  # validates the form early
         parse_kinds(self.kinds)
@@ -196,7 +200,7 @@ def list_presets() -> dict[str, str]:
     presets = {}
     for entry in sorted(resources.files("saescope.presets").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
-            data = tomllib.loads(entry.read_text(encoding="utf-8"))
+            data = parse_toml(entry.read_text(encoding="utf-8"), where=f"preset {entry.name}")
             presets[entry.name.removesuffix(".toml")] = str(data.get("description", ""))
     return presets
 
@@ -205,7 +209,7 @@ def load_preset(name: str, overrides: Mapping[str, Any] | None = None) -> RunCon
     entry = resources.files("saescope.presets").joinpath(f"{name}.toml")
     if not entry.is_file():
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
-    data = tomllib.loads(entry.read_text(encoding="utf-8"))
+    data = parse_toml(entry.read_text(encoding="utf-8"), where=f"preset {entry.name}")
     data["preset"] = name
     data.update({key: value for key, value in (overrides or {}).items() if value is not None})
     return RunConfig.from_dict(data)
@@ -324,15 +328,9 @@ class SuiteRun:
         c = self.config
         if c.activations == "cache":
             return ActivationCache(self.folder / "cache", norm_tokens=c.norm_tokens)
-        ctx = distributed.current()
-        if ctx is not None:  # under torchrun: the forwards split over the ranks
-            return distributed.split_streamed_source(
-                self.loaded, self.source_sites(), c.corpus_config(), ctx, batch_windows=c.batch_windows,
-                norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
-            )  # fmt: skip
-        return streamed_source(
+        return streamed_source(  # under torchrun, the forwards split over the ranks
             self.loaded, self.source_sites(), c.corpus_config(), batch_windows=c.batch_windows,
-            norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens,
+            norm_tokens=c.norm_tokens, buffer_tokens=c.shuffle_buffer_tokens, forwards=distributed.current_forwards(),
         )  # fmt: skip
 
     def stage_activations(self) -> dict[str, Any]:
@@ -468,3 +466,44 @@ class SuiteRun:
 
         results = [entry.metrics for entry in read_suite(self.folder / "train") if entry.metrics]
         return markdown_table(suite_rows(results)) if results else "(no evaluation metrics yet)\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# The training stage's memory, checked before a run folder exists
+# ------------------------------------------------------------------------------------------------
+
+
+def run_memory_estimate(config: RunConfig) -> MemoryEstimate | None:
+    """The training stage's peak per process for a `saescope run` configuration, from the model's sizes alone;
+    None when the model's configuration cannot be read here (loading it then reports why, with what to do)."""
+    try:
+        loaded = meta_model(config.model, config.dtype)
+    except (OSError, ValueError):
+        return None
+    suite = SuiteRun(Path("(not created)"), config, log=_silent, _loaded=loaded)
+    specs = suite.specs()
+    widths = site_widths(loaded.model, suite.source_sites())
+    train_config = config.train_config()
+    chunk_tokens = config.batch_windows * config.context_size
+    buffer = stream_buffer_bytes(list(widths.values()), config.shuffle_buffer_tokens, chunk_tokens, config.dtype)
+    world, on_host = torchrun_world()
+    return estimate_training_memory(
+        specs, widths, batch_size=config.batch_size, model_bytes=module_bytes(loaded.model), stream_buffer=buffer,
+        decoder_refit=train_config.decoder_refit_tokens > 0, world_size=world,
+        processes_on_host=1 if config.device.startswith("cuda") else on_host,
+    )  # fmt: skip
+
+
+def check_run_memory(config: RunConfig, *, available: int | None = None) -> MemoryEstimate | None:
+    """Refuse a `saescope run` configuration whose training stage will not fit (`InsufficientMemoryError`);
+    `available` defaults to what the run's device has free now. Returns the estimate (None: not checked, see
+    `run_memory_estimate`)."""
+    estimate = run_memory_estimate(config)
+    if estimate is None:
+        return None
+    check_fits_on_device(estimate, config.device, available=available)
+    return estimate
+
+
+def _silent(_message: str) -> None:
+    pass

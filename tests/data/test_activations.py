@@ -14,6 +14,8 @@ from torch import nn
 from saescope.data.activations import (
     NormScaleEstimator,
     StreamedActivations,
+    TokenActivations,
+    heldout_token_budget,
     shuffled_batches,
     stream_token_activations,
     window_activations,
@@ -141,3 +143,18 @@ def test_streamed_source_gives_trainer_batches(tiny_gemma: nn.Module) -> None:
     first = next(stream_token_activations(tiny_gemma, sites, [WindowBatch.of_ids(ids[:2])], SPECIAL))
     expected = first.acts[sites[0]]
     assert source.norm_scales[sites[0]] == pytest.approx(expected.norm(dim=-1).square().mean().sqrt().item(), rel=1e-5)
+
+
+def chunk_of(n_tokens: int) -> TokenActivations:
+    ids = torch.arange(n_tokens)
+    return TokenActivations({}, ids, ids, torch.zeros_like(ids), 1)
+
+
+def test_the_token_budget_takes_whole_chunks_then_the_rest_and_stops() -> None:
+    chunks = iter([chunk_of(5), chunk_of(5), chunk_of(5), chunk_of(5)])
+    taken = [take for _, take in heldout_token_budget(chunks, 12, desc="test", progress=False)]
+    assert taken == [5, 5, 2]
+    assert next(chunks).n_tokens == 5  # the fourth chunk is never drawn
+    assert [take for _, take in heldout_token_budget([chunk_of(3)], 12, desc="test", progress=False)] == [3]
+    with pytest.raises(ValueError, match="held-out split produced no tokens"):
+        list(heldout_token_budget([], 12, desc="test", progress=False))

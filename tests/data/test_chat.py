@@ -44,6 +44,7 @@ from saescope.data.windows import (
     spread_order,
     stack_windows,
 )
+from saescope.dictionaries.sites import DictionarySites
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.models.hooks import capture
 from saescope.models.loading import load_model
@@ -218,7 +219,7 @@ def test_cache_and_metrics_record_the_policy_and_hold_no_prefix_token(tmp_path: 
 
     sae = build_dictionary(DictionaryConfig(d_in=32, width=16), generator=torch.Generator().manual_seed(0))
     config = EvalConfig(tokens=10_000, loss_windows=8, loss_position_stride=1, batch_windows=4)
-    target = EvalTarget("sae", site, sae.eval(), tmp_path / "metrics")
+    target = EvalTarget("sae", DictionarySites(site), sae.eval(), tmp_path / "metrics")
     result = evaluate(loaded, [target], corpus, config, progress=False, split="all")["sae"]
     written = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
     assert written["mask_policy"].startswith(CHAT_MASK_POLICY)

@@ -51,12 +51,26 @@ def test_kinds_are_among_the_training_kinds(skip: bool) -> None:
 
 
 def test_every_record_of_a_dictionary_gets_its_sites_from_the_one_record() -> None:
-    from saescope.dictionaries import SpansSites
+    import dataclasses
+
+    from saescope.dictionaries import HoldsSites, SpansSites
     from saescope.dictionaries.folder import TrainedSAE
     from saescope.eval.evaluate import EvalTarget
+    from saescope.explore.sources import Dictionary
     from saescope.train.settings import SAESpec
+    from saescope.train.trainer import TrainedDictionary
 
-    for record in (SAESpec, TrainedSAE, EvalTarget):
+    for record in (SAESpec, TrainedDictionary, TrainedSAE, EvalTarget, Dictionary):
         assert issubclass(record, SpansSites), record
-        for name in ("input_sites", "output_sites", "sites"):
+        for name in ("input_sites", "output_sites", "transcodes"):
             assert name not in vars(record), f"{record.__name__} works out {name} itself"
+    for holder in (
+        TrainedDictionary,
+        TrainedSAE,
+        EvalTarget,
+        Dictionary,
+    ):  # one DictionarySites field, no site fields of its own
+        assert issubclass(holder, HoldsSites), holder
+        names = {f.name for f in dataclasses.fields(holder)}
+        assert "sites" in names, holder
+        assert not names & {"site", "site_out", "layers"}, holder

@@ -86,7 +86,7 @@ def test_compare_pt_it_tables_plot_and_metrics(tiny_setup: dict[str, Path], tmp_
     loaded = load_model(str(s["it_model"]))
     corpus = CorpusConfig(source=str(s["rollouts"]), text_field="messages", context_size=16, chat_template="tokenizer")
     config = EvalConfig(tokens=400, loss_windows=4, loss_position_stride=1)
-    direct = evaluate(loaded, [EvalTarget("pt", entry.site, entry.raw_space())], corpus, config, progress=False,
+    direct = evaluate(loaded, [EvalTarget("pt", entry.sites, entry.raw_space())], corpus, config, progress=False,
                       split="all")["pt"]  # fmt: skip
     [row] = [r for r in rows if r["condition"] == "it-rollouts" and r["family"] == "PT"]
     assert float(row["fvu"]) == pytest.approx(direct["reconstruction"]["fvu"], rel=1e-9)

@@ -11,10 +11,12 @@ import torch
 
 from saescope.data.corpus import CorpusConfig
 from saescope.data.windows import special_token_mask
+from saescope.dictionaries.sites import DictionarySites
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
-from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, spliced_losses
+from saescope.eval.splice import spliced_losses
 from saescope.models.loading import load_model
+from saescope.models.predictions import Predictions, clean_log_probs, final_hidden, kl_to_clean
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary
 
@@ -112,7 +114,10 @@ def test_evaluate_writes_metrics_json(tiny_model_dir: Path, tmp_path: Path) -> N
     corpus = CorpusConfig(source=str(tmp_path / "docs.jsonl"), context_size=16, heldout_fraction=0.5)
     folder = tmp_path / "sae"
     folder.mkdir()
-    targets = [EvalTarget("identity", SITE, identity_sae(32), folder), EvalTarget("zero", SITE, zero_sae(32))]
+    targets = [
+        EvalTarget("identity", DictionarySites(SITE), identity_sae(32), folder),
+        EvalTarget("zero", DictionarySites(SITE), zero_sae(32)),
+    ]
     config = EvalConfig(
         tokens=200, loss_windows=3, loss_position_stride=2, batch_windows=2, keep_prediction_deltas=True
     )

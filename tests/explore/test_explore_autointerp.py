@@ -16,8 +16,8 @@ import pytest
 from explore_fixtures import CONFIG, ExploreRun, random_sae, shared_run
 from fastapi.testclient import TestClient
 
-from saescope.eval.interp.autointerp import run_autointerp
 from saescope.explore import IndexReader, build_index, read_dictionaries
+from saescope.explore.autointerp import run_autointerp
 from saescope.explore.server import create_app
 from saescope.models.loading import load_model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import zipfile
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def reference_forward(x: np.ndarray, p: dict[str, np.ndarray]) -> tuple[np.ndarr
     pre = x @ p["W_enc"].astype(np.float64) + p["b_enc"]
     acts = (pre > p["threshold"]) * np.maximum(pre, 0)
     return acts, acts @ p["W_dec"].astype(np.float64) + p["b_dec"]
+
+
+def test_thresholds_at_the_floor_are_counted_and_warned_of(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    arrays = gs_arrays()
+    arrays["threshold"][:3] = 0.0
+    with caplog.at_level(logging.WARNING, logger="saescope.release"):
+        loaded = load_sae(write_gs1(tmp_path, arrays))
+    assert loaded.metadata["thresholds_at_floor"] == 3
+    assert any("3 threshold(s) are <= 1e-6" in record.getMessage() for record in caplog.records)
+    assert "thresholds_at_floor" not in load_sae(write_gs1(tmp_path / "fine", gs_arrays())).metadata
 
 
 def test_hand_written_gemma_scope_npz_runs_the_published_forward(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ from saescope.train.distributed import (
     check_checkpoint_layout,
     current,
     dictionary_cost,
-    split_streamed_source,
+    rank_split_forwards,
     split_token_stream,
     torchrun_session,
     train_suite,
@@ -110,7 +110,8 @@ def _worker(phase: str, root_text: str) -> None:
         assert current() is ctx
         loaded = load_model(str(root / "model"))
         corpus = corpus_config(root)
-        stream = split_streamed_source(loaded, [RES0, MLP1], corpus, ctx, batch_windows=3, **STREAM_OPTIONS)
+        forwards = rank_split_forwards(ctx)
+        stream = streamed_source(loaded, [RES0, MLP1], corpus, batch_windows=3, forwards=forwards, **STREAM_OPTIONS)
         if phase == "before":
             train_suite(five_specs(), array_source(), train_config(24), root / "array")
             train_suite(five_specs(), array_source(), train_config(24), root / "array_killed", max_steps=10)

@@ -5,6 +5,7 @@ run's scale C differs from the parent's: the first step must still see exactly t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from saescope.models.sites import Site, SiteKind
 from saescope.release import export_release, load_sae
 from saescope.release.common import ReleaseParams
 from saescope.release.gemmascope import write_gemmascope_npz
-from saescope.sae import DictionaryConfig, JumpReLU, build_dictionary
+from saescope.sae import DictionaryConfig, JumpReLU, build_dictionary, single_layer
 from saescope.train import SAESpec, TrainConfig, Trainer
 from saescope.train.elements import DimensionGains
 from saescope.train.init_from import unfold_into_
@@ -107,14 +108,8 @@ def test_init_from_cli_records_the_parent_for_saescope_and_gemma_scope_parents(
 ) -> None:
     parent_folder = train_parent(tmp_path / "pt")
     np.save(tmp_path / "it.npy", activations(1, scale=3.0, shift=1.5))
-    gs_folder = tmp_path / "released" / "average_l0_5"  # an official-layout folder that does not name its site
-    gs_folder.mkdir(parents=True)
-    raw = load_sae(parent_folder).sae
-    assert isinstance(raw, JumpReLU)
-    write_gemmascope_npz(gs_folder / "params.npz", ReleaseParams(
-        raw.W_enc_DF.detach(), raw.W_dec_FD.detach(), raw.b_enc_F.detach(), raw.b_dec_D.detach(),
-        raw.threshold_F.detach(),
-    ))  # fmt: skip
+    # an official-layout folder that does not name its site
+    gs_folder = write_gemma_scope_copy(parent_folder, tmp_path / "released" / "average_l0_5")
     train = ["train", "--activations", str(tmp_path / "it.npy"), "--tokens", "512", "--batch-size", "128",
              "--set", "lr=1e-3", "--set", "lr_warmup_steps=1"]  # fmt: skip
 
@@ -160,3 +155,46 @@ def test_with_dimension_gains_the_first_step_still_sees_the_parents_function(tmp
     error = (x_raw.double() - out.reconstruction.double()) / (scale * gain_D)  # the trainer's weighted units
     assert first["l0"] == pytest.approx(float(l0), rel=1e-6)
     assert first["loss"] == pytest.approx(float(error.square().sum(-1).mean() + L0_COEFFICIENT * l0), rel=1e-4)
+
+
+def write_gemma_scope_copy(parent_folder: Path, folder: Path) -> Path:
+    """``parent_folder``'s dictionary written as a Gemma Scope 1 folder (raw space, no site recorded)."""
+    folder.mkdir(parents=True)
+    raw = load_sae(parent_folder).sae
+    assert isinstance(raw, JumpReLU)
+    write_gemmascope_npz(folder / "params.npz", ReleaseParams(
+        raw.W_enc_DF.detach(), raw.W_dec_FD.detach(), raw.b_enc_F.detach(), raw.b_dec_D.detach(),
+        raw.threshold_F.detach(),
+    ))  # fmt: skip
+    return folder
+
+
+def test_a_release_format_parent_is_loaded_by_the_caller_and_handed_to_the_trainer(tmp_path: Path) -> None:
+    parent_folder = train_parent(tmp_path / "pt")
+    gs_folder = write_gemma_scope_copy(parent_folder, tmp_path / "released" / "average_l0_5")
+    it_source = ArrayActivations({SITE: activations(1, scale=3.0, shift=1.5)})
+    config = DictionaryConfig(d_in=D, width=WIDTH, l0_coefficient=L0_COEFFICIENT, lambda_warmup_steps=0)
+    train = TrainConfig(total_tokens=4 * BATCH, batch_size=BATCH, log_every_steps=1, progress=False)
+    spec = SAESpec("it", SITE, config, lr=1e-3, init_from=str(gs_folder))
+    with pytest.raises(ValueError, match=r"not a saescope dictionary folder.*load_sae"):
+        Trainer([spec], it_source, train, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+    loaded = single_layer(load_sae(gs_folder).sae, "parent")
+    Trainer([spec], it_source, train, tmp_path / "it", parents={str(gs_folder): loaded}).run(max_steps=1)
+    from_saescope = dataclasses.replace(spec, init_from=str(parent_folder))
+    Trainer([from_saescope], it_source, train, tmp_path / "same").run(max_steps=1)
+    first = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("it", "same")]
+    assert first[0]["loss"] == pytest.approx(first[1]["loss"], rel=1e-5)  # the same parent, read either way
+
+
+def test_a_transcoder_parent_is_refused(tmp_path: Path) -> None:
+    x = activations(0, scale=1.0, shift=0.0)
+    source = ArrayActivations({SITE: x, Site(0, SiteKind.MLP): x[:, ::-1].copy()})
+    config = DictionaryConfig(d_in=D, width=WIDTH, l0_coefficient=L0_COEFFICIENT, lambda_warmup_steps=0)
+    transcoder = SAESpec("tc", SITE, config, lr=1e-3, site_out=Site(0, SiteKind.MLP))
+    Trainer([transcoder], source, TrainConfig(total_tokens=2 * BATCH, batch_size=BATCH, progress=False),
+            tmp_path / "pt").run()  # fmt: skip
+    spec = SAESpec("it", SITE, config, lr=1e-3, init_from=str(tmp_path / "pt" / "saes" / "tc"))
+    with pytest.raises(ValueError, match="this is a transcoder"):
+        Trainer([spec], source, TrainConfig(total_tokens=2 * BATCH, batch_size=BATCH, progress=False), tmp_path / "it")

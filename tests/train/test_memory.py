@@ -10,14 +10,13 @@ import pytest
 
 from saescope.cli import main
 from saescope.models.sites import Site
-from saescope.pipeline import RunConfig
+from saescope.pipeline import RunConfig, check_run_memory
 from saescope.sae import DictionaryConfig
 from saescope.train import memory
 from saescope.train.memory import (
     InsufficientMemoryError,
     MemoryEstimate,
     check_fits,
-    check_run_memory,
     dictionary_parameter_count,
     dictionary_state_bytes,
     estimate_training_memory,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from saescope.eval.interp.autointerp import (
+from saescope.explore.autointerp import (
     AutointerpSettings,
     EndpointError,
     LanguageModel,

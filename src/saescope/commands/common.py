@@ -11,6 +11,7 @@ import torch
 
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, CorpusConfig
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, load_model
+from saescope.tomlfile import parse_toml
 from saescope.train.devices import check_device
 from saescope.train.recipes import (
     DEFAULT_RECIPE,
@@ -23,11 +24,6 @@ from saescope.train.recipes import (
     parse_set_options,
     short_budget_warning,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -170,10 +166,7 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 def read_option_file(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"config file {path} is not valid TOML: {error}") from error
+    data = parse_toml(path.read_text(encoding="utf-8"), where=f"config file {path}")
     known = {action.dest for action in parser._actions}
     # Lists in TOML (widths = [4096, 16384]) mean the same as the comma lists of the flags.
     values = {

@@ -17,6 +17,7 @@ from saescope.commands.common import (
 )
 from saescope.dictionaries import eval_folder, read_suite
 from saescope.dictionaries.folder import write_metrics
+from saescope.dictionaries.sites import DictionarySites
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.evaluate import check_targets_fit, trained_target
 from saescope.eval.interp import INTERP_METRICS, InterpOptions, ProbeDataSpec
@@ -114,7 +115,7 @@ def _named_targets(paths: list[str], site_flag: str | None, out: Path | None, on
         saescope_folder = Path(str(loaded.metadata["path"])) if loaded.source_format == "saescope" else None
         own = eval_folder(saescope_folder) if saescope_folder is not None else Path("eval-report") / name
         folder = (out / name) if out else own
-        target = EvalTarget(name, site, loaded.sae, folder, loaded.site_out, loaded.layers)
+        target = EvalTarget(name, DictionarySites(site, loaded.site_out, loaded.layers), loaded.sae, folder)
         targets.append(Named(target, text, loaded.model_name))
     return targets
 

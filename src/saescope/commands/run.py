@@ -15,10 +15,9 @@ from saescope.commands.common import (
     warn_if_budget_too_short,
 )
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS
-from saescope.pipeline import STAGES, SuiteRun, list_presets, load_preset
+from saescope.pipeline import STAGES, SuiteRun, check_run_memory, list_presets, load_preset
 from saescope.train import distributed
 from saescope.train.devices import check_device
-from saescope.train.memory import check_run_memory
 from saescope.train.verdict import implausible_dictionaries, implausible_warning, read_final_metrics
 
 _OVERRIDES = {

@@ -32,6 +32,7 @@ from saescope.release import load_sae
 from saescope.sae import ARCHITECTURES, SparseDictionary, single_layer
 from saescope.train import SAESpec, distributed
 from saescope.train.devices import check_device
+from saescope.train.init_from import transcoder_parent_error
 from saescope.train.memory import check_train_memory
 from saescope.train.recipes import DEFAULT_RECIPE, Recipe, with_settings
 from saescope.train.specs import dictionary_specs, parse_target_l0, parse_width
@@ -120,10 +121,16 @@ def load_parents(args: argparse.Namespace) -> list[Parent]:
         path = Path(text)
         run = path / "train" if (path / "train" / "saes").is_dir() else path
         if (run / "saes").is_dir():  # a training run: continue every dictionary in it
+            entries = read_suite(run)
+            for entry in entries:
+                if entry.is_transcoder:
+                    raise transcoder_parent_error(str(entry.folder))
             parents += [Parent(str(e.folder.resolve()), e.name, e.site, single_layer(e.raw_space(), "--init-from"))
-                        for e in read_suite(run)]  # fmt: skip
+                        for e in entries]  # fmt: skip
             continue
         loaded = load_sae(text, online=online)
+        if loaded.is_transcoder:
+            raise transcoder_parent_error(text)
         site = loaded.site or (Site.parse(args.sites) if args.sites else None)
         if site is None:
             raise ValueError(f"{text}: its files do not say which site it reads; pass it as --sites layer_<L>/<kind>")
@@ -178,12 +185,9 @@ def open_source(args: argparse.Namespace, default_sites: Sequence[Site] | None =
         sites = sorted(set(default_sites))
     else:
         sites = select_sites(args.sites or "all", loaded.info.n_layers)
-    ctx = distributed.current()
-    if ctx is not None:  # under torchrun: the forwards split over the ranks
-        return distributed.split_streamed_source(
-            loaded, sites, corpus_from_args(args), ctx, online=online_from_args(args)
-        )
-    return streamed_source(loaded, sites, corpus_from_args(args), online=online_from_args(args))
+    return streamed_source(  # under torchrun, the forwards split over the ranks
+        loaded, sites, corpus_from_args(args), online=online_from_args(args), forwards=distributed.current_forwards()
+    )
 
 
 def selected_sites(source: ActivationSource, sites_text: str | None, *, from_file: bool) -> list[Site]:
@@ -242,7 +246,8 @@ def _train(args: argparse.Namespace) -> int:
         warn_if_budget_too_short(recipe, total_steps=config.total_steps, batch_size=config.batch_size)
     if not args.skip_memory_check:  # before the output folder exists
         check_train_memory(specs, source.widths, config, stream_buffer_tokens=getattr(source, "buffer_tokens", 0))
-    trained = distributed.train_suite(specs, source, config, args.out)
+    loaded_parents = {parent.path: parent.sae for parent in parents}
+    trained = distributed.train_suite(specs, source, config, args.out, parents=loaded_parents)
     results = distributed.gather_final_metrics(trained, specs)
     target_by_name = {spec.name: spec.target_l0 for spec in specs}
     # Every rank holds every dictionary's metrics, so every rank exits with the same status (torchrun reports

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from saescope.data.prefetch import Prefetcher
 from saescope.data.windows import WindowBatch
@@ -43,6 +44,55 @@ class ActivationSource(Protocol):
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, skip_batches: int = 0) -> Iterator[SiteBatch]:
         """Batches of one epoch in a seeded order; `skip_batches` resumes mid-epoch at the same place."""
         ...
+
+
+def heldout_token_budget(
+    stream: Iterable[TokenActivations], tokens: int, *, desc: str, progress: bool
+) -> Iterator[tuple[TokenActivations, int]]:
+    """Each chunk of a held-out ``stream`` with how many of its first tokens to use, until ``tokens`` in all, with a
+    progress bar (``desc``); ValueError when the stream gives no token at all."""
+    seen = 0
+    with tqdm(total=tokens, unit="tok", unit_scale=True, disable=not progress, desc=desc) as bar:
+        for token_acts in stream:
+            take = min(token_acts.n_tokens, tokens - seen)
+            yield token_acts, take
+            seen += take
+            bar.update(take)
+            if seen >= tokens:
+                break
+    if seen == 0:
+        raise ValueError("the held-out split produced no tokens; use a larger corpus or a larger heldout_fraction")
+
+
+class TokenStreamer(Protocol):
+    """How a live source runs the model on batches of windows: `stream_token_activations`, or the same stream with
+    the forwards split over torchrun ranks (`saescope.train.distributed.rank_split_forwards`)."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        sites: Sequence[Site],
+        window_batches: Iterable[WindowBatch],
+        special_ids: Collection[int],
+        *,
+        prefetch_depth: int = 2,
+    ) -> Iterator[TokenActivations]: ...
+
+
+class KnownSites:
+    """The sites a source holds and their widths, fixed when it opens: the part of `ActivationSource` that the
+    live stream and the on-disk cache share. Subclasses set ``_sites`` and ``_widths``."""
+
+    _sites: list[Site]
+    _widths: dict[Site, int]
+
+    @property
+    def sites(self) -> list[Site]:
+        return list(self._sites)
+
+    @property
+    def widths(self) -> dict[Site, int]:
+        return dict(self._widths)
 
 
 @dataclass(frozen=True)
@@ -226,10 +276,11 @@ def shuffled_batches(
         yield from emit(merged, rows(merged))
 
 
-class StreamedActivations:
+class StreamedActivations(KnownSites):
     """An `ActivationSource` that runs the model live: no disk, one forward per batch of windows.
 
-    `window_batches(epoch)` returns the batches of token windows for one pass over the corpus. The scales
+    `window_batches(epoch)` returns the batches of token windows for one pass over the corpus, and `forwards` runs
+    the model on them (in this process, or split over torchrun ranks). The scales
     are estimated by an extra forward over the first `norm_tokens` tokens of epoch 0 (holding their
     activations for every site instead would cost far more memory than recomputing them).
     """
@@ -245,6 +296,7 @@ class StreamedActivations:
         norm_tokens: int = 20_000,
         buffer_tokens: int = 65_536,
         prefetch_depth: int = 2,
+        forwards: TokenStreamer = stream_token_activations,
     ) -> None:
         self._model = model
         self._sites = list(sites)
@@ -254,15 +306,8 @@ class StreamedActivations:
         self._norm_tokens = norm_tokens
         self._buffer_tokens = buffer_tokens
         self._prefetch_depth = prefetch_depth
+        self._forwards = forwards
         self._scales: dict[Site, float] | None = None
-
-    @property
-    def sites(self) -> list[Site]:
-        return list(self._sites)
-
-    @property
-    def widths(self) -> dict[Site, int]:
-        return dict(self._widths)
 
     @property
     def buffer_tokens(self) -> int:
@@ -281,8 +326,8 @@ class StreamedActivations:
         return dict(self._scales)
 
     def token_stream(self, epoch: int) -> Iterator[TokenActivations]:
-        """The activations of one pass over the corpus, in window order (subclasses change how)."""
-        return stream_token_activations(
+        """The activations of one pass over the corpus, in window order."""
+        return self._forwards(
             self._model,
             self._sites,
             self._window_batches(epoch),

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -32,8 +31,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from saescope.atomic import CorruptFileError, atomic_write_json, sha256_file
-from saescope.data.activations import OUTLIER_NORM_RATIO, SiteBatch, TokenActivations
+from saescope.atomic import CorruptFileError, atomic_write_json, read_json_object, sha256_file
+from saescope.data.activations import OUTLIER_NORM_RATIO, KnownSites, SiteBatch, TokenActivations
 from saescope.data.corpus import CORPUS_CONFIG_SCHEMA, mask_policy
 from saescope.models.sites import Site
 from saescope.versions import RecordSchema
@@ -108,12 +107,7 @@ def read_cache_manifest(path: Path) -> dict[str, Any]:
         f"It is damaged or was not written by `saescope cache`: build the cache again into a new folder "
         f"(`saescope cache --out NEW_FOLDER`); nothing in {path.parent} was changed."
     )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptFileError(f"{path} is not valid JSON ({error}). {rebuild}") from error
-    if not isinstance(manifest, dict):
-        raise CorruptFileError(f"{path} holds a JSON {type(manifest).__name__}, not an object. {rebuild}")
+    manifest = read_json_object(path, lambda problem: CorruptFileError(f"{problem}. {rebuild}"))
     for key, kind, json_name in (("settings", dict, "an object"), ("shards", list, "a list")):
         if key not in manifest:
             raise CorruptFileError(f"{path} has no '{key}' key. {rebuild}")
@@ -312,7 +306,7 @@ class CacheWriter:
             atomic_write_json(self.folder / MANIFEST, self.manifest)
 
 
-class ActivationCache:
+class ActivationCache(KnownSites):
     """Read side of the cache: an `ActivationSource` over memory-mapped shards.
 
     `verify` = "lazy" (default) checks each shard's SHA-256 the first time it is read in this process,
@@ -341,14 +335,6 @@ class ActivationCache:
         for shard in self.shards:
             for path_, record in _shard_files(folder, self._sites, shard):
                 self._check(path_, record, hash_it=verify == "full")
-
-    @property
-    def sites(self) -> list[Site]:
-        return list(self._sites)
-
-    @property
-    def widths(self) -> dict[Site, int]:
-        return dict(self._widths)
 
     @property
     def n_tokens(self) -> int:

@@ -17,7 +17,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from saescope.data.activations import ActivationSource, StreamedActivations, stream_token_activations
+from saescope.data.activations import (
+    ActivationSource,
+    StreamedActivations,
+    TokenActivations,
+    TokenStreamer,
+    stream_token_activations,
+)
 from saescope.data.arrays import ArrayActivations
 from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter, current_cache_settings
 from saescope.data.corpus import CorpusConfig, corpus_windows
@@ -52,16 +58,8 @@ def build_cache(
     online: bool | None = None,
 ) -> CacheReport:
     """Fill `folder` with `tokens` training-split tokens of every site; resumes a partial cache."""
-    settings = CacheSettings(
-        model=loaded.info.name,
-        sites=tuple(sorted(sites)),
-        widths=site_widths(loaded.model, sites),
-        dtype=dtype,
-        corpus=corpus.to_dict(),
-        context_size=corpus.context_size,
-        windows_per_shard=windows_per_shard,
-    )
-    writer = CacheWriter(folder, settings, extra={"model_info": loaded.info.to_dict()})
+    settings = cache_settings(loaded, sites, corpus, dtype=dtype, windows_per_shard=windows_per_shard)
+    writer = cache_writer(folder, loaded, settings)
     start_tokens = writer.tokens_done
     started = time.perf_counter()
     # The window stream is deterministic: skip exactly the windows already in complete shards.
@@ -75,13 +73,40 @@ def build_cache(
         special_token_ids(loaded.tokenizer),
         first_window=writer.windows_done,
     )
+    write_cache(writer, stream, tokens, start_tokens, desc=f"caching {len(settings.sites)} sites", progress=progress)
+    return CacheReport(ActivationCache(folder), writer.tokens_done - start_tokens, time.perf_counter() - started)
+
+
+def cache_settings(
+    loaded: LoadedModel, sites: Sequence[Site], corpus: CorpusConfig, *, dtype: str, windows_per_shard: int
+) -> CacheSettings:
+    """The settings of a cache of `sites` of `loaded` on `corpus`'s training windows."""
+    return CacheSettings(
+        model=loaded.info.name,
+        sites=tuple(sorted(sites)),
+        widths=site_widths(loaded.model, sites),
+        dtype=dtype,
+        corpus=corpus.to_dict(),
+        context_size=corpus.context_size,
+        windows_per_shard=windows_per_shard,
+    )
+
+
+def cache_writer(folder: Path, loaded: LoadedModel, settings: CacheSettings) -> CacheWriter:
+    """The writer of the cache in `folder` (resuming what is there), recording the model's facts."""
+    return CacheWriter(folder, settings, extra={"model_info": loaded.info.to_dict()})
+
+
+def write_cache(
+    writer: CacheWriter, stream: Iterator[TokenActivations], tokens: int, start_tokens: int, *, desc: str,
+    progress: bool,
+) -> None:  # fmt: skip
+    """Write `stream` through `writer` until the cache holds `tokens` tokens, with a progress bar."""
     with tqdm(
-        total=tokens, initial=min(start_tokens, tokens), unit="tok", unit_scale=True, disable=not progress,
-        desc=f"caching {len(settings.sites)} sites",
-    ) as bar:  # fmt: skip
+        total=tokens, initial=min(start_tokens, tokens), unit="tok", unit_scale=True, disable=not progress, desc=desc
+    ) as bar:
         for written in writer.write(stream, tokens):
             bar.update(written)
-    return CacheReport(ActivationCache(folder), writer.tokens_done - start_tokens, time.perf_counter() - started)
 
 
 def training_window_batches(
@@ -105,8 +130,10 @@ def streamed_source(
     norm_tokens: int = 20_000,
     buffer_tokens: int = 65_536,
     online: bool | None = None,
+    forwards: TokenStreamer = stream_token_activations,
 ) -> StreamedActivations:
-    """A live activation source: the model runs on the corpus's training windows as batches are drawn."""
+    """A live activation source: the model runs on the corpus's training windows as batches are drawn, in this
+    process or (with `forwards` from `saescope.train.distributed.current_forwards`) split over torchrun ranks."""
     return StreamedActivations(
         loaded.model,
         sites,
@@ -115,6 +142,7 @@ def streamed_source(
         special_token_ids(loaded.tokenizer),
         norm_tokens=norm_tokens,
         buffer_tokens=buffer_tokens,
+        forwards=forwards,
     )
 
 

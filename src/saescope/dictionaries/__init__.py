@@ -14,11 +14,12 @@ from saescope.dictionaries.folder import (
     write_dictionary_folder,
     write_metrics,
 )
-from saescope.dictionaries.sites import DictionarySites, SpansSites
+from saescope.dictionaries.sites import DictionarySites, HoldsSites, SpansSites
 
 __all__ = [
     "DictionaryFormatError",
     "DictionarySites",
+    "HoldsSites",
     "SpansSites",
     "TrainedSAE",
     "eval_folder",

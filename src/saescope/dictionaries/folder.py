@@ -24,9 +24,8 @@ This module sits below train/, eval/, release/ and explore/ and imports none of 
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from saescope import atomic
 from saescope.atomic import atomic_write_checksummed, atomic_write_json, verify_checksum
-from saescope.dictionaries.sites import DictionarySites, SpansSites
+from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.models.sites import Site, SiteKind
 from saescope.sae import AnyDictionary, CrossLayerDictionary, DictionaryConfig, build_any_dictionary
 from saescope.versions import RecordSchema
@@ -83,13 +83,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``; DictionaryFormatError naming the file when missing or malformed."""
     if not path.is_file():
         raise DictionaryFormatError(f"{path} is missing")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DictionaryFormatError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise DictionaryFormatError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data
+    return atomic.read_json_object(path, DictionaryFormatError)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -151,12 +145,14 @@ def _number(value: object) -> float | None:
 
 
 @dataclass(frozen=True)
-class TrainedSAE(SpansSites):
+class TrainedSAE(HoldsSites):
     """One trained dictionary folder, read but not yet loaded."""
 
     name: str
     folder: Path
-    site: Site
+    #: Where it reads and writes. A transcoder's output site is ``site_out`` in config.json, else (for a non-SAE
+    #: dictionary reading ``mlp_in``) the MLP output of the same layer.
+    sites: DictionarySites
     dictionary: DictionaryConfig
     norm_scale: float
     #: Scale of the target site for transcoders trained with their own target scale; else ``norm_scale``.
@@ -165,11 +161,7 @@ class TrainedSAE(SpansSites):
     l0_source: str
     config: dict[str, Any]
     metrics: dict[str, Any] | None = None
-    #: Output site of a transcoder: ``site_out`` in config.json, else (for a non-SAE dictionary reading
-    #: ``mlp_in``) the MLP output of the same layer; None for SAEs.
-    site_out: Site | None = field(default=None)
-    #: Layers a multi-layer dictionary (CLT, crosscoder) spans, and each input layer's scale; () for one layer.
-    layers: tuple[int, ...] = ()
+    #: Each input layer's scale of a multi-layer dictionary (CLT, crosscoder); () for one layer.
     norm_scales: tuple[float, ...] = ()
     #: Each output layer's scale when the targets were divided by their own scale; () = ``norm_scales``.
     norm_scales_out: tuple[float, ...] = ()
@@ -325,8 +317,7 @@ def read_trained_sae(folder: Path) -> TrainedSAE:
     l0, source = _read_l0(folder, config, metrics)
     name = str(config.get("name") or folder.name)
     return TrainedSAE(
-        name, folder, sites.site, dictionary, norm_scale, norm_scale_out, l0, source, config, metrics,
-        sites.site_out, sites.layers, scales, scales_out,
+        name, folder, sites, dictionary, norm_scale, norm_scale_out, l0, source, config, metrics, scales, scales_out
     )  # fmt: skip
 
 

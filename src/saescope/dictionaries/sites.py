@@ -10,6 +10,7 @@ input sites, output sites and kind instead of working them out again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from saescope.models.sites import Site, spanned_sites
 
@@ -48,17 +49,14 @@ class DictionarySites:
 
 
 class SpansSites:
-    """A record with ``site``, ``site_out`` and ``layers`` fields (a spec to train, a trained folder, an evaluation
-    target): its sites, worked out by :class:`DictionarySites` alone."""
+    """A record of a dictionary whose ``sites`` (a :class:`DictionarySites`) give its input sites, output sites and
+    whether it transcodes, worked out there alone. :class:`HoldsSites` records hold ``sites`` as a field; the spec
+    to train (``train.settings.SAESpec``) makes it from its own saved fields."""
 
-    site: Site
-    site_out: Site | None
-    layers: tuple[int, ...]
+    if TYPE_CHECKING:  # a field of the holders, a property of SAESpec: declared for the type checker only
 
-    @property
-    def sites(self) -> DictionarySites:
-        """Where it reads and writes."""
-        return DictionarySites(self.site, self.site_out, self.layers)
+        @property
+        def sites(self) -> DictionarySites: ...
 
     @property
     def input_sites(self) -> tuple[Site, ...]:
@@ -74,3 +72,23 @@ class SpansSites:
     def transcodes(self) -> bool:
         """Whether it writes sites other than those it reads (a transcoder or CLT, not an SAE or crosscoder)."""
         return self.sites.transcodes
+
+
+class HoldsSites(SpansSites):
+    """A record holding its ``sites`` (a trained folder, an evaluation target, a dictionary in the explorer), with
+    ``site``, ``site_out`` and ``layers`` read from them."""
+
+    @property
+    def site(self) -> Site:
+        """Where it reads (for a multi-layer dictionary: at its first layer)."""
+        return self.sites.site
+
+    @property
+    def site_out(self) -> Site | None:
+        """Where it writes, as recorded (None: where it reads)."""
+        return self.sites.site_out
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers a multi-layer dictionary spans; () for one layer."""
+        return self.sites.layers

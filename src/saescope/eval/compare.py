@@ -21,7 +21,6 @@ import dataclasses
 import gc
 import io
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from saescope.atomic import atomic_write_bytes
 from saescope.data.corpus import CorpusConfig, mask_policy
 from saescope.data.split import Split
 from saescope.eval.evaluate import EvalConfig, EvalTarget, evaluate
+from saescope.eval.report import format_cell
 from saescope.models.loading import LoadedModel, ModelInfo
 from saescope.models.sites import site_width
 
@@ -137,24 +137,16 @@ def _sorted(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["condition"], r["site"], r["family"], r["name"]))
 
 
-def _format(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return str(value)
-
-
 def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """One line per (condition, SAE): L0, FVU and delta LM loss ± its standard error."""
     header = ("condition", "site", "family", "SAE", "L0", "FVU", "delta LM loss (nats)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in _sorted(rows):
-        delta = _format(row["delta_lm_loss"])
+        delta = format_cell(row["delta_lm_loss"])
         if row["delta_lm_loss_stderr"] is not None:
-            delta += f" ± {_format(row['delta_lm_loss_stderr'])}"
-        cells = (row["condition"], row["site"], row["family"], row["name"], _format(row["l0"]), _format(row["fvu"]),
-                 delta)  # fmt: skip
+            delta += f" ± {format_cell(row['delta_lm_loss_stderr'])}"
+        cells = (row["condition"], row["site"], row["family"], row["name"], format_cell(row["l0"]),
+                 format_cell(row["fvu"]), delta)  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

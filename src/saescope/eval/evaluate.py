@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from saescope.data.activations import stream_token_activations
+from saescope.checks import check_at_least, check_unique_names
+from saescope.data.activations import heldout_token_budget, stream_token_activations
 from saescope.data.chat import CHAT_MASK_DESCRIPTION
 from saescope.data.corpus import CorpusConfig, corpus_windows, mask_policy
 from saescope.data.split import Split
@@ -26,11 +27,12 @@ from saescope.data.windows import (
     windows_for_tokens,
 )
 from saescope.dictionaries.folder import METRICS, TrainedSAE, write_metrics
-from saescope.dictionaries.sites import SpansSites
+from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.eval.metrics import LossAccumulator, ReconstructionAccumulator
-from saescope.eval.splice import Predictions, clean_log_probs, dictionary_taps, tapped_losses
+from saescope.eval.splice import dictionary_taps, tapped_losses
 from saescope.models.hooks import Tap
 from saescope.models.loading import LoadedModel
+from saescope.models.predictions import Predictions, clean_log_probs
 from saescope.models.sites import Site, site_widths
 from saescope.sae import AnyDictionary
 
@@ -48,21 +50,15 @@ _SAMPLE_TEXT = (
 
 
 @dataclass(frozen=True)
-class EvalTarget(SpansSites):
-    """A dictionary to evaluate, in raw activation space (normalisation folded in).
-
-    It reads ``site`` and writes ``site_out`` (default: ``site``, an SAE); a multi-layer dictionary reads and
-    writes those kinds at each of ``layers`` (``site`` names the first).
-    """
+class EvalTarget(HoldsSites):
+    """A dictionary to evaluate, in raw activation space (normalisation folded in), and where it reads and writes."""
 
     name: str
-    site: Site
+    sites: DictionarySites
     sae: AnyDictionary
     #: Where its metrics.json is written (its run's eval folder, `saescope.dictionaries.eval_folder`); None: not
     #: written.
     folder: Path | None = None
-    site_out: Site | None = None
-    layers: tuple[int, ...] = ()
 
     @property
     def dictionary_kind(self) -> str:
@@ -81,9 +77,7 @@ class EvalTarget(SpansSites):
 def trained_target(entry: TrainedSAE, folder: Path | None = None) -> EvalTarget:
     """A trained dictionary as an evaluation target, in raw space, its metrics going to ``folder`` (default: its
     run's eval folder, never the training folder)."""
-    return EvalTarget(
-        entry.name, entry.site, entry.raw_space(), folder or entry.eval_folder, entry.site_out, entry.layers
-    )
+    return EvalTarget(entry.name, entry.sites, entry.raw_space(), folder or entry.eval_folder)
 
 
 @dataclass(frozen=True)
@@ -102,11 +96,10 @@ class EvalConfig:
     keep_prediction_deltas: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_windows", "lm_head_chunk", "loss_position_stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"EvalConfig.{name} must be >= 1; got {getattr(self, name)!r}")
-        if self.loss_windows < 0:
-            raise ValueError(f"EvalConfig.loss_windows must be >= 0; got {self.loss_windows!r}")
+        check_at_least(
+            self, ("tokens", "batch_windows", "lm_head_chunk", "loss_position_stride"), 1, owner="EvalConfig."
+        )
+        check_at_least(self, ("loss_windows",), 0, owner="EvalConfig.")
 
     def sample_windows(self, context_size: int) -> int:
         """Windows the reconstruction and loss passes need; both read one spread sample of the split."""
@@ -155,31 +148,21 @@ def reconstruction_metrics(
     device = next(loaded.model.parameters()).device
     batches = heldout_batches(loaded, corpus, config, config.batch_windows, split)
     stream = stream_token_activations(loaded.model, sites, batches, special_token_ids(loaded.tokenizer))
-    seen = 0
-    with tqdm(
-        total=config.tokens, unit="tok", unit_scale=True, disable=not progress, desc="eval: reconstruction"
-    ) as bar:
-        for token_acts in stream:
-            take = min(token_acts.n_tokens, config.tokens - seen)
-            positions_N = token_acts.positions_N[:take]
-            for target in targets:
-                x_ND = _side_by_side([token_acts.acts[site][:take] for site in target.input_sites])
-                y_ND = _side_by_side([token_acts.acts[site][:take] for site in target.output_sites])
-                out = target.sae.to(device)(x_ND)
-                accumulators[target.name].update(y_ND, out.reconstruction, out.codes, positions_N)
-                n = len(target.output_sites)
-                if n > 1:
-                    y_parts = torch.tensor_split(y_ND, n, dim=-1)
-                    y_hat_parts = torch.tensor_split(out.reconstruction, n, dim=-1)
-                    code_parts = torch.tensor_split(out.codes, n, dim=-1)
-                    for j in range(n):
-                        per_layer[target.name, j].update(y_parts[j], y_hat_parts[j], code_parts[j], positions_N)
-            seen += take
-            bar.update(take)
-            if seen >= config.tokens:
-                break
-    if seen == 0:
-        raise ValueError("the held-out split produced no tokens; use a larger corpus or a larger heldout_fraction")
+    budget = heldout_token_budget(stream, config.tokens, desc="eval: reconstruction", progress=progress)
+    for token_acts, take in budget:
+        positions_N = token_acts.positions_N[:take]
+        for target in targets:
+            x_ND = _side_by_side([token_acts.acts[site][:take] for site in target.input_sites])
+            y_ND = _side_by_side([token_acts.acts[site][:take] for site in target.output_sites])
+            out = target.sae.to(device)(x_ND)
+            accumulators[target.name].update(y_ND, out.reconstruction, out.codes, positions_N)
+            n = len(target.output_sites)
+            if n > 1:
+                y_parts = torch.tensor_split(y_ND, n, dim=-1)
+                y_hat_parts = torch.tensor_split(out.reconstruction, n, dim=-1)
+                code_parts = torch.tensor_split(out.codes, n, dim=-1)
+                for j in range(n):
+                    per_layer[target.name, j].update(y_parts[j], y_hat_parts[j], code_parts[j], positions_N)
     results = {name: accumulator.result() for name, accumulator in accumulators.items()}
     for target in targets:
         if len(target.output_sites) > 1:
@@ -304,9 +287,7 @@ def evaluate(
     (e.g. rollouts kept for evaluation)."""
     if not targets:
         raise ValueError("nothing to evaluate")
-    names = [t.name for t in targets]
-    if len(set(names)) != len(names):
-        raise ValueError(f"evaluation target names must be unique; got {names}")
+    check_unique_names([t.name for t in targets], what="evaluation target")
     check_targets_fit(loaded, targets)
     started = time.perf_counter()
     reconstruction = reconstruction_metrics(loaded, targets, corpus, config, progress=progress, split=split)

@@ -81,7 +81,7 @@ class ReconstructionAccumulator:
         total_variance = self.sum_x_sq - self.n * float(mean_D.square().sum())
         fvu = self.sum_err_sq / total_variance
         # Each dimension's own FVU, averaged with equal weights: on a site with a massive dimension (Gemma 3's
-        # residual stream: one dimension holds 80% of the variance) the plain FVU measures that dimension only.
+        # residual stream has one holding most of the variance) the plain FVU measures that dimension only.
         variance_D = self.sum_x_sq_D - self.n * mean_D.square()
         varying_D = variance_D > 1e-12 * float(variance_D.max().clamp_min(1e-300))
         fvu_per_dimension = float((self.sum_err_sq_D[varying_D] / variance_D[varying_D]).mean())

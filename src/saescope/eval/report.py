@@ -115,7 +115,8 @@ def _interp_cells(result: dict[str, Any]) -> dict[str, Any]:
     return cells
 
 
-def _format(value: Any) -> str:
+def format_cell(value: Any) -> str:
+    """A table cell: empty for None, 4 significant digits for a float ("nan" for NaN), else ``str(value)``."""
     if value is None:
         return ""
     if isinstance(value, float):
@@ -132,11 +133,11 @@ def resolved(value: float, stderr: float | None) -> bool:
 
 def format_with_stderr(value: Any, stderr: Any) -> str:
     """``value ± stderr``, with the not-resolved mark when the value lies within 2 standard errors of zero."""
-    text = _format(value)
+    text = format_cell(value)
     if value is None or stderr is None:
         return text
     mark = "" if resolved(float(value), float(stderr)) else f" {UNRESOLVED_MARK}"
-    return f"{text} ± {_format(stderr)}{mark}"
+    return f"{text} ± {format_cell(stderr)}{mark}"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -149,7 +150,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         for column in shown:
             key = _WITH_STDERR.get(column)
             cells.append(
-                format_with_stderr(row.get(key), row.get(f"{key}_stderr")) if key else _format(row.get(column))
+                format_with_stderr(row.get(key), row.get(f"{key}_stderr")) if key else format_cell(row.get(column))
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + TABLE_LEGEND + "\n"
@@ -168,7 +169,7 @@ def kind_comparison_table(rows: Sequence[dict[str, Any]]) -> str:
         cells = []
         for kind in kinds:
             members = [r for r in rows if r["layer"] == layer and r["kind"] == kind]
-            cells.append("; ".join(f"{_delta_loss_cell(r)} (L0 {_format(r.get('l0'))})" for r in members))
+            cells.append("; ".join(f"{_delta_loss_cell(r)} (L0 {format_cell(r.get('l0'))})" for r in members))
         if sum(bool(cell) for cell in cells) >= 2:
             lines.append(f"| {layer} | " + " | ".join(cells) + " |")
     if len(lines) == 2:
@@ -184,8 +185,8 @@ def _delta_loss_cell(row: dict[str, Any]) -> str:
     """A delta loss without its error, marked when it is not resolved."""
     value, stderr = row.get("delta_lm_loss"), row.get("delta_lm_loss_stderr")
     if value is None or stderr is None or resolved(float(value), float(stderr)):
-        return _format(value)
-    return f"{_format(value)} {UNRESOLVED_MARK}"
+        return format_cell(value)
+    return f"{format_cell(value)} {UNRESOLVED_MARK}"
 
 
 def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
@@ -375,7 +376,7 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: Path, *, title: str
 def _html(rows: Sequence[dict[str, Any]], plot_names: Sequence[str], title: str, comparison: str = "") -> str:
     header = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_format(row.get(c)))}</td>" for c in COLUMNS) + "</tr>" for row in rows
+        "<tr>" + "".join(f"<td>{html.escape(format_cell(row.get(c)))}</td>" for c in COLUMNS) + "</tr>" for row in rows
     )
     images = "".join(f'<figure><img src="{html.escape(n)}" alt="{html.escape(n)}"></figure>' for n in plot_names)
     return f"""<!doctype html>

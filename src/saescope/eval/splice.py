@@ -1,8 +1,8 @@
 """Delta LM loss: next-token cross-entropy with a site replaced by a dictionary's reconstruction (method §4.2).
 
-The model body is run to its final hidden states (after the final norm) and the LM head is applied
-here, in chunks of positions, so the (positions × 262k) logits of Gemma 3 never exist at once. The
-clean pass is shared by every dictionary and the zero-ablation pass by every dictionary of a site.
+The model body is run to its final hidden states (after the final norm) and the LM head is applied in
+chunks of positions (:mod:`saescope.models.predictions`), so the positions × vocabulary logits never exist at
+once. The clean pass is shared by every dictionary and the zero-ablation pass by every dictionary of a site.
 Special positions (BOS, EOS, pad) are neither spliced nor counted: a prediction counts when both its
 input token and its target token are ordinary tokens.
 """
@@ -10,88 +10,20 @@ input token and its target token are ordinary tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
 
 from saescope.models.hooks import Tap, taps
-from saescope.models.sites import Site, text_config
+from saescope.models.predictions import (
+    DEFAULT_CHUNK,
+    Predictions,
+    chunked_predictions,
+    final_hidden,
+    kl_to_clean,
+)
+from saescope.models.sites import Site
 from saescope.sae import AnyDictionary, dictionary_blocks, layer_output
-
-#: Positions per LM-head chunk: 128 x 262,144 float32 logits is 128 MiB.
-DEFAULT_CHUNK = 128
-
-
-def final_hidden(model: nn.Module, ids_BT: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) hidden states after the final norm: everything but the LM head."""
-    body = cast(nn.Module, model.base_model)
-    output = body(input_ids=ids_BT, use_cache=False)
-    hidden: torch.Tensor = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-    return hidden
-
-
-def logits_from_hidden(model: nn.Module, h_ND: torch.Tensor) -> torch.Tensor:
-    """(N, V) float32 next-token logits, with the final logit soft-capping of Gemma 2 where configured."""
-    get_head = cast(Callable[[], nn.Module], model.get_output_embeddings)
-    head = get_head()
-    logits: torch.Tensor = head(h_ND).float()
-    cap = getattr(text_config(model), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Which next-token predictions of a batch of windows are counted."""
-
-    rows_B: torch.Tensor  # window index of each counted prediction
-    cols_T: torch.Tensor  # position of the input token
-    targets_N: torch.Tensor  # the token to predict
-
-    @classmethod
-    def select(cls, ids_BT: torch.Tensor, keep_BT: torch.Tensor, stride: int = 1, offset: int = 0) -> Predictions:
-        """Predictions whose input and target are both kept; with `stride` > 1 only every stride-th
-        position (from `offset`) is counted, which divides the LM-head cost and leaves the mean unbiased."""
-        valid_BT = keep_BT[:, :-1] & keep_BT[:, 1:]
-        if stride > 1:
-            positions_T = torch.arange(valid_BT.shape[1], device=valid_BT.device)
-            valid_BT = valid_BT & ((positions_T - offset) % stride == 0)
-        rows, cols = valid_BT.nonzero(as_tuple=True)
-        return cls(rows, cols, ids_BT[rows, cols + 1])
-
-
-@torch.no_grad()
-def clean_log_probs(
-    model: nn.Module, ids_BT: torch.Tensor, predictions: Predictions, chunk: int = DEFAULT_CHUNK
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean cross-entropy per counted prediction (N,) and the clean log-probabilities (N, V) in bfloat16
-    (kept for the KL of each spliced pass; bfloat16 halves the memory of a 262k vocabulary)."""
-    h_ND = final_hidden(model, ids_BT)[predictions.rows_B, predictions.cols_T]
-    ce_parts, log_prob_parts = [], []
-    for start in range(0, h_ND.shape[0], chunk):
-        log_probs = torch.log_softmax(logits_from_hidden(model, h_ND[start : start + chunk]), dim=-1)
-        targets = predictions.targets_N[start : start + chunk]
-        ce_parts.append(-log_probs.gather(1, targets[:, None]).squeeze(1))
-        log_prob_parts.append(log_probs.to(torch.bfloat16))
-    if not ce_parts:  # no countable prediction in this batch
-        return h_ND.new_zeros(0, dtype=torch.float32), h_ND.new_zeros(0, 0, dtype=torch.bfloat16)
-    return torch.cat(ce_parts), torch.cat(log_prob_parts)
-
-
-def kl_to_clean(clean_log_probs_NV: torch.Tensor, log_probs_NV: torch.Tensor) -> torch.Tensor:
-    """KL(clean ‖ other) per prediction (N,), float32, from stored (bfloat16) clean log-probabilities.
-
-    The clean distribution is renormalised after rounding: bfloat16 log-probabilities sum to 1 only to within
-    their rounding, which left a prediction's KL off by up to a few 10⁻³ nats, of either sign (a 5,000-token
-    synthetic vocabulary), against ~0.02 for an attention SAE's whole KL. Renormalised, the KL is a true one
-    (≥ 0; under 10⁻⁴ for an exact splice in that test).
-    """
-    clean_NV = clean_log_probs_NV.float()
-    clean_NV = clean_NV - torch.logsumexp(clean_NV, dim=-1, keepdim=True)
-    return (clean_NV.exp() * (clean_NV - log_probs_NV.float())).sum(-1)
 
 
 @torch.no_grad()
@@ -129,12 +61,10 @@ def tapped_losses(
     with taps(model, site_taps):
         h_ND = final_hidden(model, ids_BT)[predictions.rows_B, predictions.cols_T]
     ce_parts, kl_parts = [], []
-    for start in range(0, h_ND.shape[0], chunk):
-        log_probs = torch.log_softmax(logits_from_hidden(model, h_ND[start : start + chunk]), dim=-1)
-        targets = predictions.targets_N[start : start + chunk]
-        ce_parts.append(-log_probs.gather(1, targets[:, None]).squeeze(1))
+    for rows, log_probs, ce in chunked_predictions(model, h_ND, predictions, chunk):
+        ce_parts.append(ce)
         if clean_log_probs_NV is not None:
-            kl_parts.append(kl_to_clean(clean_log_probs_NV[start : start + chunk], log_probs))
+            kl_parts.append(kl_to_clean(clean_log_probs_NV[rows], log_probs))
     if not ce_parts:  # no countable prediction in this batch
         empty = h_ND.new_zeros(0, dtype=torch.float32)
         return empty, (empty if clean_log_probs_NV is not None else None)

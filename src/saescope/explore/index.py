@@ -33,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 import saescope
-from saescope.data.activations import stream_token_activations
+from saescope.checks import check_at_least, check_unique_names
+from saescope.data.activations import heldout_token_budget, stream_token_activations
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, spread_windows, stack_windows, windows_for_tokens
 from saescope.explore import store
@@ -57,7 +58,7 @@ from saescope.release.examples import EXAMPLES_FILE, ReleaseExamples
 
 log = logging.getLogger(__name__)
 
-#: Held-out tokens of the default index: about ten minutes for the 54-SAE default suite on 2 CPU cores.
+#: Held-out tokens of the default index: one model pass over them, every dictionary encoding each token.
 DEFAULT_TOKENS = 49_152
 SPECIAL_POLICY = "BOS, EOS, padding and every other special token are never indexed nor chosen as examples"
 #: log10(density) bins of the per-dictionary density histogram.
@@ -77,11 +78,8 @@ class IndexConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "batch_windows", "logit_tokens", "latent_chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"IndexConfig.{name} must be >= 1; got {getattr(self, name)!r}")
-        if self.neighbours < 0:
-            raise ValueError(f"IndexConfig.neighbours must be >= 0; got {self.neighbours!r}")
+        check_at_least(self, ("tokens", "batch_windows", "logit_tokens", "latent_chunk"), 1, owner="IndexConfig.")
+        check_at_least(self, ("neighbours",), 0, owner="IndexConfig.")
 
     def settings(self) -> dict[str, Any]:
         """The flat settings dict stored in the index and compared to decide whether it can be reused."""
@@ -186,25 +184,17 @@ def _stream_statistics(
         loaded.model, sites, recorded.batches(corpus, loaded.tokenizer, config.tokens, config.batch_windows),
         special_token_ids(loaded.tokenizer),
     )  # fmt: skip
-    seen, first_window = 0, 0
-    with tqdm(total=config.tokens, unit="tok", unit_scale=True, disable=not progress, desc="index") as bar:
-        for token_acts in stream:
-            take = min(token_acts.n_tokens, config.tokens - seen)
-            B = token_acts.n_windows
-            rows = (token_acts.windows_N[:take] - first_window) * T + token_acts.positions_N[:take]
-            rows = rows.to(device)
-            for sae, accumulator, d in zip(saes, accumulators, dictionaries, strict=True):
-                codes_NF = sae.encode(token_acts.acts[d.site][:take].float())
-                grid_PF = codes_NF.new_zeros(B * T, codes_NF.shape[1])
-                grid_PF[rows] = codes_NF
-                accumulator.update(grid_PF.view(B, T, -1), first_window, take)
-            seen += take
-            first_window += B
-            bar.update(take)
-            if seen >= config.tokens:
-                break
-    if seen == 0:
-        raise ValueError("the held-out split produced no tokens; use a larger corpus or a larger heldout_fraction")
+    first_window = 0
+    for token_acts, take in heldout_token_budget(stream, config.tokens, desc="index", progress=progress):
+        B = token_acts.n_windows
+        rows = (token_acts.windows_N[:take] - first_window) * T + token_acts.positions_N[:take]
+        rows = rows.to(device)
+        for sae, accumulator, d in zip(saes, accumulators, dictionaries, strict=True):
+            codes_NF = sae.encode(token_acts.acts[d.site][:take].float())
+            grid_PF = codes_NF.new_zeros(B * T, codes_NF.shape[1])
+            grid_PF[rows] = codes_NF
+            accumulator.update(grid_PF.view(B, T, -1), first_window, take)
+        first_window += B
     return [accumulator.result() for accumulator in accumulators], recorded.windows[:first_window]
 
 
@@ -377,9 +367,7 @@ def build_index(
     """
     if not dictionaries:
         raise ValueError("nothing to index: no dictionaries")
-    names = [d.name for d in dictionaries]
-    if len(set(names)) != len(names):
-        raise ValueError(f"dictionary names must be unique; got {names}")
+    check_unique_names([d.name for d in dictionaries], what="dictionary")
     _check_widths(loaded, dictionaries)
     started = time.perf_counter()
     all_stats, windows = _stream_statistics(loaded, dictionaries, corpus, config, progress=progress)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from torch import Tensor
 
 from saescope.dictionaries.folder import SAES, is_dictionary_folder, read_suite
 from saescope.dictionaries.folder import WEIGHTS as SAESCOPE_WEIGHTS
+from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.models.sites import Site
 from saescope.release import load_sae
 from saescope.release.common import ReleaseFormatError
@@ -51,14 +51,13 @@ RUN_CONFIG = "run_config.json"
 
 
 @dataclass(frozen=True)
-class Dictionary:
+class Dictionary(HoldsSites):
     """One dictionary to index, in raw activation space: a single-layer one, or one block of a multi-layer one."""
 
     name: str
-    site: Site
-    """Where it reads."""
-    site_out: Site
-    """Where it writes: ``site`` for an SAE, the target site for a transcoder, output site i for block i."""
+    sites: DictionarySites
+    """Where it reads and writes: ``site_out`` is ``site`` for an SAE, the target site for a transcoder, output
+    site i for block i."""
     sae: SparseDictionary
     folder: Path
     metrics: dict[str, Any] | None = None
@@ -68,6 +67,11 @@ class Dictionary:
     """A block's writes to the later output sites: (site j, ``W_dec_{i→j}`` (F, d_out)) for j = i+1 .. n−1."""
     parent: str | None = None
     """The name of the multi-layer dictionary this is a block of; None for a single-layer dictionary."""
+
+    @property
+    def site_out(self) -> Site:
+        """Where it writes (``site`` for an SAE)."""
+        return self.sites.output_sites[0]
 
     @property
     def writes(self) -> tuple[tuple[Site, Tensor], ...]:
@@ -142,17 +146,14 @@ def _headline(group: object) -> object:
 
 
 def expand_dictionary(
-    name: str,
-    sae: AnyDictionary,
-    input_sites: Sequence[Site],
-    output_sites: Sequence[Site],
-    folder: Path,
-    metrics: dict[str, Any] | None,
+    name: str, sae: AnyDictionary, sites: DictionarySites, folder: Path, metrics: dict[str, Any] | None
 ) -> list[Dictionary]:
-    """``sae`` as the explorer's dictionaries: itself, or one per block of a multi-layer dictionary (block i
-    named ``<name>.layer_<L>``, L the layer of its input site, with its cross decoders to every later site)."""
+    """``sae`` (reading and writing ``sites``) as the explorer's dictionaries: itself, or one per block of a
+    multi-layer dictionary (block i named ``<name>.layer_<L>``, L the layer of its input site, with its cross
+    decoders to every later site)."""
+    input_sites, output_sites = sites.input_sites, sites.output_sites
     if not isinstance(sae, CrossLayerDictionary):
-        return [Dictionary(name, input_sites[0], output_sites[0], sae, folder, metrics)]
+        return [Dictionary(name, DictionarySites(input_sites[0], output_sites[0]), sae, folder, metrics)]
     n = sae.n_layers
     if len(input_sites) != n or len(output_sites) != n:
         raise ReleaseFormatError(
@@ -162,8 +163,9 @@ def expand_dictionary(
     blocks = []
     for i in range(n):
         cross = tuple((output_sites[j], sae.decoder_to(i, j).detach()) for j in range(i + 1, n))
-        block = Dictionary(safe_name(f"{name}.layer_{input_sites[i].layer}"), input_sites[i], output_sites[i],
-                           sae.block(i), folder, cross_decoders=cross, parent=name)  # fmt: skip
+        sites = DictionarySites(input_sites[i], output_sites[i])
+        block_name = safe_name(f"{name}.layer_{input_sites[i].layer}")
+        block = Dictionary(block_name, sites, sae.block(i), folder, cross_decoders=cross, parent=name)
         blocks.append(dataclasses.replace(block, metrics=block_metrics(metrics, block)))
     return blocks
 
@@ -180,7 +182,7 @@ def _from_training(training: Path) -> list[Dictionary]:
     dictionaries: list[Dictionary] = []
     for name, entry in zip(names, entries, strict=True):
         sae = entry.raw_space()
-        dictionaries += expand_dictionary(name, sae, entry.input_sites, entry.output_sites, entry.folder, entry.metrics)
+        dictionaries += expand_dictionary(name, sae, entry.sites, entry.folder, entry.metrics)
     return _uniquely_named(dictionaries)
 
 
@@ -206,17 +208,13 @@ def _from_release(root: Path) -> tuple[list[Dictionary], str | None]:
     names = _unique([safe_name(folder.relative_to(base).as_posix() or folder.name) for folder in folders])
     for name, folder in zip(names, folders, strict=True):
         loaded = load_sae(folder)
-        if loaded.site is None:
+        if loaded.sites is None:
             raise ReleaseFormatError(f"{folder}: its files do not say which site it reads, so it cannot be indexed")
         if loaded.model_name:
             models.add(loaded.model_name)
         metrics = loaded.metadata.get("metrics")
-        dictionaries.extend(
-            expand_dictionary(
-                name, loaded.sae.eval(), loaded.input_sites, loaded.output_sites, folder,
-                metrics if isinstance(metrics, dict) else None,
-            )
-        )  # fmt: skip
+        own_metrics = metrics if isinstance(metrics, dict) else None
+        dictionaries += expand_dictionary(name, loaded.sae.eval(), loaded.sites, folder, own_metrics)
     return _uniquely_named(dictionaries), (models.pop() if len(models) == 1 else None)
 
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from saescope.checks import check_at_least
+
 _EMPTY_KEY = float("inf")
 
 
@@ -45,12 +47,8 @@ class ExampleSettings:
     context_after: int = 8
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "samples_per_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)!r}")
-        for name in ("context_before", "context_after"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)!r}")
+        check_at_least(self, ("top_k", "samples_per_interval"), 1, owner="")
+        check_at_least(self, ("context_before", "context_after"), 0, owner="")
         if not _is_power_of_two(self.intervals) or self.intervals < 2:
             raise ValueError(f"intervals must be a power of two >= 2 (bins merge pairwise); got {self.intervals!r}")
         if not _is_power_of_two(self.histogram_bins) or self.histogram_bins < self.intervals:

@@ -14,6 +14,7 @@ from saescope.dictionaries.folder import TrainedSAE, read_suite, read_trained_sa
 from saescope.release.cards import render_model_card, write_model_card
 from saescope.release.common import (
     L0_LABEL_BOUNDS,
+    LoadedSAE,
     ReleaseExportError,
     ReleaseFormatError,
     ReleaseParams,
@@ -32,7 +33,7 @@ from saescope.release.gemmascope import (
     write_gemmascope2_folder,
     write_gemmascope_npz,
 )
-from saescope.release.load import LoadedSAE, ReleaseDownloadError, load_sae
+from saescope.release.load import ReleaseDownloadError, load_sae
 from saescope.release.saelens import export_saelens, read_saelens_folder, saelens_config, write_saelens_folder
 from saescope.release.suite import ExportedSAE
 from saescope.sae.widths import GEMMA_SCOPE_WIDTH_NAMES, parse_width_name, width_name

@@ -12,10 +12,11 @@ Every released dictionary is a JumpReLU in raw activation space (method §2.7, �
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,9 +26,12 @@ from torch import Tensor
 from saescope.atomic import MANIFEST_NAME, sha256_file
 from saescope.dictionaries.folder import DictionaryFormatError
 from saescope.dictionaries.folder import read_json_object as read_json_object  # the release readers use it too
+from saescope.dictionaries.sites import DictionarySites
 from saescope.models.sites import ARCHITECTURES, Site, SiteKind, architecture_for_model_type
 from saescope.sae import AnyDictionary, BatchTopK, DictionaryConfig, JumpReLU, ReLU, build_dictionary, single_layer
 from saescope.sae.jumprelu import MIN_RAW_THRESHOLD
+
+log = logging.getLogger(__name__)
 
 #: A release file or folder is missing, malformed, truncated or inconsistent; the message names it. The same
 #: class as the dictionary folder's error, so one ``except`` catches a bad file whichever format it is in.
@@ -349,15 +353,70 @@ class ReleaseParams:
         return int((self.threshold <= MIN_RAW_THRESHOLD).sum())
 
 
-@dataclass(frozen=True)
-class ReadSAE:
-    """What a layout reader returns: raw-space tensors and what the files say about them."""
+@dataclass
+class LoadedSAE:
+    """A dictionary read from any supported format, in raw activation space: what every reader returns."""
 
-    params: ReleaseParams
-    site: Site | None
-    site_out: Site | None
+    sae: AnyDictionary
+    """The dictionary (eval mode); its codes are those of the released weights (C× training-time codes)."""
+    sites: DictionarySites | None
+    """Where it reads and writes; None when its files do not say which site it reads."""
     model_name: str | None
-    metadata: dict[str, Any]
+    """The model it belongs to, when the files say so."""
+    source_format: str
+    """'gemmascope', 'gemmascope2', 'saelens' or 'saescope'."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Format-specific details: the path, the config file's content, recorded L0, ..."""
+
+    @property
+    def site(self) -> Site | None:
+        """Where it reads (for a multi-layer dictionary: at its first layer); None when the files do not say."""
+        return self.sites.site if self.sites is not None else None
+
+    @property
+    def site_out(self) -> Site | None:
+        """Where it writes when that is not where it reads (a transcoder, a CLT); None otherwise."""
+        if self.sites is None or self.sites.site_out in (None, self.sites.site):
+            return None
+        return self.sites.site_out
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers a multi-layer dictionary (CLT, crosscoder) spans, in block order; () for one layer."""
+        return self.sites.layers if self.sites is not None else ()
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.site_out is not None
+
+    @property
+    def input_sites(self) -> tuple[Site, ...]:
+        """The sites it reads, one per block; () when the site is unknown."""
+        return self.sites.input_sites if self.sites is not None else ()
+
+    @property
+    def output_sites(self) -> tuple[Site, ...]:
+        """The sites it writes, one per block; () when the site is unknown."""
+        return self.sites.output_sites if self.sites is not None else ()
+
+
+def read_sites(site: Site | None, site_out: Site | None, layers: tuple[int, ...] = ()) -> DictionarySites | None:
+    """The sites a reader found: None when the files do not say where it reads."""
+    return DictionarySites(site, site_out if site_out != site else None, layers) if site is not None else None
+
+
+def loaded_from_params(
+    params: ReleaseParams, sites: DictionarySites | None, model_name: str | None, source_format: str,
+    metadata: dict[str, Any],
+) -> LoadedSAE:  # fmt: skip
+    """A single-layer reader's result: ``params`` as a dictionary, thresholds at the floor counted (and warned of)."""
+    below = params.n_thresholds_below_floor
+    if below:
+        metadata = {**metadata, "thresholds_at_floor": below}
+        log.warning(
+            "%s: %d threshold(s) are <= 1e-6; the loaded JumpReLU applies them as 1e-6", metadata.get("path"), below
+        )
+    return LoadedSAE(params.to_dictionary(), sites, model_name, source_format, metadata)
 
 
 # ------------------------------------------------------------------------------------------------

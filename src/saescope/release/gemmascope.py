@@ -53,14 +53,16 @@ from saescope.release.common import (
     GS1_TRANSCODER_REPO_SUFFIX,
     SITE_FOLDER_NAMES,
     TRANSCODER_FOLDER_NAME,
-    ReadSAE,
+    LoadedSAE,
     ReleaseExportError,
     ReleaseFormatError,
     ReleaseParams,
     gs2_l0_value,
     hf_hook_point,
     l0_label,
+    loaded_from_params,
     read_json_object,
+    read_sites,
     read_tensor_file,
     site_from_hf_hook,
     unique_folder_names,
@@ -170,7 +172,7 @@ def _model_from_repo(repo: str) -> tuple[str | None, str | None]:
     return (model or None, kind) if sep else (None, None)
 
 
-def read_gemmascope_folder(folder: Path, *, repo_name: str | None = None) -> ReadSAE:
+def read_gemmascope_folder(folder: Path, *, repo_name: str | None = None) -> LoadedSAE:
     """Read ``.../<model>-<kind>/layer_{L}/width_{W}/average_l0_{N}/params.npz``; the site, model, width
     and L0 come from the path where it has that shape, and the width is checked against the arrays.
     ``repo_name`` replaces the ``<model>-<kind>`` folder name (a Hub download's folder is a hash)."""
@@ -204,7 +206,7 @@ def read_gemmascope_folder(folder: Path, *, repo_name: str | None = None) -> Rea
         else:
             model_name = None
     metadata["type"] = "transcoder" if site_out is not None else "sae"
-    return ReadSAE(params, site, site_out, model_name, metadata)
+    return loaded_from_params(params, read_sites(site, site_out), model_name, "gemmascope", metadata)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ _GS2_SITE_FOLDERS: dict[str, tuple[SiteKind, SiteKind | None]] = {
 }
 
 
-def read_gemmascope2_folder(folder: Path) -> ReadSAE:
+def read_gemmascope2_folder(folder: Path) -> LoadedSAE:
     """Read a GS2 SAE or (skip) transcoder folder. Sites come from the config's HF hook strings (or
     the folder names when those are absent); width and skip connection are checked against the file."""
     params_path, config_path = folder / GS2_PARAMS, folder / GS2_CONFIG
@@ -292,13 +294,12 @@ def read_gemmascope2_folder(folder: Path) -> ReadSAE:
             layer = int(leaf.group(1))
             site = Site(layer, kinds[0])
             site_out = Site(layer, kinds[1]) if kinds[1] is not None else None
-    if site_out == site:
-        site_out = None
     metadata: dict[str, Any] = {"path": str(folder), "config": config}
     if leaf is not None:
         metadata["l0_label"] = leaf.group(3)
     model_name = config.get("model_name")
-    return ReadSAE(params, site, site_out, str(model_name) if model_name else None, metadata)
+    model = str(model_name) if model_name else None
+    return loaded_from_params(params, read_sites(site, site_out), model, "gemmascope2", metadata)
 
 
 def parse_width_name_or_none(text: str) -> int | None:

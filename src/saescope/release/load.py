@@ -19,20 +19,15 @@ all of them. Hub downloads are off unless ``online=True`` or ``SAESCOPE_ONLINE=1
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from saescope.atomic import verify_checksum
 from saescope.dictionaries.folder import CONFIG as SAESCOPE_CONFIG
 from saescope.dictionaries.folder import WEIGHTS as SAESCOPE_WEIGHTS
 from saescope.dictionaries.folder import is_dictionary_folder, read_trained_sae
-from saescope.dictionaries.sites import DictionarySites
 from saescope.models.loading import ONLINE_ENV, online_by_default
-from saescope.models.sites import Site
-from saescope.release.common import ReadSAE, ReleaseFormatError, check_against_manifest
+from saescope.release.common import LoadedSAE, ReleaseFormatError, check_against_manifest
 from saescope.release.gemmascope import (
     GS1_PARAMS,
     GS2_CONFIG,
@@ -42,9 +37,6 @@ from saescope.release.gemmascope import (
 )
 from saescope.release.multilayer import is_multi_layer_folder, multi_layer_files, read_multi_layer_folder
 from saescope.release.saelens import SAELENS_CONFIG, SAELENS_WEIGHTS, read_saelens_folder
-from saescope.sae import AnyDictionary
-
-log = logging.getLogger(__name__)
 
 #: Weight files, whose SHA-256 is recorded beside them (``<name>.sha256``) by saescope's writers.
 WEIGHT_SUFFIXES = (".safetensors", ".npz")
@@ -58,45 +50,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)+/?$")
 
 class ReleaseDownloadError(ValueError):
     """A Hub id was given but it cannot be downloaded (downloads off, or the Hub refused)."""
-
-
-@dataclass
-class LoadedSAE:
-    """A dictionary loaded from any supported format, in raw activation space."""
-
-    sae: AnyDictionary
-    """The dictionary (eval mode); its codes are those of the released weights (C× training-time codes)."""
-    site: Site | None
-    """Where it reads, when the files say so (for transcoders: the input site)."""
-    model_name: str | None
-    """The model it belongs to, when the files say so."""
-    source_format: str
-    """'gemmascope', 'gemmascope2', 'saelens' or 'saescope'."""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    """Format-specific details: the path, the config file's content, recorded L0, ..."""
-    site_out: Site | None = None
-    """Where a transcoder writes (None for an SAE)."""
-    layers: tuple[int, ...] = ()
-    """The layers a multi-layer dictionary (CLT, crosscoder) spans, in block order; () for one layer."""
-
-    @property
-    def sites(self) -> DictionarySites | None:
-        """Where it reads and writes; None when its files do not say which site it reads."""
-        return DictionarySites(self.site, self.site_out, self.layers) if self.site is not None else None
-
-    @property
-    def is_transcoder(self) -> bool:
-        return self.site_out is not None and self.site_out != self.site
-
-    @property
-    def input_sites(self) -> tuple[Site, ...]:
-        """The sites it reads, one per block (``site`` at each of ``layers``); () when the site is unknown."""
-        return self.sites.input_sites if self.sites is not None else ()
-
-    @property
-    def output_sites(self) -> tuple[Site, ...]:
-        """The sites it writes, one per block; () when the site is unknown."""
-        return self.sites.output_sites if self.sites is not None else ()
 
 
 def _detect(folder: Path) -> str | None:
@@ -119,17 +72,6 @@ _FILES = {
 }
 
 
-def _from_read(read: ReadSAE, source_format: str) -> LoadedSAE:
-    metadata = dict(read.metadata)
-    below = read.params.n_thresholds_below_floor
-    if below:
-        metadata["thresholds_at_floor"] = below
-        log.warning(
-            "%s: %d threshold(s) are <= 1e-6; the loaded JumpReLU applies them as 1e-6", metadata.get("path"), below
-        )
-    return LoadedSAE(read.params.to_dictionary(), read.site, read.model_name, source_format, metadata, read.site_out)
-
-
 def load_folder(folder: Path, *, check_hashes: bool = True, repo_name: str | None = None) -> LoadedSAE:
     """Load one local SAE folder of any supported format (see the module docstring)."""
     source_format = _detect(folder)
@@ -148,17 +90,17 @@ def load_folder(folder: Path, *, check_hashes: bool = True, repo_name: str | Non
             if path.suffix in WEIGHT_SUFFIXES and path.resolve() not in checked_by_manifest:
                 verify_checksum(path, _EXPORT_AGAIN)
     if multi_layer:
-        read = read_multi_layer_folder(folder)
-        model = read.config.get("model_name")
-        metadata: dict[str, Any] = {"path": str(folder), "config": read.config}
-        return LoadedSAE(read.sae, read.site, str(model) if model else None, source_format, metadata,
-                         read.site_out if read.site_out != read.site else None, read.layers)  # fmt: skip
+        return read_multi_layer_folder(folder)
     if source_format == "gemmascope":
-        return _from_read(read_gemmascope_folder(folder, repo_name=repo_name), source_format)
+        return read_gemmascope_folder(folder, repo_name=repo_name)
     if source_format == "gemmascope2":
-        return _from_read(read_gemmascope2_folder(folder), source_format)
+        return read_gemmascope2_folder(folder)
     if source_format == "saelens":
-        return _from_read(read_saelens_folder(folder), source_format)
+        return read_saelens_folder(folder)
+    return _read_saescope_folder(folder)
+
+
+def _read_saescope_folder(folder: Path) -> LoadedSAE:
     entry = read_trained_sae(folder)
     metadata = {
         "path": str(folder),
@@ -169,10 +111,7 @@ def load_folder(folder: Path, *, check_hashes: bool = True, repo_name: str | Non
         "l0_source": entry.l0_source,
     }
     model = entry.config.get("model")
-    return LoadedSAE(
-        entry.raw_space(), entry.site, str(model) if model else None, source_format, metadata,
-        entry.site_out if entry.is_transcoder else None, entry.layers,
-    )  # fmt: skip
+    return LoadedSAE(entry.raw_space(), entry.sites, str(model) if model else None, "saescope", metadata)
 
 
 def _download(hub_id: str, online: bool | None) -> tuple[Path, str]:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,6 +56,7 @@ from saescope.models.loading import gemma_scope_model_id
 from saescope.models.sites import Site
 from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
+    LoadedSAE,
     ReleaseExportError,
     ReleaseFormatError,
     ReleaseParams,
@@ -65,6 +65,7 @@ from saescope.release.common import (
     l0_label,
     parse_hf_hook_template,
     read_json_object,
+    read_sites,
     read_tensor_file,
     site_from_hf_hook,
     unique_folder_names,
@@ -298,18 +299,7 @@ def _sites_of(config: dict[str, Any], kind: str, layers: tuple[int, ...]) -> tup
     return site, site_out
 
 
-@dataclass(frozen=True)
-class ReadMultiLayer:
-    """A multi-layer folder as read: the raw-space dictionary, block 0's input and output sites, the layers."""
-
-    sae: CrossLayerDictionary
-    site: Site
-    site_out: Site
-    layers: tuple[int, ...]
-    config: dict[str, Any]
-
-
-def read_multi_layer_folder(folder: Path) -> ReadMultiLayer:
+def read_multi_layer_folder(folder: Path) -> LoadedSAE:
     """Read a GS2 CLT/crosscoder folder; every problem raises ReleaseFormatError naming the file."""
     config_path = folder / MULTI_LAYER_CONFIG
     config = read_json_object(config_path) if config_path.exists() else {}
@@ -344,7 +334,9 @@ def read_multi_layer_folder(folder: Path) -> ReadMultiLayer:
         raise ReleaseFormatError(f"{config_path}: width {config['width']} but the files hold {n} × {width} latents")
     sae = _assemble(params, [raw["w_dec"] for raw in blocks], skip)
     site, site_out = _sites_of(config, kind, layers)
-    return ReadMultiLayer(sae, site, site_out, layers, {**config, "type": kind})
+    model = config.get("model_name")
+    metadata = {"path": str(folder), "config": {**config, "type": kind}}
+    return LoadedSAE(sae, read_sites(site, site_out, layers), str(model) if model else None, "gemmascope2", metadata)
 
 
 def _block_params(path: Path, raw: dict[str, torch.Tensor], skip: bool) -> ReleaseParams:

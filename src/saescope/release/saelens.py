@@ -46,11 +46,13 @@ from saescope.release.common import (
     DEFAULT_MODEL_TYPE,
     SITE_FOLDER_NAMES,
     TRANSCODER_FOLDER_NAME,
-    ReadSAE,
+    LoadedSAE,
     ReleaseFormatError,
     ReleaseParams,
     hf_hook_point,
+    loaded_from_params,
     read_json_object,
+    read_sites,
     site_from_tl_hook,
     unique_folder_names,
 )
@@ -137,7 +139,7 @@ def write_saelens_folder(folder: Path, params: ReleaseParams, config: dict[str, 
     atomic_write_json(folder / SAELENS_CONFIG, config)
 
 
-def read_saelens_folder(folder: Path) -> ReadSAE:
+def read_saelens_folder(folder: Path) -> LoadedSAE:
     """Read a SAELens JumpReLU SAE / (skip) transcoder folder into raw-space tensors."""
     config_path, weights_path = folder / SAELENS_CONFIG, folder / SAELENS_WEIGHTS
     config = read_json_object(config_path)
@@ -195,12 +197,10 @@ def read_saelens_folder(folder: Path) -> ReadSAE:
     site = site_from_tl_hook(str(hook)) if hook else None
     hook_out = field("hook_name_out")
     site_out = site_from_tl_hook(str(hook_out)) if hook_out else None
-    if site_out == site:
-        site_out = None
     model_name = field("model_name")
-    return ReadSAE(
-        params, site, site_out, str(model_name) if model_name else None, {"path": str(folder), "config": config}
-    )
+    model = str(model_name) if model_name else None
+    metadata_out = {"path": str(folder), "config": config}
+    return loaded_from_params(params, read_sites(site, site_out), model, "saelens", metadata_out)
 
 
 def saelens_folders(entries: Sequence[TrainedSAE]) -> list[Path]:

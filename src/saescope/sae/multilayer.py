@@ -26,7 +26,7 @@ so the work that grows with layers² is ``O(B · L0 · d)`` per (block, later la
 That part is inherent to a CLT: every active latent writes to every later layer, so with a fixed L0 per
 layer the decode work is ``B · L0 · d · n(n+1)/2``. So is the optimiser's, ``F · d`` per pair: in a batch of a
 thousand tokens nearly every latent fires, so a row-sparse update would skip almost nothing.
-``benchmarks/clt_step.py`` measures how the step grows (README: 3.1× a linear growth at 18 layers of 1,024).
+``benchmarks/clt_step.py`` measures how the step grows with the number of layers.
 """
 
 from __future__ import annotations

@@ -50,17 +50,14 @@ STEP_KERNELS: tuple[str, ...] = ("auto", "sparse", "dense")
 #: use: method §2.1 trains in float32) always take the dense step.
 SPARSE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 
-#: "auto" takes the sparse step when the fraction of (token, latent) entries that fire is at most this.
-#: Measured with ``benchmarks/train_step.py --crossover`` (loss + backward, batch 4096, d_in 640, width
-#: 4096, on this project's 2-core CPU, 1 thread): dense/sparse time 3.9 at density 0.05, 2.5 at 0.1, 1.34 at
-#: 0.2, 0.93 at 0.3 (2 threads on the loaded machine: 1.22 at 0.2, 0.90 at 0.3), so the sparse step stops
-#: paying at about 0.27. Both kernels scale linearly in the width, so the crossover does not depend on it.
+#: "auto" takes the sparse step when the fraction of (token, latent) entries that fire is at most this: a little
+#: below the density where the sparse step stops paying, which ``benchmarks/train_step.py --crossover`` measures
+#: (docs/results/training-step.md). Both kernels scale linearly in the width, so the crossover does not depend
+#: on it.
 SPARSE_MAX_DENSITY = 0.25
 
-#: "auto" takes the dense step for batches with fewer (token, latent) entries than this, where a step
-#: takes about a millisecond either way and the sparse step's extra small operations do not pay.
-#: Measured as above (density 0.01–0.02, 1 thread): dense/sparse 0.91 at 4096 entries (d_in 640), 0.73 at
-#: 8192, 0.86 at 16384 and 1.05 at 32768 (d_in 64), 2.6 at 16384 (d_in 640), 3.3 at 65536.
+#: "auto" takes the dense step for batches with fewer (token, latent) entries than this: on batches that small a
+#: step is quick either way and the sparse step's extra small operations do not pay (measured as above).
 SPARSE_MIN_ELEMENTS = 1 << 15
 
 #: Rows of the batch whose pre-activations "auto" computes to estimate a JumpReLU's density before

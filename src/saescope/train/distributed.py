@@ -15,7 +15,7 @@ How the work is split
   ties to the lower rank -- deterministic, and any number of dictionaries on any number of ranks (a rank
   may get none: it still helps to produce activations). Every dictionary keeps the initialisation seed
   of its place in the whole suite, so its weights do not depend on the number of ranks.
-* **Activations, produced once per token.** Live stream (`RankSplitStream`): the batches of corpus
+* **Activations, produced once per token.** Live stream (`rank_split_forwards`): the batches of corpus
   windows are dealt out round-robin (rank r runs the forwards of window batches r, r+N, r+2N, ...);
   after each round the ranks exchange their token activations with ``all_gather`` (row counts first,
   then the rows as raw bytes padded to the longest, then unpadded), so every rank holds the same
@@ -58,7 +58,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +67,6 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from saescope.atomic import (
     atomic_write_checksummed,
@@ -80,22 +79,27 @@ from saescope.data.activations import (
     SiteBatch,
     StreamedActivations,
     TokenActivations,
+    TokenStreamer,
+    stream_token_activations,
     window_activations,
 )
-from saescope.data.cache import ActivationCache, CacheSettings, CacheWriter
+from saescope.data.cache import ActivationCache
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.prefetch import Prefetcher
 from saescope.data.sources import (
     CacheReport,
+    cache_settings,
+    cache_writer,
     current_source_record,
     describe_source,
     same_source,
     source_identity,
-    training_window_batches,
+    write_cache,
 )
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.models.loading import LoadedModel
-from saescope.models.sites import Site, site_widths
+from saescope.models.sites import Site
+from saescope.sae import SparseDictionary
 from saescope.train.checkpoint import CHECKPOINT
 from saescope.train.settings import SAESpec, TrainConfig
 from saescope.train.trainer import METRICS, TrainedDictionary, Trainer
@@ -328,58 +332,27 @@ def split_token_stream(
                     yield _unpack(h, block, sites)
 
 
-class RankSplitStream(StreamedActivations):
-    """`saescope.data.activations.StreamedActivations` with the model forwards split over the ranks.
+def rank_split_forwards(ctx: RankContext) -> TokenStreamer:
+    """A live source's forwards split over `ctx`'s ranks (`split_token_stream`): every rank gets exactly the batches
+    a one-process stream with the same arguments gives. Every call is collective: all ranks make it alike."""
 
-    An `ActivationSource`; every rank gets exactly the batches a one-process `StreamedActivations`
-    with the same arguments gives (same windows, same seeded shuffle), restricted to `sites` when
-    asked. Every call (`norm_scales`, iterating `batches`) is collective: all ranks make it alike.
-    """
-
-    def __init__(
-        self,
+    def forwards(
         model: nn.Module,
         sites: Sequence[Site],
-        widths: Mapping[Site, int],
-        window_batches: Callable[[int], Iterable[WindowBatch]],
+        window_batches: Iterable[WindowBatch],
         special_ids: Collection[int],
-        ctx: RankContext,
         *,
-        norm_tokens: int = 20_000,
-        buffer_tokens: int = 65_536,
         prefetch_depth: int = 2,
-    ) -> None:
-        super().__init__(
-            model, sites, widths, window_batches, special_ids,
-            norm_tokens=norm_tokens, buffer_tokens=buffer_tokens, prefetch_depth=prefetch_depth,
-        )  # fmt: skip
-        self._ctx = ctx
+    ) -> Iterator[TokenActivations]:
+        return split_token_stream(model, sites, window_batches, special_ids, ctx, prefetch_depth=prefetch_depth)
 
-    def token_stream(self, epoch: int) -> Iterator[TokenActivations]:
-        return split_token_stream(
-            self._model, self._sites, self._window_batches(epoch), self._special_ids, self._ctx,
-            prefetch_depth=self._prefetch_depth,
-        )  # fmt: skip
+    return forwards
 
 
-def split_streamed_source(
-    loaded: LoadedModel,
-    sites: Sequence[Site],
-    corpus: CorpusConfig,
-    ctx: RankContext,
-    *,
-    batch_windows: int = 4,
-    norm_tokens: int = 20_000,
-    buffer_tokens: int = 65_536,
-    online: bool | None = None,
-) -> RankSplitStream:
-    """`saescope.data.sources.streamed_source` for a torchrun job: same windows, forwards split over ranks."""
-
-    return RankSplitStream(
-        loaded.model, sites, site_widths(loaded.model, sites),
-        training_window_batches(loaded, corpus, batch_windows, online), special_token_ids(loaded.tokenizer),
-        ctx, norm_tokens=norm_tokens, buffer_tokens=buffer_tokens,
-    )  # fmt: skip
+def current_forwards() -> TokenStreamer:
+    """How a live source runs the model here: split over the ranks under torchrun, else in this process."""
+    ctx = current()
+    return stream_token_activations if ctx is None else rank_split_forwards(ctx)
 
 
 def build_cache_split(
@@ -401,16 +374,8 @@ def build_cache_split(
     The cache is byte-identical to a one-process build (and resumes the same way). Returns the report
     on rank 0 and None elsewhere; on return the cache is complete for every rank.
     """
-    settings = CacheSettings(
-        model=loaded.info.name,
-        sites=tuple(sorted(sites)),
-        widths=site_widths(loaded.model, sites),
-        dtype=dtype,
-        corpus=corpus.to_dict(),
-        context_size=corpus.context_size,
-        windows_per_shard=windows_per_shard,
-    )
-    writer = CacheWriter(folder, settings, extra={"model_info": loaded.info.to_dict()}) if ctx.is_main else None
+    settings = cache_settings(loaded, sites, corpus, dtype=dtype, windows_per_shard=windows_per_shard)
+    writer = cache_writer(folder, loaded, settings) if ctx.is_main else None
     windows_done, start_tokens = ctx.broadcast_object(
         (writer.windows_done, writer.tokens_done) if writer is not None else None
     )
@@ -431,12 +396,8 @@ def build_cache_split(
         stream.close()
         ctx.barrier()
         return None
-    with tqdm(
-        total=tokens, initial=min(start_tokens, tokens), unit="tok", unit_scale=True, disable=not progress,
-        desc=f"caching {len(settings.sites)} sites on {ctx.world_size} ranks",
-    ) as bar:  # fmt: skip
-        for written in writer.write(stream, tokens):
-            bar.update(written)
+    desc = f"caching {len(settings.sites)} sites on {ctx.world_size} ranks"
+    write_cache(writer, stream, tokens, start_tokens, desc=desc, progress=progress)
     stream.close()
     ctx.barrier()
     return CacheReport(ActivationCache(folder), writer.tokens_done - start_tokens, time.perf_counter() - started)
@@ -462,7 +423,7 @@ class _OwnSites:
         return self._source.norm_scales
 
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, skip_batches: int = 0) -> Iterator[SiteBatch]:
-        if isinstance(self._source, (ActivationCache, RankSplitStream)):  # these read only what is asked
+        if isinstance(self._source, (ActivationCache, StreamedActivations)):  # these read only what is asked
             yield from self._source.batches(
                 batch_size, seed=seed, epoch=epoch, skip_batches=skip_batches, sites=self._keep
             )
@@ -498,7 +459,14 @@ class ShardedTrainer(Trainer):
     gives this rank, with per-rank checkpoints and metrics (see the module docstring)."""
 
     def __init__(
-        self, specs: Sequence[SAESpec], source: ActivationSource, config: TrainConfig, out_dir: Path, ctx: RankContext
+        self,
+        specs: Sequence[SAESpec],
+        source: ActivationSource,
+        config: TrainConfig,
+        out_dir: Path,
+        ctx: RankContext,
+        *,
+        parents: Mapping[str, SparseDictionary] | None = None,
     ) -> None:
         owned = assign_dictionaries([dictionary_cost(spec) for spec in specs], ctx.world_size)[ctx.rank]
         # A rank without dictionaries still draws batches (of the narrowest site) to keep in step.
@@ -506,7 +474,7 @@ class ShardedTrainer(Trainer):
         keep = sorted(needed) or [min(source.sites, key=lambda s: (source.widths[s], s))]
         if not ctx.is_main:
             config = dataclasses.replace(config, progress=False)
-        super().__init__(specs, _OwnSites(source, keep), config, out_dir, owned=owned)
+        super().__init__(specs, _OwnSites(source, keep), config, out_dir, owned=owned, parents=parents)
         self.ctx = ctx
         self._tag = f"rank{ctx.rank}-of-{ctx.world_size}"
         self.metrics_path = out_dir / f"metrics.{self._tag}.jsonl"
@@ -584,15 +552,19 @@ def train_suite(
     out_dir: Path,
     *,
     max_steps: int | None = None,
+    parents: Mapping[str, SparseDictionary] | None = None,
 ) -> list[TrainedDictionary]:
-    """Train `specs`: sharded over the ranks inside a `torchrun_session`, else all in this process.
+    """Train `specs`: sharded over the ranks inside a `torchrun_session`, else all in this process; `parents` are
+    the loaded `--init-from` dictionaries (see `Trainer`).
 
     Returns the dictionaries trained by this process (`gather_final_metrics` collects every rank's).
     """
     ctx = current()
     check_checkpoint_layout(out_dir, 1 if ctx is None else ctx.world_size)
     trainer = (
-        Trainer(specs, source, config, out_dir) if ctx is None else ShardedTrainer(specs, source, config, out_dir, ctx)
+        Trainer(specs, source, config, out_dir, parents=parents)
+        if ctx is None
+        else ShardedTrainer(specs, source, config, out_dir, ctx, parents=parents)
     )
     check_source_record(out_dir, source, write=ctx is None or ctx.is_main)
     return trainer.run(max_steps=max_steps)

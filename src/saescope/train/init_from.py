@@ -2,9 +2,11 @@
 this run's training space.
 
 Gemma Scope 2 initialised the SAEs of each instruction-tuned model from the pretrained model's SAEs and
-finetuned them on rollouts. A parent may be any folder :func:`saescope.release.load_sae` reads (a saescope
-dictionary, a Gemma Scope 1/2 or SAELens folder, a Hub id); all of them hold raw-space weights, with the
-normalisation scale and the pre-encoder bias folded in (method §2.7). The trainer trains on ``x_raw / C``,
+finetuned them on rollouts. A parent is a raw-space dictionary, with the normalisation scale and the
+pre-encoder bias folded in (method §2.7): a saescope dictionary folder, which the trainer reads here
+(:func:`read_parent`), or any dictionary the caller loaded, for example with :func:`saescope.release.load_sae`
+(a Gemma Scope 1/2 or SAELens folder, a Hub id), and handed to the trainer. Reading the release formats is the
+release stage's job, above training, so training never imports it. The trainer trains on ``x_raw / C``,
 C being *this run's* scale of the site (estimated on the new activations), so the parent is unfolded with
 that C -- the inverse of :meth:`~saescope.sae.SparseDictionary.fold_normalisation`::
 
@@ -21,10 +23,11 @@ does not record its C at all).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
-from saescope.release.load import load_sae
+from saescope.dictionaries.folder import is_dictionary_folder, read_trained_sae
 from saescope.sae import BatchTopK, JumpReLU, SparseDictionary, single_layer
 
 
@@ -64,12 +67,23 @@ def unfold_into_(sae: SparseDictionary, parent: SparseDictionary, scale: float, 
         sae.inference_threshold.copy_(parent.inference_threshold / scale)
 
 
-def initialise_from_parent_(sae: SparseDictionary, parent: str, scale: float) -> None:
-    """Load ``parent`` (a local folder; see :func:`saescope.release.load_sae`) into ``sae`` for a run whose
-    site scale is ``scale`` (see the module docstring)."""
-    loaded = load_sae(parent)
-    if loaded.is_transcoder:
+def transcoder_parent_error(parent: str) -> ValueError:
+    """The error for a parent that writes another site than it reads: the trainer continues SAEs only."""
+    return ValueError(f"{parent}: init_from continues SAEs (the trainer reconstructs the input); this is a transcoder")
+
+
+def read_parent(parent: str) -> SparseDictionary:
+    """The raw-space dictionary of the saescope dictionary folder ``parent`` (or of the folder of a file in it)."""
+    folder = Path(parent)
+    if folder.is_file():
+        folder = folder.parent
+    if not is_dictionary_folder(folder):
         raise ValueError(
-            f"{parent}: init_from continues SAEs (the trainer reconstructs the input); this is a transcoder"
+            f"{parent}: not a saescope dictionary folder (sae.safetensors + config.json), which is what the trainer "
+            "reads by itself. Load a parent in a release format with saescope.release.load_sae(path) and pass its "
+            "dictionary to the trainer as parents={path: loaded.sae}"
         )
-    unfold_into_(sae, single_layer(loaded.sae, f"init_from ({parent})"), scale, where=parent)
+    entry = read_trained_sae(folder)
+    if entry.is_transcoder:
+        raise transcoder_parent_error(parent)
+    return single_layer(entry.raw_space(), f"init_from ({parent})")

@@ -30,9 +30,9 @@ from tqdm import tqdm
 from saescope.data.corpus import CorpusConfig, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.dictionaries.folder import read_trained_sae, write_dictionary_folder
-from saescope.eval.splice import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.hooks import splice
 from saescope.models.loading import LoadedModel
+from saescope.models.predictions import Predictions, clean_log_probs, final_hidden, kl_to_clean, logits_from_hidden
 from saescope.models.sites import Site
 from saescope.sae import JumpReLU, SparseDictionary, single_layer
 from saescope.sae.base import LossOutput
@@ -143,8 +143,8 @@ def kl_finetune(
     `sparsity_step` is the step the dictionary's own λ warm-up is evaluated at (default: past any warm-up)
     and `coefficient_scale` multiplies λ (pass the trainer's final controller scale to keep L0 in place).
     With `target_l0` and a `threshold_controller_gain` > 0, a JumpReLU's θ is steered after every step as
-    in training (`saescope.train.elements.threshold_steering_factor`): without it the KL term pulls L0
-    15–25% below the target in 16k tokens (Gemma 3 270M, layer 6, res and mlp).
+    in training (`saescope.train.elements.threshold_steering_factor`): without it the KL term pulls L0 below
+    the target.
     """
     steer = target_l0 is not None and threshold_controller_gain > 0 and isinstance(sae, JumpReLU)
     device = next(loaded.model.parameters()).device

@@ -31,7 +31,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,14 +41,11 @@ from saescope.models.loading import (
     ensure_embedded_converted,
     online_by_default,
 )
-from saescope.models.sites import Site, site_widths
+from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig, build_any_dictionary
 from saescope.train.distributed import assign_dictionaries, dictionary_cost
 from saescope.train.refit import PASS_MEMORY_BYTES
 from saescope.train.settings import SAESpec, TrainConfig
-
-if TYPE_CHECKING:
-    from saescope.pipeline import RunConfig
 
 #: Copies of a dictionary's parameters that training holds: the weights, their gradients, Adam's two moments.
 TRAINING_COPIES = 4
@@ -300,44 +296,12 @@ def torchrun_world() -> tuple[int, int]:
     return world, int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
 
 
-def run_memory_estimate(config: RunConfig) -> MemoryEstimate | None:
-    """The training stage's peak per process for a `saescope run` configuration, from the model's sizes alone;
-    None when the model's configuration cannot be read here (loading it then reports why, with what to do)."""
-    from saescope.pipeline import SuiteRun
-
-    try:
-        loaded = meta_model(config.model, config.dtype)
-    except (OSError, ValueError):
-        return None
-    suite = SuiteRun(Path("(not created)"), config, log=_silent, _loaded=loaded)
-    specs = suite.specs()
-    widths = site_widths(loaded.model, suite.source_sites())
-    train_config = config.train_config()
-    chunk_tokens = config.batch_windows * config.context_size
-    buffer = stream_buffer_bytes(list(widths.values()), config.shuffle_buffer_tokens, chunk_tokens, config.dtype)
-    world, on_host = torchrun_world()
-    return estimate_training_memory(
-        specs, widths, batch_size=config.batch_size, model_bytes=module_bytes(loaded.model), stream_buffer=buffer,
-        decoder_refit=train_config.decoder_refit_tokens > 0, world_size=world,
-        processes_on_host=1 if config.device.startswith("cuda") else on_host,
-    )  # fmt: skip
-
-
-def check_run_memory(config: RunConfig, *, available: int | None = None) -> MemoryEstimate | None:
-    """Refuse a `saescope run` configuration whose training stage will not fit (`InsufficientMemoryError`);
-    `available` defaults to what the run's device has free now. Returns the estimate (None: not checked, see
-    `run_memory_estimate`)."""
-    estimate = run_memory_estimate(config)
-    if estimate is None:
-        return None
-    where = f"device {config.device}" if config.device.startswith("cuda") else "this machine"
-    free = available_memory_bytes(config.device) if available is None else available
+def check_fits_on_device(estimate: MemoryEstimate, device: str, *, available: int | None = None) -> None:
+    """Refuse `estimate` (`InsufficientMemoryError`) when it does not fit `device`; `available` defaults to what
+    the device has free now."""
+    where = f"device {device}" if device.startswith("cuda") else "this machine"
+    free = available_memory_bytes(device) if available is None else available
     check_fits(estimate, free, where=where, skip_option="--skip-memory-check")
-    return estimate
-
-
-def _silent(_message: str) -> None:
-    pass
 
 
 def check_train_memory(
@@ -358,7 +322,5 @@ def check_train_memory(
         decoder_refit=config.decoder_refit_tokens > 0, world_size=world,
         processes_on_host=1 if config.device.startswith("cuda") else on_host,
     )  # fmt: skip
-    where = f"device {config.device}" if config.device.startswith("cuda") else "this machine"
-    free = available_memory_bytes(config.device) if available is None else available
-    check_fits(estimate, free, where=where, skip_option="--skip-memory-check")
+    check_fits_on_device(estimate, config.device, available=available)
     return estimate

@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from saescope.checks import check_at_least
 from saescope.dictionaries.folder import DICTIONARY_CONFIG_SCHEMA
-from saescope.dictionaries.sites import SpansSites
+from saescope.dictionaries.sites import DictionarySites, SpansSites
 from saescope.models.sites import Site
 from saescope.sae import DictionaryConfig
 from saescope.train.inits import DECODER_BIAS_INITS
@@ -47,13 +48,19 @@ class SAESpec(SpansSites):
     #: "geometric_median" (of the first batch; robust to outlier tokens). Matters for sites with a large
     #: mean such as Gemma's massive-activation residual dimensions.
     decoder_bias_init: str = "zeros"
-    #: Start from this trained dictionary (a folder `load_sae` reads) instead of a fresh initialisation:
-    #: PT→IT finetuning (method §7.6, `saescope.train.init_from`). The data-driven inits above are skipped.
+    #: Start from this trained dictionary instead of a fresh initialisation: PT→IT finetuning (method §7.6,
+    #: `saescope.train.init_from`): a saescope dictionary folder, or any folder whose dictionary the caller loaded
+    #: (`saescope.release.load_sae`) and handed to the trainer. The data-driven inits above are skipped.
     init_from: str | None = None
     #: Where a transcoder writes (None: ``site``, an SAE); for a multi-layer dictionary, the output kind.
     site_out: Site | None = None
     #: The layers a multi-layer dictionary spans, ascending, the first being ``site.layer``; () for one layer.
     layers: tuple[int, ...] = ()
+
+    @property
+    def sites(self) -> DictionarySites:
+        """Where it reads and writes (``site``, ``site_out`` and ``layers`` as one record)."""
+        return DictionarySites(self.site, self.site_out, self.layers)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -192,9 +199,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Every run-wide setting is checked here, once (a recipe's run-wide settings by building one)."""
-        for name in ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"training setting {name} must be >= 1; got {getattr(self, name)!r}")
+        positive = ("total_tokens", "batch_size", "checkpoint_every_steps", "log_every_steps", "dead_window_tokens")
+        check_at_least(self, positive, 1, owner="training setting ")
         if self.total_tokens < self.batch_size:
             raise ValueError(
                 f"training tokens ({self.total_tokens}) are fewer than one batch ({self.batch_size} tokens), which "

@@ -27,10 +27,12 @@ import torch
 from tqdm import tqdm
 
 from saescope.atomic import atomic_write_checksummed, atomic_write_json, atomic_write_text
+from saescope.checks import check_unique_names
 from saescope.data.activations import ActivationSource, SiteBatch
 from saescope.dictionaries.folder import SAES, write_dictionary_folder
+from saescope.dictionaries.sites import DictionarySites, HoldsSites
 from saescope.models.sites import Site
-from saescope.sae import AnyDictionary, build_any_dictionary, single_layer
+from saescope.sae import AnyDictionary, SparseDictionary, build_any_dictionary, single_layer
 from saescope.train.checkpoint import (
     CHECKPOINT,
     checkpoint_state,
@@ -39,7 +41,7 @@ from saescope.train.checkpoint import (
     start_over_hint,
 )
 from saescope.train.elements import Member, build_elements
-from saescope.train.init_from import initialise_from_parent_
+from saescope.train.init_from import read_parent, unfold_into_
 from saescope.train.schedules import TargetL0Controller, learning_rate
 from saescope.train.settings import SAESpec, TrainConfig
 
@@ -69,11 +71,11 @@ def _first_non_finite(x_BD: torch.Tensor) -> tuple[int, int, float] | None:
 
 
 @dataclass(frozen=True)
-class TrainedDictionary:
-    """What a finished run returns for each dictionary."""
+class TrainedDictionary(HoldsSites):
+    """What a finished run returns for each dictionary (its folder is read back as a `TrainedSAE`)."""
 
     name: str
-    site: Site
+    sites: DictionarySites
     sae: AnyDictionary
     norm_scale: float
     folder: Path
@@ -107,6 +109,9 @@ class Trainer:
     `owned` (indices into `specs`) restricts training to some of the dictionaries; each keeps the
     initialisation seed of its place in the whole suite, so a dictionary comes out the same whichever
     process trains it (`saescope.train.distributed` shards a suite over torchrun ranks this way).
+    `parents` maps a spec's `init_from` to the raw-space dictionary the caller loaded from it (any format
+    `saescope.release.load_sae` reads); a spec whose `init_from` is not among them names a saescope dictionary
+    folder, read here (`saescope.train.init_from`).
     """
 
     def __init__(
@@ -117,10 +122,9 @@ class Trainer:
         out_dir: Path,
         *,
         owned: Sequence[int] | None = None,
+        parents: Mapping[str, SparseDictionary] | None = None,
     ) -> None:
-        names = [spec.name for spec in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"dictionary names must be unique; got {names}")
+        check_unique_names([spec.name for spec in specs], what="dictionary")
         needed = {site for spec in specs for site in (*spec.input_sites, *spec.output_sites)}
         missing = sorted(site.id for site in needed - set(source.sites))
         if missing:
@@ -147,6 +151,7 @@ class Trainer:
                     f"{'all zero' if scale == 0 else 'not finite (NaN or infinity)'}. The data is at fault, not the "
                     "training settings; fix the activation source (cache, file or model dtype)."
                 )
+        self.parents = dict(parents or {})
         indices = list(range(len(self.specs))) if owned is None else sorted(owned)
         if len(set(indices)) != len(indices) or not all(0 <= i < len(self.specs) for i in indices):
             raise ValueError(f"owned must hold distinct indices into the {len(self.specs)} specs; got {owned}")
@@ -165,9 +170,11 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 7919 + index)
         sae = build_any_dictionary(spec.dictionary, generator=generator).to(self.config.device)
         if spec.init_from is not None:
-            initialise_from_parent_(single_layer(sae, "init_from"), spec.init_from, self.norm_scales[spec.site])
-        # fused: one kernel over all parameters; on 2 CPU cores it made Adam several times faster than the
-        # default foreach implementation in the train-step benchmark, with the same update rule.
+            parent = self.parents.get(spec.init_from)
+            if parent is None:  # a saescope folder the caller did not load
+                parent = read_parent(spec.init_from)
+            unfold_into_(single_layer(sae, "init_from"), parent, self.norm_scales[spec.site], where=spec.init_from)
+        # fused: one kernel over all parameters instead of several per tensor, with the same update rule.
         optimizer = torch.optim.Adam(
             sae.parameters(), lr=spec.lr, betas=self.config.adam_betas, eps=self.config.adam_eps, fused=True
         )
@@ -422,4 +429,4 @@ class Trainer:
             "final_batch_metrics": member.last,
         }
         write_dictionary_folder(folder, sae, config)
-        return TrainedDictionary(member.spec.name, member.spec.site, sae, scale, folder, dict(member.last))
+        return TrainedDictionary(member.spec.name, member.spec.sites, sae, scale, folder, dict(member.last))

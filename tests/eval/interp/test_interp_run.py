@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from interp_dictionaries import planted_dictionary
 
+from saescope.dictionaries.sites import DictionarySites
 from saescope.eval.evaluate import EvalTarget
 from saescope.eval.interp.common import InterpOptions
 from saescope.eval.interp.run import interp_table, run_interp
@@ -28,10 +29,10 @@ class Counted:
 def test_targets_are_taken_site_by_site_and_multi_layer_ones_are_skipped() -> None:
     sae = planted_dictionary(torch.eye(4), torch.eye(4))
     targets = [
-        EvalTarget("b6", Site.parse("layer_6/res"), sae),
-        EvalTarget("a2", Site.parse("layer_2/res"), sae),
-        EvalTarget("c6", Site.parse("layer_6/res"), sae),
-        EvalTarget("clt", Site.parse("layer_0/mlp"), sae, layers=(0, 1)),
+        EvalTarget("b6", DictionarySites(Site.parse("layer_6/res")), sae),
+        EvalTarget("a2", DictionarySites(Site.parse("layer_2/res")), sae),
+        EvalTarget("c6", DictionarySites(Site.parse("layer_6/res")), sae),
+        EvalTarget("clt", DictionarySites(Site.parse("layer_0/mlp"), layers=(0, 1)), sae),
     ]
     computed: list[tuple[str, Site]] = []
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from saescope.cli import main
-from saescope.eval.interp.autointerp import (
+from saescope.explore.autointerp import (
     AutointerpSettings,
     Context,
     EndpointError,
@@ -241,7 +241,7 @@ def test_an_unknown_dictionary_is_refused_before_anything_is_written(index: Path
     with pytest.raises(ValueError, match="no dictionary named nope; it has: toy"):
         run_autointerp(index, oracle, oracle, 3, saes=["nope"], progress=False)
     assert not IndexReader(index).has_autointerp()
-    with pytest.raises(ValueError, match="n_score must be at least 1"):
+    with pytest.raises(ValueError, match="autointerp setting n_score must be >= 1"):
         AutointerpSettings(n_score=0)
 
 
@@ -362,7 +362,7 @@ def test_the_embedded_model_runs_the_whole_pipeline(index: Path) -> None:
     """Gemma 3 270M base as explainer and scorer on 3 latents: the pipeline runs end to end and stores what it
     wrote; its scores are near chance (a base model this small cannot explain latents), so only their range is
     checked."""
-    from saescope.eval.interp.autointerp import load_local_lm
+    from saescope.explore.autointerp import load_local_lm
 
     lm = load_local_lm("gemma-3-270m")
     [result] = run_autointerp(index, lm, lm, 3, settings=AutointerpSettings(n_score=5), progress=False)

@@ -51,6 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from tqdm import tqdm
 
+from saescope.checks import check_at_least
 from saescope.explore.store import AUTOINTERP_SCHEMA, IndexReader, SaeRow
 
 #: Mark around a firing token in the explainer's contexts.
@@ -433,11 +434,10 @@ class AutointerpSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_explain_top", "n_score", "explanation_tokens", "strata"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"autointerp setting {name} must be at least 1, got {getattr(self, name)}")
-        if self.n_explain_random < 0:
-            raise ValueError(f"autointerp setting n_explain_random must be >= 0, got {self.n_explain_random}")
+        check_at_least(
+            self, ("n_explain_top", "n_score", "explanation_tokens", "strata"), 1, owner="autointerp setting "
+        )
+        check_at_least(self, ("n_explain_random",), 0, owner="autointerp setting ")
 
 
 # ------------------------------------------------------------------------------------------------
