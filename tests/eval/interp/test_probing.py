@@ -82,3 +82,41 @@ def test_labelled_files_are_read_and_a_missing_field_is_named(tmp_path: Path) ->
     assert read_labelled_rows(ProbeDataSpec(csv, "body", "stars")) == [("good", "1"), ("bad", "0")]
     with pytest.raises(ValueError, match=r"no field 'label'.*--label-field"):
         read_labelled_rows(ProbeDataSpec(csv, "body", "label"))
+
+
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None, str]]:
+    """Replace datasets.load_dataset by a local two-class dataset (a class-label field), recording each call."""
+    import datasets
+
+    calls: list[tuple[str, str | None, str]] = []
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+
+    def load_dataset(name: str, config: str | None = None, *, split: str) -> datasets.Dataset:
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"sentence": ["awful", "great", ""], "label": [0, 1, 1]}, features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_a_hub_dataset_is_read_with_online_and_its_class_names_become_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_hub(monkeypatch)
+    spec = ProbeDataSpec(Path("hf:someone/reviews:plain"), "sentence", "label", online=True)
+    assert read_labelled_rows(spec) == [("awful", "neg"), ("great", "pos")]
+    assert calls == [("someone/reviews", "plain", "train")]
+
+
+def test_a_hub_dataset_without_online_is_refused_saying_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAESCOPE_ONLINE", raising=False)
+    calls = fake_hub(monkeypatch)
+    with pytest.raises(ValueError, match=r"hf:someone/reviews.*Hugging Face dataset.*--online.*local"):
+        read_labelled_rows(ProbeDataSpec(Path("hf:someone/reviews"), "sentence", "label"))
+    assert calls == []
+
+
+def test_a_hub_dataset_without_the_named_field_names_its_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_hub(monkeypatch)
+    with pytest.raises(ValueError, match=r"no field 'text'.*'sentence'"):
+        read_labelled_rows(ProbeDataSpec(Path("hf:someone/reviews"), "text", "label", online=True))
