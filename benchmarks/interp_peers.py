@@ -56,8 +56,9 @@ from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site
 from saescope.sae import SparseDictionary, single_layer
 
-#: Bumped when a saved cell's figures change meaning, so that older cells are evaluated again.
-CELL_VERSION = 1
+#: Bumped when a saved cell's figures change meaning, so that older cells are evaluated again. 2: absorption counts
+#: a latent by its decoder row's component along the probe (it was its code times its cosine).
+CELL_VERSION = 2
 #: The peers' kinds (fidelity.py's System.kind): the systems the default recipe is compared against.
 PEER_KINDS = ("sparsify", "saelens")
 #: A cell key as fidelity.Cell.key writes it.

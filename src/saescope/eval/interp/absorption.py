@@ -11,7 +11,8 @@ first letter (one-vs-rest, on a train split of the words) gives the direction th
   the train words, growing while each addition raises that F1 by at least ``split_f1_jump``; more than one is a
   *splitting* letter;
 * on the test words that start with the letter and that the probe gets right, a word's *absorption fraction* is
-  the share of the probe projection ``x · p`` carried by up to ``max_absorbing_latents`` other latents aligned
+  the share of the probe projection ``x · p`` (``p`` the unit probe direction; a latent carries ``code · (d · p)``,
+  ``d`` its decoder row) carried by up to ``max_absorbing_latents`` other latents aligned
   with the probe (cosine >= ``absorbing_cosine``) rather than by the main latents (zero unless those others carry
   at least ``projection_share`` of it); *full absorption* is a word on which no main latent fires and the latent
   with the largest probe projection is aligned with the probe (cosine >= ``full_absorbing_cosine``) and carries
@@ -318,6 +319,16 @@ def _full_absorptions(
     return main_silent_T & aligned_T & carries_T
 
 
+def _write_along(
+    directions_FD: torch.Tensor, unit_D: torch.Tensor, cos_F: torch.Tensor, *, transcoder: bool
+) -> torch.Tensor:
+    """(F,) how far a unit code of each latent moves the activation along the probe: its decoder row's component
+    along the probe, so that a latent with a long or short decoder row is counted by what it writes, not by its
+    code (SAEBench presumes unit-norm decoder rows, where the two agree). A transcoder's latents write another
+    space: their encoder column's cosine stands in."""
+    return cos_F if transcoder else directions_FD @ unit_D
+
+
 def absorption_of(
     sae: SparseDictionary, data: LetterWords, config: AbsorptionConfig, *, transcoder: bool = False
 ) -> AbsorptionResult:
@@ -341,7 +352,7 @@ def absorption_of(
             continue
         act_proj_T = data.acts_ND[true_positive_N] @ unit_D
         codes_TF = codes_NF[true_positive_N]
-        proj_TF = codes_TF * cos_F
+        proj_TF = codes_TF * _write_along(directions_FD, unit_D, cos_F, transcoder=transcoder)
         fractions_T = _absorption_fractions(act_proj_T, proj_TF, cos_F, main, config)
         full_T = _full_absorptions(act_proj_T, codes_TF, proj_TF, cos_F, main, config)
         results.append(
