@@ -103,3 +103,10 @@ def test_absorbers_count_by_what_they_write_whatever_their_decoder_row_norm() ->
     a = run(absorbing=True, absorber_row_norm=1.8)["letters"]["a"]  # type: ignore[index]
     assert abs(a.mean_absorption_fraction - 3 / 12) < 1e-6
     assert a.full_absorptions == 3
+
+
+def test_the_main_latents_f1_says_how_well_they_detect_their_letter() -> None:
+    absorbed = run(absorbing=True)["letters"]["a"]  # type: ignore[index]
+    # Silent on the 3 absorbed of the 12 test "a" words, never firing elsewhere: recall 9/12, precision 1.
+    assert abs(absorbed.main_latent_f1 - 2 * 0.75 / 1.75) < 1e-6
+    assert run(absorbing=False)["letters"]["a"].main_latent_f1 == 1.0  # type: ignore[index]

@@ -18,11 +18,12 @@ first letter (one-vs-rest, on a train split of the words) gives the direction th
   with the largest probe projection is aligned with the probe (cosine >= ``full_absorbing_cosine``) and carries
   at least ``projection_share`` of it.
 
-Per dictionary: the mean absorption fraction and full-absorption rate over letters, and the number of letters
-with a splitting latent. The definitions presume a sparse dictionary: in an untrained or dense one, many latents
-fire on every word and some are aligned with the probe by chance, which reads as absorption; compare
-dictionaries at similar L0. The model part (words, activations, probes) is computed once per site and shared by
-every dictionary reading it.
+Per dictionary: the mean absorption fraction and full-absorption rate over letters, the number of letters
+with a splitting latent, and the mean F1 of the main latents as letter detectors on the test words (absorption is
+measured against those latents: where they hardly detect their letter, a low absorption says nothing). The
+definitions presume a sparse dictionary: in an untrained or dense one, many latents fire on every word and some
+are aligned with the probe by chance, which reads as absorption; compare dictionaries at similar L0. The model
+part (words, activations, probes) is computed once per site and shared by every dictionary reading it.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class LetterAbsorption:
     main_latents: tuple[int, ...]
     mean_absorption_fraction: float
     full_absorptions: int
+    #: F1 of "a main latent fires" for the letter on the test words: whether the dictionary has the letter's
+    #: latent at all (absorption is only defined against one; a low value makes low absorption meaningless).
+    main_latent_f1: float = float("nan")
 
     @property
     def full_absorption_rate(self) -> float:
@@ -132,11 +136,16 @@ class AbsorptionResult:
     def letters_with_splitting(self) -> int:
         return sum(letter.splitting for letter in self.letters)
 
+    @property
+    def main_latent_f1(self) -> float:
+        return _mean([letter.main_latent_f1 for letter in self.letters])
+
     def summary(self) -> dict[str, float]:
         return {
             "mean_absorption_fraction": self.mean_absorption_fraction,
             "full_absorption_rate": self.full_absorption_rate,
             "letters_with_splitting": float(self.letters_with_splitting),
+            "main_latent_f1": self.main_latent_f1,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -355,11 +364,13 @@ def absorption_of(
         proj_TF = codes_TF * _write_along(directions_FD, unit_D, cos_F, transcoder=transcoder)
         fractions_T = _absorption_fractions(act_proj_T, proj_TF, cos_F, main, config)
         full_T = _full_absorptions(act_proj_T, codes_TF, proj_TF, cos_F, main, config)
+        main_fires_N = (codes_NF[:, main] > FIRING_EPS).any(1)
         results.append(
             LetterAbsorption(
-                letter, int(is_letter_N.sum()), positives, tuple(main), float(fractions_T.mean()), int(full_T.sum())
+                letter, int(is_letter_N.sum()), positives, tuple(main), float(fractions_T.mean()), int(full_T.sum()),
+                f1_score(main_fires_N[test_N], is_letter_N[test_N]),
             )
-        )
+        )  # fmt: skip
     counted_f1 = [probe_f1[r.letter] for r in results]
     return AbsorptionResult(tuple(results), _mean(counted_f1), config)
 
