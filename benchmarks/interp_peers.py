@@ -18,8 +18,8 @@ Each cell's figures are saved atomically under ``--out`` (``<out>/budget-<B>/<ce
 the weights they were measured on and the metric settings; a rerun evaluates only new or changed cells, so it can
 be rerun while the sweep adds cells. It writes ``interp-peers.md`` and ``interp-peers.json`` into ``--docs``: one
 table per site, and per (site, budget, width, target L0) the default recipe against the best peer on the mean
-absorption fraction and on top-1 and top-5 probing accuracy, as paired differences over the same letters and the
-same probing tasks.
+absorption fraction, the full-absorption rate and top-1 and top-5 probing accuracy, as paired differences over the
+same letters and the same held-out probing samples.
 
     .venv/bin/python benchmarks/interp_peers.py --sweep runs/budget-sweep
     .venv/bin/python benchmarks/interp_peers.py --sweep runs/budget-sweep --report-only
@@ -57,8 +57,9 @@ from saescope.models.sites import Site
 from saescope.sae import SparseDictionary, single_layer
 
 #: Bumped when a saved cell's figures change meaning, so that older cells are evaluated again. 2: absorption counts
-#: a latent by its decoder row's component along the probe (it was its code times its cosine).
-CELL_VERSION = 2
+#: a latent by its decoder row's component along the probe (it was its code times its cosine). 3: each probing test
+#: sample's outcome is kept (paired differences over samples, not over tasks).
+CELL_VERSION = 3
 #: The peers' kinds (fidelity.py's System.kind): the systems the default recipe is compared against.
 PEER_KINDS = ("sparsify", "saelens")
 #: A cell key as fidelity.Cell.key writes it.
@@ -232,9 +233,18 @@ def report_rows(args: argparse.Namespace, cells: Sequence[SweepCell]) -> list[di
             "per_letter_full": {r["letter"]: r["full_absorption_rate"] for r in absorption["per_letter"]},
             "dense_accuracy": probing["dense_accuracy"],
             **{f"top_{k}_accuracy": probing[f"top_{k}_accuracy"] for k in ProbingConfig().ks},
-            "per_task": {t["task"]: {int(k): v for k, v in t["sparse_accuracy"].items()} for t in probing["per_task"]},
+            "per_sample": per_sample(probing),
         })  # fmt: skip
     return rows
+
+
+def per_sample(probing: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """k -> {"<task>#<i>": 1.0 when the top-k probe got the task's i-th held-out sample right, else 0.0}."""
+    outcomes: dict[int, dict[str, float]] = {}
+    for task in probing["per_task"]:
+        for k, rights in task["test_correct"].items():
+            outcomes.setdefault(int(k), {}).update({f"{task['task']}#{i}": float(r) for i, r in enumerate(rights)})
+    return outcomes
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -295,8 +305,7 @@ def _per_item(row: dict[str, Any], field: str) -> dict[str, float]:
         return dict(row["per_letter"])
     if field == "full_absorption_rate":
         return dict(row["per_letter_full"])
-    k = int(field.split("_")[1])
-    return {task: accuracies[k] for task, accuracies in row["per_task"].items()}
+    return dict(row["per_sample"][int(field.split("_")[1])])
 
 
 def shown_l0(row: dict[str, Any]) -> float:
@@ -335,7 +344,7 @@ def goal_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
             difference, stderr, n = paired(_per_item(ours, field), _per_item(best, field))
             parts.append(
                 f"{name}: {_fmt(ours[field])} vs {_fmt(best[field])} ({best['label']}), paired difference "
-                f"{difference:+.3f} ± {stderr:.3f} over {n} {'tasks' if field.startswith('top') else 'letters'}: "
+                f"{difference:+.3f} ± {stderr:.3f} over {n} {'samples' if field.startswith('top') else 'letters'}: "
                 f"{verdict(difference, stderr, lower_is_better=lower)}"
             )
         l0s = ", ".join(f"{r['system']} {_fmt(shown_l0(r), 4)}" for r in (ours, *peers))
@@ -368,8 +377,8 @@ def write_report(args: argparse.Namespace, cells: Sequence[SweepCell], command: 
         f"probe on the raw activations reaches F1 {probe_f1 or '–'}); absorption is measured against those "
         "latents, so a low absorption where they hardly detect their letter says nothing.\n",
         "## The default recipe against the best peer\n",
-        f"Paired over the same letters (absorption) or probing tasks; a difference within {RESOLVED_STDERRS:g} "
-        "standard errors of zero is unresolved and counts as no worse.\n",
+        "Paired over the same letters (absorption) or the same held-out samples of the probing tasks (probing); a "
+        f"difference within {RESOLVED_STDERRS:g} standard errors of zero is unresolved and counts as no worse.\n",
         *(goal_lines(rows) or ["No cell evaluated yet."]),
         "",
         *off_target_lines(rows),

@@ -120,3 +120,17 @@ def test_a_hub_dataset_without_the_named_field_names_its_fields(monkeypatch: pyt
     fake_hub(monkeypatch)
     with pytest.raises(ValueError, match=r"no field 'text'.*'sentence'"):
         read_labelled_rows(ProbeDataSpec(Path("hf:someone/reviews"), "text", "label", online=True))
+
+
+def test_each_test_samples_outcome_is_kept_so_dictionaries_can_be_paired() -> None:
+    tokens_ND, owners_N, labels = class_tokens()
+    tasks = probe_tasks(labels, [f"s{i}" for i in range(len(labels))], CONFIG)
+    data = pooled_from_tokens("constructed", tokens_ND, owners_N, tasks, len(labels))
+    result = probing_of(planted_dictionary(random_directions(1), random_directions(1).T.contiguous()), data, CONFIG)
+    (task,) = result.tasks
+    for k in CONFIG.ks:
+        assert len(task.test_correct[k]) == task.test
+        assert abs(sum(task.test_correct[k]) / task.test - task.sparse_accuracy[k]) < 1e-6  # float32 mean
+    saved = result.to_dict()["per_task"][0]["test_correct"]
+    assert sorted(saved) == [str(k) for k in CONFIG.ks]
+    assert set(saved["1"]) <= {0, 1}
