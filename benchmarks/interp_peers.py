@@ -394,8 +394,11 @@ def write_report(args: argparse.Namespace, cells: Sequence[SweepCell], command: 
     args.docs.mkdir(parents=True, exist_ok=True)
     path = Path(args.docs) / "interp-peers.md"
     atomic_write_text(path, "\n".join(text))
-    atomic_write_json(args.docs / "interp-peers.json", {"command": command, "settings": metric_settings(args.seed),
-                                                        "rows": rows})  # fmt: skip
+    light_rows = [{key: value for key, value in r.items() if key != "per_sample"} for r in rows]  # in the cells
+    atomic_write_json(
+        args.docs / "interp-peers.json",
+        {"command": command, "settings": metric_settings(args.seed), "rows": light_rows},
+    )
     return path
 
 
