@@ -402,6 +402,13 @@ def write_report(args: argparse.Namespace, cells: Sequence[SweepCell], command: 
     return path
 
 
+def measuring_command(docs: Path, command: str) -> str:
+    """The command of the run that measured the figures a ``--report-only`` rewrite reports (the previous report's),
+    else ``command``."""
+    previous = docs / "interp-peers.json"
+    return str(json.loads(previous.read_text()).get("command", command)) if previous.exists() else command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=Path("runs/budget-sweep"), help="the budget sweep's --out")
@@ -417,7 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--out {args.out} lies inside --sweep {args.sweep}: this script never writes there")
     command = shlex.join(["python", "benchmarks/interp_peers.py", *(argv if argv is not None else sys.argv[1:])])
     cells = find_cells(args.sweep)
-    if not args.report_only:
+    if args.report_only:
+        command = measuring_command(args.docs, command)
+    else:
         evaluate_pending(args, cells)
     print(f"wrote {write_report(args, cells, command)}")
     return 0
