@@ -188,3 +188,11 @@ def test_report_plots_only_the_interpretability_metric_that_ran(tmp_path: Path) 
 def test_probing_curve_reads_every_k_in_order() -> None:
     figures = {"top_10_accuracy": 0.9, "top_1_accuracy": 0.6, "top_2_accuracy": float("nan"), "dense_accuracy": 1.0}
     assert probing_curve(figures) == [(1, 0.6), (10, 0.9)]
+
+
+def test_the_letter_latents_f1_is_a_column_beside_absorption_when_measured() -> None:
+    measured = {**fake_result(0, "res", 40), "interp": {"absorption": {"mean_absorption_fraction": 0.0,
+                                                                       "main_latent_f1": 0.25}}}  # fmt: skip
+    header, _, row = markdown_table(suite_rows([measured])).splitlines()[:3]
+    assert header.endswith("| absorption_fraction | letter_latent_f1 |")
+    assert row.endswith("| 0 | 0.25 |")

@@ -23,13 +23,15 @@ COLUMNS = (
     "name", "site", "layer", "kind", "architecture", "width", "l0", "fvu", "explained_variance",
     "cosine_similarity", "l2_ratio", "dead_fraction", "dense_fraction_above_0.1", "delta_lm_loss",
     "delta_lm_loss_stderr", "loss_recovered", "kl_clean_to_spliced", "kl_clean_to_spliced_stderr", "n_tokens",
-    "loss_n_predictions", "absorption_fraction", "full_absorption_rate", "probing_top_1", "probing_top_5",
-    "probing_dense",
+    "loss_n_predictions", "absorption_fraction", "full_absorption_rate", "letter_latent_f1", "probing_top_1",
+    "probing_top_5", "probing_dense",
 )  # fmt: skip
 #: Interpretability columns (``saescope eval --interp``): column -> (metric, key of its summary in metrics.json).
 INTERP_COLUMNS = {
     "absorption_fraction": ("absorption", "mean_absorption_fraction"),
     "full_absorption_rate": ("absorption", "full_absorption_rate"),
+    # how well each letter's main latents detect it: absorption means little where they hardly do
+    "letter_latent_f1": ("absorption", "main_latent_f1"),
     "probing_top_1": ("probing", "top_1_accuracy"),
     "probing_top_5": ("probing", "top_5_accuracy"),
     "probing_dense": ("probing", "dense_accuracy"),
