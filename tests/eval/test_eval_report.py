@@ -13,6 +13,7 @@ from saescope.eval.report import (
     UNRESOLVED_MARK,
     kind_comparison_table,
     markdown_table,
+    probing_curve,
     readable_log_x,
     suite_rows,
     write_report,
@@ -142,3 +143,56 @@ def test_interpretability_figures_become_columns_only_when_present(tmp_path: Pat
     with files.table_csv.open() as handle:
         csv_rows = list(csv.DictReader(handle))
     assert [r["probing_top_1"] for r in csv_rows] == ["", "0.75"]
+
+
+def probed_result(layer: int, kind: str, l0: float) -> dict[str, Any]:
+    """A result carrying the figures `saescope eval --interp absorption,probing` writes into metrics.json."""
+    return {
+        **fake_result(layer, kind, l0),
+        "interp": {
+            "absorption": {"mean_absorption_fraction": 0.1 * layer, "full_absorption_rate": 0.05},
+            "probing": {"dense_accuracy": 0.95, **{f"top_{k}_accuracy": 0.5 + 0.02 * k for k in (1, 2, 5, 10, 20)}},
+        },
+    }
+
+
+def test_report_with_interpretability_figures_plots_absorption_and_probing(tmp_path: Path) -> None:
+    results = [probed_result(layer, kind, l0) for layer in (0, 1) for kind in ("res", "mlp") for l0 in (20, 60)]
+    files = write_report(results, tmp_path)
+    names = [plot.name for plot in files.plots]
+    assert "absorption_vs_l0.png" in names
+    assert "probing_vs_k.png" in names
+    for name in ("absorption_vs_l0.png", "probing_vs_k.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f'src="{name}"' in files.html.read_text()
+        assert f"({name})" in files.table_markdown.read_text()
+
+
+def test_report_without_interpretability_figures_has_no_interpretability_plots(tmp_path: Path) -> None:
+    skipped = {**fake_result(1, "res", 40), "interp": {"absorption": {"skipped": "a CLT"}, "probing": {"skipped": "x"}}}
+    files = write_report([fake_result(0, "res", 20), skipped], tmp_path)
+    assert {plot.name for plot in files.plots}.isdisjoint({"absorption_vs_l0.png", "probing_vs_k.png"})
+    assert not (tmp_path / "absorption_vs_l0.png").exists()
+    assert "Interpretability plots" not in files.table_markdown.read_text()
+
+
+def test_report_plots_only_the_interpretability_metric_that_ran(tmp_path: Path) -> None:
+    only_probing = {**probed_result(0, "res", 20)}
+    only_probing["interp"] = {"probing": only_probing["interp"]["probing"]}
+    files = write_report([only_probing], tmp_path)
+    names = {plot.name for plot in files.plots}
+    assert "probing_vs_k.png" in names
+    assert "absorption_vs_l0.png" not in names
+
+
+def test_probing_curve_reads_every_k_in_order() -> None:
+    figures = {"top_10_accuracy": 0.9, "top_1_accuracy": 0.6, "top_2_accuracy": float("nan"), "dense_accuracy": 1.0}
+    assert probing_curve(figures) == [(1, 0.6), (10, 0.9)]
+
+
+def test_the_letter_latents_f1_is_a_column_beside_absorption_when_measured() -> None:
+    measured = {**fake_result(0, "res", 40), "interp": {"absorption": {"mean_absorption_fraction": 0.0,
+                                                                       "main_latent_f1": 0.25}}}  # fmt: skip
+    header, _, row = markdown_table(suite_rows([measured])).splitlines()[:3]
+    assert header.endswith("| absorption_fraction | letter_latent_f1 |")
+    assert row.endswith("| 0 | 0.25 |")

@@ -52,7 +52,9 @@ def register(commands: Any) -> None:
         "run_config.json, a release's model name), else the embedded one; a dictionary the model cannot run is "
         "refused before anything is evaluated. --model lets SAEs trained on one model be evaluated on another (e.g. "
         "base-model SAEs on the instruction-tuned model). --interp adds interpretability metrics: first-letter "
-        "feature absorption and sparse probing (on the embedded corpus's genres, or --probe-data).",
+        "feature absorption and sparse probing (on the embedded corpus's genres, or --probe-data). Automated "
+        "interpretability (LLM explanations and detection scores) is its own command, `saescope autointerp`: it "
+        "needs an explainer LLM and the run's feature index.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folder, dictionary folder or released SAE")
     add_model_arguments(parser)
@@ -69,13 +71,14 @@ def register(commands: Any) -> None:
         "--interp",
         metavar="METRICS",
         help=f"also run these interpretability metrics, comma-separated ({', '.join(INTERP_METRICS)}); results go "
-        "into each dictionary's metrics.json under 'interp'",
+        "into each dictionary's metrics.json under 'interp' (automated interpretability: `saescope autointerp`)",
     )
     group.add_argument(
         "--probe-data",
         type=Path,
         metavar="FILE",
-        help="labelled .jsonl/.csv/.parquet for sparse probing (default: the embedded corpus's genres)",
+        help="labelled .jsonl/.csv/.parquet for sparse probing, or hf:<dataset>[:<config>] (its train split; needs "
+        "--online) (default: the embedded corpus's genres)",
     )
     group.add_argument("--probe-text-field", help="the probe data's text field (default: --text-field)")
     group.add_argument("--label-field", default="label", help="the probe data's label field (label)")
@@ -175,7 +178,8 @@ def _interp_request(args: argparse.Namespace) -> tuple[list[str], InterpOptions]
     names = parse_interp_names(args.interp, list(INTERP_METRICS))
     probe_data = None
     if args.probe_data is not None:
-        probe_data = ProbeDataSpec(args.probe_data, args.probe_text_field or args.text_field, args.label_field)
+        text_field = args.probe_text_field or args.text_field
+        probe_data = ProbeDataSpec(args.probe_data, text_field, args.label_field, online_from_args(args))
         read_labelled_rows(probe_data)  # a missing file or field fails now, not after the reconstruction passes
     return names, InterpOptions(seed=args.interp_seed, probe_data=probe_data)
 

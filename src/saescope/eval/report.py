@@ -10,6 +10,7 @@ import html
 import io
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +23,15 @@ COLUMNS = (
     "name", "site", "layer", "kind", "architecture", "width", "l0", "fvu", "explained_variance",
     "cosine_similarity", "l2_ratio", "dead_fraction", "dense_fraction_above_0.1", "delta_lm_loss",
     "delta_lm_loss_stderr", "loss_recovered", "kl_clean_to_spliced", "kl_clean_to_spliced_stderr", "n_tokens",
-    "loss_n_predictions", "absorption_fraction", "full_absorption_rate", "probing_top_1", "probing_top_5",
-    "probing_dense",
+    "loss_n_predictions", "absorption_fraction", "full_absorption_rate", "letter_latent_f1", "probing_top_1",
+    "probing_top_5", "probing_dense",
 )  # fmt: skip
 #: Interpretability columns (``saescope eval --interp``): column -> (metric, key of its summary in metrics.json).
 INTERP_COLUMNS = {
     "absorption_fraction": ("absorption", "mean_absorption_fraction"),
     "full_absorption_rate": ("absorption", "full_absorption_rate"),
+    # how well each letter's main latents detect it: absorption means little where they hardly do
+    "letter_latent_f1": ("absorption", "main_latent_f1"),
     "probing_top_1": ("probing", "top_1_accuracy"),
     "probing_top_5": ("probing", "top_5_accuracy"),
     "probing_dense": ("probing", "dense_accuracy"),
@@ -346,6 +349,105 @@ def _plot_by_position(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
     return data
 
 
+_KIND_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+#: The interpretability plots, by the metric whose results they need.
+INTERP_PLOTS = {"absorption": "absorption_vs_l0.png", "probing": "probing_vs_k.png"}
+
+
+def _kind_colours(kinds: Sequence[str]) -> dict[str, str]:
+    """One colour per site kind (dictionary kind), in the report's kind order."""
+    return {kind: _KIND_COLOURS[i % len(_KIND_COLOURS)] for i, kind in enumerate(kinds)}
+
+
+def _interp_metric(result: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """A result's figures of one interpretability metric; None when it was not run or was skipped."""
+    figures = (result.get("interp") or {}).get(metric)
+    return figures if isinstance(figures, dict) and "skipped" not in figures else None
+
+
+def probing_curve(figures: dict[str, Any]) -> list[tuple[int, float]]:
+    """(k, top-k accuracy) for every k a probing result holds, by k."""
+    points = []
+    for key, value in figures.items():
+        match = re.fullmatch(r"top_(\d+)_accuracy", key)
+        if match and isinstance(value, (int, float)) and not math.isnan(value):
+            points.append((int(match.group(1)), float(value)))
+    return sorted(points)
+
+
+def _absorption_points(results: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """(L0, mean absorption fraction) of every dictionary with an absorption result, by site kind."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for result in results:
+        fraction = (_interp_metric(result, "absorption") or {}).get("mean_absorption_fraction")
+        if isinstance(fraction, (int, float)) and not math.isnan(fraction):
+            points.setdefault(result_group(result), []).append((result["reconstruction"]["l0"], float(fraction)))
+    return points
+
+
+def _probing_results(results: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(result, its probing figures) of every dictionary with a top-k probing curve."""
+    return [(r, figures) for r in results if (figures := _interp_metric(r, "probing")) and probing_curve(figures)]
+
+
+def _plot_absorption_vs_l0(points: dict[str, list[tuple[float, float]]], plt: Any) -> bytes:
+    """Mean absorption fraction against L0: one point per dictionary, one colour per site kind."""
+    kinds = _kinds([{"kind": kind} for kind in points])
+    colours = _kind_colours(kinds)
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    for kind in kinds:
+        xs, ys = zip(*sorted(points[kind]), strict=True)
+        axes.plot(xs, ys, "o", color=colours[kind], label=kind)
+    axes.set_xlabel("L0")
+    axes.set_ylabel("mean absorption fraction (lower is better)")
+    readable_log_x(axes)
+    axes.legend(fontsize=8)
+    axes.set_title("First-letter absorption against L0")
+    data = _figure_bytes(figure)
+    plt.close(figure)
+    return data
+
+
+def _plot_probing_vs_k(probed: Sequence[tuple[dict[str, Any], dict[str, Any]]], plt: Any) -> bytes:
+    """Sparse-probing accuracy against k: one line per dictionary (colour: site kind), and each site's dense probe
+    (the ceiling) dashed."""
+    colours = _kind_colours(_kinds([{"kind": result_group(r)} for r, _ in probed]))
+    figure, axes = plt.subplots(figsize=(5.5, 4))
+    labelled: set[str] = set()
+    ceilings: dict[str, tuple[float, str]] = {}
+    for result, figures in probed:
+        kind = result_group(result)
+        xs, ys = zip(*probing_curve(figures), strict=True)
+        axes.plot(xs, ys, "o-", ms=3, color=colours[kind], label=None if kind in labelled else kind)
+        labelled.add(kind)
+        dense = figures.get("dense_accuracy")
+        if isinstance(dense, (int, float)) and not math.isnan(dense):
+            ceilings[result["site"]] = (float(dense), colours[kind])
+    for dense, colour in ceilings.values():
+        axes.axhline(dense, linestyle="--", linewidth=1, color=colour, alpha=0.7)
+    if ceilings:
+        axes.plot([], [], "k--", linewidth=1, label="dense probe (one per site)")
+    axes.set_xlabel("k (latents in the probe)")
+    axes.set_ylabel("test accuracy")
+    readable_log_x(axes)
+    axes.legend(fontsize=8)
+    axes.set_title("Sparse probing against k")
+    data = _figure_bytes(figure)
+    plt.close(figure)
+    return data
+
+
+def interp_plots(results: Sequence[dict[str, Any]], plt: Any) -> dict[str, bytes]:
+    """The interpretability plots (file name -> PNG) of the metrics some result carries; none when `saescope eval
+    --interp` did not run: absorption fraction against L0, probing accuracy against k."""
+    plots = {}
+    if points := _absorption_points(results):
+        plots[INTERP_PLOTS["absorption"]] = _plot_absorption_vs_l0(points, plt)
+    if probed := _probing_results(results):
+        plots[INTERP_PLOTS["probing"]] = _plot_probing_vs_k(probed, plt)
+    return plots
+
+
 def write_report(results: Sequence[dict[str, Any]], out_dir: Path, *, title: str = "saescope suite") -> ReportFiles:
     """Write suite.csv, suite.md, the PNG plots and report.html into `out_dir`."""
     import matplotlib
@@ -357,13 +459,16 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: Path, *, title: str
     csv_path, md_path = out_dir / "suite.csv", out_dir / "suite.md"
     atomic_write_text(csv_path, _csv_text(rows))
     comparison = kind_comparison_table(rows)
-    atomic_write_text(md_path, markdown_table(rows) + (f"\n{comparison}" if comparison else ""))
     plots = {
         "fidelity_vs_l0.png": _plot_fidelity_vs_l0(rows, plt),
         "metrics_by_layer.png": _plot_by_layer(rows, plt),
         "density_histograms.png": _plot_density(results, plt),
         "by_position.png": _plot_by_position(results, plt),
+        **interp_plots(results, plt),
     }
+    links = [name for name in INTERP_PLOTS.values() if name in plots]
+    interp_links = "\nInterpretability plots: " + ", ".join(f"[{n}]({n})" for n in links) + "\n" if links else ""
+    atomic_write_text(md_path, markdown_table(rows) + (f"\n{comparison}" if comparison else "") + interp_links)
     plot_paths = []
     for name, data in plots.items():
         atomic_write_bytes(out_dir / name, data)

@@ -46,7 +46,7 @@ def unit(v_D: torch.Tensor) -> torch.Tensor:
     return v_D / v_D.norm()
 
 
-def letter_dictionary(*, absorbing: bool) -> torch.nn.Module:
+def letter_dictionary(*, absorbing: bool, absorber_row_norm: float = 1.0) -> torch.nn.Module:
     """Latent 0 "a" (silenced by any absorbed word's own dimension), 1 "b", 2 and 3 the two halves of "c", 4-9 one
     per absorbed word: it fires on that word and writes "a" plus the word's dimension. Without ``absorbing``,
     latent 0 fires on every "a" word and latents 4-9 never fire."""
@@ -54,17 +54,18 @@ def letter_dictionary(*, absorbing: bool) -> torch.nn.Module:
     encoder = [eye[0] - (2.0 * eye[3:9].sum(0) if absorbing else 0.0), eye[1], eye[2] + eye[9] - eye[10],
                eye[2] + eye[10] - eye[9]]  # fmt: skip
     decoder = [eye[0], eye[1], unit(eye[2] + eye[9]), unit(eye[2] + eye[10])]
-    for dim in ABSORBED_DIMS:
-        encoder.append(eye[dim] if absorbing else torch.zeros(D))
-        decoder.append(unit(eye[0] + eye[dim]))
+    for dim in ABSORBED_DIMS:  # the absorbers' codes scale inversely to their decoder rows: the same writes
+        encoder.append(eye[dim] / absorber_row_norm if absorbing else torch.zeros(D))
+        decoder.append(absorber_row_norm * unit(eye[0] + eye[dim]))
     return planted_dictionary(torch.stack(encoder, dim=1), torch.stack(decoder))
 
 
-def run(absorbing: bool) -> dict[str, object]:
+def run(absorbing: bool, absorber_row_norm: float = 1.0) -> dict[str, object]:
     acts, labels, test = letter_activations()
     words = tuple(f"{LETTERS[int(c)]}{i}" for i, c in enumerate(labels))
     data = letter_words_from_activations(words, LETTERS, labels, acts, CONFIG, test_N=test)
-    result = absorption_of(letter_dictionary(absorbing=absorbing), data, CONFIG)  # type: ignore[arg-type]
+    dictionary = letter_dictionary(absorbing=absorbing, absorber_row_norm=absorber_row_norm)
+    result = absorption_of(dictionary, data, CONFIG)  # type: ignore[arg-type]
     return {"result": result, "letters": {letter.letter: letter for letter in result.letters}}
 
 
@@ -94,3 +95,18 @@ def test_a_letter_split_over_two_latents_counts_as_splitting() -> None:
     assert sorted(c.main_latents) == [2, 3]
     assert outcome["result"].letters_with_splitting == 1  # type: ignore[attr-defined]
     assert c.mean_absorption_fraction == 0.0
+
+
+def test_absorbers_count_by_what_they_write_whatever_their_decoder_row_norm() -> None:
+    """Absorbers with decoder rows of norm 1.8 and codes 1/1.8: each writes 0.7 of the word's probe projection,
+    as the unit-norm absorbers do, though its code times its cosine (0.39) is under the 0.4 share."""
+    a = run(absorbing=True, absorber_row_norm=1.8)["letters"]["a"]  # type: ignore[index]
+    assert abs(a.mean_absorption_fraction - 3 / 12) < 1e-6
+    assert a.full_absorptions == 3
+
+
+def test_the_main_latents_f1_says_how_well_they_detect_their_letter() -> None:
+    absorbed = run(absorbing=True)["letters"]["a"]  # type: ignore[index]
+    # Silent on the 3 absorbed of the 12 test "a" words, never firing elsewhere: recall 9/12, precision 1.
+    assert abs(absorbed.main_latent_f1 - 2 * 0.75 / 1.75) < 1e-6
+    assert run(absorbing=False)["letters"]["a"].main_latent_f1 == 1.0  # type: ignore[index]

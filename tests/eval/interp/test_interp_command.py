@@ -88,6 +88,8 @@ def test_probing_results_go_into_metrics_json_and_the_printed_table(
         (("--interp", "probing", "--probe-data", "missing.jsonl"), "missing.jsonl does not exist"),
         (("--probe-data", "topics.jsonl"), "add --interp probing"),
         (("--interp", "probing", "--probe-data", "topics.jsonl"), "no field 'text'"),
+        (("--interp", "probing", "--probe-data", "hf:someone/reviews"), "pass --online"),
+        (("--interp", "probing,autointerp"), "autointerp is its own command"),
     ],
 )
 def test_a_bad_interp_request_is_refused_before_anything_is_loaded(

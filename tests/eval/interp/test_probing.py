@@ -82,3 +82,55 @@ def test_labelled_files_are_read_and_a_missing_field_is_named(tmp_path: Path) ->
     assert read_labelled_rows(ProbeDataSpec(csv, "body", "stars")) == [("good", "1"), ("bad", "0")]
     with pytest.raises(ValueError, match=r"no field 'label'.*--label-field"):
         read_labelled_rows(ProbeDataSpec(csv, "body", "label"))
+
+
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str | None, str]]:
+    """Replace datasets.load_dataset by a local two-class dataset (a class-label field), recording each call."""
+    import datasets
+
+    calls: list[tuple[str, str | None, str]] = []
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+
+    def load_dataset(name: str, config: str | None = None, *, split: str) -> datasets.Dataset:
+        calls.append((name, config, split))
+        return datasets.Dataset.from_dict({"sentence": ["awful", "great", ""], "label": [0, 1, 1]}, features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_a_hub_dataset_is_read_with_online_and_its_class_names_become_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_hub(monkeypatch)
+    spec = ProbeDataSpec(Path("hf:someone/reviews:plain"), "sentence", "label", online=True)
+    assert read_labelled_rows(spec) == [("awful", "neg"), ("great", "pos")]
+    assert calls == [("someone/reviews", "plain", "train")]
+
+
+def test_a_hub_dataset_without_online_is_refused_saying_what_to_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SAESCOPE_ONLINE", raising=False)
+    calls = fake_hub(monkeypatch)
+    with pytest.raises(ValueError, match=r"hf:someone/reviews.*Hugging Face dataset.*--online.*local"):
+        read_labelled_rows(ProbeDataSpec(Path("hf:someone/reviews"), "sentence", "label"))
+    assert calls == []
+
+
+def test_a_hub_dataset_without_the_named_field_names_its_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_hub(monkeypatch)
+    with pytest.raises(ValueError, match=r"no field 'text'.*'sentence'"):
+        read_labelled_rows(ProbeDataSpec(Path("hf:someone/reviews"), "text", "label", online=True))
+
+
+def test_each_test_samples_outcome_is_kept_so_dictionaries_can_be_paired() -> None:
+    tokens_ND, owners_N, labels = class_tokens()
+    tasks = probe_tasks(labels, [f"s{i}" for i in range(len(labels))], CONFIG)
+    data = pooled_from_tokens("constructed", tokens_ND, owners_N, tasks, len(labels))
+    result = probing_of(planted_dictionary(random_directions(1), random_directions(1).T.contiguous()), data, CONFIG)
+    (task,) = result.tasks
+    for k in CONFIG.ks:
+        assert len(task.test_correct[k]) == task.test
+        assert abs(sum(task.test_correct[k]) / task.test - task.sparse_accuracy[k]) < 1e-6  # float32 mean
+    saved = result.to_dict()["per_task"][0]["test_correct"]
+    assert sorted(saved) == [str(k) for k in CONFIG.ks]
+    assert set(saved["1"]) <= {0, 1}

@@ -11,17 +11,19 @@ first letter (one-vs-rest, on a train split of the words) gives the direction th
   the train words, growing while each addition raises that F1 by at least ``split_f1_jump``; more than one is a
   *splitting* letter;
 * on the test words that start with the letter and that the probe gets right, a word's *absorption fraction* is
-  the share of the probe projection ``x · p`` carried by up to ``max_absorbing_latents`` other latents aligned
+  the share of the probe projection ``x · p`` (``p`` the unit probe direction; a latent carries ``code · (d · p)``,
+  ``d`` its decoder row) carried by up to ``max_absorbing_latents`` other latents aligned
   with the probe (cosine >= ``absorbing_cosine``) rather than by the main latents (zero unless those others carry
   at least ``projection_share`` of it); *full absorption* is a word on which no main latent fires and the latent
   with the largest probe projection is aligned with the probe (cosine >= ``full_absorbing_cosine``) and carries
   at least ``projection_share`` of it.
 
-Per dictionary: the mean absorption fraction and full-absorption rate over letters, and the number of letters
-with a splitting latent. The definitions presume a sparse dictionary: in an untrained or dense one, many latents
-fire on every word and some are aligned with the probe by chance, which reads as absorption; compare
-dictionaries at similar L0. The model part (words, activations, probes) is computed once per site and shared by
-every dictionary reading it.
+Per dictionary: the mean absorption fraction and full-absorption rate over letters, the number of letters
+with a splitting latent, and the mean F1 of the main latents as letter detectors on the test words (absorption is
+measured against those latents: where they hardly detect their letter, a low absorption says nothing). The
+definitions presume a sparse dictionary: in an untrained or dense one, many latents fire on every word and some
+are aligned with the probe by chance, which reads as absorption; compare dictionaries at similar L0. The model
+part (words, activations, probes) is computed once per site and shared by every dictionary reading it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ class LetterAbsorption:
     main_latents: tuple[int, ...]
     mean_absorption_fraction: float
     full_absorptions: int
+    #: F1 of "a main latent fires" for the letter on the test words: whether the dictionary has the letter's
+    #: latent at all (absorption is only defined against one; a low value makes low absorption meaningless).
+    main_latent_f1: float = float("nan")
 
     @property
     def full_absorption_rate(self) -> float:
@@ -131,11 +136,16 @@ class AbsorptionResult:
     def letters_with_splitting(self) -> int:
         return sum(letter.splitting for letter in self.letters)
 
+    @property
+    def main_latent_f1(self) -> float:
+        return _mean([letter.main_latent_f1 for letter in self.letters])
+
     def summary(self) -> dict[str, float]:
         return {
             "mean_absorption_fraction": self.mean_absorption_fraction,
             "full_absorption_rate": self.full_absorption_rate,
             "letters_with_splitting": float(self.letters_with_splitting),
+            "main_latent_f1": self.main_latent_f1,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,6 +328,16 @@ def _full_absorptions(
     return main_silent_T & aligned_T & carries_T
 
 
+def _write_along(
+    directions_FD: torch.Tensor, unit_D: torch.Tensor, cos_F: torch.Tensor, *, transcoder: bool
+) -> torch.Tensor:
+    """(F,) how far a unit code of each latent moves the activation along the probe: its decoder row's component
+    along the probe, so that a latent with a long or short decoder row is counted by what it writes, not by its
+    code (SAEBench presumes unit-norm decoder rows, where the two agree). A transcoder's latents write another
+    space: their encoder column's cosine stands in."""
+    return cos_F if transcoder else directions_FD @ unit_D
+
+
 def absorption_of(
     sae: SparseDictionary, data: LetterWords, config: AbsorptionConfig, *, transcoder: bool = False
 ) -> AbsorptionResult:
@@ -341,14 +361,16 @@ def absorption_of(
             continue
         act_proj_T = data.acts_ND[true_positive_N] @ unit_D
         codes_TF = codes_NF[true_positive_N]
-        proj_TF = codes_TF * cos_F
+        proj_TF = codes_TF * _write_along(directions_FD, unit_D, cos_F, transcoder=transcoder)
         fractions_T = _absorption_fractions(act_proj_T, proj_TF, cos_F, main, config)
         full_T = _full_absorptions(act_proj_T, codes_TF, proj_TF, cos_F, main, config)
+        main_fires_N = (codes_NF[:, main] > FIRING_EPS).any(1)
         results.append(
             LetterAbsorption(
-                letter, int(is_letter_N.sum()), positives, tuple(main), float(fractions_T.mean()), int(full_T.sum())
+                letter, int(is_letter_N.sum()), positives, tuple(main), float(fractions_T.mean()), int(full_T.sum()),
+                f1_score(main_fires_N[test_N], is_letter_N[test_N]),
             )
-        )
+        )  # fmt: skip
     counted_f1 = [probe_f1[r.letter] for r in results]
     return AbsorptionResult(tuple(results), _mean(counted_f1), config)
 

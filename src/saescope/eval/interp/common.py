@@ -27,11 +27,14 @@ class InterpResult(Protocol):
 
 @dataclass(frozen=True)
 class ProbeDataSpec:
-    """A user's labelled text for sparse probing: a .jsonl, .csv or .parquet file and its two fields."""
+    """A user's labelled text for sparse probing: a .jsonl, .csv or .parquet file, or a Hugging Face dataset
+    written ``hf:<name>[:<config>]`` (as a corpus source is), and its two fields. ``online`` (None: the
+    ``SAESCOPE_ONLINE`` default) allows a Hub dataset to be downloaded."""
 
     path: Path
     text_field: str = "text"
     label_field: str = "label"
+    online: bool | None = None
 
 
 @dataclass

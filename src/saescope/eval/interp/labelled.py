@@ -1,5 +1,6 @@
 """Labelled text for sparse probing: the embedded corpus's genres (its held-out split, cut into short token
-chunks) or a user's labelled ``.jsonl``/``.csv``/``.parquet`` file."""
+chunks), a user's labelled ``.jsonl``/``.csv``/``.parquet`` file, or a Hugging Face dataset (``hf:<name>``, with
+``--online``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ from typing import Any
 from saescope.data.corpus import iter_documents
 from saescope.data.embedded import EMBEDDED_SOURCE
 from saescope.eval.interp.common import ProbeDataSpec
+from saescope.models.loading import ONLINE_ENV, online_by_default
 
 LABELLED_SUFFIXES = (".jsonl", ".csv", ".parquet")
+#: A Hugging Face dataset as probe data is written as a corpus source is: ``hf:<name>[:<config>]``.
+HUB_PREFIX = "hf:"
+#: The split of a Hugging Face dataset that probing reads (its own train/test split is drawn from it).
+HUB_SPLIT = "train"
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,46 @@ def _rows_parquet(path: Path, fields: list[str]) -> Iterator[dict[str, Any]]:
     yield from table.select(fields).to_pylist()
 
 
-def _missing_fields(path: Path, missing: list[str], present: list[str]) -> str:
+def hub_dataset(spec: ProbeDataSpec) -> tuple[str, str | None] | None:
+    """(name, config) of probe data written ``hf:<name>[:<config>]``; None for a local file."""
+    text = str(spec.path)
+    if not text.startswith(HUB_PREFIX):
+        return None
+    name, _, config = text.removeprefix(HUB_PREFIX).partition(":")
+    if not name:
+        raise ValueError(f"probe data {text!r}: write a Hugging Face dataset as 'hf:<name>' or 'hf:<name>:<config>'")
+    return name, config or None
+
+
+def _rows_hub(spec: ProbeDataSpec, name: str, config: str | None, fields: list[str]) -> Iterator[dict[str, Any]]:
+    """The records of the dataset's train split, downloaded (or read from the Hugging Face cache) by
+    ``datasets.load_dataset``; a class-label field gives its class names rather than their numbers."""
+    source = str(spec.path)
+    if not (online_by_default() if spec.online is None else spec.online):
+        raise ValueError(
+            f"probe data {source!r} is a Hugging Face dataset, which saescope does not download by default: pass "
+            f"--online (or set {ONLINE_ENV}=1), or save it as a local {'/'.join(LABELLED_SUFFIXES)} file"
+        )
+    try:
+        import datasets
+    except ImportError as error:
+        raise ValueError(f"probe data {source!r} needs the `datasets` library: pip install datasets") from error
+    try:
+        dataset = datasets.load_dataset(name, config, split=HUB_SPLIT)
+    except Exception as error:  # datasets raises many types (network, missing config or split, auth)
+        raise ValueError(f"could not open probe data {source!r} (its {HUB_SPLIT!r} split): {error}") from error
+    missing = [field for field in fields if field not in dataset.column_names]
+    if missing:
+        raise ValueError(_missing_fields(source, missing, list(dataset.column_names)))
+    class_names = getattr(dataset.features.get(spec.label_field), "names", None)
+    for row in dataset.select_columns(fields):
+        label = row[spec.label_field]
+        if class_names and isinstance(label, int) and 0 <= label < len(class_names):
+            row = {**row, spec.label_field: class_names[label]}
+        yield row
+
+
+def _missing_fields(path: Path | str, missing: list[str], present: list[str]) -> str:
     return (
         f"{path} has no field {missing[0]!r} (its fields: {present}); name the text and label fields with "
         "--text-field and --label-field"
@@ -103,15 +148,22 @@ def _missing_fields(path: Path, missing: list[str], present: list[str]) -> str:
 
 
 def read_labelled_rows(spec: ProbeDataSpec) -> list[tuple[str, str]]:
-    """(text, label) for every record of the file. Records with an empty text or label are skipped; a missing
-    field, an unreadable file or an unsupported suffix is a ValueError that says what to pass."""
+    """(text, label) for every record of the file (or Hub dataset). Records with an empty text or label are
+    skipped; a missing field, an unreadable file, an unsupported suffix or a Hub dataset without ``online`` is a
+    ValueError that says what to pass."""
     path = Path(spec.path)
-    if not path.is_file():
-        raise ValueError(f"probe data {path} does not exist: pass a labelled {'/'.join(LABELLED_SUFFIXES)} file")
-    suffix = path.suffix.lower()
     fields = [spec.text_field, spec.label_field]
-    if suffix == ".jsonl":
-        rows: Iterator[dict[str, Any]] = _rows_jsonl(path)
+    hub = hub_dataset(spec)
+    if hub is None and not path.is_file():
+        raise ValueError(
+            f"probe data {path} does not exist: pass a labelled {'/'.join(LABELLED_SUFFIXES)} file, or "
+            f"{HUB_PREFIX}<dataset> with --online"
+        )
+    suffix = path.suffix.lower()
+    if hub is not None:
+        rows: Iterator[dict[str, Any]] = _rows_hub(spec, *hub, fields)
+    elif suffix == ".jsonl":
+        rows = _rows_jsonl(path)
     elif suffix == ".csv":
         rows = _rows_csv(path)
     elif suffix == ".parquet":

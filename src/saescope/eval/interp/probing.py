@@ -13,7 +13,7 @@ once per site and shared by every dictionary reading it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +29,7 @@ from saescope.eval.interp.common import (
     in_test_split,
 )
 from saescope.eval.interp.labelled import LabelledSample, file_samples, genre_samples
-from saescope.eval.interp.probes import accuracy, fit_logistic_cv
+from saescope.eval.interp.probes import fit_logistic_cv
 from saescope.models.hooks import capture
 from saescope.models.loading import LoadedModel
 from saescope.models.sites import Site
@@ -89,6 +89,9 @@ class TaskProbing:
     dense_accuracy: float
     sparse_accuracy: dict[int, float]  # k -> test accuracy
     top_latents: tuple[int, ...]  # the max(ks) latents, largest class-mean difference first
+    #: k -> whether each test sample (in the task's order) was classified right: two dictionaries probed on the
+    #: same site's tasks can be compared sample by sample (a paired difference).
+    test_correct: dict[int, tuple[bool, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class ProbingResult:
                 {
                     **asdict(task),
                     "sparse_accuracy": {str(k): v for k, v in task.sparse_accuracy.items()},
+                    "test_correct": {str(k): [int(c) for c in v] for k, v in task.test_correct.items()},
                     "top_latents": list(task.top_latents),
                 }
                 for task in self.tasks
@@ -194,10 +198,19 @@ def mean_pool(rows_NX: torch.Tensor, sample_of_row_N: torch.Tensor, n_samples: i
     return total_SX / count_S.clamp_min(1).unsqueeze(1)
 
 
-def _split_accuracy(x_SK: torch.Tensor, task: ProbeTask) -> float:
+def _test_correct(x_SK: torch.Tensor, task: ProbeTask) -> torch.Tensor:
+    """(test samples,) bool: a probe fit on the task's train samples, right or wrong on each test sample."""
     train_S, test_S = ~task.test_S, task.test_S
     probe = fit_logistic_cv(x_SK[train_S], task.positive_S[train_S])
-    return accuracy(probe.predict(x_SK[test_S])[:, 0], task.positive_S[test_S])
+    return probe.predict(x_SK[test_S])[:, 0].bool() == task.positive_S[test_S].bool()
+
+
+def _share_right(correct_T: torch.Tensor) -> float:
+    return float(correct_T.float().mean()) if correct_T.numel() else float("nan")
+
+
+def _split_accuracy(x_SK: torch.Tensor, task: ProbeTask) -> float:
+    return _share_right(_test_correct(x_SK, task))
 
 
 def pooled_from_tokens(
@@ -262,7 +275,8 @@ def probing_of(sae: SparseDictionary, data: PooledSamples, config: ProbingConfig
         codes_TF = pooled_SF[task.samples_S]
         train_T = ~task.test_S
         ranked = top_latents_by_mean_difference(codes_TF[train_T], task.positive_S[train_T], max(config.ks))
-        sparse = {k: _split_accuracy(codes_TF[:, ranked[:k]], task) for k in config.ks}
+        correct = {k: _test_correct(codes_TF[:, ranked[:k]], task) for k in config.ks}
+        sparse = {k: _share_right(right_T) for k, right_T in correct.items()}
         results.append(
             TaskProbing(
                 task.name,
@@ -271,6 +285,7 @@ def probing_of(sae: SparseDictionary, data: PooledSamples, config: ProbingConfig
                 data.dense_accuracy[task.name],
                 sparse,
                 tuple(int(i) for i in ranked),
+                {k: tuple(bool(r) for r in right_T) for k, right_T in correct.items()},
             )
         )
     return ProbingResult(data.source, tuple(results), config)

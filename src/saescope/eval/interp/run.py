@@ -12,6 +12,14 @@ from saescope.eval.interp.absorption import AbsorptionConfig, choose_words
 from saescope.eval.interp.common import InterpOptions
 from saescope.models.loading import LoadedModel
 
+AUTOINTERP = "autointerp"
+#: Automated interpretability is not an `--interp` metric: it needs an explainer LLM and the run's feature index,
+#: not only the model and the dictionary.
+AUTOINTERP_IS_A_COMMAND = (
+    "autointerp is its own command, since it needs an explainer LLM and the run's feature index: run "
+    "`saescope autointerp RUN --explainer MODEL` (see `saescope autointerp --help`)"
+)
+
 
 def parse_interp_names(text: str, known: Sequence[str]) -> list[str]:
     """``"absorption,probing"`` -> the names, in order, without repeats; ValueError naming an unknown one and
@@ -19,6 +27,8 @@ def parse_interp_names(text: str, known: Sequence[str]) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise ValueError(f"--interp needs at least one metric name; choose from {', '.join(known)}")
+    if AUTOINTERP in names and AUTOINTERP not in known:
+        raise ValueError(AUTOINTERP_IS_A_COMMAND)
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(f"--interp: unknown metric {unknown[0]!r}; choose from {', '.join(known)}")
