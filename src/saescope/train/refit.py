@@ -94,10 +94,10 @@ class DecoderRefit:
         self.target_squares += float(target_BD.double().square().sum())
         self.n_tokens += x_BD.shape[0]
 
-    def _fvu(self, decoder_RD: torch.Tensor) -> float:
-        """FVU of the decoder [W_dec; b_dec] on the accumulated tokens, from the normal equations alone."""
-        gram_RR, cross_RD = self.gram_RR.double(), self.cross_RD.double()
-        fit = float((decoder_RD * (gram_RR @ decoder_RD - 2 * cross_RD)).sum())
+    def _fvu(self, decoder_RD: torch.Tensor, gram_RR: torch.Tensor) -> float:
+        """FVU of the decoder [W_dec; b_dec] on the accumulated tokens, from the normal equations alone
+        (``gram_RR``: ZᵀZ in float64)."""
+        fit = float((decoder_RD * (gram_RR @ decoder_RD - 2 * self.cross_RD.double())).sum())
         variance = self.y_squares - float(self.y_sum_D.square().sum()) / self.n_tokens
         return (self.target_squares + fit) / max(variance, 1e-30)
 
@@ -110,11 +110,17 @@ class DecoderRefit:
         sae = self.sae
         width = sae.config.width
         trained_RD = torch.cat([sae.W_dec_FD.detach(), sae.b_dec_D.detach().unsqueeze(0)]).double()
+        # One float64 ZᵀZ serves the solve and both FVUs, and the float32 one goes first: at width F the solve
+        # holds this copy and the solver's own, (F+1)² float64 numbers each, and nothing more of that size.
         gram_RR = self.gram_RR.double()
-        ridge = RIDGE * float(gram_RR.diagonal()[:width].mean().clamp_min(1e-12))
+        self.gram_RR = torch.empty(0)
+        fvu_before = self._fvu(trained_RD, gram_RR)
+        diagonal_R = gram_RR.diagonal().clone()
+        ridge = RIDGE * float(diagonal_R[:width].mean().clamp_min(1e-12))
         gram_RR.diagonal().add_(ridge)
         solution_RD = torch.linalg.solve(gram_RR, self.cross_RD.double() + ridge * trained_RD)
-        fvus = self._fvu(trained_RD), self._fvu(solution_RD)
+        gram_RR.diagonal().copy_(diagonal_R)  # the exact ZᵀZ again, for the FVU after
+        fvus = fvu_before, self._fvu(solution_RD, gram_RR)
         b_dec_old_D = sae.b_dec_D.detach().clone()
         sae.W_dec_FD.copy_(solution_RD[:width].to(sae.W_dec_FD.dtype))
         sae.b_dec_D.copy_(solution_RD[width].to(sae.b_dec_D.dtype))
