@@ -106,11 +106,15 @@ class System:
     peer_mode: str | None = None  # SAELens: "step" or "quadratic"
     #: Trains the same whatever the target L0 (a fixed λ): run once, at the middle target of --l0s.
     ignores_target: bool = False
+    #: Matryoshka prefixes as fractions of the width (the last is 1), or None for a plain dictionary.
+    matryoshka_fractions: tuple[float, ...] | None = None
 
     @property
     def fingerprint(self) -> str:
         """What decides how this system trains: a saved result with another fingerprint is stale."""
         recipe = self.recipe.to_dict() if self.recipe is not None else None
+        if self.matryoshka_fractions is not None and recipe is not None:
+            recipe = {**recipe, "matryoshka_fractions": list(self.matryoshka_fractions)}
         return fingerprint(self.kind, self.architecture, recipe, self.peer_mode)
 
 
@@ -146,6 +150,14 @@ MAIN_SYSTEMS = (
     System("saescope-jumprelu", "saescope JumpReLU (default recipe)", "saescope", "jumprelu", SAESCOPE),
     System(
         "gemma-scope-jumprelu", "saescope JumpReLU (faithful Gemma Scope recipe)", "saescope", "jumprelu", GEMMA_SCOPE
+    ),
+    System(
+        "saescope-matryoshka",
+        "saescope Matryoshka JumpReLU (default recipe; prefixes 1/32, 1/8, 1/2 of the width)",
+        "saescope",
+        "jumprelu",
+        SAESCOPE,
+        matryoshka_fractions=(1 / 32, 1 / 8, 1 / 2, 1.0),
     ),
     System("saescope-topk", "saescope TopK", "saescope", "topk", SAESCOPE),
     System("saescope-batchtopk", "saescope BatchTopK", "saescope", "batchtopk", SAESCOPE),
@@ -430,8 +442,13 @@ def saescope_spec(cell: Cell, d_in: int) -> SAESpec:
     (spec,) = dictionary_specs(
         [cell.site], {cell.site: d_in}, [cell.width], [cell.system.architecture], [cell.target_l0], options
     )
+    dictionary = spec.dictionary
+    fractions = cell.system.matryoshka_fractions
+    if fractions is not None:
+        prefixes = tuple(sorted({max(1, round(fraction * cell.width)) for fraction in fractions}))
+        dictionary = dataclasses.replace(dictionary, matryoshka_prefixes=prefixes)
     return SAESpec(
-        cell.dictionary_name, spec.site, spec.dictionary, spec.lr, spec.target_l0, spec.threshold_init_from_data,
+        cell.dictionary_name, spec.site, dictionary, spec.lr, spec.target_l0, spec.threshold_init_from_data,
         spec.decoder_bias_init,
     )  # fmt: skip
 
