@@ -72,7 +72,8 @@ STREAM_CAPACITY_ROWS = 16 * 1024 * 1024
 
 #: The systems of the sweep (fidelity.py's names).
 SWEEP_SYSTEMS = (
-    "saescope-jumprelu,gemma-scope-jumprelu,saescope-topk,saescope-batchtopk,sparsify-topk,saelens-jumprelu-quadratic"
+    "saescope-jumprelu,gemma-scope-jumprelu,saescope-topk,saescope-batchtopk,saescope-matryoshka,sparsify-topk,"
+    "saelens-jumprelu-quadratic"
 )
 #: The systems of the first priority stages: the default recipe, the faithful recipe and the strongest peer.
 CORE_SYSTEMS = ("saescope-jumprelu", "gemma-scope-jumprelu", "sparsify-topk")
