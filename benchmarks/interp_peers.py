@@ -317,12 +317,17 @@ def off_target_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The dictionaries whose L0 is not near their target: they are not at matched L0 with the others."""
     lines = []
     for r in rows:
-        if abs(shown_l0(r) / r["target_l0"] - 1.0) > MATCHED_L0_TOLERANCE:
+        if not at_matched_l0(r):
             lines.append(
                 f"* Not at matched L0: {r['label']}, {r['site']}, {r['budget']:,} tokens: L0 {_fmt(shown_l0(r), 4)} "
                 f"against a target of {r['target_l0']:g}; its figures are not comparable with the others'."
             )
     return lines
+
+
+def at_matched_l0(row: dict[str, Any]) -> bool:
+    """Whether a dictionary's L0 is within `MATCHED_L0_TOLERANCE` of its target."""
+    return bool(abs(shown_l0(row) / float(row["target_l0"]) - 1.0) <= MATCHED_L0_TOLERANCE)
 
 
 def goal_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -333,10 +338,11 @@ def goal_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         group = [r for r in rows if (r["site"], r["budget"], r["width"], r["target_l0"]) == (site, budget, width,
                                                                                               target_l0)]  # fmt: skip
         ours = next((r for r in group if r["system"] == fidelity.DEFAULT_SYSTEM), None)
-        peers = [r for r in group if r["kind"] in PEER_KINDS]
+        # Only peers at matched L0 compete: a denser dictionary probes better and absorbs less for that alone.
+        peers = [r for r in group if r["kind"] in PEER_KINDS and at_matched_l0(r)]
         where = f"{site}, {budget:,} tokens, width {width}, target L0 {target_l0:g}"
         if ours is None or not peers:
-            lines.append(f"* {where}: no pair yet (needs the default recipe and a peer).")
+            lines.append(f"* {where}: no pair yet (needs the default recipe and a peer at matched L0).")
             continue
         parts = []
         for field, name, lower in comparison_axes():
