@@ -126,6 +126,7 @@ FIELDS_SINCE_V3: dict[str, tuple[str, ...] | None] = {
     "revive_rate_fraction": ("jumprelu",),
     "plain_error_share": None,
     "firing_cap_mean_multiple": ("jumprelu",),
+    "matryoshka_prefixes": None,
 }
 RECIPE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Recipe)}
 

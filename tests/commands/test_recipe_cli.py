@@ -59,6 +59,14 @@ def test_recipe_and_set_change_single_settings(acts: Path, tmp_path: Path) -> No
     assert (dictionary["threshold_parameterisation"], dictionary["sparsity"]) == ("log", "quadratic_l0")
 
 
+def test_set_matryoshka_prefixes_trains_a_nested_dictionary(acts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(train_args(acts, out, "--set", "matryoshka_prefixes=2")) == 0
+    dictionary = saved_config(out)["dictionary"]
+    assert isinstance(dictionary, dict)
+    assert dictionary["matryoshka_prefixes"] == [8, 32]
+
+
 def test_a_toml_config_takes_the_recipe_keys_and_flags_override_it(acts: Path, tmp_path: Path) -> None:
     toml = tmp_path / "train.toml"
     toml.write_text('recipe = "saescope"\nlr = 1e-3\ncode_scale_init = false\nlr-warmup-steps = 3\n')

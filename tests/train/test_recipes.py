@@ -26,7 +26,7 @@ from saescope.train.recipes import (
     short_budget_warning,
     with_settings,
 )
-from saescope.train.specs import dictionary_specs, recipe_train_config
+from saescope.train.specs import dictionary_specs, family_specs, matryoshka_widths, recipe_train_config
 
 RES = Site(0, SiteKind.RES)
 ONE_BATCH = 4096  # TrainConfig's default batch size: the fewest tokens a run may have
@@ -212,3 +212,29 @@ def test_short_budget_warning_only_where_a_penalty_aims_at_the_l0_and_its_warm_u
     assert short_budget_warning(SAESCOPE.replace(lambda_warmup_steps=500), total_steps=10, batch_size=64) is None
     fixed = GEMMA_SCOPE.replace(l0_steering="none")
     assert short_budget_warning(fixed, total_steps=10, batch_size=64) is not None
+
+
+def test_matryoshka_prefixes_nest_each_a_quarter_of_the_next_up_to_the_width() -> None:
+    assert matryoshka_widths(4096, 3) == (256, 1024, 4096)
+    assert matryoshka_widths(4096, 1) == (4096,)
+    assert matryoshka_widths(16, 5) == (1, 4, 16)  # no prefix narrower than one latent, none twice
+
+
+def test_the_matryoshka_setting_makes_every_single_layer_dictionary_nested() -> None:
+    recipe = with_settings("saescope", {"matryoshka_prefixes": "3"})
+    jr, topk = dictionary_specs([RES], {RES: D}, [WIDTH], ["jumprelu", "topk"], [20.0], recipe)
+    assert jr.dictionary.matryoshka_prefixes == topk.dictionary.matryoshka_prefixes == (16, 64, 256)
+    (plain,) = dictionary_specs([RES], {RES: D}, [WIDTH], ["jumprelu"], [20.0], SAESCOPE)
+    assert plain.dictionary.matryoshka_prefixes is None
+    mlp_in, mlp = Site(0, SiteKind.MLP_IN), Site(0, SiteKind.MLP)
+    (transcoder,) = family_specs("transcoder", [0], {mlp_in: D, mlp: D}, [WIDTH], ["jumprelu"], [20.0], recipe)
+    assert transcoder.dictionary.matryoshka_prefixes == (16, 64, 256)
+
+
+def test_the_matryoshka_setting_is_refused_for_multi_layer_dictionaries_and_below_zero() -> None:
+    recipe = with_settings("saescope", {"matryoshka_prefixes": "2"})
+    widths = {Site(layer, kind): D for layer in (0, 1) for kind in (SiteKind.MLP_IN, SiteKind.MLP)}
+    with pytest.raises(ValueError, match="apply to single-layer dictionaries"):
+        family_specs("clt", [0, 1], widths, [WIDTH], ["jumprelu"], [20.0], recipe)
+    with pytest.raises(ValueError, match="matryoshka_prefixes must be >= 0"):
+        with_settings("saescope", {"matryoshka_prefixes": "-1"})

@@ -135,6 +135,11 @@ class Recipe:
         "(at most the run's; 0 = off)",
         0,
     )
+    matryoshka_prefixes: int = _setting(
+        "train each single-layer dictionary as a Matryoshka one with this many nested prefixes, each a quarter of "
+        "the next: W/4^(n-1), ..., W/4, W (method §7.3; 0 = off)",
+        0,
+    )
     kl_finetune_tokens: int = _setting("tokens of end-to-end KL finetuning after training (method §7.6; 0 = none)", 0)
     kl_beta: float = _setting("weight of the KL term in the KL finetuning phase", 1.0)
 
@@ -152,7 +157,15 @@ class Recipe:
         for name in ("lr", "threshold_init", "bandwidth"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"recipe setting {name} must be > 0; got {getattr(self, name)!r}")
-        for name in ("l0_coefficient", "l1_coefficient", "lambda_warmup_steps", "kl_finetune_tokens", "kl_beta"):
+        nonnegative = (
+            "l0_coefficient",
+            "l1_coefficient",
+            "lambda_warmup_steps",
+            "matryoshka_prefixes",
+            "kl_finetune_tokens",
+            "kl_beta",
+        )
+        for name in nonnegative:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"recipe setting {name} must be >= 0; got {getattr(self, name)!r}")
         self.train_config(total_tokens=1, batch_size=1)  # the run-wide settings, by TrainConfig's own checks

@@ -196,6 +196,13 @@ def _spec(
     fields: dict[str, Any] = {"d_in": d_in, "width": width, "architecture": architecture}
     if site_out is not None:  # a transcoder: no pre-encoder bias (method §2.6)
         fields.update(d_out=d_out, apply_pre_encoder_bias=False, skip=skip)
+    if recipe.matryoshka_prefixes:
+        if layers:
+            raise ValueError(
+                f"{name}: Matryoshka prefixes (recipe setting matryoshka_prefixes) apply to single-layer "
+                "dictionaries, not to a CLT or crosscoder; set it to 0 for multi-layer kinds"
+            )
+        fields["matryoshka_prefixes"] = matryoshka_widths(width, recipe.matryoshka_prefixes)
     if layers:
         fields["n_layers"] = len(layers)
         if target is not None and recipe.l0_steering == "quadratic":
@@ -234,6 +241,12 @@ def _spec(
         site_out=site_out,
         layers=layers,
     )
+
+
+def matryoshka_widths(width: int, prefixes: int) -> tuple[int, ...]:
+    """The nested prefix widths of a Matryoshka dictionary: ``prefixes`` of them, each a quarter of the next, the
+    last the whole width (fewer when the narrowest would round below one latent): 4096, 3 -> (256, 1024, 4096)."""
+    return tuple(sorted({max(1, width // 4**power) for power in range(prefixes)}))
 
 
 def recipe_train_config(recipe: Recipe, *, total_tokens: int, **run_settings: Any) -> TrainConfig:
