@@ -200,10 +200,21 @@ def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _figure_bytes(figure: Any) -> bytes:
+def _png_and_close(figure: Any, plt: Any) -> bytes:
+    """The figure as PNG bytes; the figure is closed (pyplot keeps every open figure alive)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
     return buffer.getvalue()
+
+
+def _label_one_panel(axes: Any, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Axis labels, a log-scaled x axis with readable ticks, the legend and the title of a one-panel plot."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    readable_log_x(axes)
+    axes.legend(fontsize=8)
+    axes.set_title(title)
 
 
 def readable_log_x(axes: Any) -> None:
@@ -254,9 +265,7 @@ def _plot_fidelity_vs_l0(rows: Sequence[dict[str, Any]], plt: Any) -> bytes:
     scalar = plt.cm.ScalarMappable(cmap=colormap, norm=plt.Normalize(0, max(n_layers - 1, 1)))
     figure.colorbar(scalar, ax=axes, label="layer", shrink=0.6)
     figure.suptitle("Sparsity-fidelity (held-out)")
-    data = _figure_bytes(figure)
-    plt.close(figure)
-    return data
+    return _png_and_close(figure, plt)
 
 
 def _plot_by_layer(rows: Sequence[dict[str, Any]], plt: Any) -> bytes:
@@ -277,9 +286,7 @@ def _plot_by_layer(rows: Sequence[dict[str, Any]], plt: Any) -> bytes:
         axes[0][column].set_ylabel(label)
     axes[0][0].legend(fontsize=7)
     figure.suptitle("Metrics by layer")
-    data = _figure_bytes(figure)
-    plt.close(figure)
-    return data
+    return _png_and_close(figure, plt)
 
 
 def _plot_density(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
@@ -302,9 +309,7 @@ def _plot_density(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
         axes[0][column].set_xlabel("log10 firing density")
         axes[0][column].set_ylabel("fraction of latents")
     figure.suptitle("Latent density (colour: layer)")
-    data = _figure_bytes(figure)
-    plt.close(figure)
-    return data
+    return _png_and_close(figure, plt)
 
 
 def _geometric_bins(values: Sequence[float | None]) -> tuple[list[float], list[float]]:
@@ -344,9 +349,7 @@ def _plot_by_position(results: Sequence[dict[str, Any]], plt: Any) -> bytes:
         axes[0][column].set_xlabel("token position")
         axes[0][column].legend(fontsize=8)
     figure.suptitle("By token position (mean over layers)")
-    data = _figure_bytes(figure)
-    plt.close(figure)
-    return data
+    return _png_and_close(figure, plt)
 
 
 _KIND_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
@@ -398,14 +401,13 @@ def _plot_absorption_vs_l0(points: dict[str, list[tuple[float, float]]], plt: An
     for kind in kinds:
         xs, ys = zip(*sorted(points[kind]), strict=True)
         axes.plot(xs, ys, "o", color=colours[kind], label=kind)
-    axes.set_xlabel("L0")
-    axes.set_ylabel("mean absorption fraction (lower is better)")
-    readable_log_x(axes)
-    axes.legend(fontsize=8)
-    axes.set_title("First-letter absorption against L0")
-    data = _figure_bytes(figure)
-    plt.close(figure)
-    return data
+    _label_one_panel(
+        axes,
+        xlabel="L0",
+        ylabel="mean absorption fraction (lower is better)",
+        title="First-letter absorption against L0",
+    )
+    return _png_and_close(figure, plt)
 
 
 def _plot_probing_vs_k(probed: Sequence[tuple[dict[str, Any], dict[str, Any]]], plt: Any) -> bytes:
@@ -427,14 +429,8 @@ def _plot_probing_vs_k(probed: Sequence[tuple[dict[str, Any], dict[str, Any]]], 
         axes.axhline(dense, linestyle="--", linewidth=1, color=colour, alpha=0.7)
     if ceilings:
         axes.plot([], [], "k--", linewidth=1, label="dense probe (one per site)")
-    axes.set_xlabel("k (latents in the probe)")
-    axes.set_ylabel("test accuracy")
-    readable_log_x(axes)
-    axes.legend(fontsize=8)
-    axes.set_title("Sparse probing against k")
-    data = _figure_bytes(figure)
-    plt.close(figure)
-    return data
+    _label_one_panel(axes, xlabel="k (latents in the probe)", ylabel="test accuracy", title="Sparse probing against k")
+    return _png_and_close(figure, plt)
 
 
 def interp_plots(results: Sequence[dict[str, Any]], plt: Any) -> dict[str, bytes]:
