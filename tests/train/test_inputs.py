@@ -268,6 +268,15 @@ def test_commands_that_load_the_model_refuse_a_bad_device_by_name(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["eval", "index", "serve", "autointerp"])
+def test_commands_that_read_a_folder_refuse_a_bad_device_before_reading_it(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The folder does not exist either: the device, the cheaper mistake to name, is the error shown first.
+    assert main([command, str(tmp_path / "missing"), "--device", "cudaX"]) == 2
+    assert "--device 'cudaX' is not a device" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("value", "shown"), [(float("nan"), "nan: .*not finite"), (0.0, "0.0: .*all zero")])
 def test_a_scale_estimated_from_bad_data_is_refused_before_training(tmp_path: Path, value: float, shown: str) -> None:
     class BadScale(ArrayActivations):

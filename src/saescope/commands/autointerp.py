@@ -19,6 +19,7 @@ from saescope.explore.autointerp import (
 )
 from saescope.explore.store import INDEX_FILE, IndexReader
 from saescope.models.loading import DEFAULT_MODEL
+from saescope.train.devices import check_device
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
@@ -105,6 +106,7 @@ def _language_model(args: argparse.Namespace, model: str | None, url: str | None
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     index = _index_file(args.index)
     IndexReader(index)  # an unusable index is refused before any model loads
     if (args.explainer_url or args.scorer_url) and not args.explainer_api_model:

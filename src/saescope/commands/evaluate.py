@@ -27,6 +27,7 @@ from saescope.eval.report import markdown_table, suite_rows, write_report
 from saescope.models.loading import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from saescope.models.sites import Site, SiteKind
 from saescope.release import load_sae
+from saescope.train.devices import check_device
 
 RUN_CONFIG = "run_config.json"
 
@@ -201,6 +202,7 @@ def _add_interp(
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     online = True if args.online else None
     interp_names, interp_options = _interp_request(args)
     named = _named_targets(args.paths, args.site, args.out, online)

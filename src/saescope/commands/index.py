@@ -15,6 +15,7 @@ from saescope.explore.export import write_neuronpedia, write_static_site
 from saescope.explore.index import recorded_model_name, stored_settings
 from saescope.explore.sources import DictionarySet, read_dictionaries
 from saescope.models.loading import DEFAULT_MODEL, load_model
+from saescope.train.devices import check_device
 
 
 def register(commands: Any) -> None:
@@ -85,6 +86,7 @@ def index_path(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     found = read_dictionaries(args.path)
     corpus = _corpus(args, found)
     examples = ExampleSettings(

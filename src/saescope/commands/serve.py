@@ -10,6 +10,7 @@ from typing import Any
 from saescope.commands.common import DTYPES, add_model_arguments, online_from_args
 from saescope.explore import INDEX_FILE, IndexReader
 from saescope.models.loading import LoadedModel, load_model
+from saescope.train.devices import check_device
 
 
 def register(commands: Any) -> None:
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1-65535; got {args.port}")
+    check_device(args.device)  # the live model loads on first use: a bad device is refused now, not then
     index, dictionaries = _locations(args.path)
     reader = IndexReader(index)
     if dictionaries is None:
