@@ -10,8 +10,9 @@ from pathlib import Path
 from types import ModuleType
 
 
-def _root_conftest() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("saescope_root_conftest", Path(__file__).with_name("conftest.py"))
+def load_module(path: Path, name: str) -> ModuleType:
+    """The Python file at ``path`` imported as a module called ``name`` (a file outside any package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -19,7 +20,7 @@ def _root_conftest() -> ModuleType:
     return module
 
 
-_CONFTEST = _root_conftest()
+_CONFTEST = load_module(Path(__file__).with_name("conftest.py"), "saescope_root_conftest")
 VOCAB: int = _CONFTEST.VOCAB
 build_tiny_model = _CONFTEST.build_tiny_model
 build_tiny_tokenizer = _CONFTEST.build_tiny_tokenizer

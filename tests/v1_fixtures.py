@@ -5,26 +5,16 @@ The fixtures' script is loaded by its path (tests/fixtures/v1 is not a package),
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
-from types import ModuleType
 
 from saescope.pipeline import RunConfig
+from tiny_models import load_module
 
 V1 = Path(__file__).parent / "fixtures" / "v1"
 
 
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("saescope_make_v1_fixtures", V1 / "make_v1_fixtures.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_SCRIPT = _script()
+_SCRIPT = load_module(V1 / "make_v1_fixtures.py", "saescope_make_v1_fixtures")
 #: The settings of the fixture run (its model and corpus relative to the working directory).
 RUN_CONFIG: RunConfig = _SCRIPT.RUN_CONFIG
 #: Training steps the fixture run had done when it was stopped.

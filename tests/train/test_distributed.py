@@ -12,7 +12,6 @@ process does.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -50,7 +49,6 @@ from saescope.train.distributed import (
 from saescope.train.verdict import IMPLAUSIBLE_EXIT_CODE
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-TESTS = Path(__file__).resolve().parents[1]
 RES0, RES1, MLP1 = Site(0, SiteKind.RES), Site(1, SiteKind.RES), Site(1, SiteKind.MLP)
 STREAM_OPTIONS = {"norm_tokens": 100, "buffer_tokens": 512}
 CACHE_OPTIONS = {"tokens": 1200, "dtype": "float32", "batch_windows": 3, "windows_per_shard": 5, "progress": False}
@@ -153,15 +151,12 @@ def torchrun(nproc: int, *args: str) -> str:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Gemma 3 model folder and a small corpus (about 1,400 training tokens, ~95 windows of 16)."""
-    # tests/conftest.py's builders, imported by path: several conftest.py files share the module name.
-    spec = importlib.util.spec_from_file_location("_saescope_tests_conftest", TESTS / "conftest.py")
-    assert spec is not None
-    assert spec.loader is not None
-    conftest = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conftest)
+    # Imported here: torchrun runs this file as a script, where the tests folder is not on the path.
+    from tiny_models import build_tiny_model, build_tiny_tokenizer
+
     folder = tmp_path_factory.mktemp("distributed")
-    conftest.build_tiny_model("gemma3").save_pretrained(folder / "model")
-    conftest.build_tiny_tokenizer().save_pretrained(folder / "model")
+    build_tiny_model("gemma3").save_pretrained(folder / "model")
+    build_tiny_tokenizer().save_pretrained(folder / "model")
     rng = random.Random(2)
     lines = [json.dumps({"text": " ".join(f"w{rng.randrange(90)}" for _ in range(25))}) for _ in range(60)]
     (folder / "small.jsonl").write_text("\n".join(lines) + "\n")
