@@ -62,6 +62,7 @@ from saescope.data.activations import SiteBatch, window_activations
 from saescope.data.corpus import DEFAULT_WINDOW_SHUFFLE_TOKENS, corpus_windows
 from saescope.data.windows import WindowBatch, special_token_ids, stack_windows
 from saescope.eval.metrics import paired_difference
+from saescope.eval.report import readable_log_x
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
 from saescope.train.recipes import GEMMA_SCOPE
@@ -440,7 +441,7 @@ def write_plot(rows: list[dict[str, Any]], site: str, path: Path) -> None:
             xs, ys, es = zip(*points, strict=True)
             axis.errorbar(xs, ys, yerr=es, fmt="-o" if system == fidelity.DEFAULT_SYSTEM else "-s", label=system,
                           capsize=2, markersize=4)  # fmt: skip
-        axis.set_xscale("log")
+        readable_log_x(axis)  # plain-number ticks: the default minor labels overlap
         # log y where it can be: the faithful recipe far from its target L0 is orders of magnitude above the rest
         axis.set_yscale("log" if all(r["delta_lm_loss"] > 0 for r in chosen) else "linear")
         axis.set_title(f"{site}, width {width}, target L0 {target:g}")

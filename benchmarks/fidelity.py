@@ -76,6 +76,7 @@ from saescope.dictionaries.folder import read_trained_sae
 from saescope.dictionaries.sites import DictionarySites
 from saescope.eval import EvalConfig, EvalTarget, evaluate
 from saescope.eval.metrics import paired_difference
+from saescope.eval.report import readable_log_x
 from saescope.models.loading import LoadedModel, load_model
 from saescope.models.sites import Site, select_sites
 from saescope.sae import DictionaryConfig, SparseDictionary, build_dictionary, single_layer
@@ -866,7 +867,7 @@ def write_plots(rows: list[dict[str, Any]], docs: Path) -> list[str]:
                     xs, ys, es, labels = zip(*points, strict=True)
                     style = "-o" if system == DEFAULT_SYSTEM else "--o" if system.startswith("ablate") else "-s"
                     axis.errorbar(xs, ys, yerr=es, fmt=style, label=labels[0], capsize=2, markersize=4)
-                axis.set_xscale("log")
+                readable_log_x(axis)  # plain-number ticks: the default minor labels overlap
                 axis.set_yscale("log" if all(r[metric] > 0 for r in rows if r["site"] == site) else "linear")
                 axis.set_title(f"{site}, width {width}")
                 axis.set_xlabel("L0 (held-out)")
