@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from saescope.checks import check_at_least
 from saescope.data.windows import special_token_ids
 from saescope.eval.interp.common import InterpOptions, dictionary_for, encode_rows, in_test_split, latent_directions
 from saescope.eval.interp.probes import LogisticProbe, f1_score, fit_logistic
@@ -73,9 +74,8 @@ class AbsorptionConfig:
     max_absorbing_latents: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("max_words", "batch_size", "min_words_per_letter", "main_candidates", "max_absorbing_latents"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"AbsorptionConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        counts = ("max_words", "batch_size", "min_words_per_letter", "main_candidates", "max_absorbing_latents")
+        check_at_least(self, counts, 1, owner="AbsorptionConfig.")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"AbsorptionConfig.test_fraction must be in (0, 1); got {self.test_fraction!r}")
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from saescope.checks import check_at_least
 from saescope.data.windows import special_token_ids, special_token_mask
 from saescope.eval.interp.common import (
     ENCODE_CHUNK,
@@ -53,9 +54,8 @@ class ProbingConfig:
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ProbingConfig.ks must be positive numbers of latents; got {self.ks!r}")
-        for name in ("max_tokens", "per_label", "min_per_label", "max_tasks", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ProbingConfig.{name} must be >= 1; got {getattr(self, name)!r}")
+        counts = ("max_tokens", "per_label", "min_per_label", "max_tasks", "batch_size")
+        check_at_least(self, counts, 1, owner="ProbingConfig.")
         if not 0.0 < self.test_fraction < 1.0:
             raise ValueError(f"ProbingConfig.test_fraction must be in (0, 1); got {self.test_fraction!r}")
 
